@@ -1,0 +1,135 @@
+"""Multilayer perceptron in JAX with Flax NNX: nnx.Linear, nnx.value_and_grad, optax, nnx.jit.
+
+Rumelhart, Hinton & Williams (1986), "Learning representations by back-propagating errors".
+nnx.Linear stores its kernel (in, out): the converters transpose to and from the canonical (out, in).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from tasks import weights
+from tasks.configs import MLPConfig
+from tasks.data import Dataset, batches
+
+
+# ----------------------------------------------------------------------------- layers
+def make_activation(cfg: MLPConfig):
+    if cfg.activation == "leaky_relu":
+        return partial(nnx.leaky_relu, negative_slope=cfg.leaky_slope)
+    return {"relu": nnx.relu, "tanh": nnx.tanh, "sigmoid": nnx.sigmoid}[cfg.activation]
+
+
+def make_dense(in_features: int, out_features: int, *, rngs: nnx.Rngs, dtype):
+    bound = 1.0 / np.sqrt(in_features)  # torch's nn.Linear default range, so every framework starts alike
+    init = lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound)
+    return nnx.Linear(in_features, out_features, kernel_init=init, bias_init=init, dtype=dtype, param_dtype=dtype, rngs=rngs)
+
+
+# ----------------------------------------------------------------------------- model
+class MLP(nnx.Module):
+    """Dense layers with one hidden activation, then a linear head that outputs logits."""
+
+    def __init__(self, cfg: MLPConfig, *, rngs: nnx.Rngs, dtype=jnp.float64):
+        self.cfg = cfg
+        sizes = cfg.sizes
+        self.hidden = nnx.List([make_dense(i, o, rngs=rngs, dtype=dtype) for i, o in zip(sizes[:-2], sizes[1:-1])])
+        # the activation is a plain function, so one serves every hidden layer
+        self.activation = make_activation(cfg)
+        self.head = make_dense(sizes[-2], sizes[-1], rngs=rngs, dtype=dtype)
+
+    def __call__(self, x):
+        for layer in self.hidden:
+            x = self.activation(layer(x))  # (B, D_in) -> (B, D_hidden)
+        return self.head(x)  # (B, D_hidden) -> (B, C) logits; C = 1 for a sigmoid head
+
+    def layers_by_name(self) -> dict[str, nnx.Linear]:
+        """Layers by canonical prefix: hidden.0, hidden.1, ..., head."""
+        return {**{f"hidden.{i}": layer for i, layer in enumerate(self.hidden)}, "head": self.head}
+
+
+def create_model(cfg: MLPConfig, *, seed: int, dtype: str = "float64") -> MLP:
+    return MLP(cfg, rngs=nnx.Rngs(params=seed), dtype=jnp.dtype(dtype))
+
+
+# ----------------------------------------------------------------------------- canonical weights
+def load_canonical(model: MLP, params: dict[str, np.ndarray]) -> None:
+    weights.check(params, model.cfg.param_shapes(), model.head.kernel.dtype)
+    for prefix, layer in model.layers_by_name().items():
+        layer.kernel.set_value(jnp.asarray(params[f"{prefix}.weight"].T))  # canonical (out, in) -> Flax (in, out)
+        layer.bias.set_value(jnp.asarray(params[f"{prefix}.bias"]))
+
+
+def export_canonical(model: MLP) -> dict[str, np.ndarray]:
+    out = {}
+    for prefix, layer in model.layers_by_name().items():
+        out[f"{prefix}.weight"] = np.array(layer.kernel.get_value()).T  # Flax (in, out) -> canonical (out, in)
+        out[f"{prefix}.bias"] = np.array(layer.bias.get_value())
+    return out
+
+
+# ----------------------------------------------------------------------------- loss
+def loss_fn(logits, y, head: str):
+    """Mean loss computed from logits (the fused, numerically stable forms)."""
+    if head == "sigmoid":
+        return optax.sigmoid_binary_cross_entropy(logits[:, 0], y.astype(logits.dtype)).mean()  # (B, 1) -> (B,)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+def predict(logits, head: str):
+    return (logits[:, 0] > 0).astype(jnp.int64) if head == "sigmoid" else logits.argmax(axis=1)
+
+
+def forward_backward(model: MLP, x, y) -> dict[str, np.ndarray]:
+    """Outputs, loss and every gradient in the canonical layout (what the parity tests compare)."""
+
+    def loss_of(model, x):
+        logits = model(x)
+        return loss_fn(logits, jnp.asarray(y), model.cfg.head), logits
+
+    (loss, logits), (grad_params, dx) = nnx.value_and_grad(loss_of, argnums=(0, 1), has_aux=True)(model, jnp.asarray(x))
+    # the gradients have the model's own structure: merge them into a model to reuse the exporter
+    grads = export_canonical(nnx.merge(nnx.graphdef(model), grad_params))
+    return {"output": np.asarray(logits), "loss": np.asarray(loss), "grad.input": np.asarray(dx), **{f"grad.{k}": g for k, g in grads.items()}}
+
+
+# ----------------------------------------------------------------------------- train step
+def make_optimizer(model: MLP, lr: float) -> nnx.Optimizer:
+    return nnx.Optimizer(model, optax.sgd(lr), wrt=nnx.Param)
+
+
+@nnx.jit
+def train_step(model: MLP, optimizer: nnx.Optimizer, x, y):
+    def loss_of(model):
+        return loss_fn(model(x), y, model.cfg.head)
+
+    loss, grads = nnx.value_and_grad(loss_of)(model)
+    optimizer.update(model, grads)
+    return loss
+
+
+def train(model: MLP, data: Dataset, *, epochs: int, lr: float, batch_size: int, seed: int, on_epoch=None) -> list[float]:
+    """Mini-batch SGD over the shared batch order; returns the mean training loss of each epoch."""
+    x, y = jnp.asarray(data.x_train, dtype=model.head.kernel.dtype), jnp.asarray(data.y_train)
+    optimizer, history = make_optimizer(model, lr), []
+    for epoch in range(epochs):
+        # a plain iterator over the shared index arrays is JAX's whole input pipeline
+        losses = [float(train_step(model, optimizer, x[idx], y[idx])) for idx in batches(len(x), batch_size, seed, epoch)]
+        history.append(float(np.mean(losses)))
+        if on_epoch:
+            on_epoch(epoch, history[-1])
+    return history
+
+
+# ----------------------------------------------------------------------------- evaluation
+def evaluate(model: MLP, x, y) -> tuple[float, float]:
+    """(mean loss, accuracy) on a whole split."""
+    logits = model(jnp.asarray(x, dtype=model.head.kernel.dtype))
+    loss = loss_fn(logits, jnp.asarray(y), model.cfg.head)
+    return float(loss), float(jnp.mean(predict(logits, model.cfg.head) == jnp.asarray(y)))

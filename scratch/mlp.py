@@ -1,0 +1,216 @@
+"""Multilayer perceptron, from scratch in NumPy, with a hand-written backward pass.
+
+Rumelhart, Hinton & Williams (1986), "Learning representations by back-propagating errors".
+Batch-first: x is (B, D) and a dense layer computes y = x @ W.T + b with W of shape (out, in),
+the canonical layout every other implementation converts to and from.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tasks import weights
+from tasks.configs import MLPConfig
+from tasks.data import Dataset, batches
+
+
+# ----------------------------------------------------------------------------- layers
+class Dense:
+    """Fully connected layer, weight (out, in)."""
+
+    def __init__(self, in_features: int, out_features: int, *, rng: np.random.Generator, dtype=np.float64):
+        bound = 1.0 / np.sqrt(in_features)  # torch's nn.Linear default range
+        self.params = {
+            "weight": rng.uniform(-bound, bound, (out_features, in_features)).astype(dtype),
+            "bias": rng.uniform(-bound, bound, (out_features,)).astype(dtype),
+        }
+        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+        self.cache: dict[str, np.ndarray] = {}
+
+    def forward(self, x):
+        self.cache = {"x": x}
+        return x @ self.params["weight"].T + self.params["bias"]  # (B, in) -> (B, out)
+
+    def backward(self, dy):
+        x = self.cache["x"]
+        self.grads["weight"] = dy.T @ x  # (out, B) @ (B, in) -> (out, in)
+        self.grads["bias"] = dy.sum(axis=0)  # (B, out) -> (out,)
+        return dy @ self.params["weight"]  # (B, out) @ (out, in) -> (B, in)
+
+
+class ReLU:
+    def forward(self, x):
+        self.cache = {"x": x}
+        return np.maximum(x, 0)
+
+    def backward(self, dy):
+        return dy * (self.cache["x"] > 0)
+
+
+class LeakyReLU:
+    def __init__(self, negative_slope: float):
+        self.negative_slope = negative_slope
+
+    def forward(self, x):
+        self.cache = {"x": x}
+        return np.where(x > 0, x, self.negative_slope * x)
+
+    def backward(self, dy):
+        return dy * np.where(self.cache["x"] > 0, 1.0, self.negative_slope)
+
+
+class Tanh:
+    def forward(self, x):
+        y = np.tanh(x)
+        self.cache = {"y": y}  # the derivative is cheapest from the output: 1 - y^2
+        return y
+
+    def backward(self, dy):
+        return dy * (1 - self.cache["y"] ** 2)
+
+
+class Sigmoid:
+    def forward(self, x):
+        y = sigmoid(x)
+        self.cache = {"y": y}
+        return y
+
+    def backward(self, dy):
+        y = self.cache["y"]
+        return dy * y * (1 - y)
+
+
+def sigmoid(x):
+    """Logistic function without overflow for large |x|."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def make_activation(cfg: MLPConfig):
+    if cfg.activation == "leaky_relu":
+        return LeakyReLU(cfg.leaky_slope)
+    return {"relu": ReLU, "tanh": Tanh, "sigmoid": Sigmoid}[cfg.activation]()
+
+
+# ----------------------------------------------------------------------------- model
+class MLP:
+    """Dense layers with one hidden activation, then a linear head that outputs logits."""
+
+    def __init__(self, cfg: MLPConfig, *, rng: np.random.Generator, dtype=np.float64):
+        self.cfg = cfg
+        sizes = cfg.sizes
+        self.hidden = [Dense(i, o, rng=rng, dtype=dtype) for i, o in zip(sizes[:-2], sizes[1:-1])]
+        # one activation object per hidden layer: each caches its own input for backward
+        self.activations = [make_activation(cfg) for _ in self.hidden]
+        self.head = Dense(sizes[-2], sizes[-1], rng=rng, dtype=dtype)
+
+    def forward(self, x):
+        for layer, activation in zip(self.hidden, self.activations):
+            x = activation.forward(layer.forward(x))  # (B, D_in) -> (B, D_hidden)
+        return self.head.forward(x)  # (B, D_hidden) -> (B, C) logits; C = 1 for a sigmoid head
+
+    def backward(self, dlogits):
+        dx = self.head.backward(dlogits)
+        for layer, activation in zip(reversed(self.hidden), reversed(self.activations)):
+            dx = layer.backward(activation.backward(dx))
+        return dx  # (B, D_in): the gradient with respect to the input
+
+    def layers(self) -> dict[str, Dense]:
+        """Layers by canonical prefix: hidden.0, hidden.1, ..., head."""
+        return {**{f"hidden.{i}": layer for i, layer in enumerate(self.hidden)}, "head": self.head}
+
+
+def create_model(cfg: MLPConfig, *, seed: int, dtype: str = "float64") -> MLP:
+    return MLP(cfg, rng=np.random.default_rng(seed), dtype=np.dtype(dtype))
+
+
+# ----------------------------------------------------------------------------- canonical weights
+def load_canonical(model: MLP, params: dict[str, np.ndarray]) -> None:
+    """Copy canonical weights in; scratch *is* the canonical layout, so no transform."""
+    weights.check(params, model.cfg.param_shapes(), model.head.params["weight"].dtype)
+    for prefix, layer in model.layers().items():
+        for key in layer.params:
+            layer.params[key] = np.array(params[f"{prefix}.{key}"])
+
+
+def export_canonical(model: MLP) -> dict[str, np.ndarray]:
+    return {f"{prefix}.{key}": value.copy() for prefix, layer in model.layers().items() for key, value in layer.params.items()}
+
+
+# ----------------------------------------------------------------------------- loss
+def loss_fn(logits, y, head: str):
+    """Mean loss from logits and its gradient d loss / d logits."""
+    batch = logits.shape[0]
+    if head == "sigmoid":
+        z = logits[:, 0]  # (B, 1) -> (B,)
+        t = y.astype(logits.dtype)
+        # BCE with logits, stable form: max(z, 0) - z t + log(1 + exp(-|z|))
+        loss = np.mean(np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z))))
+        dlogits = ((sigmoid(z) - t) / batch)[:, None]  # (B,) -> (B, 1)
+    else:
+        shifted = logits - logits.max(axis=1, keepdims=True)  # log-softmax without overflow
+        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))  # (B, C)
+        loss = -np.mean(log_probs[np.arange(batch), y])
+        dlogits = np.exp(log_probs)
+        dlogits[np.arange(batch), y] -= 1
+        dlogits /= batch
+    return loss, dlogits
+
+
+def predict(logits, head: str):
+    return (logits[:, 0] > 0).astype(np.int64) if head == "sigmoid" else logits.argmax(axis=1)
+
+
+def forward_backward(model: MLP, x, y) -> dict[str, np.ndarray]:
+    """Outputs, loss and every gradient in the canonical layout (what the parity tests compare)."""
+    logits = model.forward(x)
+    loss, dlogits = loss_fn(logits, y, model.cfg.head)
+    dx = model.backward(dlogits)
+    grads = {f"grad.{prefix}.{k}": g for prefix, layer in model.layers().items() for k, g in layer.grads.items()}
+    return {"output": logits, "loss": np.asarray(loss), "grad.input": dx, **grads}
+
+
+# ----------------------------------------------------------------------------- train step
+class SGD:
+    """Plain stochastic gradient descent: p -= lr * g."""
+
+    def __init__(self, model: MLP, lr: float):
+        self.model, self.lr = model, lr
+
+    def step(self):
+        for layer in self.model.layers().values():
+            for key in layer.params:
+                layer.params[key] -= self.lr * layer.grads[key]
+
+
+def make_optimizer(model: MLP, lr: float) -> SGD:
+    return SGD(model, lr)
+
+
+def train_step(model: MLP, optimizer: SGD, x, y) -> float:
+    logits = model.forward(x)
+    loss, dlogits = loss_fn(logits, y, model.cfg.head)
+    model.backward(dlogits)
+    optimizer.step()
+    return float(loss)
+
+
+def train(model: MLP, data: Dataset, *, epochs: int, lr: float, batch_size: int, seed: int, on_epoch=None) -> list[float]:
+    """Mini-batch SGD over the shared batch order; returns the mean training loss of each epoch."""
+    dtype = model.head.params["weight"].dtype
+    x, y = data.x_train.astype(dtype), data.y_train
+    optimizer, history = make_optimizer(model, lr), []
+    for epoch in range(epochs):
+        losses = [train_step(model, optimizer, x[idx], y[idx]) for idx in batches(len(x), batch_size, seed, epoch)]
+        history.append(float(np.mean(losses)))
+        if on_epoch:
+            on_epoch(epoch, history[-1])
+    return history
+
+
+# ----------------------------------------------------------------------------- evaluation
+def evaluate(model: MLP, x, y) -> tuple[float, float]:
+    """(mean loss, accuracy) on a whole split."""
+    logits = model.forward(x.astype(model.head.params["weight"].dtype))
+    loss, _ = loss_fn(logits, y, model.cfg.head)
+    return float(loss), float(np.mean(predict(logits, model.cfg.head) == y))

@@ -1,0 +1,158 @@
+"""Shared datasets: NumPy arrays with a fixed, seeded split and a seeded batch order.
+
+Every framework trains on exactly these arrays, in exactly the order `batches` gives, so a
+difference between two runs is the framework's, never the data's.
+
+Layouts (the suite's legend): tabular `(B, D)`, images `(B, C, H, W)`, sequences `(B, T, D)`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+TEST_FRACTION = 0.25  # one split rule for every shipped task
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A task's arrays: float features, integer labels, and what they mean."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    n_classes: int
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def in_features(self) -> int:
+        return int(np.prod(self.x_train.shape[1:]))
+
+
+def split(name: str, x: np.ndarray, y: np.ndarray, n_classes: int, seed: int, **meta) -> Dataset:
+    """Seeded train/test split; the same seed gives the same split on every machine."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(x))
+    n_test = int(round(TEST_FRACTION * len(x)))
+    test, train = order[:n_test], order[n_test:]
+    return Dataset(name, x[train], y[train], x[test], y[test], n_classes, dict(meta))
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The permutation of `n` training examples used in `epoch` (seeded by seed and epoch)."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def batches(n: int, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+    """Index arrays of one epoch's mini-batches; the last one may be smaller."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = epoch_order(n, seed, epoch)
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+# ----------------------------------------------------------------------------- shipped tasks
+def moons(seed: int = 0, n_samples: int = 1000, noise: float = 0.2) -> Dataset:
+    """scikit-learn's two interleaving half circles: 2 features, 2 classes."""
+    from sklearn.datasets import make_moons
+
+    x, y = make_moons(n_samples=n_samples, noise=noise, random_state=seed)
+    return split("moons", x.astype(np.float64), y.astype(np.int64), 2, seed, noise=noise)
+
+
+def digits(seed: int = 0) -> Dataset:
+    """scikit-learn's shipped 8x8 handwritten digits (1,797 images), scaled to [0, 1], flattened."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.data / 16.0).astype(np.float64)  # (B, 64); pixel values are 0..16
+    return split("digits", x, d.target.astype(np.int64), 10, seed, image_shape=(8, 8))
+
+
+# ----------------------------------------------------------------------------- MNIST (IDX files)
+MNIST_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+class DataFileError(ValueError):
+    """A data file is missing, truncated or not what it claims to be."""
+
+
+def read_idx(path: str | Path, expected_ndim: int | None = None) -> np.ndarray:
+    """Read one IDX file (plain or .gz), checking its header against its length."""
+    path = Path(path)
+    if not path.exists():
+        raise DataFileError(f"{path}: file not found (expected an IDX file)")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4:
+        raise DataFileError(f"{path}: truncated: {len(raw)} bytes, expected at least a 4-byte IDX magic number")
+    zero, code, ndim = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or code not in _IDX_DTYPES:
+        raise DataFileError(f"{path}: not an IDX file (magic bytes {raw[:4].hex()})")
+    if expected_ndim is not None and ndim != expected_ndim:
+        raise DataFileError(f"{path}: expected {expected_ndim} dimensions, the header says {ndim}")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataFileError(f"{path}: truncated header: {len(raw)} bytes, expected {header}")
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    dtype = np.dtype(_IDX_DTYPES[code])
+    expected = header + int(np.prod(shape)) * dtype.itemsize
+    if len(raw) != expected:
+        raise DataFileError(
+            f"{path}: truncated or padded: {len(raw)} bytes, expected {expected} for shape {shape} of {dtype}"
+        )
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+
+
+def _find(data_dir: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz"):
+        if (data_dir / name).exists():
+            return data_dir / name
+    raise DataFileError(f"{data_dir / stem}: file not found (expected the MNIST IDX file {stem} or {stem}.gz)")
+
+
+def mnist(data_dir: str | Path, seed: int = 0) -> Dataset:
+    """MNIST from the four IDX files in `data_dir` (the official train/test split is kept)."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataFileError(f"{data_dir}: not a directory (expected a folder with the four MNIST IDX files)")
+    arrays = {}
+    for key, stem in MNIST_FILES.items():
+        arrays[key] = read_idx(_find(data_dir, stem), expected_ndim=3 if "images" in key else 1)
+    for part in ("train", "test"):
+        n_img, n_lab = len(arrays[f"{part}_images"]), len(arrays[f"{part}_labels"])
+        if n_img != n_lab:
+            raise DataFileError(f"{data_dir}: {part} has {n_img} images but {n_lab} labels")
+    scale = lambda a: (a.astype(np.float64) / 255.0)[:, None]  # (B, 28, 28) -> (B, 1, 28, 28)
+    return Dataset(
+        "mnist",
+        scale(arrays["train_images"]),
+        arrays["train_labels"].astype(np.int64),
+        scale(arrays["test_images"]),
+        arrays["test_labels"].astype(np.int64),
+        10,
+        {"image_shape": arrays["train_images"].shape[1:], "seed": seed},
+    )
+
+
+def write_idx(path: str | Path, array: np.ndarray) -> None:
+    """Write an array as an IDX file (used by tests to make tiny MNIST folders)."""
+    codes = {np.dtype(v).str: k for k, v in _IDX_DTYPES.items()}
+    array = np.ascontiguousarray(array)
+    big = array.astype(array.dtype.newbyteorder(">")) if array.dtype.itemsize > 1 else array
+    code = codes.get(big.dtype.str) or codes[np.dtype(np.uint8).str]
+    header = struct.pack(">HBB", 0, code, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    Path(path).write_bytes(header + big.tobytes())

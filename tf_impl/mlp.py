@@ -1,0 +1,146 @@
+"""Multilayer perceptron in Keras 3 (TensorFlow backend): keras.Model.call, keras.ops, tf.data.
+
+Rumelhart, Hinton & Williams (1986), "Learning representations by back-propagating errors".
+keras.layers.Dense stores its kernel (in, out): the converters transpose to and from the
+canonical (out, in).
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from tasks import weights
+from tasks.configs import MLPConfig
+from tasks.data import Dataset, epoch_order
+
+
+# ----------------------------------------------------------------------------- layers
+def make_activation(cfg: MLPConfig, dtype: str) -> keras.layers.Layer:
+    if cfg.activation == "leaky_relu":
+        # Not keras.layers.LeakyReLU: it runs TF's LeakyRelu op, whose alpha is a float32 attribute,
+        # so in float64 the slope 0.01 becomes 0.009999999776 (docs/PORTING.md, "Activations").
+        slope = cfg.leaky_slope
+        return keras.layers.Activation(lambda x: ops.where(x > 0, x, slope * x), dtype=dtype)
+    return keras.layers.Activation(cfg.activation, dtype=dtype)
+
+
+def make_dense(in_features: int, out_features: int, *, seed: keras.random.SeedGenerator, dtype: str, name: str):
+    bound = 1.0 / np.sqrt(in_features)  # torch's nn.Linear default range, so every framework starts alike
+    init = keras.initializers.RandomUniform(-bound, bound, seed=seed)
+    layer = keras.layers.Dense(out_features, kernel_initializer=init, bias_initializer=init, dtype=dtype, name=name)
+    layer.build((None, in_features))  # create the variables now, so canonical weights can load before a call
+    return layer
+
+
+# ----------------------------------------------------------------------------- model
+class MLP(keras.Model):
+    """Dense layers with one hidden activation, then a linear head that outputs logits."""
+
+    def __init__(self, cfg: MLPConfig, *, seed: keras.random.SeedGenerator, dtype: str = "float64"):
+        super().__init__(dtype=dtype)
+        self.cfg = cfg
+        sizes = cfg.sizes
+        self.hidden = [
+            make_dense(i, o, seed=seed, dtype=dtype, name=f"hidden_{n}") for n, (i, o) in enumerate(zip(sizes[:-2], sizes[1:-1]))
+        ]
+        # the activation holds no state, so one layer serves every hidden layer
+        self.activation = make_activation(cfg, dtype)
+        self.head = make_dense(sizes[-2], sizes[-1], seed=seed, dtype=dtype, name="head")
+
+    def call(self, x, training=False):
+        for layer in self.hidden:
+            x = self.activation(layer(x))  # (B, D_in) -> (B, D_hidden)
+        return self.head(x)  # (B, D_hidden) -> (B, C) logits; C = 1 for a sigmoid head
+
+    def layers_by_name(self) -> dict[str, keras.layers.Dense]:
+        """Layers by canonical prefix: hidden.0, hidden.1, ..., head."""
+        return {**{f"hidden.{i}": layer for i, layer in enumerate(self.hidden)}, "head": self.head}
+
+
+def create_model(cfg: MLPConfig, *, seed: int, dtype: str = "float64") -> MLP:
+    return MLP(cfg, seed=keras.random.SeedGenerator(seed), dtype=dtype)
+
+
+# ----------------------------------------------------------------------------- canonical weights
+def load_canonical(model: MLP, params: dict[str, np.ndarray]) -> None:
+    weights.check(params, model.cfg.param_shapes(), model.head.kernel.dtype)
+    for prefix, layer in model.layers_by_name().items():
+        layer.kernel.assign(params[f"{prefix}.weight"].T)  # canonical (out, in) -> Keras (in, out)
+        layer.bias.assign(params[f"{prefix}.bias"])
+
+
+def export_canonical(model: MLP) -> dict[str, np.ndarray]:
+    out = {}
+    for prefix, layer in model.layers_by_name().items():
+        out[f"{prefix}.weight"] = np.array(layer.kernel.numpy().T)  # Keras (in, out) -> canonical (out, in)
+        out[f"{prefix}.bias"] = np.array(layer.bias.numpy())
+    return out
+
+
+# ----------------------------------------------------------------------------- loss
+def loss_fn(logits, y, head: str):
+    """Mean loss computed from logits (the fused, numerically stable forms)."""
+    if head == "sigmoid":
+        return ops.mean(ops.binary_crossentropy(ops.cast(y, logits.dtype), logits[:, 0], from_logits=True))
+    return ops.mean(ops.sparse_categorical_crossentropy(y, logits, from_logits=True))
+
+
+def predict(logits, head: str):
+    return ops.cast(logits[:, 0] > 0, "int64") if head == "sigmoid" else ops.argmax(logits, axis=1)
+
+
+def forward_backward(model: MLP, x, y) -> dict[str, np.ndarray]:
+    """Outputs, loss and every gradient in the canonical layout (what the parity tests compare)."""
+    x, y = tf.constant(x), tf.constant(y)
+    variables = {"input": x}
+    for prefix, layer in model.layers_by_name().items():
+        variables[f"{prefix}.weight"], variables[f"{prefix}.bias"] = layer.kernel, layer.bias
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        logits = model(x)
+        loss = loss_fn(logits, y, model.cfg.head)
+    grads = tape.gradient(loss, variables)
+    # dense kernel gradients come out (in, out) like the kernel: transpose to canonical (out, in)
+    grads = {f"grad.{k}": (g.numpy().T if k.endswith(".weight") else g.numpy()) for k, g in grads.items()}
+    return {"output": logits.numpy(), "loss": loss.numpy(), **grads}
+
+
+# ----------------------------------------------------------------------------- train step
+def make_optimizer(model: MLP, lr: float) -> keras.optimizers.Optimizer:
+    # A float learning rate is stored in a float32 (floatx) variable, which rounds 0.1 to
+    # 0.10000000149 in a float64 run; a callable keeps it a Python float (docs/PORTING.md).
+    return keras.optimizers.SGD(learning_rate=lambda: lr)
+
+
+@tf.function(reduce_retracing=True)
+def train_step(model: MLP, optimizer: keras.optimizers.Optimizer, x, y):
+    with tf.GradientTape() as tape:
+        loss = loss_fn(model(x, training=True), y, model.cfg.head)
+    grads = tape.gradient(loss, model.trainable_variables)
+    optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    return loss
+
+
+def train(model: MLP, data: Dataset, *, epochs: int, lr: float, batch_size: int, seed: int, on_epoch=None) -> list[float]:
+    """Mini-batch SGD over the shared batch order; returns the mean training loss of each epoch."""
+    x, y = data.x_train.astype(model.head.kernel.dtype), data.y_train
+    optimizer, history = make_optimizer(model, lr), []
+    for epoch in range(epochs):
+        order = epoch_order(len(x), seed, epoch)  # consecutive slices of it are the shared batches
+        dataset = tf.data.Dataset.from_tensor_slices((x[order], y[order])).batch(batch_size)
+        losses = [float(train_step(model, optimizer, xb, yb)) for xb, yb in dataset]
+        history.append(float(np.mean(losses)))
+        if on_epoch:
+            on_epoch(epoch, history[-1])
+    return history
+
+
+# ----------------------------------------------------------------------------- evaluation
+def evaluate(model: MLP, x, y) -> tuple[float, float]:
+    """(mean loss, accuracy) on a whole split."""
+    logits = model(x.astype(model.head.kernel.dtype))
+    loss = loss_fn(logits, y, model.cfg.head)
+    return float(loss), float(ops.mean(ops.cast(predict(logits, model.cfg.head) == y, "float64")))

@@ -1,0 +1,1 @@
+"""PyTorch implementations (eager nn.Module, torch.optim, DataLoader)."""

@@ -1,0 +1,125 @@
+"""Multilayer perceptron in PyTorch: nn.Linear layers, autograd, torch.optim.SGD, a DataLoader.
+
+Rumelhart, Hinton & Williams (1986), "Learning representations by back-propagating errors".
+nn.Linear stores weight (out, in), the canonical layout, so weights load without a transform.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from tasks import weights
+from tasks.configs import MLPConfig
+from tasks.data import Dataset, batches
+
+
+# ----------------------------------------------------------------------------- layers
+def make_activation(cfg: MLPConfig) -> nn.Module:
+    if cfg.activation == "leaky_relu":
+        return nn.LeakyReLU(negative_slope=cfg.leaky_slope)
+    return {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}[cfg.activation]()
+
+
+# ----------------------------------------------------------------------------- model
+class MLP(nn.Module):
+    """Dense layers with one hidden activation, then a linear head that outputs logits."""
+
+    def __init__(self, cfg: MLPConfig, *, generator: torch.Generator, dtype=torch.float64):
+        super().__init__()
+        self.cfg = cfg
+        sizes = cfg.sizes
+        self.hidden = nn.ModuleList(nn.Linear(i, o, dtype=dtype) for i, o in zip(sizes[:-2], sizes[1:-1]))
+        # the activation holds no state, so one module serves every hidden layer
+        self.activation = make_activation(cfg)
+        self.head = nn.Linear(sizes[-2], sizes[-1], dtype=dtype)
+        # nn.Linear draws from torch's global RNG; redraw from the generator we were given
+        with torch.no_grad():
+            for p in self.parameters():
+                bound = 1.0 / np.sqrt(p.shape[-1] if p.ndim == 2 else p.shape[0])
+                p.uniform_(-bound, bound, generator=generator)
+
+    def forward(self, x):
+        for layer in self.hidden:
+            x = self.activation(layer(x))  # (B, D_in) -> (B, D_hidden)
+        return self.head(x)  # (B, D_hidden) -> (B, C) logits; C = 1 for a sigmoid head
+
+
+def create_model(cfg: MLPConfig, *, seed: int, dtype: str = "float64") -> MLP:
+    return MLP(cfg, generator=torch.Generator().manual_seed(seed), dtype=getattr(torch, dtype))
+
+
+# ----------------------------------------------------------------------------- canonical weights
+def load_canonical(model: MLP, params: dict[str, np.ndarray]) -> None:
+    """torch's state_dict names and shapes are the canonical ones: no transform."""
+    weights.check(params, model.cfg.param_shapes(), model.head.weight.detach().numpy().dtype)
+    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in params.items()})
+
+
+def export_canonical(model: MLP) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+
+# ----------------------------------------------------------------------------- loss
+def loss_fn(logits, y, head: str):
+    """Mean loss computed from logits (the fused, numerically stable forms)."""
+    if head == "sigmoid":
+        return F.binary_cross_entropy_with_logits(logits[:, 0], y.to(logits.dtype))  # (B, 1) -> (B,)
+    return F.cross_entropy(logits, y)
+
+
+def predict(logits, head: str):
+    return (logits[:, 0] > 0).long() if head == "sigmoid" else logits.argmax(dim=1)
+
+
+def forward_backward(model: MLP, x, y) -> dict[str, np.ndarray]:
+    """Outputs, loss and every gradient in the canonical layout (what the parity tests compare)."""
+    model.zero_grad()
+    x = torch.tensor(x, requires_grad=True)
+    logits = model(x)
+    loss = loss_fn(logits, torch.as_tensor(y), model.cfg.head)
+    loss.backward()
+    grads = {f"grad.{k}": p.grad.numpy().copy() for k, p in model.named_parameters()}
+    return {"output": logits.detach().numpy(), "loss": loss.detach().numpy(), "grad.input": x.grad.numpy(), **grads}
+
+
+# ----------------------------------------------------------------------------- train step
+def make_optimizer(model: MLP, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=lr)
+
+
+def train_step(model: MLP, optimizer: torch.optim.Optimizer, x, y) -> float:
+    optimizer.zero_grad()
+    loss = loss_fn(model(x), y, model.cfg.head)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def train(model: MLP, data: Dataset, *, epochs: int, lr: float, batch_size: int, seed: int, on_epoch=None) -> list[float]:
+    """Mini-batch SGD over the shared batch order; returns the mean training loss of each epoch."""
+    dtype = model.head.weight.dtype
+    dataset = TensorDataset(torch.as_tensor(data.x_train, dtype=dtype), torch.as_tensor(data.y_train))
+    optimizer, history = make_optimizer(model, lr), []
+    model.train()
+    for epoch in range(epochs):
+        # batch_sampler = the shared index arrays, so torch sees the same batches as everyone else
+        loader = DataLoader(dataset, batch_sampler=batches(len(dataset), batch_size, seed, epoch))
+        losses = [train_step(model, optimizer, xb, yb) for xb, yb in loader]
+        history.append(float(np.mean(losses)))
+        if on_epoch:
+            on_epoch(epoch, history[-1])
+    return history
+
+
+# ----------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate(model: MLP, x, y) -> tuple[float, float]:
+    """(mean loss, accuracy) on a whole split."""
+    model.eval()
+    logits = model(torch.as_tensor(x, dtype=model.head.weight.dtype))
+    y = torch.as_tensor(y)
+    return loss_fn(logits, y, model.cfg.head).item(), (predict(logits, model.cfg.head) == y).double().mean().item()
