@@ -156,3 +156,18 @@ def write_idx(path: str | Path, array: np.ndarray) -> None:
     code = codes.get(big.dtype.str) or codes[np.dtype(np.uint8).str]
     header = struct.pack(">HBB", 0, code, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
     Path(path).write_bytes(header + big.tobytes())
+
+
+# ----------------------------------------------------------------------------- lookup by name
+TASKS = {"moons": moons, "digits": digits, "mnist": mnist}
+
+
+def load_task(name: str, *, seed: int = 0, data_dir: str | Path | None = None) -> Dataset:
+    """A dataset by task name; tasks that read files (mnist) need `data_dir`."""
+    if name not in TASKS:
+        raise KeyError(f"unknown task {name!r}; choose from {', '.join(TASKS)}")
+    if name == "mnist":
+        if data_dir is None:
+            raise DataFileError("task mnist reads IDX files: give the folder with --data-dir")
+        return mnist(data_dir, seed=seed)
+    return TASKS[name](seed=seed)

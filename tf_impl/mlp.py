@@ -110,9 +110,9 @@ def forward_backward(model: MLP, x, y) -> dict[str, np.ndarray]:
 
 # ----------------------------------------------------------------------------- train step
 def make_optimizer(model: MLP, lr: float) -> keras.optimizers.Optimizer:
-    # A float learning rate is stored in a float32 (floatx) variable, which rounds 0.1 to
-    # 0.10000000149 in a float64 run; a callable keeps it a Python float (docs/PORTING.md).
-    return keras.optimizers.SGD(learning_rate=lambda: lr)
+    # A float learning rate becomes a float32 (floatx) variable, which rounds 0.1 to 0.10000000149
+    # in a float64 run; a callable that returns a tensor of the model's dtype keeps it exact.
+    return keras.optimizers.SGD(learning_rate=lambda: ops.convert_to_tensor(lr, dtype=model.dtype))
 
 
 @tf.function(reduce_retracing=True)

@@ -1,0 +1,65 @@
+"""The rosetta CLI: exit codes, one-line errors, JSON output, and lazy framework imports."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+ROSETTA = [sys.executable, "-m", "tasks.cli"]
+
+
+def rosetta(*args, timeout=300):
+    return subprocess.run([*ROSETTA, *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["train", "nosuchmodel"], "unknown model 'nosuchmodel'; choose from: mlp"),
+        (["train", "mlp", "--task", "nosuchtask"], "unknown task 'nosuchtask' for model mlp; choose from: moons, digits"),
+        (["train", "mlp", "--framework", "caffe"], "unknown framework 'caffe'; choose from: all,"),
+        (["train", "mlp", "--lr", "-0.1"], "--lr must be a positive number"),
+        (["train", "mlp", "--epochs", "0"], "--epochs must be a positive integer"),
+        (["train", "mlp", "--hidden", "4,x"], "--hidden must be positive integers"),
+        (["train", "mlp", "--task", "mnist", "--framework", "scratch", "--data-dir", "/nonexistent"], "/nonexistent: not a directory"),
+        (["parity", "nosuchmodel"], "unknown model 'nosuchmodel'"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(args, needle):
+    result = rosetta(*args)
+    assert result.returncode == 2, result.stderr
+    assert needle in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_scratch_train_imports_no_framework_and_prints_json():
+    code = (
+        "import sys, tasks.cli as c\n"
+        "sys.argv = ['rosetta', 'train', 'mlp', '--framework', 'scratch', '--epochs', '3', '--json']\n"
+        "try:\n    c.main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "bad = sorted(m for m in ('torch', 'tensorflow', 'jax', 'keras', 'flax') if m in sys.modules)\n"
+        "print('IMPORTED', bad, file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "IMPORTED []" in result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["model"] == "mlp" and doc["task"] == "moons"
+    (row,) = doc["results"]
+    assert row["framework"] == "scratch" and row["max_param_diff_vs_scratch"] == 0.0
+    assert set(row) >= {"framework", "final_loss", "test_accuracy", "seconds_per_epoch", "max_param_diff_vs_scratch"}
+
+
+def test_parity_json_records():
+    result = rosetta("parity", "mlp", "--framework", "torch", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = json.loads(result.stdout)
+    assert records and all(r["passed"] for r in records)
+    assert {"model", "framework", "reference", "dtype", "tensor", "max_abs_error", "rel_error", "tolerance", "passed"} <= set(records[0])
+    assert {r["framework"] for r in records} == {"scratch", "torch_impl"}
+    worst64 = max(r["rel_error"] for r in records if r["dtype"] == "float64")
+    assert worst64 <= 1e-10

@@ -1,0 +1,233 @@
+"""The `rosetta` command line: train and compare the four implementations side by side.
+
+    rosetta train mlp --task moons --framework all      # one table, four frameworks
+    rosetta parity mlp --json                           # every parity check, as JSON
+    rosetta all                                         # the main job: train + parity, every model
+
+Framework packages are imported only when a command runs them, so a scratch-only run imports
+none of torch, tensorflow or jax. Bad names and values exit with status 2 and one line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tasks import parity as parity_mod
+from tasks.data import DataFileError
+from tasks.registry import FRAMEWORK_ALIASES, MODELS, resolve_framework
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None, help=__doc__.split("\n")[0])
+out = Console(width=None if sys.stdout.isatty() else 140)  # tables go to stdout
+err = Console(stderr=True)  # progress and messages go to stderr, so --json output stays clean
+
+
+def fail(message: str) -> None:
+    """One line on stderr, exit status 2 (a usage error)."""
+    print(f"error: {message}", file=sys.stderr)  # plain print: rich would wrap the line
+    raise typer.Exit(2)
+
+
+def check_model(model: str) -> str:
+    if model not in MODELS:
+        fail(f"unknown model {model!r}; choose from: {', '.join(MODELS)}")
+    return model
+
+
+def check_frameworks(name: str) -> list[str]:
+    try:
+        return resolve_framework(name)
+    except KeyError:
+        fail(f"unknown framework {name!r}; choose from: all, {', '.join(sorted(set(FRAMEWORK_ALIASES)))}")
+
+
+class EpochProgress:
+    """A rich progress bar per framework, on stderr; `start` returns the per-epoch callback."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+
+    def start(self, framework: str, epochs: int):
+        task = self.progress.add_task(framework, total=epochs, loss=float("nan"))
+        return lambda epoch, loss: self.progress.update(task, completed=epoch + 1, loss=loss)
+
+
+def progress_bar(enabled: bool) -> Progress:
+    columns = [TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn()]
+    return Progress(*columns, console=err, disable=not enabled, transient=False)
+
+
+def fmt(value, spec: str) -> str:
+    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
+# ----------------------------------------------------------------------------- train
+def train_model(model: str, task: str | None, frameworks: list[str], opts, show_progress: bool) -> dict:
+    import importlib
+
+    entry = MODELS[model]
+    task = task or entry.default_task
+    if task not in entry.tasks:
+        fail(f"unknown task {task!r} for model {model}; choose from: {', '.join(entry.tasks)}")
+    runner = importlib.import_module(entry.runner)
+    with progress_bar(show_progress) as bar:
+        try:
+            return runner.run(model, task, frameworks, opts, progress=EpochProgress(bar))
+        except DataFileError as e:
+            fail(str(e))
+
+
+def print_train(result: dict) -> None:
+    table = Table(title=f"{result['model']} on {result['task']} ({result['n_train']} train / {result['n_test']} test)")
+    for col in ("framework", "final train loss", "test accuracy", "s / epoch", "max |Δparam| vs scratch"):
+        table.add_column(col, justify="left" if col == "framework" else "right")
+    for r in result["results"]:
+        table.add_row(r["framework"], fmt(r["final_loss"], ".4f"), fmt(r["test_accuracy"], ".4f"), fmt(r["seconds_per_epoch"], ".3f"), fmt(r["max_param_diff_vs_scratch"], ".2e"))
+    out.print(table)
+
+
+@app.command()
+def train(
+    model: str = typer.Argument(..., help=f"one of: {', '.join(MODELS)}"),
+    task: Optional[str] = typer.Option(None, help="task name (default: the model's first task)"),
+    framework: str = typer.Option("all", help="scratch, torch, tf, jax, or all"),
+    epochs: Optional[int] = typer.Option(None, help="epochs (default: per task)"),
+    lr: Optional[float] = typer.Option(None, help="learning rate (default: per task)"),
+    batch_size: Optional[int] = typer.Option(None, help="mini-batch size (default: per task)"),
+    hidden: Optional[str] = typer.Option(None, help="hidden layer sizes, comma separated, e.g. 64,32"),
+    activation: Optional[str] = typer.Option(None, help="relu, tanh, sigmoid or leaky_relu"),
+    seed: int = typer.Option(0, help="seed for the split, the initial weights and the batch order"),
+    dtype: str = typer.Option("float32", help="float32 or float64"),
+    data_dir: Optional[str] = typer.Option(None, help="folder with MNIST IDX files (task mnist)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON document to stdout"),
+):
+    """Train MODEL in one or all frameworks from the same initial weights and compare."""
+    from tasks.configs import ACTIVATIONS
+    from tasks.train import TrainOptions
+
+    check_model(model)
+    frameworks = check_frameworks(framework)
+    if epochs is not None and epochs < 1:
+        fail(f"--epochs must be a positive integer, got {epochs}")
+    if lr is not None and not (lr > 0 and math.isfinite(lr)):
+        fail(f"--lr must be a positive number, got {lr}")
+    if batch_size is not None and batch_size < 1:
+        fail(f"--batch-size must be a positive integer, got {batch_size}")
+    if dtype not in ("float32", "float64"):
+        fail(f"unknown dtype {dtype!r}; choose from: float32, float64")
+    if activation is not None and activation not in ACTIVATIONS:
+        fail(f"unknown activation {activation!r}; choose from: {', '.join(ACTIVATIONS)}")
+    sizes = None
+    if hidden is not None:
+        try:
+            sizes = tuple(int(h) for h in hidden.split(",") if h.strip())
+        except ValueError:
+            sizes = (-1,)
+        if any(h < 1 for h in sizes):
+            fail(f"--hidden must be positive integers separated by commas, got {hidden!r}")
+    opts = TrainOptions(epochs=epochs, lr=lr, batch_size=batch_size, hidden=sizes, activation=activation, seed=seed, dtype=dtype, data_dir=data_dir)
+    result = train_model(model, task, frameworks, opts, show_progress=sys.stderr.isatty() or not as_json)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_train(result)
+
+
+# ----------------------------------------------------------------------------- parity
+def parity_records(models: list[str], frameworks: list[str]) -> list[dict]:
+    records = []
+    for model in models:
+        cases = parity_mod.CASES.get(model, [])
+        with progress_bar(sys.stderr.isatty()) as bar:
+            task = bar.add_task(f"{model}", total=len(cases), loss=float("nan"))
+            for case in cases:
+                records += parity_mod.records(case, frameworks)
+                bar.advance(task)
+    return records
+
+
+def print_parity(records: list[dict]) -> None:
+    """The largest error per model, framework, reference, dtype and check kind."""
+    groups: dict[tuple, dict] = {}
+    for r in records:
+        check = r["tensor"].split(".")[0] if r["tensor"].split(".")[0] in ("grad", "roundtrip", "sgd") else "forward"
+        key = (r["model"], r["framework"], r["reference"], r["dtype"], check)
+        g = groups.setdefault(key, {"worst": r, "n": 0, "failed": 0})
+        g["n"] += 1
+        g["failed"] += not r["passed"]
+        if r["rel_error"] > g["worst"]["rel_error"]:
+            g["worst"] = r
+    table = Table(title="parity: largest relative error per check")
+    for col in ("model", "framework", "vs", "dtype", "check", "worst tensor", "rel error", "tolerance", "ok"):
+        table.add_column(col)
+    for (model, fw, ref, dtype, check), g in groups.items():
+        w = g["worst"]
+        ok = "yes" if not g["failed"] else f"NO ({g['failed']}/{g['n']})"
+        table.add_row(model, fw, ref, dtype, check, f"{w['case']}:{w['tensor']}", f"{w['rel_error']:.1e}", f"{w['tolerance']:.0e}", ok)
+    out.print(table)
+    failed = sum(not r["passed"] for r in records)
+    out.print(f"{len(records) - failed} passed, {failed} failed")
+
+
+@app.command()
+def parity(
+    models: Optional[list[str]] = typer.Argument(None, help=f"models to check (default: all): {', '.join(MODELS)}"),
+    framework: str = typer.Option("all", help="frameworks to compare with scratch, or all"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON list of records to stdout"),
+):
+    """Run the parity checks without pytest; exit 1 if any check fails."""
+    models = [check_model(m) for m in (models or list(MODELS))]
+    frameworks = check_frameworks(framework)
+    if "scratch" not in frameworks:
+        frameworks = ["scratch", *frameworks]  # every check is against the scratch reference
+    records = parity_records(models, frameworks)
+    if as_json:
+        print(json.dumps(records, indent=1))
+    else:
+        print_parity(records)
+    if not records or not all(r["passed"] for r in records):
+        raise typer.Exit(1)
+
+
+# ----------------------------------------------------------------------------- the main job
+@app.command(name="all")
+def all_models(as_json: bool = typer.Option(False, "--json", help="print one JSON document to stdout")):
+    """The main job: train every model on its default task in all four frameworks, then run parity."""
+    from tasks.train import TrainOptions
+
+    trained = []
+    for model, entry in MODELS.items():
+        result = train_model(model, None, list(resolve_framework("all")), TrainOptions(), show_progress=not as_json or sys.stderr.isatty())
+        trained.append(result)
+        if not as_json:
+            print_train(result)
+    records = parity_records(list(MODELS), list(resolve_framework("all")))
+    failed = sum(not r["passed"] for r in records)
+    if as_json:
+        print(json.dumps({"train": trained, "parity": records}, indent=1))
+    else:
+        print_parity(records)
+    if failed or not records:
+        raise typer.Exit(1)
+
+
+@app.command(name="list")
+def list_models():
+    """List the models, their tasks and the frameworks."""
+    for name, entry in MODELS.items():
+        out.print(f"{name:<12} tasks: {', '.join(entry.tasks):<28} {entry.summary}", highlight=False)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""Parity checks: identical canonical weights in, identical outputs and gradients out.
+
+The checks run as a star around `scratch/` (the hand-written reference) and pairwise between the
+other frameworks. `parity_tests/` asserts them under pytest; `rosetta parity` prints them as a
+table or JSON. Both call `compute`, so the CLI and the tests can never check different things.
+
+Relative error of a tensor: max|actual - reference| / max|reference|, one number per tensor, so an
+element that happens to be near zero does not make the check meaningless.
+"""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from tasks import weights
+from tasks.configs import MLPConfig
+from tasks.data import Dataset
+from tasks.registry import FRAMEWORKS, load_impl
+
+DTYPES = ("float64", "float32")
+# float64 proves a layout rule; float32 shows what users see (oneDNN and XLA reorder sums)
+TOLERANCES = {
+    "float64": {"output": 1e-10, "gradient": 1e-10, "trajectory": 1e-9},
+    "float32": {"output": 1e-5, "gradient": 1e-4, "trajectory": 1e-4},
+}
+TRAJECTORY_STEPS = 20
+TRAJECTORY_LR = 0.1
+
+
+@dataclass(frozen=True)
+class Case:
+    """One parity configuration of a model: a config, a batch, and how to make its inputs."""
+
+    model: str
+    name: str
+    config: Any
+    make_inputs: Callable[[np.random.Generator, Any, int], tuple[np.ndarray, np.ndarray]]
+    batch: int = 8
+    seed: int = 1234
+
+    @property
+    def id(self) -> str:
+        return f"{self.model}[{self.name}]"
+
+
+def _tabular(rng, cfg, n):
+    x = rng.normal(size=(n, cfg.in_features))
+    y = rng.integers(0, cfg.n_classes, size=n)
+    return x, y
+
+
+CASES: dict[str, list[Case]] = {
+    "mlp": [
+        Case("mlp", "sigmoid-tanh", MLPConfig(5, (7, 6), 2, "tanh", "sigmoid"), _tabular),
+        Case("mlp", "softmax-relu", MLPConfig(5, (7, 6), 4, "relu", "softmax"), _tabular),
+        Case("mlp", "softmax-leaky", MLPConfig(5, (7,), 3, "leaky_relu", "softmax"), _tabular),
+        Case("mlp", "sigmoid-sigmoid", MLPConfig(5, (6,), 2, "sigmoid", "sigmoid"), _tabular),
+        Case("mlp", "softmax-linear", MLPConfig(5, (), 3, "relu", "softmax"), _tabular),
+    ],
+}
+
+
+def kind(tensor: str) -> str:
+    """Which tolerance a tensor takes: outputs and loss, or gradients."""
+    return "gradient" if tensor.startswith("grad.") else "output"
+
+
+def rel_error(actual: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    actual, reference = np.asarray(actual, np.float64), np.asarray(reference, np.float64)
+    if actual.shape != reference.shape:
+        return float("inf"), float("inf")
+    abs_err = float(np.max(np.abs(actual - reference))) if actual.size else 0.0
+    scale = float(np.max(np.abs(reference))) if reference.size else 0.0
+    return abs_err, abs_err / scale if scale > 0 else abs_err
+
+
+def assert_close(actual, reference, tol: float, what: str) -> None:
+    """assert_allclose with the suite's relative error: atol scales with the reference's size."""
+    reference = np.asarray(reference)
+    scale = float(np.max(np.abs(reference))) if reference.size else 0.0
+    np.testing.assert_allclose(actual, reference, rtol=tol, atol=tol * scale, err_msg=what)
+
+
+# ----------------------------------------------------------------------------- computing
+@functools.lru_cache(maxsize=None)
+def canonical_file(case: Case) -> Path:
+    """Random non-zero weights *and biases* for the case, written once to a safetensors file."""
+    path = Path(tempfile.mkdtemp(prefix="rosetta-parity-")) / f"{case.model}-{case.name}.safetensors"
+    weights.save(path, weights.init_uniform(case.config.param_shapes(), case.seed))
+    return path
+
+
+def inputs(case: Case, n: int, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    x, y = case.make_inputs(np.random.default_rng(case.seed + 1), case.config, n)
+    return x.astype(dtype), y
+
+
+@functools.lru_cache(maxsize=None)
+def compute(case: Case, framework: str, dtype: str) -> dict[str, np.ndarray]:
+    """Everything the checks compare, for one framework and dtype, in canonical names and layouts.
+
+    forward/backward tensors (output, loss, grad.*), the round trip (roundtrip.*), and the
+    parameters after TRAJECTORY_STEPS plain SGD steps through the framework's own train loop (sgd.*).
+    """
+    impl = load_impl(framework, case.model)
+    params = weights.cast(weights.load(canonical_file(case)), dtype)
+    model = impl.create_model(case.config, seed=0, dtype=dtype)
+    impl.load_canonical(model, params)
+    out = {f"roundtrip.{k}": v for k, v in impl.export_canonical(model).items()}
+    x, y = inputs(case, case.batch, dtype)
+    out.update(impl.forward_backward(model, x, y))
+    # trajectory: a fresh model, the same weights, TRAJECTORY_STEPS mini-batches in the shared order
+    model = impl.create_model(case.config, seed=0, dtype=dtype)
+    impl.load_canonical(model, params)
+    x, y = inputs(case, case.batch * TRAJECTORY_STEPS, dtype)
+    data = Dataset(case.model, x, y, x[:1], y[:1], case.config.n_classes)
+    impl.train(model, data, epochs=1, lr=TRAJECTORY_LR, batch_size=case.batch, seed=case.seed)
+    out.update({f"sgd.{k}": v for k, v in impl.export_canonical(model).items()})
+    return out
+
+
+def expected_tensors(case: Case) -> list[str]:
+    """Names of every compared tensor, known before any framework is imported (for test ids)."""
+    names = list(case.config.param_shapes())
+    return ["output", "loss", "grad.input", *(f"grad.{n}" for n in names), *(f"roundtrip.{n}" for n in names), *(f"sgd.{n}" for n in names)]
+
+
+def tolerance(tensor: str, dtype: str) -> float:
+    if tensor.startswith("roundtrip."):
+        return 0.0  # export(load(w)) must give w back bit for bit
+    if tensor.startswith("sgd."):
+        return TOLERANCES[dtype]["trajectory"]
+    return TOLERANCES[dtype][kind(tensor)]
+
+
+def records(case: Case, frameworks=FRAMEWORKS, dtypes=DTYPES, pairwise: bool = True) -> list[dict]:
+    """One record per (framework, reference, dtype, tensor): the errors, the tolerance, passed."""
+    out = []
+    for dtype in dtypes:
+        results = {fw: compute(case, fw, dtype) for fw in frameworks}
+        others = [fw for fw in frameworks if fw != "scratch"]
+        pairs = [(fw, "scratch") for fw in others if "scratch" in results]
+        if pairwise:
+            pairs += [(a, b) for i, a in enumerate(others) for b in others[i + 1 :]]
+        if "scratch" in results:  # the scratch round trip, checked against the file itself
+            pairs.insert(0, ("scratch", "scratch"))
+        for fw, ref in pairs:
+            for tensor in expected_tensors(case):
+                if fw == ref and not tensor.startswith("roundtrip."):
+                    continue
+                if tensor.startswith("roundtrip.") and fw == ref:
+                    reference = weights.cast(weights.load(canonical_file(case)), dtype)[tensor.removeprefix("roundtrip.")]
+                else:
+                    reference = results[ref][tensor]
+                actual = results[fw].get(tensor)
+                tol = tolerance(tensor, dtype)
+                if actual is None:
+                    abs_err = rel = float("inf")
+                else:
+                    abs_err, rel = rel_error(actual, reference)
+                exact_dtype = actual is not None and np.asarray(actual).dtype == np.dtype(dtype)
+                out.append(
+                    {
+                        "model": case.model,
+                        "case": case.name,
+                        "framework": fw,
+                        "reference": ref if fw != ref else "canonical file",
+                        "dtype": dtype,
+                        "tensor": tensor,
+                        "max_abs_error": abs_err,
+                        "rel_error": rel,
+                        "tolerance": tol,
+                        "passed": bool(rel <= tol and exact_dtype),
+                    }
+                )
+    return out

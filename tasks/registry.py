@@ -1,0 +1,61 @@
+"""The registry: which models exist, which tasks they train on, and their default settings.
+
+A plain dict. Implementations are found by convention, `importlib.import_module(f"{framework}.{model}")`,
+so adding a model is a file in each framework folder plus an entry here; nothing registers itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from types import ModuleType
+
+FRAMEWORKS = ("scratch", "torch_impl", "tf_impl", "jax_impl")
+# what a user may type for --framework, mapped to the folder name used everywhere in output
+FRAMEWORK_ALIASES = {
+    "scratch": "scratch", "numpy": "scratch",
+    "torch": "torch_impl", "pytorch": "torch_impl", "torch_impl": "torch_impl",
+    "tf": "tf_impl", "keras": "tf_impl", "tensorflow": "tf_impl", "tf_impl": "tf_impl",
+    "jax": "jax_impl", "flax": "jax_impl", "jax_impl": "jax_impl",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model of the suite."""
+
+    name: str  # the file name in every framework folder: scratch/{name}.py, ...
+    tasks: tuple[str, ...]  # tasks it can train on; the first is the default
+    defaults: dict = field(default_factory=dict)  # task -> default training options
+    runner: str = "tasks.train"  # module whose run() trains it (gradient models share one)
+    summary: str = ""
+
+    @property
+    def default_task(self) -> str:
+        return self.tasks[0]
+
+
+MODELS: dict[str, ModelEntry] = {
+    "mlp": ModelEntry(
+        name="mlp",
+        tasks=("moons", "digits", "mnist"),
+        defaults={
+            "moons": dict(epochs=60, lr=0.2, batch_size=32, hidden=(32, 32), activation="relu"),
+            "digits": dict(epochs=40, lr=0.2, batch_size=32, hidden=(64,), activation="relu"),
+            "mnist": dict(epochs=10, lr=0.1, batch_size=64, hidden=(128,), activation="relu"),
+        },
+        summary="multilayer perceptron (any depth; relu/tanh/sigmoid/leaky relu; sigmoid or softmax head)",
+    ),
+}
+
+
+def resolve_framework(name: str) -> list[str]:
+    """'all' -> every framework; an alias -> its folder name; anything else -> KeyError."""
+    if name == "all":
+        return list(FRAMEWORKS)
+    return [FRAMEWORK_ALIASES[name.lower()]]
+
+
+def load_impl(framework: str, model: str) -> ModuleType:
+    """Import `{framework}.{model}` only now: nothing imports torch, tensorflow or jax before this."""
+    return importlib.import_module(f"{framework}.{model}")
