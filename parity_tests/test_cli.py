@@ -63,3 +63,14 @@ def test_parity_json_records():
     assert {r["framework"] for r in records} == {"scratch", "torch_impl"}
     worst64 = max(r["rel_error"] for r in records if r["dtype"] == "float64")
     assert worst64 <= 1e-10
+
+
+def test_train_on_mnist_idx_folder(tmp_path):
+    """The real MNIST path end to end, on tiny IDX files written here."""
+    from parity_tests.test_data import write_tiny_mnist
+
+    write_tiny_mnist(tmp_path, n_train=12, n_test=4)
+    result = rosetta("train", "mlp", "--task", "mnist", "--data-dir", str(tmp_path), "--framework", "scratch", "--epochs", "2", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    doc = json.loads(result.stdout)
+    assert doc["n_train"] == 12 and doc["n_test"] == 4 and doc["config"]["in_features"] == 784

@@ -18,3 +18,14 @@ def test_default_training_reaches_the_bar(model, task):
         assert row["max_param_diff_vs_scratch"] < 1e-3, row  # float32 drift only, no divergence
     losses = {row["framework"]: row["final_loss"] for row in result["results"]}
     assert max(losses.values()) - min(losses.values()) < 1e-4, losses
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_same_seed_same_result_bit_for_bit(framework):
+    """Two runs with one seed give identical weights; another seed gives other weights."""
+    opts = train.TrainOptions(epochs=2, seed=5)
+    a = train.run("mlp", "moons", [framework], opts)["results"][0]
+    b = train.run("mlp", "moons", [framework], opts)["results"][0]
+    c = train.run("mlp", "moons", [framework], train.TrainOptions(epochs=2, seed=6))["results"][0]
+    assert a["final_loss"] == b["final_loss"] and a["test_accuracy"] == b["test_accuracy"]
+    assert a["final_loss"] != c["final_loss"]

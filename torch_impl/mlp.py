@@ -38,9 +38,10 @@ class MLP(nn.Module):
         self.head = nn.Linear(sizes[-2], sizes[-1], dtype=dtype)
         # nn.Linear draws from torch's global RNG; redraw from the generator we were given
         with torch.no_grad():
-            for p in self.parameters():
-                bound = 1.0 / np.sqrt(p.shape[-1] if p.ndim == 2 else p.shape[0])
-                p.uniform_(-bound, bound, generator=generator)
+            for layer in [*self.hidden, self.head]:
+                bound = 1.0 / np.sqrt(layer.in_features)  # nn.Linear's own default range
+                layer.weight.uniform_(-bound, bound, generator=generator)
+                layer.bias.uniform_(-bound, bound, generator=generator)
 
     def forward(self, x):
         for layer in self.hidden:
