@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gzip
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +73,45 @@ def digits(seed: int = 0) -> Dataset:
     d = load_digits()
     x = (d.data / 16.0).astype(np.float64)  # (B, 64); pixel values are 0..16
     return split("digits", x, d.target.astype(np.int64), 10, seed, image_shape=(8, 8))
+
+
+def resize_bilinear(images: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear resampling of (B, C, H, W) images to (B, C, size, size), half-pixel centres.
+
+    Deterministic and separable: one (size, H) interpolation matrix per axis, output pixel i
+    sampling the input at (i + 0.5) * H / size - 0.5 (torch's `align_corners=False` rule).
+    """
+
+    def matrix(n_in: int) -> np.ndarray:
+        src = np.clip((np.arange(size) + 0.5) * n_in / size - 0.5, 0, n_in - 1)
+        lo = np.floor(src).astype(int)
+        hi = np.minimum(lo + 1, n_in - 1)
+        m = np.zeros((size, n_in))
+        np.add.at(m, (np.arange(size), lo), 1 - (src - lo))
+        np.add.at(m, (np.arange(size), hi), src - lo)
+        return m  # (size, n_in), each row sums to 1
+
+    rows, cols = matrix(images.shape[2]), matrix(images.shape[3])
+    return np.einsum("ih,bchw,jw->bcij", rows, images, cols)  # (B, C, H, W) -> (B, C, size, size)
+
+
+def pad_to(images: np.ndarray, size: int) -> np.ndarray:
+    """Zero-pad (B, C, H, W) images evenly to (B, C, size, size), as LeNet-5 pads 28x28 MNIST to 32x32."""
+    ph, pw = size - images.shape[2], size - images.shape[3]
+    if ph < 0 or pw < 0:
+        raise ValueError(f"images of {images.shape[2]}x{images.shape[3]} do not fit in {size}x{size}")
+    return np.pad(images, ((0, 0), (0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)))
+
+
+def digits32(seed: int = 0) -> Dataset:
+    """The `digits` images as LeNet-5 sees MNIST: (B, 1, 32, 32), a 28x28 digit centred in a 32x32 field.
+
+    Each 8x8 image is resampled bilinearly to 28x28 (`resize_bilinear`) and zero-padded by 2 on
+    every side (`pad_to`), like the paper's MNIST input. Same images, labels and split as `digits`.
+    """
+    d = digits(seed)
+    to32 = lambda a: pad_to(resize_bilinear(a.reshape(-1, 1, 8, 8), 28), 32)  # (B, 64) -> (B, 1, 32, 32)
+    return replace(d, name="digits32", x_train=to32(d.x_train), x_test=to32(d.x_test), meta={**d.meta, "image_shape": (32, 32)})
 
 
 # ----------------------------------------------------------------------------- MNIST (IDX files)
@@ -159,7 +198,7 @@ def write_idx(path: str | Path, array: np.ndarray) -> None:
 
 
 # ----------------------------------------------------------------------------- lookup by name
-TASKS = {"moons": moons, "digits": digits, "mnist": mnist}
+TASKS = {"moons": moons, "digits": digits, "mnist": mnist, "digits32": digits32}
 
 
 def load_task(name: str, *, seed: int = 0, data_dir: str | Path | None = None) -> Dataset:
