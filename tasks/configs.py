@@ -6,9 +6,13 @@ framework's loader checks against before it touches a model.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "leaky_relu")
+# "uniform" is torch's nn.Linear default U(±1/sqrt(fan_in)); the others are the named initialisers
+INITS = ("uniform", "he_normal", "he_uniform", "xavier_normal", "xavier_uniform")
+BN_TENSORS = ("weight", "bias", "running_mean", "running_var")  # torch's BatchNorm names: gamma, beta, stats
 HEADS = ("sigmoid", "softmax")
 
 
@@ -22,6 +26,9 @@ class MLPConfig:
     activation: str = "relu"  # one of ACTIVATIONS
     head: str = "sigmoid"  # "sigmoid" + binary cross-entropy, or "softmax" + cross-entropy
     leaky_slope: float = 0.01  # torch and jax default 0.01; Keras LeakyReLU defaults to 0.3, so pass it
+    dropout: float = 0.0  # drop probability after each hidden activation; 0 adds no layer at all
+    batch_norm: bool = False  # BatchNorm between each hidden dense layer and its activation
+    init: str = "uniform"  # one of INITS: the weight initialiser create_model uses (biases start at 0 except "uniform")
 
     def __post_init__(self):
         if self.activation not in ACTIVATIONS:
@@ -32,6 +39,10 @@ class MLPConfig:
             raise ValueError(f"a sigmoid head is binary: n_classes must be 2, got {self.n_classes}")
         if self.in_features < 1 or self.n_classes < 2 or any(h < 1 for h in self.hidden):
             raise ValueError(f"layer sizes must be positive: {self}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.init not in INITS:
+            raise ValueError(f"unknown init {self.init!r}; choose from {', '.join(INITS)}")
 
     @property
     def out_features(self) -> int:
@@ -47,6 +58,10 @@ class MLPConfig:
         for i, (n_in, n_out) in enumerate(zip(self.sizes[:-2], self.sizes[1:-1])):
             shapes[f"hidden.{i}.weight"] = (n_out, n_in)
             shapes[f"hidden.{i}.bias"] = (n_out,)
+        if self.batch_norm:  # gamma, beta and the running statistics of each hidden BatchNorm
+            for i, n_out in enumerate(self.sizes[1:-1]):
+                for key in BN_TENSORS:
+                    shapes[f"bn.{i}.{key}"] = (n_out,)
         shapes["head.weight"] = (self.out_features, self.sizes[-2])
         shapes["head.bias"] = (self.out_features,)
         return shapes
@@ -105,3 +120,61 @@ class LeNet5Config:
             "fc3.weight": (self.n_classes, h2),
             "fc3.bias": (self.n_classes,),
         }
+
+
+# ----------------------------------------------------------------------------- optimisers
+OPTIMIZER_NAMES = ("sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "step")
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """One optimiser, schedule and clipping rule, taken by every framework's optim.make_optimizer.
+
+    Each field is the *algorithm's* hyperparameter; the frameworks' own names and defaults differ
+    (docs/PORTING.md, "Optimisers, regularisation and initialisation"), so every one is passed
+    explicitly and none is left to a framework default.
+    """
+
+    name: str = "sgd"  # one of OPTIMIZER_NAMES
+    lr: float = 0.1  # peak learning rate (after warmup)
+    momentum: float = 0.9  # momentum / nesterov: v = momentum * v + g (torch's form)
+    beta1: float = 0.9  # adam / adamw first-moment decay
+    beta2: float = 0.999  # adam / adamw second-moment decay
+    rho: float = 0.99  # rmsprop square-average decay: torch alpha (default 0.99), Keras rho (0.9), optax decay (0.9)
+    eps: float = 1e-8  # added to sqrt(v) (torch, optax); Keras puts it elsewhere, see PORTING
+    weight_decay: float = 0.0  # decoupled decay p -= lr * wd * p, before the adam step (adamw only)
+    schedule: str = "constant"  # one of SCHEDULES
+    warmup_steps: int = 0  # linear warmup lr * t / warmup_steps for t < warmup_steps
+    decay_steps: int = 1000  # cosine: steps after warmup to reach min_lr_ratio * lr
+    min_lr_ratio: float = 0.0  # cosine floor as a fraction of lr (Keras alpha)
+    step_size: int = 100  # step: multiply the lr by gamma every step_size steps after warmup
+    gamma: float = 0.1
+    clip_norm: float | None = None  # clip the global gradient norm to this (None: no clipping)
+
+    def __post_init__(self):
+        if self.name not in OPTIMIZER_NAMES:
+            raise ValueError(f"unknown optimizer {self.name!r}; choose from {', '.join(OPTIMIZER_NAMES)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose from {', '.join(SCHEDULES)}")
+        if not (self.lr > 0 and 0 <= self.momentum < 1 and 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1 and 0 <= self.rho < 1):
+            raise ValueError(f"need lr > 0 and momentum, beta1, beta2, rho in [0, 1): {self}")
+        if self.eps < 0 or self.weight_decay < 0 or self.warmup_steps < 0 or self.decay_steps < 1 or self.step_size < 1:
+            raise ValueError(f"need eps, weight_decay, warmup_steps >= 0 and decay_steps, step_size >= 1: {self}")
+        if self.weight_decay and self.name != "adamw":
+            # torch's SGD/Adam weight_decay is an L2 gradient term, Keras's is decoupled: refuse the ambiguity
+            raise ValueError(f"weight_decay (decoupled) is for adamw only, got optimizer {self.name!r}")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            raise ValueError(f"clip_norm must be positive, got {self.clip_norm}")
+
+    def learning_rate(self, step: int) -> float:
+        """The reference schedule: the lr of the update that follows `step` earlier updates."""
+        if step < self.warmup_steps:
+            return self.lr * step / self.warmup_steps
+        t = step - self.warmup_steps
+        if self.schedule == "cosine":
+            cosine = 0.5 * (1 + math.cos(math.pi * min(t, self.decay_steps) / self.decay_steps))
+            return self.lr * ((1 - self.min_lr_ratio) * cosine + self.min_lr_ratio)
+        if self.schedule == "step":
+            return self.lr * self.gamma ** (t // self.step_size)
+        return self.lr
