@@ -19,6 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from tasks import weights
+from tasks.configs import LeNet5Config
 from tasks.configs import MLPConfig
 from tasks.data import Dataset
 from tasks.registry import FRAMEWORKS, load_impl
@@ -64,6 +65,20 @@ CASES: dict[str, list[Case]] = {
         Case("mlp", "softmax-linear", MLPConfig(5, (), 3, "relu", "softmax"), _tabular),
     ],
 }
+
+
+def _images(rng, cfg, n):
+    """(B, C, H, W) normal images and a class label each."""
+    x = rng.normal(size=(n, cfg.in_channels, cfg.image_size, cfg.image_size))
+    y = rng.integers(0, cfg.n_classes, size=n)
+    return x, y
+
+
+# LeNet-5 at full size (the flatten permutation needs the real 16 x 5 x 5), small batches to stay fast
+CASES["lenet5"] = [
+    Case("lenet5", "tanh-avg", LeNet5Config(activation="tanh", pooling="avg"), _images, batch=4),
+    Case("lenet5", "relu-max", LeNet5Config(activation="relu", pooling="max"), _images, batch=4),
+]
 
 
 def kind(tensor: str) -> str:

@@ -46,6 +46,15 @@ MODELS: dict[str, ModelEntry] = {
         },
         summary="multilayer perceptron (any depth; relu/tanh/sigmoid/leaky relu; sigmoid or softmax head)",
     ),
+    "lenet5": ModelEntry(
+        name="lenet5",
+        tasks=("digits32", "mnist"),
+        defaults={
+            "digits32": dict(epochs=15, lr=0.1, batch_size=32, activation="tanh", pooling="avg"),
+            "mnist": dict(epochs=3, lr=0.05, batch_size=64, activation="tanh", pooling="avg"),
+        },
+        summary="LeNet-5 (conv 6@5x5, pool, conv 16@5x5, pool, dense 120-84-10; tanh|relu, avg|max pooling)",
+    ),
 }
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from tasks import weights
+from tasks.configs import LeNet5Config
+from tasks.data import pad_to
 from tasks.configs import MLPConfig
 from tasks.data import Dataset, load_task
 from tasks.registry import MODELS, load_impl
@@ -27,13 +29,14 @@ class TrainOptions:
     batch_size: int | None = None
     hidden: tuple[int, ...] | None = None
     activation: str | None = None
+    pooling: str | None = None  # lenet5: "avg" or "max"
     seed: int = 0
     dtype: str = "float32"
     data_dir: str | None = None
 
     def with_defaults(self, model: str, task: str) -> "TrainOptions":
         defaults = MODELS[model].defaults.get(task, {})
-        filled = {k: defaults.get(k) for k in ("epochs", "lr", "batch_size", "hidden", "activation") if getattr(self, k) is None}
+        filled = {k: defaults.get(k) for k in ("epochs", "lr", "batch_size", "hidden", "activation", "pooling") if getattr(self, k) is None}
         return replace(self, **filled)
 
 
@@ -47,6 +50,9 @@ def make_config(model: str, data: Dataset, opts: TrainOptions):
             activation=opts.activation,
             head="sigmoid" if data.n_classes == 2 else "softmax",
         )
+    if model == "lenet5":
+        channels, size = data.x_train.shape[1:3]  # (B, C, H, W) after prepare, H = W
+        return LeNet5Config(in_channels=channels, image_size=size, n_classes=data.n_classes, activation=opts.activation, pooling=opts.pooling)
     raise KeyError(f"no config rule for model {model!r}")
 
 
@@ -55,6 +61,9 @@ def prepare(model: str, data: Dataset) -> Dataset:
     if model == "mlp" and data.x_train.ndim > 2:
         flat = lambda a: a.reshape(len(a), -1)  # (B, C, H, W) -> (B, C*H*W)
         return replace(data, x_train=flat(data.x_train), x_test=flat(data.x_test))
+    if model == "lenet5" and data.x_train.shape[2:] != (32, 32):
+        to32 = lambda a: pad_to(a, 32)  # MNIST (B, 1, 28, 28) -> (B, 1, 32, 32), zero border as in the paper
+        return replace(data, x_train=to32(data.x_train), x_test=to32(data.x_test))
     return data
 
 

@@ -1,0 +1,167 @@
+"""LeNet-5 in JAX with Flax NNX: nnx.Conv, nnx.avg_pool/max_pool, nnx.Linear, nnx.value_and_grad, optax, nnx.jit.
+
+LeCun, Bottou, Bengio & Haffner (1998), "Gradient-based learning applied to document recognition".
+Flax convolves channel-last: `__call__` turns the canonical (B, C, H, W) images into (B, H, W, C) in
+one line, conv kernels are (kh, kw, in_c, out_c) and dense kernels (in, out). Flattening (B, H, W, C)
+lays features out in (H, W, C) order, so fc1's input rows are permuted on load (docs/PORTING.md).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from tasks import weights
+from tasks.configs import LeNet5Config
+from tasks.data import Dataset, batches
+
+
+# ----------------------------------------------------------------------------- layers
+def uniform_init(bound: float):
+    return lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def make_conv(in_channels: int, out_channels: int, kernel_size: int, *, rngs: nnx.Rngs, dtype):
+    init = uniform_init(1.0 / np.sqrt(in_channels * kernel_size**2))  # torch's nn.Conv2d default range
+    # padding="VALID": nnx.Conv defaults to "SAME", which would keep 32x32 and break every later shape
+    return nnx.Conv(in_channels, out_channels, (kernel_size, kernel_size), padding="VALID", kernel_init=init, bias_init=init, dtype=dtype, param_dtype=dtype, rngs=rngs)
+
+
+def make_dense(in_features: int, out_features: int, *, rngs: nnx.Rngs, dtype):
+    init = uniform_init(1.0 / np.sqrt(in_features))  # torch's nn.Linear default range, so every framework starts alike
+    return nnx.Linear(in_features, out_features, kernel_init=init, bias_init=init, dtype=dtype, param_dtype=dtype, rngs=rngs)
+
+
+def make_pool(cfg: LeNet5Config):
+    return partial({"avg": nnx.avg_pool, "max": nnx.max_pool}[cfg.pooling], window_shape=(2, 2), strides=(2, 2))
+
+
+# ----------------------------------------------------------------------------- model
+class LeNet5(nnx.Module):
+    """Two conv + pool stages, a flatten, two hidden dense layers and a linear head (logits)."""
+
+    def __init__(self, cfg: LeNet5Config, *, rngs: nnx.Rngs, dtype=jnp.float64):
+        self.cfg = cfg
+        (c1, c2), (h1, h2), k = cfg.channels, cfg.hidden, cfg.kernel_size
+        self.conv1 = make_conv(cfg.in_channels, c1, k, rngs=rngs, dtype=dtype)
+        self.conv2 = make_conv(c1, c2, k, rngs=rngs, dtype=dtype)
+        self.fc1 = make_dense(cfg.flat_features, h1, rngs=rngs, dtype=dtype)  # 16 * 5 * 5 = 400 inputs by default
+        self.fc2 = make_dense(h1, h2, rngs=rngs, dtype=dtype)
+        self.fc3 = make_dense(h2, cfg.n_classes, rngs=rngs, dtype=dtype)
+        # the activation and the pooling are plain functions, so one of each serves every use
+        self.activation = {"relu": nnx.relu, "tanh": nnx.tanh}[cfg.activation]
+        self.pool = make_pool(cfg)
+
+    def __call__(self, x):
+        x = jnp.transpose(x, (0, 2, 3, 1))  # (B, C, H, W) -> (B, H, W, C): Flax convolves channel-last
+        x = self.pool(self.activation(self.conv1(x)))  # (B, 32, 32, 1) -> (B, 28, 28, 6) -> (B, 14, 14, 6)
+        x = self.pool(self.activation(self.conv2(x)))  # -> (B, 10, 10, 16) -> (B, 5, 5, 16)
+        x = x.reshape(x.shape[0], -1)  # (B, 5, 5, 16) -> (B, 400) in (H, W, C) order, not torch's (C, H, W)
+        x = self.activation(self.fc1(x))  # (B, 400) -> (B, 120)
+        x = self.activation(self.fc2(x))  # (B, 120) -> (B, 84)
+        return self.fc3(x)  # (B, 84) -> (B, C) logits
+
+    def variables_by_name(self) -> dict[str, nnx.Param]:
+        """Each parameter by its canonical name, in the Flax layout."""
+        layers = {"conv1": self.conv1, "conv2": self.conv2, "fc1": self.fc1, "fc2": self.fc2, "fc3": self.fc3}
+        return {f"{p}.{k}": v for p, layer in layers.items() for k, v in (("weight", layer.kernel), ("bias", layer.bias))}
+
+
+def create_model(cfg: LeNet5Config, *, seed: int, dtype: str = "float64") -> LeNet5:
+    return LeNet5(cfg, rngs=nnx.Rngs(params=seed), dtype=jnp.dtype(dtype))
+
+
+# ----------------------------------------------------------------------------- canonical weights
+def to_native(cfg: LeNet5Config, name: str, value: np.ndarray) -> np.ndarray:
+    """One canonical tensor in the Flax layout."""
+    c, s = cfg.channels[1], cfg.feature_size
+    if name.startswith("conv") and name.endswith(".weight"):
+        return value.transpose(2, 3, 1, 0)  # (out_c, in_c, kh, kw) -> (kh, kw, in_c, out_c)
+    if name == "fc1.weight":
+        # input rows from (C, H, W) order to the (H, W, C) flatten order, then (out, in) -> (in, out)
+        return value.reshape(-1, c, s, s).transpose(2, 3, 1, 0).reshape(c * s * s, -1)  # (out, C, H, W) -> (H, W, C, out)
+    if name.endswith(".weight"):
+        return value.T  # (out, in) -> (in, out)
+    return value
+
+
+def to_canonical(cfg: LeNet5Config, name: str, value: np.ndarray) -> np.ndarray:
+    """The inverse of to_native: one Flax tensor (or its gradient) in the canonical layout."""
+    c, s = cfg.channels[1], cfg.feature_size
+    if name.startswith("conv") and name.endswith(".weight"):
+        return value.transpose(3, 2, 0, 1)  # (kh, kw, in_c, out_c) -> (out_c, in_c, kh, kw)
+    if name == "fc1.weight":
+        return value.reshape(s, s, c, -1).transpose(3, 2, 0, 1).reshape(-1, c * s * s)  # (H, W, C, out) -> (out, C, H, W)
+    if name.endswith(".weight"):
+        return value.T  # (in, out) -> (out, in)
+    return value
+
+
+def load_canonical(model: LeNet5, params: dict[str, np.ndarray]) -> None:
+    weights.check(params, model.cfg.param_shapes(), model.fc3.kernel.dtype)
+    for name, variable in model.variables_by_name().items():
+        variable.set_value(jnp.asarray(to_native(model.cfg, name, params[name])))
+
+
+def export_canonical(model: LeNet5) -> dict[str, np.ndarray]:
+    return {name: np.array(to_canonical(model.cfg, name, np.asarray(v.get_value()))) for name, v in model.variables_by_name().items()}
+
+
+# ----------------------------------------------------------------------------- loss
+def loss_fn(logits, y):
+    """Mean softmax cross-entropy computed from logits (the fused, numerically stable form)."""
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+def forward_backward(model: LeNet5, x, y) -> dict[str, np.ndarray]:
+    """Outputs, loss and every gradient in the canonical layout (what the parity tests compare)."""
+
+    def loss_of(model, x):
+        logits = model(x)
+        return loss_fn(logits, jnp.asarray(y)), logits
+
+    (loss, logits), (grad_params, dx) = nnx.value_and_grad(loss_of, argnums=(0, 1), has_aux=True)(model, jnp.asarray(x))
+    # the gradients have the model's own structure: merge them into a model to reuse the exporter
+    grads = export_canonical(nnx.merge(nnx.graphdef(model), grad_params))
+    return {"output": np.asarray(logits), "loss": np.asarray(loss), "grad.input": np.asarray(dx), **{f"grad.{k}": g for k, g in grads.items()}}
+
+
+# ----------------------------------------------------------------------------- train step
+def make_optimizer(model: LeNet5, lr: float) -> nnx.Optimizer:
+    return nnx.Optimizer(model, optax.sgd(lr), wrt=nnx.Param)
+
+
+@nnx.jit
+def train_step(model: LeNet5, optimizer: nnx.Optimizer, x, y):
+    def loss_of(model):
+        return loss_fn(model(x), y)
+
+    loss, grads = nnx.value_and_grad(loss_of)(model)
+    optimizer.update(model, grads)
+    return loss
+
+
+def train(model: LeNet5, data: Dataset, *, epochs: int, lr: float, batch_size: int, seed: int, on_epoch=None) -> list[float]:
+    """Mini-batch SGD over the shared batch order; returns the mean training loss of each epoch."""
+    x, y = jnp.asarray(data.x_train, dtype=model.fc3.kernel.dtype), jnp.asarray(data.y_train)
+    optimizer, history = make_optimizer(model, lr), []
+    for epoch in range(epochs):
+        # a plain iterator over the shared index arrays is JAX's whole input pipeline
+        losses = [float(train_step(model, optimizer, x[idx], y[idx])) for idx in batches(len(x), batch_size, seed, epoch)]
+        history.append(float(np.mean(losses)))
+        if on_epoch:
+            on_epoch(epoch, history[-1])
+    return history
+
+
+# ----------------------------------------------------------------------------- evaluation
+def evaluate(model: LeNet5, x, y) -> tuple[float, float]:
+    """(mean loss, accuracy) on a whole split."""
+    logits = model(jnp.asarray(x, dtype=model.fc3.kernel.dtype))
+    loss = loss_fn(logits, jnp.asarray(y))
+    return float(loss), float(jnp.mean(logits.argmax(axis=1) == jnp.asarray(y)))

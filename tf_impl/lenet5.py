@@ -1,0 +1,169 @@
+"""LeNet-5 in Keras 3 (TensorFlow backend): keras.Model.call, keras.ops, Conv2D/pooling/Dense layers, tf.data.
+
+LeCun, Bottou, Bengio & Haffner (1998), "Gradient-based learning applied to document recognition".
+Keras convolves channel-last: `call` turns the canonical (B, C, H, W) images into (B, H, W, C) in
+one line, conv kernels are (kh, kw, in_c, out_c) and dense kernels (in, out). Its Flatten lays
+features out in (H, W, C) order, so fc1's input rows are permuted on load (docs/PORTING.md).
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from tasks import weights
+from tasks.configs import LeNet5Config
+from tasks.data import Dataset, epoch_order
+
+
+# ----------------------------------------------------------------------------- layers
+def make_conv(in_channels: int, out_channels: int, kernel_size: int, *, seed: keras.random.SeedGenerator, dtype: str, name: str):
+    bound = 1.0 / np.sqrt(in_channels * kernel_size**2)  # torch's nn.Conv2d default range, so every framework starts alike
+    init = keras.initializers.RandomUniform(-bound, bound, seed=seed)
+    layer = keras.layers.Conv2D(out_channels, kernel_size, padding="valid", kernel_initializer=init, bias_initializer=init, dtype=dtype, name=name)
+    layer.build((None, None, None, in_channels))  # create the variables now, so canonical weights can load before a call
+    return layer
+
+
+def make_dense(in_features: int, out_features: int, *, seed: keras.random.SeedGenerator, dtype: str, name: str):
+    bound = 1.0 / np.sqrt(in_features)  # torch's nn.Linear default range, so every framework starts alike
+    init = keras.initializers.RandomUniform(-bound, bound, seed=seed)
+    layer = keras.layers.Dense(out_features, kernel_initializer=init, bias_initializer=init, dtype=dtype, name=name)
+    layer.build((None, in_features))
+    return layer
+
+
+def make_pool(cfg: LeNet5Config, dtype: str) -> keras.layers.Layer:
+    return {"avg": keras.layers.AveragePooling2D, "max": keras.layers.MaxPooling2D}[cfg.pooling](pool_size=2, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------- model
+class LeNet5(keras.Model):
+    """Two conv + pool stages, a flatten, two hidden dense layers and a linear head (logits)."""
+
+    def __init__(self, cfg: LeNet5Config, *, seed: keras.random.SeedGenerator, dtype: str = "float64"):
+        super().__init__(dtype=dtype)
+        self.cfg = cfg
+        (c1, c2), (h1, h2), k = cfg.channels, cfg.hidden, cfg.kernel_size
+        self.conv1 = make_conv(cfg.in_channels, c1, k, seed=seed, dtype=dtype, name="conv1")
+        self.conv2 = make_conv(c1, c2, k, seed=seed, dtype=dtype, name="conv2")
+        self.fc1 = make_dense(cfg.flat_features, h1, seed=seed, dtype=dtype, name="fc1")  # 16 * 5 * 5 = 400 inputs by default
+        self.fc2 = make_dense(h1, h2, seed=seed, dtype=dtype, name="fc2")
+        self.fc3 = make_dense(h2, cfg.n_classes, seed=seed, dtype=dtype, name="fc3")
+        # the activation and the pooling hold no state, so one layer of each serves every use
+        self.activation = keras.layers.Activation(cfg.activation, dtype=dtype)
+        self.pool = make_pool(cfg, dtype)
+        self.flatten = keras.layers.Flatten(dtype=dtype)
+
+    def call(self, x, training=False):
+        x = ops.transpose(x, (0, 2, 3, 1))  # (B, C, H, W) -> (B, H, W, C): Keras convolves channel-last
+        x = self.pool(self.activation(self.conv1(x)))  # (B, 32, 32, 1) -> (B, 28, 28, 6) -> (B, 14, 14, 6)
+        x = self.pool(self.activation(self.conv2(x)))  # -> (B, 10, 10, 16) -> (B, 5, 5, 16)
+        x = self.flatten(x)  # (B, 5, 5, 16) -> (B, 400) in (H, W, C) order, not torch's (C, H, W)
+        x = self.activation(self.fc1(x))  # (B, 400) -> (B, 120)
+        x = self.activation(self.fc2(x))  # (B, 120) -> (B, 84)
+        return self.fc3(x)  # (B, 84) -> (B, C) logits
+
+    def variables_by_name(self) -> dict[str, keras.Variable]:
+        """Each parameter by its canonical name, in the Keras layout."""
+        layers = {"conv1": self.conv1, "conv2": self.conv2, "fc1": self.fc1, "fc2": self.fc2, "fc3": self.fc3}
+        return {f"{p}.{k}": v for p, layer in layers.items() for k, v in (("weight", layer.kernel), ("bias", layer.bias))}
+
+
+def create_model(cfg: LeNet5Config, *, seed: int, dtype: str = "float64") -> LeNet5:
+    return LeNet5(cfg, seed=keras.random.SeedGenerator(seed), dtype=dtype)
+
+
+# ----------------------------------------------------------------------------- canonical weights
+def to_native(cfg: LeNet5Config, name: str, value: np.ndarray) -> np.ndarray:
+    """One canonical tensor in the Keras layout."""
+    c, s = cfg.channels[1], cfg.feature_size
+    if name.startswith("conv") and name.endswith(".weight"):
+        return value.transpose(2, 3, 1, 0)  # (out_c, in_c, kh, kw) -> (kh, kw, in_c, out_c)
+    if name == "fc1.weight":
+        # input rows from (C, H, W) order to Keras' (H, W, C) flatten order, then (out, in) -> (in, out)
+        return value.reshape(-1, c, s, s).transpose(2, 3, 1, 0).reshape(c * s * s, -1)  # (out, C, H, W) -> (H, W, C, out)
+    if name.endswith(".weight"):
+        return value.T  # (out, in) -> (in, out)
+    return value
+
+
+def to_canonical(cfg: LeNet5Config, name: str, value: np.ndarray) -> np.ndarray:
+    """The inverse of to_native: one Keras tensor (or its gradient) in the canonical layout."""
+    c, s = cfg.channels[1], cfg.feature_size
+    if name.startswith("conv") and name.endswith(".weight"):
+        return value.transpose(3, 2, 0, 1)  # (kh, kw, in_c, out_c) -> (out_c, in_c, kh, kw)
+    if name == "fc1.weight":
+        return value.reshape(s, s, c, -1).transpose(3, 2, 0, 1).reshape(-1, c * s * s)  # (H, W, C, out) -> (out, C, H, W)
+    if name.endswith(".weight"):
+        return value.T  # (in, out) -> (out, in)
+    return value
+
+
+def load_canonical(model: LeNet5, params: dict[str, np.ndarray]) -> None:
+    weights.check(params, model.cfg.param_shapes(), model.fc3.kernel.dtype)
+    for name, variable in model.variables_by_name().items():
+        variable.assign(to_native(model.cfg, name, params[name]))
+
+
+def export_canonical(model: LeNet5) -> dict[str, np.ndarray]:
+    return {name: np.array(to_canonical(model.cfg, name, v.numpy())) for name, v in model.variables_by_name().items()}
+
+
+# ----------------------------------------------------------------------------- loss
+def loss_fn(logits, y):
+    """Mean softmax cross-entropy computed from logits (the fused, numerically stable form)."""
+    return ops.mean(ops.sparse_categorical_crossentropy(y, logits, from_logits=True))
+
+
+def forward_backward(model: LeNet5, x, y) -> dict[str, np.ndarray]:
+    """Outputs, loss and every gradient in the canonical layout (what the parity tests compare)."""
+    x, y = tf.constant(x), tf.constant(y)
+    variables = model.variables_by_name()
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        logits = model(x)
+        loss = loss_fn(logits, y)
+    grads, dx = tape.gradient(loss, (variables, x))
+    # a gradient has its parameter's Keras layout: the same converter brings it to canonical
+    grads = {f"grad.{k}": np.array(to_canonical(model.cfg, k, g.numpy())) for k, g in grads.items()}
+    return {"output": logits.numpy(), "loss": loss.numpy(), "grad.input": dx.numpy(), **grads}
+
+
+# ----------------------------------------------------------------------------- train step
+def make_optimizer(model: LeNet5, lr: float) -> keras.optimizers.Optimizer:
+    # a float learning rate would be a float32 variable, inexact in float64 runs (docs/PORTING.md)
+    return keras.optimizers.SGD(learning_rate=lambda: ops.convert_to_tensor(lr, dtype=model.dtype))
+
+
+@tf.function(reduce_retracing=True)
+def train_step(model: LeNet5, optimizer: keras.optimizers.Optimizer, x, y):
+    with tf.GradientTape() as tape:
+        loss = loss_fn(model(x, training=True), y)
+    grads = tape.gradient(loss, model.trainable_variables)
+    optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    return loss
+
+
+def train(model: LeNet5, data: Dataset, *, epochs: int, lr: float, batch_size: int, seed: int, on_epoch=None) -> list[float]:
+    """Mini-batch SGD over the shared batch order; returns the mean training loss of each epoch."""
+    x, y = data.x_train.astype(model.fc3.kernel.dtype), data.y_train
+    optimizer, history = make_optimizer(model, lr), []
+    for epoch in range(epochs):
+        order = epoch_order(len(x), seed, epoch)  # consecutive slices of it are the shared batches
+        dataset = tf.data.Dataset.from_tensor_slices((x[order], y[order])).batch(batch_size)
+        losses = [float(train_step(model, optimizer, xb, yb)) for xb, yb in dataset]
+        history.append(float(np.mean(losses)))
+        if on_epoch:
+            on_epoch(epoch, history[-1])
+    return history
+
+
+# ----------------------------------------------------------------------------- evaluation
+def evaluate(model: LeNet5, x, y) -> tuple[float, float]:
+    """(mean loss, accuracy) on a whole split."""
+    logits = model(x.astype(model.fc3.kernel.dtype))
+    loss = loss_fn(logits, y)
+    return float(loss), float(ops.mean(ops.cast(ops.argmax(logits, axis=1) == y, "float64")))

@@ -1,0 +1,132 @@
+"""LeNet-5 in PyTorch: nn.Conv2d, pooling and nn.Linear layers, autograd, torch.optim.SGD, a DataLoader.
+
+LeCun, Bottou, Bengio & Haffner (1998), "Gradient-based learning applied to document recognition".
+torch runs channel-first like the canonical layout: images (B, C, H, W), nn.Conv2d weight
+(out_c, in_c, kh, kw), nn.Linear weight (out, in), and nn.Flatten lays features out in (C, H, W)
+order, so weights load without a transform.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from tasks import weights
+from tasks.configs import LeNet5Config
+from tasks.data import Dataset, batches
+
+
+# ----------------------------------------------------------------------------- layers
+def make_activation(cfg: LeNet5Config) -> nn.Module:
+    return {"relu": nn.ReLU, "tanh": nn.Tanh}[cfg.activation]()
+
+
+def make_pool(cfg: LeNet5Config) -> nn.Module:
+    return {"avg": nn.AvgPool2d, "max": nn.MaxPool2d}[cfg.pooling](kernel_size=2)  # stride defaults to the kernel size
+
+
+# ----------------------------------------------------------------------------- model
+class LeNet5(nn.Module):
+    """Two conv + pool stages, a flatten, two hidden dense layers and a linear head (logits)."""
+
+    def __init__(self, cfg: LeNet5Config, *, generator: torch.Generator, dtype=torch.float64):
+        super().__init__()
+        self.cfg = cfg
+        (c1, c2), (h1, h2), k = cfg.channels, cfg.hidden, cfg.kernel_size
+        self.conv1 = nn.Conv2d(cfg.in_channels, c1, k, dtype=dtype)
+        self.conv2 = nn.Conv2d(c1, c2, k, dtype=dtype)
+        self.fc1 = nn.Linear(cfg.flat_features, h1, dtype=dtype)  # 16 * 5 * 5 = 400 inputs by default
+        self.fc2 = nn.Linear(h1, h2, dtype=dtype)
+        self.fc3 = nn.Linear(h2, cfg.n_classes, dtype=dtype)
+        # the activation and the pooling hold no state, so one module of each serves every use
+        self.activation = make_activation(cfg)
+        self.pool = make_pool(cfg)
+        self.flatten = nn.Flatten()
+        # layers draw from torch's global RNG; redraw from the generator we were given
+        with torch.no_grad():
+            for layer in [self.conv1, self.conv2, self.fc1, self.fc2, self.fc3]:
+                bound = 1.0 / np.sqrt(layer.weight[0].numel())  # fan_in = in_c * kh * kw or in_features
+                layer.weight.uniform_(-bound, bound, generator=generator)
+                layer.bias.uniform_(-bound, bound, generator=generator)
+
+    def forward(self, x):
+        x = self.pool(self.activation(self.conv1(x)))  # (B, 1, 32, 32) -> (B, 6, 28, 28) -> (B, 6, 14, 14)
+        x = self.pool(self.activation(self.conv2(x)))  # -> (B, 16, 10, 10) -> (B, 16, 5, 5)
+        x = self.flatten(x)  # (B, 16, 5, 5) -> (B, 400)
+        x = self.activation(self.fc1(x))  # (B, 400) -> (B, 120)
+        x = self.activation(self.fc2(x))  # (B, 120) -> (B, 84)
+        return self.fc3(x)  # (B, 84) -> (B, C) logits
+
+
+def create_model(cfg: LeNet5Config, *, seed: int, dtype: str = "float64") -> LeNet5:
+    return LeNet5(cfg, generator=torch.Generator().manual_seed(seed), dtype=getattr(torch, dtype))
+
+
+# ----------------------------------------------------------------------------- canonical weights
+def load_canonical(model: LeNet5, params: dict[str, np.ndarray]) -> None:
+    """torch's state_dict names and shapes are the canonical ones: no transform."""
+    weights.check(params, model.cfg.param_shapes(), model.fc3.weight.detach().numpy().dtype)
+    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in params.items()})
+
+
+def export_canonical(model: LeNet5) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+
+# ----------------------------------------------------------------------------- loss
+def loss_fn(logits, y):
+    """Mean softmax cross-entropy computed from logits (the fused, numerically stable form)."""
+    return F.cross_entropy(logits, y)
+
+
+def forward_backward(model: LeNet5, x, y) -> dict[str, np.ndarray]:
+    """Outputs, loss and every gradient in the canonical layout (what the parity tests compare)."""
+    model.zero_grad()
+    x = torch.tensor(x, requires_grad=True)
+    logits = model(x)
+    loss = loss_fn(logits, torch.as_tensor(y))
+    loss.backward()
+    grads = {f"grad.{k}": p.grad.numpy().copy() for k, p in model.named_parameters()}
+    return {"output": logits.detach().numpy(), "loss": loss.detach().numpy(), "grad.input": x.grad.numpy(), **grads}
+
+
+# ----------------------------------------------------------------------------- train step
+def make_optimizer(model: LeNet5, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=lr)
+
+
+def train_step(model: LeNet5, optimizer: torch.optim.Optimizer, x, y) -> float:
+    optimizer.zero_grad()
+    loss = loss_fn(model(x), y)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def train(model: LeNet5, data: Dataset, *, epochs: int, lr: float, batch_size: int, seed: int, on_epoch=None) -> list[float]:
+    """Mini-batch SGD over the shared batch order; returns the mean training loss of each epoch."""
+    dtype = model.fc3.weight.dtype
+    dataset = TensorDataset(torch.as_tensor(data.x_train, dtype=dtype), torch.as_tensor(data.y_train))
+    optimizer, history = make_optimizer(model, lr), []
+    model.train()
+    for epoch in range(epochs):
+        # batch_sampler = the shared index arrays, so torch sees the same batches as everyone else
+        loader = DataLoader(dataset, batch_sampler=batches(len(dataset), batch_size, seed, epoch))
+        losses = [train_step(model, optimizer, xb, yb) for xb, yb in loader]
+        history.append(float(np.mean(losses)))
+        if on_epoch:
+            on_epoch(epoch, history[-1])
+    return history
+
+
+# ----------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate(model: LeNet5, x, y) -> tuple[float, float]:
+    """(mean loss, accuracy) on a whole split."""
+    model.eval()
+    logits = model(torch.as_tensor(x, dtype=model.fc3.weight.dtype))
+    y = torch.as_tensor(y)
+    return loss_fn(logits, y).item(), (logits.argmax(dim=1) == y).double().mean().item()
