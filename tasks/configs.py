@@ -178,3 +178,46 @@ class OptimizerConfig:
         if self.schedule == "step":
             return self.lr * self.gamma ** (t // self.step_size)
         return self.lr
+
+
+RNN_CELLS = {"rnn": 1, "lstm": 4, "gru": 3}  # cell -> number of gate blocks stacked in W_xh, W_hh, b_h
+RNN_OUTPUTS = ("sequence", "last")
+
+
+@dataclass(frozen=True)
+class RNNConfig:
+    """Recurrent network: one recurrent layer (tanh RNN, LSTM or GRU) from a zero state, then a linear head.
+
+    Canonical gate order, stacked along the first axis of W_xh, W_hh and b_h: LSTM (i, f, g, o),
+    GRU (r, z, n). The GRU's b_hn is the bias inside the reset product, r * (W_hn h + b_hn).
+    """
+
+    cell: str = "rnn"  # one of RNN_CELLS
+    in_features: int = 1  # D: features per step (the vocabulary size for one-hot characters)
+    hidden: int = 64  # H
+    n_classes: int = 2  # C: logits per scored step
+    output: str = "sequence"  # "sequence": logits at every step (many-to-many); "last": at the last step only
+    clip_norm: float | None = 1.0  # train() rescales the gradients to this global L2 norm at most; None: no clipping
+    fused: bool = True  # torch/Keras/Flax: the framework's recurrent layer; False: the step written out by hand
+
+    def __post_init__(self):
+        if self.cell not in RNN_CELLS:
+            raise ValueError(f"unknown cell {self.cell!r}; choose from {', '.join(RNN_CELLS)}")
+        if self.output not in RNN_OUTPUTS:
+            raise ValueError(f"unknown output {self.output!r}; choose from {', '.join(RNN_OUTPUTS)}")
+        if self.in_features < 1 or self.hidden < 1 or self.n_classes < 2:
+            raise ValueError(f"layer sizes must be positive: {self}")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            raise ValueError(f"clip_norm must be positive or None, got {self.clip_norm}")
+
+    @property
+    def gates(self) -> int:
+        return RNN_CELLS[self.cell]
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Canonical names and scratch-layout shapes: W_xh (G*H, D), W_hh (G*H, H), one b_h (G*H,), W_hy (C, H)."""
+        gh = self.gates * self.hidden
+        shapes = {"W_xh": (gh, self.in_features), "W_hh": (gh, self.hidden), "b_h": (gh,)}
+        if self.cell == "gru":
+            shapes["b_hn"] = (self.hidden,)
+        return {**shapes, "W_hy": (self.n_classes, self.hidden), "b_y": (self.n_classes,)}

@@ -197,8 +197,66 @@ def write_idx(path: str | Path, array: np.ndarray) -> None:
     Path(path).write_bytes(header + big.tobytes())
 
 
+# ----------------------------------------------------------------------------- recurrent tasks
+PYTEXT_MODULES = ("textwrap", "json", "collections", "functools", "contextlib")  # pure-Python stdlib modules
+
+
+def python_text() -> str:
+    """The Zen of Python (stored rot13-encoded in the `this` module), then stdlib docstrings.
+
+    Only text that ships with Python: the module docstrings of PYTEXT_MODULES and of their public
+    functions and classes, in definition order (about 24,000 characters on Python 3.11).
+    """
+    import codecs
+    import contextlib
+    import importlib
+    import inspect
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):  # `import this` prints the Zen on first import
+        import this
+    parts = [codecs.decode(this.s, "rot13")]
+    for name in PYTEXT_MODULES:
+        module = importlib.import_module(name)
+        parts.append(inspect.getdoc(module) or "")
+        for attr, obj in vars(module).items():
+            if not attr.startswith("_") and (inspect.isfunction(obj) or inspect.isclass(obj)) and obj.__module__ == name:
+                parts.append(inspect.getdoc(obj) or "")
+    return "\n\n".join(p for p in parts if p)
+
+
+def pytext(seed: int = 0, seq_len: int = 32) -> Dataset:
+    """Character-level language model: predict each next character of python_text().
+
+    The text is cut into non-overlapping windows of seq_len + 1 characters (input: the first
+    seq_len, one-hot; target: the last seq_len), and the windows are split train/validation with
+    the seeded rule of every task, so no validation character is ever a training target.
+    meta["baselines"] holds the unigram model's validation loss (training character frequencies,
+    add-one smoothed): the number a model must get well below.
+    """
+    text = python_text()
+    vocab = sorted(set(text))
+    ids = np.array([vocab.index(ch) for ch in text], dtype=np.int64)
+    n = (len(ids) - 1) // seq_len
+    inputs = ids[: n * seq_len].reshape(n, seq_len)  # (N, T) character ids
+    targets = ids[1 : n * seq_len + 1].reshape(n, seq_len)  # (N, T): the next character at every step
+    x = np.eye(len(vocab))[inputs]  # (N, T) -> (N, T, V) one-hot
+    d = split("pytext", x, targets, len(vocab), seed, vocab="".join(vocab), seq_len=seq_len)
+    counts = np.bincount(d.y_train.ravel(), minlength=len(vocab)) + 1.0
+    unigram = float(-np.mean(np.log(counts / counts.sum())[d.y_test]))
+    return replace(d, meta={**d.meta, "baselines": {"unigram_test_loss": unigram}})
+
+
+def sign(seed: int = 0, n_samples: int = 2000, length: int = 15) -> Dataset:
+    """Many-to-one: is the sum of a sequence of +1/-1 steps positive? (x (N, T, 1), odd T: never 0)."""
+    rng = np.random.default_rng(seed)
+    x = rng.choice([-1.0, 1.0], size=(n_samples, length, 1))  # (N, T, 1)
+    y = (x.sum(axis=(1, 2)) > 0).astype(np.int64)
+    return split("sign", x, y, 2, seed, length=length)
+
+
 # ----------------------------------------------------------------------------- lookup by name
-TASKS = {"moons": moons, "digits": digits, "mnist": mnist, "digits32": digits32}
+TASKS = {"moons": moons, "digits": digits, "mnist": mnist, "digits32": digits32, "pytext": pytext, "sign": sign}
 
 
 def load_task(name: str, *, seed: int = 0, data_dir: str | Path | None = None) -> Dataset:

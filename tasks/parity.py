@@ -20,7 +20,7 @@ import numpy as np
 
 from tasks import weights
 from tasks.configs import LeNet5Config
-from tasks.configs import MLPConfig
+from tasks.configs import MLPConfig, RNNConfig
 from tasks.data import Dataset
 from tasks.registry import FRAMEWORKS, load_impl
 
@@ -44,6 +44,7 @@ class Case:
     make_inputs: Callable[[np.random.Generator, Any, int], tuple[np.ndarray, np.ndarray]]
     batch: int = 8
     seed: int = 1234
+    extra_outputs: tuple[str, ...] = ()  # more forward tensors, compared like `output` (an RNN's states)
 
     @property
     def id(self) -> str:
@@ -65,6 +66,23 @@ CASES: dict[str, list[Case]] = {
         Case("mlp", "softmax-linear", MLPConfig(5, (), 3, "relu", "softmax"), _tabular),
     ],
 }
+
+
+def _sequences(rng, cfg, n, steps=6):
+    """(B, T, D) normal inputs; a label per step (many-to-many) or per sequence (many-to-one)."""
+    x = rng.normal(size=(n, steps, cfg.in_features))
+    y = rng.integers(0, cfg.n_classes, size=(n, steps) if cfg.output == "sequence" else n)
+    return x, y
+
+
+# Recurrent networks: every step's hidden state and the final state(s) are compared as outputs too.
+# clip_norm is below the gradient norm of some of the SGD steps and above others, so both branches run.
+_RNN_STATES = {"rnn": ("hidden", "h_n"), "lstm": ("hidden", "h_n", "c_n"), "gru": ("hidden", "h_n")}
+for _cell, _states in _RNN_STATES.items():
+    CASES[_cell] = [
+        Case(_cell, "sequence", RNNConfig(_cell, 4, 5, 3, "sequence", clip_norm=0.25), _sequences, batch=4, extra_outputs=_states),
+        Case(_cell, "last", RNNConfig(_cell, 3, 5, 2, "last", clip_norm=0.5), _sequences, batch=4, extra_outputs=_states),
+    ]
 
 
 def _images(rng, cfg, n):
@@ -143,7 +161,7 @@ def compute(case: Case, framework: str, dtype: str) -> dict[str, np.ndarray]:
 def expected_tensors(case: Case) -> list[str]:
     """Names of every compared tensor, known before any framework is imported (for test ids)."""
     names = list(case.config.param_shapes())
-    return ["output", "loss", "grad.input", *(f"grad.{n}" for n in names), *(f"roundtrip.{n}" for n in names), *(f"sgd.{n}" for n in names)]
+    return ["output", "loss", *case.extra_outputs, "grad.input", *(f"grad.{n}" for n in names), *(f"roundtrip.{n}" for n in names), *(f"sgd.{n}" for n in names)]
 
 
 def tolerance(tensor: str, dtype: str) -> float:

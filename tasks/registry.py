@@ -55,6 +55,22 @@ MODELS: dict[str, ModelEntry] = {
         },
         summary="LeNet-5 (conv 6@5x5, pool, conv 16@5x5, pool, dense 120-84-10; tanh|relu, avg|max pooling)",
     ),
+    **{
+        cell: ModelEntry(
+            name="recurrent",  # one file per framework holds all three cells: recurrent.py
+            tasks=("pytext", "sign"),
+            defaults={
+                "pytext": dict(epochs=20, lr=lr, batch_size=16, hidden=(64,)),
+                "sign": dict(epochs=10, lr=sign_lr, batch_size=16, hidden=(16,)),
+            },
+            summary=summary,
+        )
+        for cell, lr, sign_lr, summary in (
+            ("rnn", 2.0, 0.2, "simple tanh RNN (Elman), backpropagation through time, gradient clipping"),
+            ("lstm", 4.0, 0.5, "LSTM: gates (i, f, g, o), cell state; torch/Keras/Flax converters"),
+            ("gru", 3.0, 0.5, "GRU: gates (r, z, n), reset after the matmul; torch/Keras/Flax converters"),
+        )
+    },
 }
 
 
@@ -67,4 +83,4 @@ def resolve_framework(name: str) -> list[str]:
 
 def load_impl(framework: str, model: str) -> ModuleType:
     """Import `{framework}.{model}` only now: nothing imports torch, tensorflow or jax before this."""
-    return importlib.import_module(f"{framework}.{model}")
+    return importlib.import_module(f"{framework}.{MODELS[model].name if model in MODELS else model}")

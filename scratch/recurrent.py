@@ -1,0 +1,310 @@
+"""Recurrent networks (tanh RNN, LSTM, GRU), from scratch in NumPy, with backpropagation through time.
+
+Elman (1990), "Finding structure in time"; Hochreiter & Schmidhuber (1997), "Long short-term memory";
+Cho et al. (2014), "Learning phrase representations using RNN encoder-decoder" (the GRU).
+Batch-first: x is (B, T, D). The lesson's step, h_t = tanh(W_xh x_t + W_hh h_{t-1} + b_h), and
+y_t = W_hy h_t + b_y, in the canonical layout every other implementation converts to and from:
+gate blocks stacked along the first axis in the order (i, f, g, o) for the LSTM, (r, z, n) for the GRU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tasks import weights
+from tasks.configs import RNNConfig
+from tasks.data import Dataset, batches
+
+
+# ----------------------------------------------------------------------------- layers
+def sigmoid(x):
+    """Logistic function without overflow for large |x|."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def init_params(cfg: RNNConfig, rng: np.random.Generator, dtype) -> dict[str, np.ndarray]:
+    """U(-1/sqrt(H), 1/sqrt(H)) for the cell (torch's rule), U(-1/sqrt(in), 1/sqrt(in)) for the head."""
+    out = {}
+    for name, shape in cfg.param_shapes().items():
+        bound = 1.0 / np.sqrt(cfg.hidden)
+        out[name] = rng.uniform(-bound, bound, shape).astype(dtype)
+    return out
+
+
+class RNNCell:
+    """h' = tanh(W_xh x + W_hh h + b_h): the lesson's step."""
+
+    def __init__(self, params: dict[str, np.ndarray]):
+        self.params = params
+        self.grads = {k: np.zeros_like(v) for k, v in params.items()}
+
+    def forward(self, x, state):
+        (h,) = state
+        p = self.params
+        h_new = np.tanh(x @ p["W_xh"].T + h @ p["W_hh"].T + p["b_h"])  # (B, D) @ (D, H) + (B, H) @ (H, H) -> (B, H)
+        return (h_new,), {"x": x, "h": h, "h_new": h_new}
+
+    def backward(self, dstate, cache):
+        (dh_new,) = dstate
+        da = dh_new * (1 - cache["h_new"] ** 2)  # through tanh
+        self.grads["W_xh"] += da.T @ cache["x"]  # (H, B) @ (B, D) -> (H, D)
+        self.grads["W_hh"] += da.T @ cache["h"]  # (H, B) @ (B, H) -> (H, H)
+        self.grads["b_h"] += da.sum(axis=0)
+        return da @ self.params["W_xh"], (da @ self.params["W_hh"],)  # dx (B, D), dh (B, H)
+
+
+class LSTMCell:
+    """Gates (i, f, g, o) from one stacked matmul; c' = f c + i g, h' = o tanh(c')."""
+
+    def __init__(self, params: dict[str, np.ndarray]):
+        self.params = params
+        self.grads = {k: np.zeros_like(v) for k, v in params.items()}
+
+    def forward(self, x, state):
+        h, c = state
+        p = self.params
+        a = x @ p["W_xh"].T + h @ p["W_hh"].T + p["b_h"]  # (B, D) @ (D, 4H) + (B, H) @ (H, 4H) -> (B, 4H)
+        a_i, a_f, a_g, a_o = np.split(a, 4, axis=1)  # (B, 4H) -> 4 x (B, H)
+        i, f, g, o = sigmoid(a_i), sigmoid(a_f), np.tanh(a_g), sigmoid(a_o)
+        c_new = f * c + i * g
+        tanh_c = np.tanh(c_new)
+        h_new = o * tanh_c
+        return (h_new, c_new), {"x": x, "h": h, "c": c, "i": i, "f": f, "g": g, "o": o, "tanh_c": tanh_c}
+
+    def backward(self, dstate, cache):
+        dh_new, dc_new = dstate
+        k = cache
+        dc = dc_new + dh_new * k["o"] * (1 - k["tanh_c"] ** 2)  # c' reaches the loss directly and through h'
+        da = np.concatenate(
+            [
+                dc * k["g"] * k["i"] * (1 - k["i"]),  # input gate
+                dc * k["c"] * k["f"] * (1 - k["f"]),  # forget gate
+                dc * k["i"] * (1 - k["g"] ** 2),  # candidate
+                dh_new * k["tanh_c"] * k["o"] * (1 - k["o"]),  # output gate
+            ],
+            axis=1,
+        )  # 4 x (B, H) -> (B, 4H)
+        self.grads["W_xh"] += da.T @ k["x"]  # (4H, B) @ (B, D) -> (4H, D)
+        self.grads["W_hh"] += da.T @ k["h"]  # (4H, B) @ (B, H) -> (4H, H)
+        self.grads["b_h"] += da.sum(axis=0)
+        return da @ self.params["W_xh"], (da @ self.params["W_hh"], dc * k["f"])
+
+
+class GRUCell:
+    """Gates (r, z, n); the reset gate scales W_hh h + b_hn after the matmul; h' = (1 - z) n + z h."""
+
+    def __init__(self, params: dict[str, np.ndarray]):
+        self.params = params
+        self.grads = {k: np.zeros_like(v) for k, v in params.items()}
+
+    def forward(self, x, state):
+        (h,) = state
+        p = self.params
+        x_r, x_z, x_n = np.split(x @ p["W_xh"].T + p["b_h"], 3, axis=1)  # (B, D) @ (D, 3H) -> 3 x (B, H)
+        h_r, h_z, h_n = np.split(h @ p["W_hh"].T, 3, axis=1)  # (B, H) @ (H, 3H) -> 3 x (B, H)
+        r, z = sigmoid(x_r + h_r), sigmoid(x_z + h_z)
+        hn = h_n + p["b_hn"]  # b_hn sits inside the reset product, so it cannot merge into b_h
+        n = np.tanh(x_n + r * hn)
+        h_new = (1 - z) * n + z * h
+        return (h_new,), {"x": x, "h": h, "r": r, "z": z, "n": n, "hn": hn}
+
+    def backward(self, dstate, cache):
+        (dh_new,) = dstate
+        k = cache
+        da_n = dh_new * (1 - k["z"]) * (1 - k["n"] ** 2)
+        da_r = da_n * k["hn"] * k["r"] * (1 - k["r"])
+        da_z = dh_new * (k["h"] - k["n"]) * k["z"] * (1 - k["z"])
+        dx_side = np.concatenate([da_r, da_z, da_n], axis=1)  # (B, 3H): gradient of x W_xh^T + b_h
+        dh_side = np.concatenate([da_r, da_z, da_n * k["r"]], axis=1)  # (B, 3H): gradient of h W_hh^T
+        self.grads["W_xh"] += dx_side.T @ k["x"]  # (3H, B) @ (B, D) -> (3H, D)
+        self.grads["W_hh"] += dh_side.T @ k["h"]  # (3H, B) @ (B, H) -> (3H, H)
+        self.grads["b_h"] += dx_side.sum(axis=0)
+        self.grads["b_hn"] += (da_n * k["r"]).sum(axis=0)
+        dh = dh_side @ self.params["W_hh"] + dh_new * k["z"]
+        return dx_side @ self.params["W_xh"], (dh,)
+
+
+CELLS = {"rnn": RNNCell, "lstm": LSTMCell, "gru": GRUCell}
+
+
+class Recurrent:
+    """Runs a cell over time from a zero state; backward is backpropagation through time."""
+
+    def __init__(self, cell, hidden: int):
+        self.cell, self.hidden = cell, hidden
+        self.params, self.grads = cell.params, cell.grads
+        self.cache: dict = {}
+
+    def initial_state(self, batch: int, dtype):
+        n = 2 if isinstance(self.cell, LSTMCell) else 1  # (h,) or (h, c)
+        return tuple(np.zeros((batch, self.hidden), dtype) for _ in range(n))
+
+    def forward(self, x):
+        state, steps, hs = self.initial_state(x.shape[0], x.dtype), [], []
+        for t in range(x.shape[1]):
+            state, cache = self.cell.forward(x[:, t], state)  # (B, D) -> (B, H)
+            steps.append(cache)
+            hs.append(state[0])
+        self.cache = {"steps": steps, "x_shape": x.shape}
+        return np.stack(hs, axis=1), state  # T x (B, H) -> (B, T, H); final state
+
+    def backward(self, dhidden):
+        for g in self.cell.grads.values():
+            g[...] = 0  # the cell accumulates over steps
+        dx = np.zeros(self.cache["x_shape"], dhidden.dtype)
+        dstate = self.initial_state(dhidden.shape[0], dhidden.dtype)  # nothing flows in after the last step
+        for t in reversed(range(dhidden.shape[1])):
+            dstate = (dstate[0] + dhidden[:, t], *dstate[1:])  # h_t feeds the output and the next step
+            dx[:, t], dstate = self.cell.backward(dstate, self.cache["steps"][t])
+        return dx  # (B, T, D)
+
+
+class Readout:
+    """y_t = W_hy h_t + b_y at every step (or only the last), weight (C, H)."""
+
+    def __init__(self, params: dict[str, np.ndarray]):
+        self.params = params
+        self.grads = {k: np.zeros_like(v) for k, v in params.items()}
+        self.cache: dict = {}
+
+    def forward(self, h):
+        self.cache = {"h": h}
+        return h @ self.params["W_hy"].T + self.params["b_y"]  # (..., H) @ (H, C) -> (..., C)
+
+    def backward(self, dy):
+        h = self.cache["h"]
+        self.grads["W_hy"] = dy.reshape(-1, dy.shape[-1]).T @ h.reshape(-1, h.shape[-1])  # (C, N) @ (N, H) -> (C, H)
+        self.grads["b_y"] = dy.reshape(-1, dy.shape[-1]).sum(axis=0)
+        return dy @ self.params["W_hy"]  # (..., C) @ (C, H) -> (..., H)
+
+
+# ----------------------------------------------------------------------------- model
+class RNN:
+    """One recurrent layer and a linear head: logits at every step, or at the last step only."""
+
+    def __init__(self, cfg: RNNConfig, *, rng: np.random.Generator, dtype=np.float64):
+        self.cfg = cfg
+        params = init_params(cfg, rng, dtype)
+        self.rnn = Recurrent(CELLS[cfg.cell]({k: v for k, v in params.items() if k not in ("W_hy", "b_y")}), cfg.hidden)
+        self.head = Readout({"W_hy": params["W_hy"], "b_y": params["b_y"]})
+
+    def forward(self, x):
+        hidden, state = self.rnn.forward(x)  # (B, T, D) -> (B, T, H)
+        logits = self.head.forward(hidden if self.cfg.output == "sequence" else hidden[:, -1])  # (B, T, C) or (B, C)
+        return logits, hidden, state
+
+    def backward(self, dlogits):
+        dh = self.head.backward(dlogits)
+        if self.cfg.output == "last":
+            steps = self.rnn.cache["x_shape"][1]
+            dh = np.concatenate([np.zeros((dh.shape[0], steps - 1, dh.shape[1]), dh.dtype), dh[:, None]], axis=1)  # (B, H) -> (B, T, H)
+        return self.rnn.backward(dh)  # (B, T, D): the gradient with respect to the input
+
+    def layers(self):
+        return (self.rnn, self.head)
+
+
+def create_model(cfg: RNNConfig, *, seed: int, dtype: str = "float64") -> RNN:
+    return RNN(cfg, rng=np.random.default_rng(seed), dtype=np.dtype(dtype))
+
+
+# ----------------------------------------------------------------------------- canonical weights
+def load_canonical(model: RNN, params: dict[str, np.ndarray]) -> None:
+    """Copy canonical weights in; scratch *is* the canonical layout, so no transform."""
+    weights.check(params, model.cfg.param_shapes(), model.head.params["W_hy"].dtype)
+    for layer in model.layers():
+        for key in layer.params:
+            layer.params[key][...] = params[key]  # in place: the cell and the layer share these arrays
+
+
+def export_canonical(model: RNN) -> dict[str, np.ndarray]:
+    return {key: value.copy() for layer in model.layers() for key, value in layer.params.items()}
+
+
+# ----------------------------------------------------------------------------- loss
+def loss_fn(logits, y):
+    """Mean softmax cross-entropy over every scored position, and d loss / d logits."""
+    flat, labels = logits.reshape(-1, logits.shape[-1]), y.reshape(-1)  # (B, T, C) -> (B*T, C)
+    n = len(labels)
+    shifted = flat - flat.max(axis=1, keepdims=True)  # log-softmax without overflow
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    loss = -np.mean(log_probs[np.arange(n), labels])
+    dlogits = np.exp(log_probs)
+    dlogits[np.arange(n), labels] -= 1
+    return loss, (dlogits / n).reshape(logits.shape)
+
+
+def forward_backward(model: RNN, x, y) -> dict[str, np.ndarray]:
+    """Outputs, states, loss and every gradient in the canonical layout (what the parity tests compare)."""
+    logits, hidden, state = model.forward(x)
+    loss, dlogits = loss_fn(logits, y)
+    dx = model.backward(dlogits)
+    out = {"output": logits, "loss": np.asarray(loss), "hidden": hidden, "h_n": state[0]}
+    if model.cfg.cell == "lstm":
+        out["c_n"] = state[1]
+    grads = {f"grad.{k}": g.copy() for layer in model.layers() for k, g in layer.grads.items()}
+    return {**out, "grad.input": dx, **grads}
+
+
+def predict_logits(model: RNN, x) -> np.ndarray:
+    """Logits for a batch, as NumPy (what `rosetta sample` draws from)."""
+    return model.forward(x.astype(model.head.params["W_hy"].dtype))[0]
+
+
+# ----------------------------------------------------------------------------- train step
+def clip_by_global_norm(grads: list[np.ndarray], max_norm: float | None) -> None:
+    """Scale every gradient by min(1, max_norm / ||all gradients||), in place."""
+    if max_norm is None:
+        return
+    norm = np.sqrt(sum(np.sum(g**2) for g in grads))
+    if norm > max_norm:
+        for g in grads:
+            g *= max_norm / norm
+
+
+class SGD:
+    """Plain stochastic gradient descent after clipping by global norm: p -= lr * clip(g)."""
+
+    def __init__(self, model: RNN, lr: float):
+        self.model, self.lr = model, lr
+
+    def step(self):
+        layers = self.model.layers()
+        clip_by_global_norm([g for layer in layers for g in layer.grads.values()], self.model.cfg.clip_norm)
+        for layer in layers:
+            for key in layer.params:
+                layer.params[key] -= self.lr * layer.grads[key]
+
+
+def make_optimizer(model: RNN, lr: float) -> SGD:
+    return SGD(model, lr)
+
+
+def train_step(model: RNN, optimizer: SGD, x, y) -> float:
+    logits, _, _ = model.forward(x)
+    loss, dlogits = loss_fn(logits, y)
+    model.backward(dlogits)
+    optimizer.step()
+    return float(loss)
+
+
+def train(model: RNN, data: Dataset, *, epochs: int, lr: float, batch_size: int, seed: int, on_epoch=None) -> list[float]:
+    """Mini-batch SGD over the shared batch order; returns the mean training loss of each epoch."""
+    dtype = model.head.params["W_hy"].dtype
+    x, y = data.x_train.astype(dtype), data.y_train
+    optimizer, history = make_optimizer(model, lr), []
+    for epoch in range(epochs):
+        losses = [train_step(model, optimizer, x[idx], y[idx]) for idx in batches(len(x), batch_size, seed, epoch)]
+        history.append(float(np.mean(losses)))
+        if on_epoch:
+            on_epoch(epoch, history[-1])
+    return history
+
+
+# ----------------------------------------------------------------------------- evaluation
+def evaluate(model: RNN, x, y) -> tuple[float, float]:
+    """(mean loss, accuracy) on a whole split; a language model scores every position."""
+    logits = predict_logits(model, x)
+    loss, _ = loss_fn(logits, y)
+    return float(loss), float(np.mean(logits.argmax(axis=-1) == y))

@@ -1,0 +1,206 @@
+"""Recurrent networks (tanh RNN, LSTM, GRU) in PyTorch: nn.RNN / nn.LSTM / nn.GRU, and the step by hand.
+
+Elman (1990), "Finding structure in time"; Hochreiter & Schmidhuber (1997), "Long short-term memory";
+Cho et al. (2014), "Learning phrase representations using RNN encoder-decoder" (the GRU).
+torch's layers keep the canonical (G*H, D) weights and gate orders (i, f, g, o) and (r, z, n), but two
+biases, bias_ih and bias_hh, where the canonical model has one: bias_hh holds 0 and never trains,
+except its GRU candidate block, which is the canonical b_hn.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from tasks import weights
+from tasks.configs import RNNConfig
+from tasks.data import Dataset, batches
+
+
+# ----------------------------------------------------------------------------- layers
+def rnn_step(layer: nn.RNN, x, state):
+    """The lesson's step, h' = tanh(W_xh x + W_hh h + b_h), on nn.RNN's own parameters."""
+    (h,) = state
+    a = x @ layer.weight_ih_l0.T + layer.bias_ih_l0 + h @ layer.weight_hh_l0.T + layer.bias_hh_l0  # (B, D) @ (D, H) + (B, H) @ (H, H) -> (B, H)
+    return (torch.tanh(a),)
+
+
+def lstm_step(layer: nn.LSTM, x, state):
+    h, c = state
+    a = x @ layer.weight_ih_l0.T + layer.bias_ih_l0 + h @ layer.weight_hh_l0.T + layer.bias_hh_l0  # (B, D) @ (D, 4H) -> (B, 4H)
+    a_i, a_f, a_g, a_o = a.chunk(4, dim=1)  # (B, 4H) -> 4 x (B, H), torch's order (i, f, g, o)
+    c = torch.sigmoid(a_f) * c + torch.sigmoid(a_i) * torch.tanh(a_g)
+    return torch.sigmoid(a_o) * torch.tanh(c), c
+
+
+def gru_step(layer: nn.GRU, x, state):
+    (h,) = state
+    x_r, x_z, x_n = (x @ layer.weight_ih_l0.T + layer.bias_ih_l0).chunk(3, dim=1)  # (B, D) @ (D, 3H) -> 3 x (B, H)
+    h_r, h_z, h_n = (h @ layer.weight_hh_l0.T + layer.bias_hh_l0).chunk(3, dim=1)  # (B, H) @ (H, 3H) -> 3 x (B, H)
+    r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
+    n = torch.tanh(x_n + r * h_n)  # the reset gate scales W_hn h + b_hn, after the matmul
+    return ((1 - z) * n + z * h,)
+
+
+LAYERS = {"rnn": (nn.RNN, rnn_step), "lstm": (nn.LSTM, lstm_step), "gru": (nn.GRU, gru_step)}
+
+
+# ----------------------------------------------------------------------------- model
+class RNN(nn.Module):
+    """One recurrent layer and a linear head: logits at every step, or at the last step only."""
+
+    def __init__(self, cfg: RNNConfig, *, generator: torch.Generator, dtype=torch.float64):
+        super().__init__()
+        self.cfg = cfg
+        layer, self.step = LAYERS[cfg.cell]
+        self.rnn = layer(cfg.in_features, cfg.hidden, batch_first=True, dtype=dtype)
+        self.head = nn.Linear(cfg.hidden, cfg.n_classes, dtype=dtype)
+        # torch's layers draw from the global RNG; redraw from the generator we were given
+        with torch.no_grad():
+            for p in self.parameters():
+                bound = 1.0 / np.sqrt(cfg.hidden)
+                p.uniform_(-bound, bound, generator=generator)
+            self.rnn.bias_hh_l0[: self.trained_bias_hh_start()] = 0
+        # bias_hh duplicates bias_ih (except the GRU's candidate block): if both copies trained, the
+        # bias would learn at twice the rate and count twice in the gradient norm. Mask its gradient.
+        mask = torch.zeros_like(self.rnn.bias_hh_l0)
+        mask[self.trained_bias_hh_start() :] = 1
+        self.rnn.bias_hh_l0.register_hook(lambda grad: grad * mask)
+
+    def trained_bias_hh_start(self) -> int:
+        """bias_hh[start:] is a real parameter (the GRU's b_hn); bias_hh[:start] stays 0."""
+        return 2 * self.cfg.hidden if self.cfg.cell == "gru" else self.rnn.bias_hh_l0.shape[0]
+
+    def by_hand(self, x):
+        state = tuple(x.new_zeros(x.shape[0], self.cfg.hidden) for _ in range(2 if self.cfg.cell == "lstm" else 1))
+        hs = []
+        for t in range(x.shape[1]):
+            state = self.step(self.rnn, x[:, t], state)  # (B, D) -> (B, H)
+            hs.append(state[0])
+        return torch.stack(hs, dim=1), state  # T x (B, H) -> (B, T, H)
+
+    def forward(self, x):
+        if self.cfg.fused:
+            hidden, state = self.rnn(x)  # (B, T, D) -> (B, T, H); state: (1, B, H), a pair of them for the LSTM
+            state = tuple(s[0] for s in state) if self.cfg.cell == "lstm" else (state[0],)  # drop the layer axis
+        else:
+            hidden, state = self.by_hand(x)
+        logits = self.head(hidden if self.cfg.output == "sequence" else hidden[:, -1])  # (B, T, C) or (B, C)
+        return logits, hidden, state
+
+
+def create_model(cfg: RNNConfig, *, seed: int, dtype: str = "float64") -> RNN:
+    return RNN(cfg, generator=torch.Generator().manual_seed(seed), dtype=getattr(torch, dtype))
+
+
+# ----------------------------------------------------------------------------- canonical weights
+def load_canonical(model: RNN, params: dict[str, np.ndarray]) -> None:
+    """Same weight layout and gate order as canonical; the one bias b_h goes to bias_ih, bias_hh = 0."""
+    weights.check(params, model.cfg.param_shapes(), model.head.weight.detach().numpy().dtype)
+    t = lambda name: torch.from_numpy(np.array(params[name]))
+    bias_hh = torch.zeros_like(model.rnn.bias_hh_l0)
+    if model.cfg.cell == "gru":
+        bias_hh[2 * model.cfg.hidden :] = t("b_hn")  # (r, z, n): only the candidate block is not a duplicate
+    state = {"rnn.weight_ih_l0": t("W_xh"), "rnn.weight_hh_l0": t("W_hh"), "rnn.bias_ih_l0": t("b_h"), "rnn.bias_hh_l0": bias_hh}
+    model.load_state_dict({**state, "head.weight": t("W_hy"), "head.bias": t("b_y")})
+
+
+def to_canonical(model: RNN, tensors: dict[str, torch.Tensor], grads: bool = False) -> dict[str, np.ndarray]:
+    """torch names -> canonical. Weights: b_h = bias_ih + bias_hh (their sum acts). Gradients: the
+    gradient of that sum is the gradient of either copy, so grad b_h = grad bias_ih (not the sum)."""
+    n = lambda name: tensors[name].detach().cpu().numpy().copy()
+    start = model.trained_bias_hh_start()
+    bias_hh = n("rnn.bias_hh_l0")
+    out = {"W_xh": n("rnn.weight_ih_l0"), "W_hh": n("rnn.weight_hh_l0"), "b_h": n("rnn.bias_ih_l0")}
+    if not grads:
+        out["b_h"][:start] += bias_hh[:start]
+    if model.cfg.cell == "gru":
+        out["b_hn"] = bias_hh[start:]
+    return {**out, "W_hy": n("head.weight"), "b_y": n("head.bias")}
+
+
+def export_canonical(model: RNN) -> dict[str, np.ndarray]:
+    return to_canonical(model, model.state_dict())
+
+
+# ----------------------------------------------------------------------------- loss
+def loss_fn(logits, y):
+    """Mean cross-entropy from logits over every scored position."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))  # (B, T, C) -> (B*T, C)
+
+
+def forward_backward(model: RNN, x, y) -> dict[str, np.ndarray]:
+    """Outputs, states, loss and every gradient in the canonical layout (what the parity tests compare)."""
+    model.zero_grad()
+    x = torch.tensor(x, requires_grad=True)
+    logits, hidden, state = model(x)
+    loss = loss_fn(logits, torch.as_tensor(y))
+    loss.backward()
+    out = {"output": logits, "loss": loss, "hidden": hidden, "h_n": state[0]}
+    if model.cfg.cell == "lstm":
+        out["c_n"] = state[1]
+    out = {k: v.detach().numpy() for k, v in out.items()}
+    grads = to_canonical(model, {k: p.grad for k, p in model.named_parameters()}, grads=True)
+    return {**out, "grad.input": x.grad.numpy(), **{f"grad.{k}": g for k, g in grads.items()}}
+
+
+@torch.no_grad()
+def predict_logits(model: RNN, x) -> np.ndarray:
+    """Logits for a batch, as NumPy (what `rosetta sample` draws from)."""
+    model.eval()
+    return model(torch.as_tensor(x, dtype=model.head.weight.dtype))[0].numpy()
+
+
+# ----------------------------------------------------------------------------- train step
+def make_optimizer(model: RNN, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.SGD(model.parameters(), lr=lr)
+
+
+def clip_by_global_norm(model: RNN) -> None:
+    """grad *= min(1, max_norm / ||grads||). Not nn.utils.clip_grad_norm_: it divides by norm + 1e-6."""
+    if model.cfg.clip_norm is None:
+        return
+    grads = [p.grad for p in model.parameters()]
+    norm = nn.utils.get_total_norm(grads)
+    if norm > model.cfg.clip_norm:
+        for g in grads:
+            g.mul_(model.cfg.clip_norm / norm)
+
+
+def train_step(model: RNN, optimizer: torch.optim.Optimizer, x, y) -> float:
+    optimizer.zero_grad()
+    logits, _, _ = model(x)
+    loss = loss_fn(logits, y)
+    loss.backward()
+    clip_by_global_norm(model)
+    optimizer.step()
+    return loss.item()
+
+
+def train(model: RNN, data: Dataset, *, epochs: int, lr: float, batch_size: int, seed: int, on_epoch=None) -> list[float]:
+    """Mini-batch SGD over the shared batch order; returns the mean training loss of each epoch."""
+    dtype = model.head.weight.dtype
+    dataset = TensorDataset(torch.as_tensor(data.x_train, dtype=dtype), torch.as_tensor(data.y_train))
+    optimizer, history = make_optimizer(model, lr), []
+    model.train()
+    for epoch in range(epochs):
+        # batch_sampler = the shared index arrays, so torch sees the same batches as everyone else
+        loader = DataLoader(dataset, batch_sampler=batches(len(dataset), batch_size, seed, epoch))
+        losses = [train_step(model, optimizer, xb, yb) for xb, yb in loader]
+        history.append(float(np.mean(losses)))
+        if on_epoch:
+            on_epoch(epoch, history[-1])
+    return history
+
+
+# ----------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate(model: RNN, x, y) -> tuple[float, float]:
+    """(mean loss, accuracy) on a whole split; a language model scores every position."""
+    model.eval()
+    logits, _, _ = model(torch.as_tensor(x, dtype=model.head.weight.dtype))
+    y = torch.as_tensor(y)
+    return loss_fn(logits, y).item(), (logits.argmax(dim=-1) == y).double().mean().item()
