@@ -14,8 +14,9 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jax_impl import optim
 from tasks import weights
-from tasks.configs import MLPConfig
+from tasks.configs import MLPConfig, OptimizerConfig
 from tasks.data import Dataset, batches
 
 
@@ -100,8 +101,9 @@ def forward_backward(model: MLP, x, y) -> dict[str, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- train step
-def make_optimizer(model: MLP, lr: float) -> nnx.Optimizer:
-    return nnx.Optimizer(model, optax.sgd(lr), wrt=nnx.Param)
+def make_optimizer(model: MLP, lr: float | OptimizerConfig) -> nnx.Optimizer:
+    """A learning rate gives optax.sgd; an OptimizerConfig any transformation of jax_impl/optim.py."""
+    return optim.make_optimizer(model, lr if isinstance(lr, OptimizerConfig) else OptimizerConfig("sgd", lr=lr))
 
 
 @nnx.jit

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from scratch import optim
 from tasks import weights
-from tasks.configs import MLPConfig
+from tasks.configs import MLPConfig, OptimizerConfig
 from tasks.data import Dataset, batches
 
 
@@ -171,23 +172,12 @@ def forward_backward(model: MLP, x, y) -> dict[str, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- train step
-class SGD:
-    """Plain stochastic gradient descent: p -= lr * g."""
-
-    def __init__(self, model: MLP, lr: float):
-        self.model, self.lr = model, lr
-
-    def step(self):
-        for layer in self.model.layers().values():
-            for key in layer.params:
-                layer.params[key] -= self.lr * layer.grads[key]
+def make_optimizer(model: MLP, lr: float | OptimizerConfig) -> optim.Optimizer:
+    """A learning rate gives plain SGD (p -= lr * g); an OptimizerConfig any of scratch/optim.py."""
+    return optim.make_optimizer(model, lr if isinstance(lr, OptimizerConfig) else OptimizerConfig("sgd", lr=lr))
 
 
-def make_optimizer(model: MLP, lr: float) -> SGD:
-    return SGD(model, lr)
-
-
-def train_step(model: MLP, optimizer: SGD, x, y) -> float:
+def train_step(model: MLP, optimizer: optim.Optimizer, x, y) -> float:
     logits = model.forward(x)
     loss, dlogits = loss_fn(logits, y, model.cfg.head)
     model.backward(dlogits)

@@ -13,7 +13,8 @@ import tensorflow as tf
 from keras import ops
 
 from tasks import weights
-from tasks.configs import MLPConfig
+from tasks.configs import MLPConfig, OptimizerConfig
+from tf_impl import optim
 from tasks.data import Dataset, epoch_order
 
 
@@ -109,10 +110,12 @@ def forward_backward(model: MLP, x, y) -> dict[str, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- train step
-def make_optimizer(model: MLP, lr: float) -> keras.optimizers.Optimizer:
-    # A float learning rate becomes a float32 (floatx) variable, which rounds 0.1 to 0.10000000149
-    # in a float64 run; a callable that returns a tensor of the model's dtype keeps it exact.
-    return keras.optimizers.SGD(learning_rate=lambda: ops.convert_to_tensor(lr, dtype=model.dtype))
+def make_optimizer(model: MLP, lr: float | OptimizerConfig) -> keras.optimizers.Optimizer:
+    """A learning rate gives keras.optimizers.SGD; an OptimizerConfig any optimizer of tf_impl/optim.py.
+
+    A float learning rate would become a float32 (floatx) variable, which rounds 0.1 to 0.10000000149
+    in a float64 run; optim.make_schedule passes a callable returning the model's dtype instead."""
+    return optim.make_optimizer(model, lr if isinstance(lr, OptimizerConfig) else OptimizerConfig("sgd", lr=lr))
 
 
 @tf.function(reduce_retracing=True)

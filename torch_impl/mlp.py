@@ -13,7 +13,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from tasks import weights
-from tasks.configs import MLPConfig
+from tasks.configs import MLPConfig, OptimizerConfig
+from torch_impl import optim
 from tasks.data import Dataset, batches
 
 
@@ -88,8 +89,9 @@ def forward_backward(model: MLP, x, y) -> dict[str, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- train step
-def make_optimizer(model: MLP, lr: float) -> torch.optim.Optimizer:
-    return torch.optim.SGD(model.parameters(), lr=lr)
+def make_optimizer(model: MLP, lr: float | OptimizerConfig) -> torch.optim.Optimizer:
+    """A learning rate gives torch.optim.SGD; an OptimizerConfig any optimizer of torch_impl/optim.py."""
+    return optim.make_optimizer(model, lr if isinstance(lr, OptimizerConfig) else OptimizerConfig("sgd", lr=lr))
 
 
 def train_step(model: MLP, optimizer: torch.optim.Optimizer, x, y) -> float:
