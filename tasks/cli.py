@@ -85,6 +85,11 @@ def train_model(model: str, task: str | None, frameworks: list[str], opts, show_
 
 
 def print_train(result: dict) -> None:
+    import importlib
+
+    runner = importlib.import_module(MODELS[result["model"]].runner)
+    if hasattr(runner, "print_train"):  # a model with its own table (the perceptron: mistakes, not a loss)
+        return runner.print_train(result, out)
     table = Table(title=f"{result['model']} on {result['task']} ({result['n_train']} train / {result['n_test']} test)")
     for col in ("framework", "final train loss", "test accuracy", "s / epoch", "max |Δparam| vs scratch"):
         table.add_column(col, justify="left" if col == "framework" else "right")
@@ -157,7 +162,7 @@ def print_parity(records: list[dict]) -> None:
     """The largest error per model, framework, reference, dtype and check kind."""
     groups: dict[tuple, dict] = {}
     for r in records:
-        check = r["tensor"].split(".")[0] if r["tensor"].split(".")[0] in ("grad", "roundtrip", "sgd") else "forward"
+        check = r["tensor"].split(".")[0] if r["tensor"].split(".")[0] in ("grad", "roundtrip", "sgd", "rule") else "forward"
         key = (r["model"], r["framework"], r["reference"], r["dtype"], check)
         g = groups.setdefault(key, {"worst": r, "n": 0, "failed": 0})
         g["n"] += 1

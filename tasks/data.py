@@ -114,6 +114,64 @@ def digits32(seed: int = 0) -> Dataset:
     return replace(d, name="digits32", x_train=to32(d.x_train), x_test=to32(d.x_test), meta={**d.meta, "image_shape": (32, 32)})
 
 
+# ----------------------------------------------------------------------------- perceptron tasks
+GATE_INPUTS = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float64)  # (4, 2): the whole truth table
+GATE_OUTPUTS = {"or": [0, 1, 1, 1], "and": [0, 0, 0, 1], "xor": [0, 1, 1, 0]}
+
+
+def gate(name: str) -> Dataset:
+    """A two-input logic gate: its truth table is both the training and the test set (4 rows).
+
+    OR and AND are linearly separable; XOR is not, so no single line (no perceptron) gets all four.
+    """
+    y = np.array(GATE_OUTPUTS[name], dtype=np.int64)
+    return Dataset(name, GATE_INPUTS.copy(), y, GATE_INPUTS.copy(), y.copy(), 2, {"gate": name})
+
+
+def or_gate(seed: int = 0) -> Dataset:
+    return gate("or")  # the seed is unused: a truth table has no randomness
+
+
+def and_gate(seed: int = 0) -> Dataset:
+    return gate("and")
+
+
+def xor_gate(seed: int = 0) -> Dataset:
+    return gate("xor")
+
+
+def iris(seed: int = 0) -> Dataset:
+    """scikit-learn's shipped iris: setosa (0) versus versicolor (1), all four features in cm.
+
+    The two species are linearly separable (petal length alone splits them), so the perceptron converges.
+    """
+    from sklearn.datasets import load_iris
+
+    d = load_iris()
+    keep = d.target < 2  # drop virginica, which overlaps versicolor
+    x = d.data[keep].astype(np.float64)  # (100, 4)
+    return split("iris", x, d.target[keep].astype(np.int64), 2, seed, features=list(d.feature_names))
+
+
+def blobs(seed: int = 0, n_samples: int = 200, margin: float = 0.5) -> Dataset:
+    """Two seeded 2-D Gaussian blobs, centres (-2, -2) and (2, 2), unit spread.
+
+    Separable by construction: a point is kept only if it lies on its own side of the line
+    x0 + x1 = 0 and at least `margin` from it, so the perceptron convergence theorem applies.
+    """
+    rng = np.random.default_rng(seed)
+    normal = np.array([1.0, 1.0]) / np.sqrt(2.0)  # unit normal of the separating line
+    xs, ys = [], []
+    while sum(len(y) for y in ys) < n_samples:
+        y = rng.integers(0, 2, n_samples)
+        x = rng.normal(size=(n_samples, 2)) + np.where(y[:, None] == 1, 2.0, -2.0)  # (B, 2)
+        keep = (2 * y - 1) * (x @ normal) >= margin  # signed distance to the line, >= margin on its own side
+        xs.append(x[keep])
+        ys.append(y[keep])
+    x, y = np.concatenate(xs)[:n_samples], np.concatenate(ys)[:n_samples].astype(np.int64)
+    return split("blobs", x, y, 2, seed, margin=margin)
+
+
 # ----------------------------------------------------------------------------- MNIST (IDX files)
 MNIST_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -256,7 +314,7 @@ def sign(seed: int = 0, n_samples: int = 2000, length: int = 15) -> Dataset:
 
 
 # ----------------------------------------------------------------------------- lookup by name
-TASKS = {"moons": moons, "digits": digits, "mnist": mnist, "digits32": digits32, "pytext": pytext, "sign": sign}
+TASKS = {"moons": moons, "digits": digits, "mnist": mnist, "digits32": digits32, "or": or_gate, "and": and_gate, "xor": xor_gate, "iris": iris, "blobs": blobs, "pytext": pytext, "sign": sign}
 
 
 def load_task(name: str, *, seed: int = 0, data_dir: str | Path | None = None) -> Dataset:

@@ -11,6 +11,7 @@ element that happens to be near zero does not make the check meaningless.
 from __future__ import annotations
 
 import functools
+import importlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +21,8 @@ import numpy as np
 
 from tasks import weights
 from tasks.configs import LeNet5Config
-from tasks.configs import MLPConfig, OptimizerConfig, RNNConfig
-from tasks.data import Dataset
+from tasks.configs import MLPConfig, OptimizerConfig, PerceptronConfig, RNNConfig
+from tasks.data import Dataset, gate
 from tasks.registry import FRAMEWORKS, load_impl
 
 DTYPES = ("float64", "float32")
@@ -46,15 +47,45 @@ class Case:
     seed: int = 1234
     extra_outputs: tuple[str, ...] = ()  # more forward tensors, compared like `output` (an RNN's states)
 
+    # Optional, for a model the gradient checks do not fit (the perceptron has no gradient): a module
+    # with compute(case, framework, dtype), expected_tensors(case) and tolerance(tensor, dtype).
+    engine: str | None = None
+    init: Callable = weights.init_uniform  # (shapes, seed) -> the canonical weights of the case's file
+
     @property
     def id(self) -> str:
         return f"{self.model}[{self.name}]"
+
+
+def engine(case) -> Any:
+    """The case's own check module, imported now; None for the gradient checks of this file."""
+    name = getattr(case, "engine", None)
+    return importlib.import_module(name) if name else None
 
 
 def _tabular(rng, cfg, n):
     x = rng.normal(size=(n, cfg.in_features))
     y = rng.integers(0, cfg.n_classes, size=n)
     return x, y
+
+
+def _separable(rng, cfg, n):
+    """Points moved 0.5 away from a random hyperplane through 0, each to its own side: separable."""
+    normal = rng.normal(size=cfg.in_features)
+    normal /= np.linalg.norm(normal)
+    x = rng.normal(size=(n, cfg.in_features))
+    y = (x @ normal > 0).astype(np.int64)
+    return x + np.where(y[:, None] == 1, 0.5, -0.5) * normal, y  # (B, D) + (B, 1) * (D,)
+
+
+def _and_gate(rng, cfg, n):
+    d = gate("and")  # the whole truth table, whatever n is
+    return d.x_train, d.y_train
+
+
+def _zeros(shapes, seed):
+    """Every weight and bias 0 (the perceptron's classic start)."""
+    return {name: np.zeros(shape) for name, shape in shapes.items()}
 
 
 CASES: dict[str, list[Case]] = {
@@ -64,6 +95,13 @@ CASES: dict[str, list[Case]] = {
         Case("mlp", "softmax-leaky", MLPConfig(5, (7,), 3, "leaky_relu", "softmax"), _tabular),
         Case("mlp", "sigmoid-sigmoid", MLPConfig(5, (6,), 2, "sigmoid", "sigmoid"), _tabular),
         Case("mlp", "softmax-linear", MLPConfig(5, (), 3, "relu", "softmax"), _tabular),
+    ],
+    "perceptron": [
+        # Rosenblatt's zero start on AND: w·x + b is exactly 0 at the first samples, so the tie rule decides
+        Case("perceptron", "and-zero-init", PerceptronConfig(2), _and_gate, batch=4, engine="tasks.perceptron_run", init=_zeros),
+        Case("perceptron", "separable-3d", PerceptronConfig(3), _separable, batch=40, engine="tasks.perceptron_run"),
+        # random labels: never separable, so every epoch updates and the run goes to the epoch cap
+        Case("perceptron", "noisy-5d", PerceptronConfig(5), _tabular, batch=40, engine="tasks.perceptron_run"),
     ],
 }
 
@@ -125,7 +163,7 @@ def assert_close(actual, reference, tol: float, what: str) -> None:
 def canonical_file(case: Case) -> Path:
     """Random non-zero weights *and biases* for the case, written once to a safetensors file."""
     path = Path(tempfile.mkdtemp(prefix="rosetta-parity-")) / f"{case.model}-{case.name}.safetensors"
-    weights.save(path, weights.init_uniform(case.config.param_shapes(), case.seed))
+    weights.save(path, getattr(case, "init", weights.init_uniform)(case.config.param_shapes(), case.seed))
     return path
 
 
@@ -144,6 +182,8 @@ def compute(case: Case, framework: str, dtype: str) -> dict[str, np.ndarray]:
     """
     if isinstance(case, OptimizerCase):
         return optimizer_trajectory(case, framework, dtype)
+    if engine(case):
+        return engine(case).compute(case, framework, dtype)
     impl = load_impl(framework, case.model)
     params = weights.cast(weights.load(canonical_file(case)), dtype)
     model = impl.create_model(case.config, seed=0, dtype=dtype)
@@ -163,13 +203,17 @@ def compute(case: Case, framework: str, dtype: str) -> dict[str, np.ndarray]:
 
 def expected_tensors(case: Case) -> list[str]:
     """Names of every compared tensor, known before any framework is imported (for test ids)."""
+    if engine(case):
+        return engine(case).expected_tensors(case)
     names = list(case.config.param_shapes())
     if isinstance(case, OptimizerCase):
         return [f"trajectory.{n}" for n in names]
     return ["output", "loss", *case.extra_outputs, "grad.input", *(f"grad.{n}" for n in names), *(f"roundtrip.{n}" for n in names), *(f"sgd.{n}" for n in names)]
 
 
-def tolerance(tensor: str, dtype: str) -> float:
+def tolerance(tensor: str, dtype: str, case=None) -> float:
+    if engine(case):
+        return engine(case).tolerance(tensor, dtype)
     if tensor.startswith("roundtrip."):
         return 0.0  # export(load(w)) must give w back bit for bit
     if tensor.startswith(("sgd.", "trajectory.")):
@@ -197,12 +241,14 @@ def records(case: Case, frameworks=FRAMEWORKS, dtypes=DTYPES, pairwise: bool = T
                 else:
                     reference = results[ref][tensor]
                 actual = results[fw].get(tensor)
-                tol = tolerance(tensor, dtype)
+                tol = tolerance(tensor, dtype, case)
                 if actual is None:
                     abs_err = rel = float("inf")
                 else:
                     abs_err, rel = rel_error(actual, reference)
-                exact_dtype = actual is not None and np.asarray(actual).dtype == np.dtype(dtype)
+                # floats come back in the run's dtype; integer results (labels, counts) as integers on both sides
+                integers = actual is not None and np.asarray(actual).dtype.kind in "iu" and np.asarray(reference).dtype.kind in "iu"
+                exact_dtype = integers or (actual is not None and np.asarray(actual).dtype == np.dtype(dtype))
                 out.append(
                     {
                         "model": case.model,

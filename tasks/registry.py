@@ -38,13 +38,23 @@ class ModelEntry:
 MODELS: dict[str, ModelEntry] = {
     "mlp": ModelEntry(
         name="mlp",
-        tasks=("moons", "digits", "mnist"),
+        tasks=("moons", "digits", "mnist", "xor"),
         defaults={
             "moons": dict(epochs=60, lr=0.2, batch_size=32, hidden=(32, 32), activation="relu"),
             "digits": dict(epochs=40, lr=0.2, batch_size=32, hidden=(64,), activation="relu"),
             "mnist": dict(epochs=10, lr=0.1, batch_size=64, hidden=(128,), activation="relu"),
+            # the wall the perceptron cannot pass: one tanh hidden layer, full batch, 100% in 20 of 20 seeds
+            "xor": dict(epochs=150, lr=1.0, batch_size=4, hidden=(8,), activation="tanh"),
         },
         summary="multilayer perceptron (any depth; relu/tanh/sigmoid/leaky relu; sigmoid or softmax head)",
+    ),
+    "perceptron": ModelEntry(
+        name="perceptron",
+        tasks=("iris", "or", "and", "xor", "blobs"),
+        # epochs is a cap: training stops after the first epoch without a mistake
+        defaults={task: dict(epochs=50, lr=0.1) for task in ("iris", "or", "and", "xor", "blobs")},
+        runner="tasks.perceptron_run",
+        summary="Rosenblatt's perceptron (one neuron, step output, mistake-driven rule; no gradient)",
     ),
     "lenet5": ModelEntry(
         name="lenet5",
