@@ -1,0 +1,241 @@
+"""LeNet-5: parameter count, parity of every tensor in four frameworks (both poolings), the scratch
+layers against finite differences and the lesson's loop convolution, the layout rules (a converter
+without the flatten permutation must fail), the digits32/MNIST inputs, and one default training run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from parity_tests.conftest import star_params
+from tasks import parity, train, weights
+from tasks.bench import conv2d_loop
+from tasks.configs import LeNet5Config
+from tasks.data import digits, digits32, mnist, pad_to, resize_bilinear, write_idx
+from tasks.registry import FRAMEWORKS, load_impl
+
+scratch = load_impl("scratch", "lenet5")
+
+
+# ----------------------------------------------------------------------------- sizes
+def test_parameter_count_is_61706():
+    shapes = LeNet5Config().param_shapes()
+    assert LeNet5Config().flat_features == 16 * 5 * 5
+    assert sum(int(np.prod(s)) for s in shapes.values()) == 61_706
+    assert shapes["conv1.weight"] == (6, 1, 5, 5) and shapes["fc1.weight"] == (120, 400)
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_every_framework_builds_61706_parameters(framework):
+    impl = load_impl(framework, "lenet5")
+    params = impl.export_canonical(impl.create_model(LeNet5Config(), seed=0, dtype="float32"))
+    assert {k: v.shape for k, v in params.items()} == LeNet5Config().param_shapes()
+    assert sum(v.size for v in params.values()) == 61_706
+
+
+# ----------------------------------------------------------------------------- parity
+@pytest.mark.parametrize("case, framework, dtype, tensor", star_params("lenet5"))
+def test_matches_scratch(case, framework, dtype, tensor):
+    """Each tensor of each framework against the scratch reference, at the stated tolerance."""
+    actual = parity.compute(case, framework, dtype)[tensor]
+    reference = parity.compute(case, "scratch", dtype)[tensor]
+    assert np.asarray(actual).dtype == np.dtype(dtype), f"{tensor} came back as {np.asarray(actual).dtype}"
+    parity.assert_close(actual, reference, parity.tolerance(tensor, dtype), f"{case.id} {framework} {dtype} {tensor}")
+
+
+@pytest.mark.parametrize("case", parity.CASES["lenet5"], ids=lambda c: c.id)
+def test_frameworks_agree_pairwise(case):
+    """torch, Keras and Flax against each other in float64 (not only each against scratch)."""
+    results = {fw: parity.compute(case, fw, "float64") for fw in FRAMEWORKS[1:]}
+    for a, b in [("torch_impl", "tf_impl"), ("torch_impl", "jax_impl"), ("tf_impl", "jax_impl")]:
+        for tensor in parity.expected_tensors(case):
+            parity.assert_close(results[a][tensor], results[b][tensor], parity.tolerance(tensor, "float64"), f"{a} vs {b} {tensor}")
+
+
+# ----------------------------------------------------------------------------- scratch layers
+def numeric_grad(f, array, eps=1e-6):
+    """Central differences of the scalar f() with respect to every entry of `array` (changed in place)."""
+    grad = np.zeros_like(array)
+    for i in np.ndindex(array.shape):
+        old = array[i]
+        array[i] = old + eps
+        up = f()
+        array[i] = old - eps
+        down = f()
+        array[i] = old
+        grad[i] = (up - down) / (2 * eps)
+    return grad
+
+
+def layer_cases():
+    rng = np.random.default_rng(0)
+    return {
+        "conv2d": (scratch.Conv2D(2, 3, 3, rng=rng), (2, 2, 7, 6)),  # non-square input
+        "avgpool": (scratch.AvgPool2D(), (2, 3, 7, 6)),  # odd height: the last row is dropped
+        "maxpool": (scratch.MaxPool2D(), (2, 3, 7, 6)),
+        "flatten": (scratch.Flatten(), (2, 3, 4, 5)),
+        "dense": (scratch.Dense(5, 4, rng=rng), (3, 5)),
+        "tanh": (scratch.Tanh(), (3, 5)),
+        "relu": (scratch.ReLU(), (3, 5)),
+    }
+
+
+@pytest.mark.parametrize("name", list(layer_cases()))
+def test_scratch_layer_backward_matches_finite_differences(name):
+    """Every layer's hand-written backward, input and parameters, against central differences in float64."""
+    layer, shape = layer_cases()[name]
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=shape)
+    probe = rng.normal(size=layer.forward(x).shape)  # loss = sum(probe * y): dy = probe
+    loss = lambda: float(np.sum(probe * layer.forward(x)))
+    layer.forward(x)
+    dx = layer.backward(probe)
+    grads = {k: v.copy() for k, v in getattr(layer, "grads", {}).items()}
+    parity.assert_close(dx, numeric_grad(loss, x), 1e-7, f"{name} input")
+    for key, value in getattr(layer, "params", {}).items():
+        parity.assert_close(grads[key], numeric_grad(loss, value), 1e-7, f"{name} {key}")
+
+
+def test_whole_scratch_model_matches_finite_differences():
+    """The assembled LeNet-5 (relu + max pooling): directional derivatives along random directions."""
+    case = parity.CASES["lenet5"][1]
+    model = scratch.create_model(case.config, seed=0)
+    scratch.load_canonical(model, weights.load(parity.canonical_file(case)))
+    x, y = parity.inputs(case, 2, "float64")
+    analytic = scratch.forward_backward(model, x, y)
+    rng, eps = np.random.default_rng(2), 1e-6
+    loss = lambda: scratch.loss_fn(model.forward(x), y)[0]
+    tensors = {f"{p}.{k}": layer.params[k] for p, layer in model.layers().items() for k in layer.params} | {"input": x}
+    for name, value in tensors.items():
+        direction = rng.normal(size=value.shape)
+        value += eps * direction
+        up = loss()
+        value -= 2 * eps * direction
+        down = loss()
+        value += eps * direction
+        numeric = (up - down) / (2 * eps)
+        np.testing.assert_allclose(np.sum(analytic[f"grad.{name}"] * direction), numeric, rtol=1e-6, err_msg=name)
+
+
+def test_scratch_conv_matches_the_lesson_loop():
+    """im2col + matmul gives the loop convolution's numbers (the loop is only an oracle)."""
+    rng = np.random.default_rng(3)
+    x, w, b = rng.normal(size=(3, 2, 9, 8)), rng.normal(size=(4, 2, 5, 5)), rng.normal(size=4)
+    conv = scratch.Conv2D(2, 4, 5, rng=rng)
+    conv.params.update(weight=w, bias=b)
+    parity.assert_close(conv.forward(x), conv2d_loop(x, w, b), 1e-13, "conv forward")
+
+
+def test_col2im_equals_the_full_correlation_with_the_rotated_kernel():
+    """The conv input gradient two ways: col2im of dcols, and pad(dy) correlated with rot180(W)^T."""
+    rng = np.random.default_rng(4)
+    conv = scratch.Conv2D(3, 4, 5, rng=rng)
+    x = rng.normal(size=(2, 3, 12, 11))
+    dy = rng.normal(size=conv.forward(x).shape)
+    dx = conv.backward(dy)
+    w_rot = conv.params["weight"][:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (O, C, k, k) -> (C, O, k, k)
+    padded = np.pad(dy, ((0, 0), (0, 0), (4, 4), (4, 4)))
+    parity.assert_close(dx, conv2d_loop(padded, w_rot, np.zeros(3)), 1e-13, "conv input gradient")
+
+
+def test_max_pool_sends_the_gradient_to_the_first_maximum_like_torch():
+    import torch
+
+    x = np.array([[[[1.0, 1.0], [0.5, 1.0]]]])  # a three-way tie
+    pool = scratch.MaxPool2D()
+    pool.forward(x)
+    dx = pool.backward(np.ones((1, 1, 1, 1)))
+    xt = torch.tensor(x, requires_grad=True)
+    torch.nn.functional.max_pool2d(xt, 2).sum().backward()
+    np.testing.assert_array_equal(dx, xt.grad.numpy())
+    np.testing.assert_array_equal(dx, [[[[1.0, 0.0], [0.0, 0.0]]]])
+
+
+# ----------------------------------------------------------------------------- layouts
+@pytest.mark.parametrize("framework", ["tf_impl", "jax_impl"])
+def test_fc1_permutation_is_the_nchw_to_nhwc_flatten(framework):
+    """flatten(NCHW) @ W.T == flatten(NHWC) @ to_native(W): the identity the converter rests on."""
+    impl, cfg = load_impl(framework, "lenet5"), LeNet5Config()
+    rng = np.random.default_rng(5)
+    features = rng.normal(size=(3, 16, 5, 5))  # (B, C, H, W) after pool2
+    w = rng.normal(size=(120, 400))
+    expected = features.reshape(3, -1) @ w.T  # canonical: (C, H, W) order
+    nhwc = features.transpose(0, 2, 3, 1).reshape(3, -1)  # Keras/Flax: (H, W, C) order
+    parity.assert_close(nhwc @ impl.to_native(cfg, "fc1.weight", w), expected, 1e-13, "fc1")
+    np.testing.assert_array_equal(impl.to_canonical(cfg, "fc1.weight", impl.to_native(cfg, "fc1.weight", w)), w)
+
+
+@pytest.mark.parametrize("framework", ["tf_impl", "jax_impl"])
+@pytest.mark.parametrize("broken", ["fc1 rows not permuted", "conv kernel reshaped, not transposed"])
+def test_a_converter_without_the_layout_change_is_caught(framework, broken):
+    """The check can fail: weights loaded without the fc1 row permutation (only .T), or with the
+    conv kernel reshaped to (kh, kw, in_c, out_c) instead of transposed, disagree with scratch."""
+    case = parity.CASES["lenet5"][0]
+    impl = load_impl(framework, "lenet5")
+    model = impl.create_model(case.config, seed=0, dtype="float64")
+    params = weights.load(parity.canonical_file(case))
+    impl.load_canonical(model, params)
+    if broken == "fc1 rows not permuted":
+        name, value = "fc1.weight", params["fc1.weight"].T  # (out, in) -> (in, out) with rows still in (C, H, W) order
+    else:
+        name, value = "conv2.weight", params["conv2.weight"].reshape(5, 5, 6, 16)
+    variable = model.variables_by_name()[name]
+    variable.assign(value) if framework == "tf_impl" else variable.set_value(value)
+    x, y = parity.inputs(case, case.batch, "float64")
+    broken_out = impl.forward_backward(model, x, y)["output"]
+    with pytest.raises(AssertionError):
+        parity.assert_close(broken_out, parity.compute(case, "scratch", "float64")["output"], 1e-10, "output")
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_load_rejects_bad_weights_and_leaves_model_unchanged(framework):
+    impl, cfg = load_impl(framework, "lenet5"), LeNet5Config()
+    model = impl.create_model(cfg, seed=0, dtype="float64")
+    before = impl.export_canonical(model)
+    good = weights.init_uniform(cfg.param_shapes(), 7)
+    bad = dict(good)
+    del bad["fc3.bias"]  # missing
+    bad["conv1.weight"] = np.zeros((5, 5, 1, 6))  # the Keras/Flax layout instead of the canonical one
+    bad["fc1.weight"] = good["fc1.weight"].astype(np.float32)  # wrong dtype
+    with pytest.raises(weights.CanonicalWeightsError) as info:
+        impl.load_canonical(model, bad)
+    message = str(info.value)
+    for expected in ("missing fc3.bias", "conv1.weight: expected shape (6, 1, 5, 5), got (5, 5, 1, 6)", "fc1.weight: expected dtype float64, got float32"):
+        assert expected in message
+    after = impl.export_canonical(model)
+    assert all(np.array_equal(before[k], after[k]) for k in before), "a failed load changed the model"
+
+
+# ----------------------------------------------------------------------------- data
+def test_digits32_is_a_deterministic_resampling_of_digits():
+    small, big = digits(0), digits32(0)
+    assert big.x_train.shape == (len(small.x_train), 1, 32, 32) and big.x_test.shape[1:] == (1, 32, 32)
+    np.testing.assert_array_equal(big.y_train, small.y_train)  # same images, same split
+    np.testing.assert_array_equal(big.x_train, digits32(0).x_train)  # deterministic
+    assert big.x_train.min() >= 0 and big.x_train.max() <= 1
+    assert not big.x_train[:, :, :2].any() and not big.x_train[:, :, :, -2:].any()  # the 2-pixel zero border
+    # bilinear resampling keeps a constant image constant and the mean of a smooth one
+    np.testing.assert_allclose(resize_bilinear(np.full((1, 1, 8, 8), 0.25), 28), 0.25)
+    np.testing.assert_allclose(big.x_train[:, :, 2:30, 2:30].mean(), small.x_train.mean(), rtol=0.05)
+
+
+def test_mnist_is_padded_to_32(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("t10k", 4)):
+        write_idx(tmp_path / f"{split}-images-idx3-ubyte", rng.integers(1, 256, (n, 28, 28)).astype(np.uint8))
+        write_idx(tmp_path / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, n).astype(np.uint8))
+    data = train.prepare("lenet5", mnist(tmp_path))
+    assert data.x_train.shape == (6, 1, 32, 32) and data.x_test.shape == (4, 1, 32, 32)
+    np.testing.assert_array_equal(data.x_train[:, :, 2:30, 2:30], mnist(tmp_path).x_train)
+    np.testing.assert_array_equal(data.x_train, pad_to(mnist(tmp_path).x_train, 32))
+    assert not data.x_train[:, :, :2].any() and not data.x_train[:, :, 30:].any()
+
+
+# ----------------------------------------------------------------------------- training
+def test_default_training_reaches_97_percent_in_every_framework():
+    """The registry's defaults on digits32: >= 97% test accuracy in all four, the same run in each."""
+    result = train.run("lenet5", "digits32", list(FRAMEWORKS), train.TrainOptions())
+    for row in result["results"]:
+        assert row["test_accuracy"] >= 0.97, row
+        assert row["max_param_diff_vs_scratch"] < 1e-3, row  # float32 drift only, no divergence
+    assert result["config"]["activation"] == "tanh" and result["config"]["pooling"] == "avg"
