@@ -230,6 +230,98 @@ def list_models():
         out.print(f"{name:<12} tasks: {', '.join(entry.tasks):<28} {entry.summary}", highlight=False)
 
 
+# ----------------------------------------------------------------------------- saliency
+def saliency_maps(model: str, task: str, frameworks: list[str], n_images: int, weights_path: str | None, epochs: int | None, seed: int, dtype: str, data_dir: str | None):
+    """Test images, their labels, and each framework's d loss / d input for them, from one set of weights.
+
+    The weights come from `weights_path` (canonical safetensors) or from training scratch with the
+    task's defaults; every framework then loads the same weights, so the maps should be identical.
+    """
+    from tasks import weights
+    from tasks.data import load_task
+    from tasks.registry import load_impl
+    from tasks.train import TrainOptions, make_config, prepare
+
+    opts = TrainOptions(epochs=epochs, seed=seed, dtype=dtype, data_dir=data_dir).with_defaults(model, task)
+    data = prepare(model, load_task(task, seed=seed, data_dir=data_dir))
+    if data.x_test.ndim != 4:
+        fail(f"saliency needs image inputs (B, C, H, W); model {model} on {task} takes {data.x_test.shape[1:]}")
+    cfg = make_config(model, data, opts)
+    if weights_path:
+        params = weights.cast(weights.load(weights_path), dtype)  # each load_canonical checks names and shapes
+    else:
+        impl = load_impl("scratch", model)
+        net = impl.create_model(cfg, seed=seed, dtype=dtype)
+        impl.load_canonical(net, weights.cast(weights.init_uniform(cfg.param_shapes(), seed), dtype))
+        impl.train(net, data, epochs=opts.epochs, lr=opts.lr, batch_size=opts.batch_size, seed=seed)
+        params = impl.export_canonical(net)
+    x, y = data.x_test[:n_images].astype(dtype), data.y_test[:n_images]
+    maps = {}
+    for fw in frameworks:
+        impl = load_impl(fw, model)
+        net = impl.create_model(cfg, seed=seed, dtype=dtype)
+        impl.load_canonical(net, params)
+        # the gradient of the *mean* loss is 1/B of each image's own: scale back to per image
+        maps[fw] = impl.forward_backward(net, x, y)["grad.input"][:, 0] * len(x)  # (B, 1, H, W) -> (B, H, W)
+    return x[:, 0], y, maps
+
+
+@app.command()
+def saliency(
+    model: str = typer.Argument(..., help="an image model, e.g. lenet5"),
+    framework: str = typer.Option("all", help="scratch, torch, tf, jax, or all"),
+    task: Optional[str] = typer.Option(None, help="task name (default: the model's first task)"),
+    images: int = typer.Option(4, help="how many test images (rows)"),
+    weights_path: Optional[str] = typer.Option(None, "--weights", help="canonical safetensors weights (default: train scratch with the task's defaults)"),
+    epochs: Optional[int] = typer.Option(None, help="epochs of that scratch training (default: per task)"),
+    out_path: str = typer.Option("saliency.png", "--out", help="the PNG to write"),
+    seed: int = typer.Option(0, help="seed for the split, the initial weights and the batch order"),
+    dtype: str = typer.Option("float64", help="float64 or float32"),
+    data_dir: Optional[str] = typer.Option(None, help="folder with MNIST IDX files (task mnist)"),
+):
+    """Write one PNG with the input-gradient (saliency) maps of each framework side by side."""
+    check_model(model)
+    frameworks = check_frameworks(framework)
+    entry = MODELS[model]
+    task = task or entry.default_task
+    if task not in entry.tasks:
+        fail(f"unknown task {task!r} for model {model}; choose from: {', '.join(entry.tasks)}")
+    if images < 1 or (epochs is not None and epochs < 1):
+        fail("--images and --epochs must be positive integers")
+    if dtype not in ("float32", "float64"):
+        fail(f"unknown dtype {dtype!r}; choose from: float32, float64")
+    from tasks.weights import CanonicalWeightsError
+
+    try:
+        x, y, maps = saliency_maps(model, task, frameworks, images, weights_path, epochs, seed, dtype, data_dir)
+    except (DataFileError, FileNotFoundError, CanonicalWeightsError) as e:
+        fail(str(e))
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(len(x), 1 + len(maps), figsize=(2 * (1 + len(maps)), 2 * len(x)), squeeze=False)
+    for row in range(len(x)):
+        scale = max(float(np.abs(m[row]).max()) for m in maps.values()) or 1.0  # one colour scale per row
+        axes[row, 0].imshow(x[row], cmap="gray")
+        axes[row, 0].set_title(f"label {y[row]}" if row else f"input\nlabel {y[row]}", fontsize=9)
+        for col, (fw, m) in enumerate(maps.items(), start=1):
+            axes[row, col].imshow(m[row], cmap="RdBu_r", vmin=-scale, vmax=scale)
+            if row == 0:
+                axes[row, col].set_title(fw, fontsize=9)
+    for ax in axes.flat:
+        ax.set_xticks([]), ax.set_yticks([])
+    reference = maps.get("scratch")
+    diffs = {fw: float(np.max(np.abs(m - reference)) / np.max(np.abs(reference))) for fw, m in maps.items() if reference is not None and fw != "scratch"}
+    fig.suptitle(f"{model}: d loss / d input ({dtype})" + (f"\nmax rel. diff vs scratch {max(diffs.values()):.1e}" if diffs else ""), fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+    print(f"wrote {out_path}: {len(x)} test images x {len(maps)} frameworks" + "".join(f"; {fw} vs scratch {d:.1e}" for fw, d in diffs.items()))
+
+
 def main() -> None:
     app()
 
