@@ -238,4 +238,4 @@ def test_default_training_reaches_97_percent_in_every_framework():
     for row in result["results"]:
         assert row["test_accuracy"] >= 0.97, row
         assert row["max_param_diff_vs_scratch"] < 1e-3, row  # float32 drift only, no divergence
-    assert result["config"]["activation"] == "tanh" and result["config"]["pooling"] == "avg"
+    assert result["config"]["activation"] == "relu" and result["config"]["pooling"] == "max"

@@ -108,13 +108,14 @@ def train(
     batch_size: Optional[int] = typer.Option(None, help="mini-batch size (default: per task)"),
     hidden: Optional[str] = typer.Option(None, help="hidden layer sizes, comma separated, e.g. 64,32"),
     activation: Optional[str] = typer.Option(None, help="relu, tanh, sigmoid or leaky_relu"),
+    pooling: Optional[str] = typer.Option(None, help="lenet5: avg or max"),
     seed: int = typer.Option(0, help="seed for the split, the initial weights and the batch order"),
     dtype: str = typer.Option("float32", help="float32 or float64"),
     data_dir: Optional[str] = typer.Option(None, help="folder with MNIST IDX files (task mnist)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON document to stdout"),
 ):
     """Train MODEL in one or all frameworks from the same initial weights and compare."""
-    from tasks.configs import ACTIVATIONS
+    from tasks.configs import ACTIVATIONS, LENET_ACTIVATIONS, POOLINGS
     from tasks.train import TrainOptions
 
     check_model(model)
@@ -129,6 +130,10 @@ def train(
         fail(f"unknown dtype {dtype!r}; choose from: float32, float64")
     if activation is not None and activation not in ACTIVATIONS:
         fail(f"unknown activation {activation!r}; choose from: {', '.join(ACTIVATIONS)}")
+    if model == "lenet5" and activation is not None and activation not in LENET_ACTIVATIONS:
+        fail(f"unknown activation {activation!r} for lenet5; choose from: {', '.join(LENET_ACTIVATIONS)}")
+    if pooling is not None and pooling not in POOLINGS:
+        fail(f"unknown pooling {pooling!r}; choose from: {', '.join(POOLINGS)}")
     sizes = None
     if hidden is not None:
         try:
@@ -137,7 +142,7 @@ def train(
             sizes = (-1,)
         if any(h < 1 for h in sizes):
             fail(f"--hidden must be positive integers separated by commas, got {hidden!r}")
-    opts = TrainOptions(epochs=epochs, lr=lr, batch_size=batch_size, hidden=sizes, activation=activation, seed=seed, dtype=dtype, data_dir=data_dir)
+    opts = TrainOptions(epochs=epochs, lr=lr, batch_size=batch_size, hidden=sizes, activation=activation, pooling=pooling, seed=seed, dtype=dtype, data_dir=data_dir)
     result = train_model(model, task, frameworks, opts, show_progress=sys.stderr.isatty() or not as_json)
     if as_json:
         print(json.dumps(result, indent=2))
@@ -237,6 +242,8 @@ def saliency_maps(model: str, task: str, frameworks: list[str], n_images: int, w
     The weights come from `weights_path` (canonical safetensors) or from training scratch with the
     task's defaults; every framework then loads the same weights, so the maps should be identical.
     """
+    import numpy as np
+
     from tasks import weights
     from tasks.data import load_task
     from tasks.registry import load_impl
@@ -255,7 +262,8 @@ def saliency_maps(model: str, task: str, frameworks: list[str], n_images: int, w
         impl.load_canonical(net, weights.cast(weights.init_uniform(cfg.param_shapes(), seed), dtype))
         impl.train(net, data, epochs=opts.epochs, lr=opts.lr, batch_size=opts.batch_size, seed=seed)
         params = impl.export_canonical(net)
-    x, y = data.x_test[:n_images].astype(dtype), data.y_test[:n_images]
+    pick = [int(np.flatnonzero(data.y_test == c)[0]) for c in np.unique(data.y_test)][:n_images]  # one image per class
+    x, y = data.x_test[pick].astype(dtype), data.y_test[pick]
     maps = {}
     for fw in frameworks:
         impl = load_impl(fw, model)
