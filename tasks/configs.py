@@ -122,6 +122,130 @@ class LeNet5Config:
         }
 
 
+# ----------------------------------------------------------------------------- attention
+PAD = 0  # token id 0 is padding in every sequence task; a padded key is never attended to
+NORMS = ("post", "pre")
+FF_ACTIVATIONS = ("relu", "gelu", "gelu_tanh")  # gelu = exact erf form; gelu_tanh = the tanh approximation
+OPTIMIZERS = ("sgd", "adam")
+
+
+def attention_shapes(prefix: str, d_model: int) -> dict[str, tuple[int, ...]]:
+    """Canonical multi-head attention: separate W_q, W_k, W_v, W_o, each (E, E) as dense (out, in)."""
+    shapes = {}
+    for proj in ("q", "k", "v", "o"):
+        shapes[f"{prefix}.{proj}.weight"] = (d_model, d_model)
+        shapes[f"{prefix}.{proj}.bias"] = (d_model,)
+    return shapes
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    """One multi-head self-attention layer between a token embedding and a per-token head."""
+
+    vocab: int = 11  # PAD + the digits 0..9 (tokens 1..10)
+    d_model: int = 32  # E; must split evenly into n_heads heads of size HS = E / NH
+    n_heads: int = 4
+    causal: bool = False  # add a causal mask (query t sees keys <= t) to the key-padding mask
+    stock: bool = False  # run the framework's own MHA layer (same canonical weights) instead of the hand-written one
+    optimizer: str = "adam"  # adam trains the task quickly; parity trajectories use "sgd" (Keras Adam's epsilon differs)
+
+    def __post_init__(self):
+        if self.d_model < 1 or self.n_heads < 1 or self.d_model % self.n_heads:
+            raise ValueError(f"d_model must be a positive multiple of n_heads: {self}")
+        if self.vocab < 2:
+            raise ValueError(f"vocab must hold PAD and at least one token: {self}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+
+    @property
+    def n_classes(self) -> int:
+        return self.vocab  # one logit per token id at every position
+
+    @property
+    def head_size(self) -> int:
+        return self.d_model // self.n_heads
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {
+            "embed.weight": (self.vocab, self.d_model),
+            **attention_shapes("attn", self.d_model),
+            "head.weight": (self.vocab, self.d_model),
+            "head.bias": (self.vocab,),
+        }
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """A tiny Transformer encoder: embedding + sinusoidal positions, N blocks, a per-token head."""
+
+    vocab: int = 11
+    d_model: int = 32
+    n_heads: int = 4
+    d_ff: int = 64  # hidden width of the position-wise feed-forward network
+    n_layers: int = 2
+    norm: str = "post"  # "post": x = LN(x + f(x)) as in the paper; "pre": x = x + f(LN(x)), plus a final LN
+    activation: str = "relu"  # one of FF_ACTIVATIONS, passed explicitly: torch/Keras GELU default to erf, jax.nn.gelu to tanh
+    ln_eps: float = 1e-5  # passed explicitly: the defaults are torch 1e-5, Keras 1e-3, Flax 1e-6
+    causal: bool = False
+    stock: bool = False
+    optimizer: str = "adam"
+
+    def __post_init__(self):
+        if self.d_model < 1 or self.n_heads < 1 or self.d_model % self.n_heads:
+            raise ValueError(f"d_model must be a positive multiple of n_heads: {self}")
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown norm {self.norm!r}; choose from {', '.join(NORMS)}")
+        if self.activation not in FF_ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}; choose from {', '.join(FF_ACTIVATIONS)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+        if self.n_layers < 1 or self.d_ff < 1 or self.vocab < 2 or self.ln_eps <= 0:
+            raise ValueError(f"sizes must be positive: {self}")
+
+    @property
+    def n_classes(self) -> int:
+        return self.vocab
+
+    @property
+    def head_size(self) -> int:
+        return self.d_model // self.n_heads
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """LayerNorm weight/bias are (E,); feed-forward ff1 (d_ff, E), ff2 (E, d_ff)."""
+        E, F = self.d_model, self.d_ff
+        shapes = {"embed.weight": (self.vocab, E)}
+        for i in range(self.n_layers):
+            p = f"blocks.{i}"
+            shapes.update(attention_shapes(f"{p}.attn", E))
+            shapes.update({f"{p}.ln1.weight": (E,), f"{p}.ln1.bias": (E,)})
+            shapes.update({f"{p}.ff1.weight": (F, E), f"{p}.ff1.bias": (F,), f"{p}.ff2.weight": (E, F), f"{p}.ff2.bias": (E,)})
+            shapes.update({f"{p}.ln2.weight": (E,), f"{p}.ln2.bias": (E,)})
+        if self.norm == "pre":
+            shapes.update({"ln_f.weight": (E,), "ln_f.bias": (E,)})  # pre-LN leaves the residual stream unnormalised
+        shapes.update({"head.weight": (self.vocab, E), "head.bias": (self.vocab,)})
+        return shapes
+
+
+# ----------------------------------------------------------------------------- perceptron
+@dataclass(frozen=True)
+class PerceptronConfig:
+    """Rosenblatt's perceptron: one neuron, a weighted sum then a step; labels 0 and 1."""
+
+    in_features: int = 2
+
+    def __post_init__(self):
+        if self.in_features < 1:
+            raise ValueError(f"in_features must be positive: {self}")
+
+    @property
+    def n_classes(self) -> int:
+        return 2  # a single step output separates two classes
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """One dense neuron in the canonical layout: weight (1, in), bias (1,)."""
+        return {"neuron.weight": (1, self.in_features), "neuron.bias": (1,)}
+
+
 # ----------------------------------------------------------------------------- optimisers
 OPTIMIZER_NAMES = ("sgd", "momentum", "nesterov", "rmsprop", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step")

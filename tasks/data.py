@@ -255,6 +255,25 @@ def write_idx(path: str | Path, array: np.ndarray) -> None:
     Path(path).write_bytes(header + big.tobytes())
 
 
+# ----------------------------------------------------------------------------- sequence tasks
+def reverse(seed: int = 0, n_samples: int = 4000, max_len: int = 10, min_len: int = 3, n_digits: int = 10) -> Dataset:
+    """Reverse a sequence of digit tokens: left-padded input, the same row reversed as the answer.
+
+    Tokens: 0 is PAD (tasks.configs.PAD), 1..n_digits are the digits. Lengths are drawn from
+    [min_len, max_len]; a sequence of length L fills the last L of max_len positions, so
+    `x = [PAD, PAD, 3, 1, 4]` has the answer `y = [4, 1, 3, PAD, PAD]`. PAD targets carry no answer
+    (losses and token accuracy skip them). Duplicate sequences are dropped before the split, so
+    every test sequence is unseen in training.
+    """
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(min_len, max_len + 1, n_samples)  # (B,)
+    digits = rng.integers(1, n_digits + 1, (n_samples, max_len))  # (B, T)
+    x = np.where(np.arange(max_len)[None, :] >= max_len - lengths[:, None], digits, 0).astype(np.int64)
+    x = np.unique(x, axis=0)  # sorted unique rows; split() shuffles them again
+    y = x[:, ::-1].copy()  # (B, T): the reversed row; its PADs end up on the right
+    return split("reverse", x, y, n_digits + 1, seed, max_len=max_len, min_len=min_len)
+
+
 # ----------------------------------------------------------------------------- recurrent tasks
 PYTEXT_MODULES = ("textwrap", "json", "collections", "functools", "contextlib")  # pure-Python stdlib modules
 
@@ -314,7 +333,11 @@ def sign(seed: int = 0, n_samples: int = 2000, length: int = 15) -> Dataset:
 
 
 # ----------------------------------------------------------------------------- lookup by name
-TASKS = {"moons": moons, "digits": digits, "mnist": mnist, "digits32": digits32, "or": or_gate, "and": and_gate, "xor": xor_gate, "iris": iris, "blobs": blobs, "pytext": pytext, "sign": sign}
+TASKS = {
+    "moons": moons, "digits": digits, "mnist": mnist, "digits32": digits32,
+    "or": or_gate, "and": and_gate, "xor": xor_gate, "iris": iris, "blobs": blobs,
+    "reverse": reverse, "pytext": pytext, "sign": sign,
+}  # fmt: skip
 
 
 def load_task(name: str, *, seed: int = 0, data_dir: str | Path | None = None) -> Dataset:

@@ -21,6 +21,7 @@ import numpy as np
 
 from tasks import weights
 from tasks.configs import LeNet5Config
+from tasks.configs import AttentionConfig, TransformerConfig
 from tasks.configs import MLPConfig, OptimizerConfig, PerceptronConfig, RNNConfig
 from tasks.data import Dataset, gate
 from tasks.registry import FRAMEWORKS, load_impl
@@ -46,7 +47,9 @@ class Case:
     batch: int = 8
     seed: int = 1234
     extra_outputs: tuple[str, ...] = ()  # more forward tensors, compared like `output` (an RNN's states)
-
+    # (tensor, other): measure this tensor's error against the other's size; for a gradient that is zero in
+    # exact arithmetic (attention's key bias), where its own size is rounding noise
+    scale_from: tuple[tuple[str, str], ...] = ()
     # Optional, for a model the gradient checks do not fit (the perceptron has no gradient): a module
     # with compute(case, framework, dtype), expected_tensors(case) and tolerance(tensor, dtype).
     engine: str | None = None
@@ -137,25 +140,75 @@ CASES["lenet5"] = [
 ]
 
 
+def _tokens(rng, cfg, n, pad="right", steps=6):
+    """(B, T) token ids 1..V-1 with PAD (0) beyond a random length >= 1, on the right or the left
+    (or none); the targets are other random tokens, PAD where the input is PAD (ignored by the loss)."""
+    lengths = rng.integers(1, steps + 1, n) if pad != "none" else np.full(n, steps)
+    position = np.arange(steps)[None, :] if pad != "left" else np.arange(steps)[None, ::-1]
+    real = position < lengths[:, None]  # (B, T): True on the sequence's own tokens
+    x = np.where(real, rng.integers(1, cfg.vocab, (n, steps)), 0)
+    y = np.where(real, rng.integers(1, cfg.vocab, (n, steps)), 0)
+    return x, y
+
+
+def _attention_case(model, name, config, pad, **kw):
+    """A case whose analytically zero key-bias gradients are measured against the key-weight gradients."""
+    prefixes = ["attn"] if model == "attention" else [f"blocks.{i}.attn" for i in range(config.n_layers)]
+    n_maps = 1 if model == "attention" else config.n_layers
+    return Case(
+        model, name, config, functools.partial(_tokens, pad=pad), batch=4,
+        extra_outputs=tuple(f"attn_weights.{i}" for i in range(n_maps)),
+        scale_from=tuple((f"grad.{p}.k.bias", f"grad.{p}.k.weight") for p in prefixes), **kw,
+    )  # fmt: skip
+
+
+# Attention: hand-written and stock layers, key-padding and causal masks, and a case with fully masked
+# rows (causal + left padding: a PAD query at the start may attend to nothing). Trajectories use SGD.
+_att = dict(vocab=7, d_model=8, n_heads=2, optimizer="sgd")
+_tf = dict(vocab=7, d_model=8, n_heads=2, d_ff=12, n_layers=2, optimizer="sgd")
+CASES["attention"] = [
+    _attention_case("attention", "hand-nomask", AttentionConfig(**_att), "none"),
+    _attention_case("attention", "hand-padding", AttentionConfig(**_att), "right"),
+    _attention_case("attention", "hand-causal-fully-masked", AttentionConfig(**_att, causal=True), "left"),
+    _attention_case("attention", "stock-padding", AttentionConfig(**_att, stock=True), "left"),
+    _attention_case("attention", "stock-causal", AttentionConfig(**_att, causal=True, stock=True), "right"),
+]
+CASES["transformer"] = [
+    _attention_case("transformer", "post-relu", TransformerConfig(**_tf, norm="post", activation="relu"), "right"),
+    _attention_case("transformer", "pre-gelu-causal-fully-masked", TransformerConfig(**_tf, norm="pre", activation="gelu", causal=True), "left"),
+    _attention_case("transformer", "post-gelu_tanh-stock", TransformerConfig(**_tf, norm="post", activation="gelu_tanh", stock=True), "left"),
+    _attention_case("transformer", "pre-relu-stock-causal", TransformerConfig(**_tf, norm="pre", activation="relu", causal=True, stock=True), "right"),
+]
+
+
 def kind(tensor: str) -> str:
     """Which tolerance a tensor takes: outputs and loss, or gradients."""
     return "gradient" if tensor.startswith("grad.") else "output"
 
 
-def rel_error(actual: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+def rel_error(actual: np.ndarray, reference: np.ndarray, scale: float | None = None) -> tuple[float, float]:
+    """(max abs error, relative error); `scale` replaces max|reference| where a case says so (scale_from)."""
     actual, reference = np.asarray(actual, np.float64), np.asarray(reference, np.float64)
     if actual.shape != reference.shape:
         return float("inf"), float("inf")
     abs_err = float(np.max(np.abs(actual - reference))) if actual.size else 0.0
-    scale = float(np.max(np.abs(reference))) if reference.size else 0.0
+    if scale is None:
+        scale = float(np.max(np.abs(reference))) if reference.size else 0.0
     return abs_err, abs_err / scale if scale > 0 else abs_err
 
 
-def assert_close(actual, reference, tol: float, what: str) -> None:
-    """assert_allclose with the suite's relative error: atol scales with the reference's size."""
+def assert_close(actual, reference, tol: float, what: str, scale: float | None = None) -> None:
+    """assert_allclose with the suite's relative error: atol scales with the reference's size (or `scale`)."""
     reference = np.asarray(reference)
-    scale = float(np.max(np.abs(reference))) if reference.size else 0.0
+    if scale is None:
+        scale = float(np.max(np.abs(reference))) if reference.size else 0.0
     np.testing.assert_allclose(actual, reference, rtol=tol, atol=tol * scale, err_msg=what)
+
+
+def scale_of(case, tensor: str, result: dict) -> float | None:
+    """The size a tensor's error is measured against: None (its own) unless the case names another."""
+    other = dict(getattr(case, "scale_from", ())).get(tensor)
+    return None if other is None else float(np.max(np.abs(result[other])))
 
 
 # ----------------------------------------------------------------------------- computing
@@ -169,7 +222,7 @@ def canonical_file(case: Case) -> Path:
 
 def inputs(case: Case, n: int, dtype: str) -> tuple[np.ndarray, np.ndarray]:
     x, y = case.make_inputs(np.random.default_rng(case.seed + 1), case.config, n)
-    return x.astype(dtype), y
+    return (x.astype(dtype) if x.dtype.kind == "f" else x), y  # token ids stay integers
 
 
 @functools.lru_cache(maxsize=None)
@@ -245,7 +298,7 @@ def records(case: Case, frameworks=FRAMEWORKS, dtypes=DTYPES, pairwise: bool = T
                 if actual is None:
                     abs_err = rel = float("inf")
                 else:
-                    abs_err, rel = rel_error(actual, reference)
+                    abs_err, rel = rel_error(actual, reference, scale_of(case, tensor, results[ref]) if fw != ref else None)
                 # floats come back in the run's dtype; integer results (labels, counts) as integers on both sides
                 integers = actual is not None and np.asarray(actual).dtype.kind in "iu" and np.asarray(reference).dtype.kind in "iu"
                 exact_dtype = integers or (actual is not None and np.asarray(actual).dtype == np.dtype(dtype))

@@ -16,6 +16,7 @@ from tasks import weights
 from tasks.configs import LeNet5Config
 from tasks.data import pad_to
 from tasks.configs import MLPConfig
+from tasks.configs import FF_ACTIVATIONS, AttentionConfig, TransformerConfig
 from tasks.data import Dataset, load_task
 from tasks.registry import MODELS, load_impl
 
@@ -53,7 +54,22 @@ def make_config(model: str, data: Dataset, opts: TrainOptions):
     if model == "lenet5":
         channels, size = data.x_train.shape[1:3]  # (B, C, H, W) after prepare, H = W
         return LeNet5Config(in_channels=channels, image_size=size, n_classes=data.n_classes, activation=opts.activation, pooling=opts.pooling)
+    if model in ("attention", "transformer"):
+        sizes = dict(MODELS[model].defaults.get(data.name, {}).get("config", {}))  # d_model, n_heads, ...
+        if model == "transformer" and opts.activation in FF_ACTIVATIONS:
+            sizes["activation"] = opts.activation
+        return (AttentionConfig if model == "attention" else TransformerConfig)(vocab=data.n_classes, **sizes)
     raise KeyError(f"no config rule for model {model!r}")
+
+
+def initial_weights(cfg, seed: int) -> dict[str, np.ndarray]:
+    """Seeded canonical init (weights.init_uniform); a Transformer's LayerNorms start as the identity."""
+    params = weights.init_uniform(cfg.param_shapes(), seed)
+    if isinstance(cfg, TransformerConfig):
+        for name in params:
+            if name.split(".")[-2] in ("ln1", "ln2", "ln_f"):  # gain 1, shift 0, as every framework initialises them
+                params[name] = np.ones_like(params[name]) if name.endswith(".weight") else np.zeros_like(params[name])
+    return params
 
 
 def prepare(model: str, data: Dataset) -> Dataset:
@@ -72,7 +88,7 @@ def run(model: str, task: str, frameworks: list[str], opts: TrainOptions, progre
     opts = opts.with_defaults(model, task)
     data = prepare(model, load_task(task, seed=opts.seed, data_dir=opts.data_dir))
     cfg = make_config(model, data, opts)
-    init = weights.cast(weights.init_uniform(cfg.param_shapes(), opts.seed), opts.dtype)
+    init = weights.cast(initial_weights(cfg, opts.seed), opts.dtype)
     results, finals = [], {}
     for framework in frameworks:
         impl = load_impl(framework, model)

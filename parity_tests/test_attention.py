@@ -1,0 +1,270 @@
+"""Attention parity: hand-written softmax(QK^T/sqrt(d) + mask) V and each framework's stock multi-head
+attention layer, loaded from the same canonical weights, give the same outputs, attention weights,
+loss and gradients as scratch; the scratch backward of every piece against finite differences; the
+fully masked row; property tests over random shapes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from parity_tests.conftest import star_params
+from tasks import parity, weights
+from tasks.configs import AttentionConfig
+from tasks.registry import FRAMEWORKS, load_impl
+
+OTHERS = FRAMEWORKS[1:]
+
+
+@pytest.mark.parametrize("case, framework, dtype, tensor", star_params("attention"))
+def test_matches_scratch(case, framework, dtype, tensor):
+    """Each tensor of each framework against the scratch reference, at the stated tolerance."""
+    actual = parity.compute(case, framework, dtype)[tensor]
+    reference = parity.compute(case, "scratch", dtype)
+    assert np.asarray(actual).dtype == np.dtype(dtype), f"{tensor} came back as {np.asarray(actual).dtype}"
+    what = f"{case.id} {framework} {dtype} {tensor}"
+    parity.assert_close(actual, reference[tensor], parity.tolerance(tensor, dtype), what, parity.scale_of(case, tensor, reference))
+
+
+@pytest.mark.parametrize("case", parity.CASES["attention"], ids=lambda c: c.id)
+def test_frameworks_agree_pairwise(case):
+    """torch, Keras and Flax against each other in float64 (not only each against scratch)."""
+    results = {fw: parity.compute(case, fw, "float64") for fw in OTHERS}
+    for a, b in [("torch_impl", "tf_impl"), ("torch_impl", "jax_impl"), ("tf_impl", "jax_impl")]:
+        for tensor in parity.expected_tensors(case):
+            tol = parity.tolerance(tensor, "float64")
+            parity.assert_close(results[a][tensor], results[b][tensor], tol, f"{a} vs {b} {tensor}", parity.scale_of(case, tensor, results[b]))
+
+
+def test_cli_parity_records_all_pass():
+    """What `rosetta parity attention --json` reports: every record passed (scratch star and pairwise)."""
+    records = [r for case in parity.CASES["attention"] for r in parity.records(case)]
+    failed = [f"{r['case']} {r['framework']} vs {r['reference']} {r['dtype']} {r['tensor']}: {r['rel_error']:.1e}" for r in records if not r["passed"]]
+    assert records and not failed, failed[:10]
+
+
+# ----------------------------------------------------------------------------- stock vs hand-written
+@pytest.mark.parametrize("framework", OTHERS)
+@pytest.mark.parametrize("causal", [False, True], ids=["padding", "padding+causal"])
+def test_stock_layer_matches_hand_written(framework, causal):
+    """Within one framework: the stock layer and the hand-written one, same canonical weights, float64."""
+    impl = load_impl(framework, "attention")
+    hand_cfg = AttentionConfig(vocab=6, d_model=12, n_heads=3, causal=causal, optimizer="sgd")
+    params = weights.init_uniform(hand_cfg.param_shapes(), 5)
+    x, y = parity._tokens(np.random.default_rng(5), hand_cfg, 3, pad="right", steps=5)
+    results = {}
+    for stock in (False, True):
+        model = impl.create_model(AttentionConfig(**{**vars(hand_cfg), "stock": stock}), seed=0, dtype="float64")
+        impl.load_canonical(model, params)
+        results[stock] = impl.forward_backward(model, x, y)
+    assert results[False].keys() == results[True].keys()
+    for tensor, reference in results[False].items():
+        scale = float(np.abs(results[False]["grad.attn.k.weight"]).max()) if tensor == "grad.attn.k.bias" else None
+        parity.assert_close(results[True][tensor], reference, 1e-10, f"{framework} stock vs hand-written {tensor}", scale)
+
+
+# ----------------------------------------------------------------------------- fully masked rows
+def fully_masked_inputs():
+    """Causal + left padding: query 0 of sequence 0 is PAD and may attend to nothing."""
+    x = np.array([[0, 0, 3, 1], [2, 4, 1, 3]])
+    y = np.array([[0, 0, 1, 2], [3, 1, 2, 4]])
+    return x, y
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_fully_masked_row_has_zero_weights_and_no_nan(framework):
+    """The stated result: a query that may attend to nothing gets all-zero weights, so its attention
+    output is exactly the output bias; nothing is NaN, forward or backward."""
+    cfg = AttentionConfig(vocab=5, d_model=4, n_heads=2, causal=True, optimizer="sgd")
+    impl = load_impl(framework, "attention")
+    model = impl.create_model(cfg, seed=0, dtype="float64")
+    params = weights.init_uniform(cfg.param_shapes(), 3)
+    impl.load_canonical(model, params)
+    x, y = fully_masked_inputs()
+    out = impl.forward_backward(model, x, y)
+    assert not any(np.isnan(v).any() for v in out.values())
+    w = out["attn_weights.0"]  # (B, NH, T, T)
+    assert np.all(w[0, :, 0] == 0) and np.all(w[0, :, 1] == 0)  # rows 0, 1: PAD queries, keys <= them all PAD
+    np.testing.assert_allclose(w[0, :, 2:].sum(-1), 1.0, rtol=1e-12)  # the other rows still sum to 1
+    np.testing.assert_allclose(w[1].sum(-1), 1.0, rtol=1e-12)
+    x_in = params["embed.weight"][x[0, 0]] * np.sqrt(cfg.d_model)  # position 0: PE = (0, 1, 0, 1)
+    x_in = x_in + np.array([0.0, 1.0, 0.0, 1.0])
+    expected = (x_in + params["attn.o.bias"]) @ params["head.weight"].T + params["head.bias"]  # residual + o.bias only
+    np.testing.assert_allclose(out["output"][0, 0], expected, rtol=1e-12)
+
+
+def test_stock_layers_disagree_on_a_fully_masked_row():
+    """Why the canonical API states the result: torch's nn.MultiheadAttention returns NaN there, Flax's
+    nnx.MultiHeadAttention a uniform average over all keys, Keras 3.15 zeros (like the canonical API)."""
+    cfg = AttentionConfig(vocab=5, d_model=4, n_heads=2, causal=True, stock=True, optimizer="sgd")
+    params = weights.init_uniform(cfg.param_shapes(), 3)
+    rows = {}
+    for framework in OTHERS:
+        impl = load_impl(framework, "attention")
+        model = impl.create_model(cfg, seed=0, dtype="float64")
+        impl.load_canonical(model, params)
+        rows[framework] = impl.forward_backward(model, *fully_masked_inputs())["attn_weights.0"][0, :, 0]  # (NH, T): query 0
+    assert np.isnan(rows["torch_impl"]).all()
+    np.testing.assert_allclose(rows["jax_impl"], 0.25)  # 1/T over all four (masked) keys
+    assert np.all(rows["tf_impl"] == 0)
+
+
+# ----------------------------------------------------------------------------- scratch backward, piece by piece
+def numeric_grad(f, x, eps=1e-6):
+    """Central differences of the scalar f() with respect to every entry of x (changed in place)."""
+    grad = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        old = x[i]
+        x[i] = old + eps
+        up = f()
+        x[i] = old - eps
+        down = f()
+        x[i] = old
+        grad[i] = (up - down) / (2 * eps)
+    return grad
+
+
+def test_scratch_masked_softmax_backward():
+    from scratch.attention import MaskedSoftmax
+
+    rng = np.random.default_rng(0)
+    scores, probe = rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 3, 4))
+    allowed = rng.random((2, 3, 4)) > 0.3
+    allowed[0, 1] = False  # a fully masked row
+    layer = MaskedSoftmax()
+    w = layer.forward(scores, allowed)
+    assert np.all(w[0, 1] == 0) and np.all(w[~allowed] == 0)
+    analytic = layer.backward(probe)
+    numeric = numeric_grad(lambda: (MaskedSoftmax().forward(scores, allowed) * probe).sum(), scores)
+    parity.assert_close(analytic, numeric, 1e-8, "masked softmax")
+
+
+def test_scratch_attention_and_multi_head_backward():
+    from scratch.attention import MultiHeadAttention, ScaledDotProductAttention
+
+    rng = np.random.default_rng(1)
+    q, k, v = (rng.normal(size=(2, 2, 3, 4)) for _ in range(3))
+    allowed = np.broadcast_to(np.tril(np.ones((3, 3), bool)), (2, 1, 3, 3))
+    probe = rng.normal(size=(2, 2, 3, 4))
+    layer = ScaledDotProductAttention()
+    out, w = layer.forward(q, k, v, allowed)
+    np.testing.assert_allclose(out, w @ v)
+    for name, analytic, tensor in zip("qkv", layer.backward(probe), (q, k, v)):
+        numeric = numeric_grad(lambda: (ScaledDotProductAttention().forward(q, k, v, allowed)[0] * probe).sum(), tensor)
+        parity.assert_close(analytic, numeric, 1e-8, f"attention d{name}")
+    mha = MultiHeadAttention(8, 2, rng=rng)
+    x, probe = rng.normal(size=(2, 3, 8)), rng.normal(size=(2, 3, 8))
+    mha.forward(x, allowed)
+    analytic = mha.backward(probe)
+    parity.assert_close(analytic, numeric_grad(lambda: (mha.forward(x, allowed)[0] * probe).sum(), x), 1e-8, "mha dx")
+    mha.forward(x, allowed)
+    mha.backward(probe)
+    for proj, dense in mha.layers().items():
+        for key, value in dense.params.items():
+            numeric = numeric_grad(lambda: (mha.forward(x, allowed)[0] * probe).sum(), value)
+            scale = np.abs(mha.layers()["k"].grads["weight"]).max() if (proj, key) == ("k", "bias") else None
+            parity.assert_close(dense.grads[key], numeric, 1e-8, f"mha {proj}.{key}", scale)
+
+
+def test_scratch_embedding_backward():
+    from scratch.attention import Embedding
+
+    rng = np.random.default_rng(2)
+    layer = Embedding(5, 3, rng=rng)
+    tokens, probe = np.array([[1, 2, 1], [0, 4, 1]]), rng.normal(size=(2, 3, 3))  # token 1 three times
+    layer.forward(tokens)
+    layer.backward(probe)
+    numeric = numeric_grad(lambda: (layer.forward(tokens) * probe).sum(), layer.params["weight"])
+    parity.assert_close(layer.grads["weight"], numeric, 1e-8, "embedding")
+
+
+@pytest.mark.parametrize("case", parity.CASES["attention"][:3], ids=lambda c: c.id)
+def test_scratch_model_backward_matches_finite_differences(case):
+    """The whole attention model: every parameter and the embedded input, central differences, float64.
+    Errors are measured against the largest gradient of the model (q/k gradients are small here)."""
+    impl = load_impl("scratch", "attention")
+    model = impl.create_model(case.config, seed=0)
+    impl.load_canonical(model, weights.load(parity.canonical_file(case)))
+    x, y = parity.inputs(case, case.batch, "float64")
+    analytic = impl.forward_backward(model, x, y)
+    scale = max(float(np.abs(v).max()) for k, v in analytic.items() if k.startswith("grad."))
+    loss = lambda: impl.loss_fn(model.forward(x)[0], y)[0]
+    for prefix, layer in model.layers().items():
+        for key, value in layer.params.items():
+            parity.assert_close(analytic[f"grad.{prefix}.{key}"], numeric_grad(loss, value, 1e-5), 1e-7, f"{prefix}.{key}", scale)
+
+
+# ----------------------------------------------------------------------------- converters
+@pytest.mark.parametrize("framework, stock", [(fw, False) for fw in FRAMEWORKS] + [(fw, True) for fw in OTHERS])
+def test_load_rejects_bad_weights_and_leaves_model_unchanged(framework, stock):
+    cfg = AttentionConfig(vocab=5, d_model=4, n_heads=2, stock=stock)
+    impl = load_impl(framework, "attention")
+    model = impl.create_model(cfg, seed=0, dtype="float64")
+    before = impl.export_canonical(model)
+    good = weights.init_uniform(cfg.param_shapes(), 7)
+    bad = {**good, "attn.q.weight": np.zeros((4, 2)), "attn.in_proj_weight": np.zeros((12, 4))}
+    del bad["attn.v.bias"]
+    with pytest.raises(weights.CanonicalWeightsError) as info:
+        impl.load_canonical(model, bad)
+    for expected in ("missing attn.v.bias", "attn.q.weight: expected shape (4, 4), got (4, 2)", "extra attn.in_proj_weight"):
+        assert expected in str(info.value)
+    after = impl.export_canonical(model)
+    assert all(np.array_equal(before[k], after[k]) for k in before), "a failed load changed the model"
+
+
+def test_a_swapped_packing_or_missing_transpose_is_caught():
+    """The check can fail: torch's in_proj_weight packed (k, q, v) instead of (q, k, v), and a Keras
+    head kernel reshaped from canonical (out, in) without the transpose, both differ from scratch."""
+    case = parity.CASES["attention"][3]  # stock-padding
+    x, y = parity.inputs(case, case.batch, "float64")
+    params = weights.load(parity.canonical_file(case))
+    reference = parity.compute(case, "scratch", "float64")["output"]
+    torch_impl = load_impl("torch_impl", "attention")
+    model = torch_impl.create_model(case.config, seed=0, dtype="float64")
+    torch_impl.load_canonical(model, params)
+    E = case.config.d_model
+    with __import__("torch").no_grad():
+        w = model.attn.mha.in_proj_weight
+        w[:] = w[np.r_[E : 2 * E, 0:E, 2 * E : 3 * E]].clone()  # the bug: k rows first
+    with pytest.raises(AssertionError):
+        parity.assert_close(torch_impl.forward_backward(model, x, y)["output"], reference, 1e-10, "torch swapped")
+    tf_impl = load_impl("tf_impl", "attention")
+    model = tf_impl.create_model(case.config, seed=0, dtype="float64")
+    tf_impl.load_canonical(model, params)
+    kernel = model.attn.mha.query_dense.kernel
+    kernel.assign(params["attn.q.weight"].reshape(kernel.shape))  # the bug: no transpose before the head split
+    with pytest.raises(AssertionError):
+        parity.assert_close(tf_impl.forward_backward(model, x, y)["output"], reference, 1e-10, "keras no transpose")
+
+
+# ----------------------------------------------------------------------------- property tests
+@settings(max_examples=8, deadline=None)
+@given(
+    batch=st.integers(1, 3),
+    length=st.integers(1, 6),
+    heads=st.integers(1, 3),
+    head_size=st.integers(1, 4),
+    causal=st.booleans(),
+    stock=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_random_shapes_match_scratch(batch, length, heads, head_size, causal, stock, seed):
+    """Any (batch, length, heads, head size): every framework matches scratch in float64."""
+    cfg = AttentionConfig(vocab=6, d_model=heads * head_size, n_heads=heads, causal=causal, stock=stock, optimizer="sgd")
+    rng = np.random.default_rng(seed)
+    x, y = parity._tokens(rng, cfg, batch, pad="right", steps=length)  # right padding: no fully masked row
+    y[:, 0] = np.maximum(y[:, 0], 1)  # at least one target per batch
+    params = weights.init_uniform(cfg.param_shapes(), seed)
+    results = {}
+    for framework in FRAMEWORKS:
+        impl = load_impl(framework, "attention")
+        model = impl.create_model(cfg, seed=0, dtype="float64")
+        impl.load_canonical(model, params)
+        results[framework] = impl.forward_backward(model, x, y)
+    reference = results["scratch"]
+    for framework in OTHERS:
+        for tensor, value in reference.items():
+            scale = float(np.abs(reference["grad.attn.k.weight"]).max()) if tensor == "grad.attn.k.bias" else None
+            parity.assert_close(results[framework][tensor], value, 1e-10, f"{framework} {tensor} {cfg}", scale)

@@ -1,0 +1,292 @@
+"""Scaled dot-product and multi-head self-attention, from scratch in NumPy, with a hand-written backward.
+
+Vaswani et al. (2017), "Attention Is All You Need", sections 3.2 (attention) and 3.5 (positions).
+Attention(Q, K, V) = softmax(Q K^T / sqrt(HS) + mask) V, written out, returning the weights too.
+
+The canonical mask convention, the same in all four files: a boolean `allowed` of shape
+(B, 1, T, T), True where query t may attend to key s. It is the key-padding mask (tokens != PAD)
+and, with `causal`, the lower triangle. A fully masked row (a query that may attend to nothing)
+gets all-zero weights and a zero attention output: never NaN, never a uniform average.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tasks import weights
+from tasks.configs import PAD, AttentionConfig
+from tasks.data import Dataset, batches
+
+
+# ----------------------------------------------------------------------------- layers
+class Dense:
+    """Fully connected layer on the last axis, weight (out, in)."""
+
+    def __init__(self, in_features: int, out_features: int, *, rng: np.random.Generator, dtype=np.float64):
+        bound = 1.0 / np.sqrt(in_features)  # torch's nn.Linear default range
+        self.params = {
+            "weight": rng.uniform(-bound, bound, (out_features, in_features)).astype(dtype),
+            "bias": rng.uniform(-bound, bound, (out_features,)).astype(dtype),
+        }
+        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+        self.cache: dict[str, np.ndarray] = {}
+
+    def forward(self, x):
+        self.cache = {"x": x}
+        return x @ self.params["weight"].T + self.params["bias"]  # (..., in) -> (..., out)
+
+    def backward(self, dy):
+        x = self.cache["x"]
+        n_in, n_out = x.shape[-1], dy.shape[-1]
+        self.grads["weight"] = dy.reshape(-1, n_out).T @ x.reshape(-1, n_in)  # (out, N) @ (N, in) -> (out, in)
+        self.grads["bias"] = dy.reshape(-1, n_out).sum(axis=0)  # (N, out) -> (out,)
+        return dy @ self.params["weight"]  # (..., out) @ (out, in) -> (..., in)
+
+
+class Embedding:
+    """Token embedding: row `token` of weight (V, E)."""
+
+    def __init__(self, vocab: int, d_model: int, *, rng: np.random.Generator, dtype=np.float64):
+        self.params = {"weight": rng.normal(0, 1, (vocab, d_model)).astype(dtype)}
+        self.grads = {"weight": np.zeros_like(self.params["weight"])}
+
+    def forward(self, tokens):
+        self.cache = {"tokens": tokens}
+        return self.params["weight"][tokens]  # (B, T) -> (B, T, E)
+
+    def backward(self, dy):
+        weight, tokens = self.params["weight"], self.cache["tokens"]
+        one_hot = np.eye(len(weight), dtype=weight.dtype)[tokens.reshape(-1)]  # (B*T, V)
+        self.grads["weight"] = one_hot.T @ dy.reshape(-1, weight.shape[1])  # (V, B*T) @ (B*T, E): a token used twice sums both
+
+
+class MaskedSoftmax:
+    """Softmax over the last axis where `allowed`; masked entries and fully masked rows give exactly 0."""
+
+    def forward(self, scores, allowed):
+        shifted = np.where(allowed, scores, -np.inf)
+        top = shifted.max(axis=-1, keepdims=True)
+        top = np.where(np.isfinite(top), top, 0.0)  # a fully masked row has max -inf: shift by 0 instead
+        e = np.exp(shifted - top)  # exp(-inf) = 0 on masked entries
+        total = e.sum(axis=-1, keepdims=True)
+        w = e / np.where(total > 0, total, 1.0)  # 0 / 1 = 0 on a fully masked row, not 0 / 0
+        self.cache = {"w": w}
+        return w
+
+    def backward(self, dw):
+        w = self.cache["w"]
+        return w * (dw - (dw * w).sum(axis=-1, keepdims=True))  # Jacobian diag(w) - w w^T, row by row
+
+
+class ScaledDotProductAttention:
+    """softmax(Q K^T / sqrt(HS) + mask) V, returning the output and the weights."""
+
+    def __init__(self):
+        self.softmax = MaskedSoftmax()
+
+    def forward(self, q, k, v, allowed):
+        scale = 1.0 / np.sqrt(q.shape[-1])
+        scores = q @ k.swapaxes(-1, -2) * scale  # (B, NH, T, HS) @ (B, NH, HS, T) -> (B, NH, T, T)
+        w = self.softmax.forward(scores, allowed)
+        self.cache = {"q": q, "k": k, "v": v, "w": w, "scale": scale}
+        return w @ v, w  # (B, NH, T, T) @ (B, NH, T, HS) -> (B, NH, T, HS)
+
+    def backward(self, dout):
+        q, k, v, w, scale = (self.cache[n] for n in ("q", "k", "v", "w", "scale"))
+        dw = dout @ v.swapaxes(-1, -2)  # (B, NH, T, HS) @ (B, NH, HS, T) -> (B, NH, T, T)
+        dv = w.swapaxes(-1, -2) @ dout  # (B, NH, T, T) @ (B, NH, T, HS) -> (B, NH, T, HS)
+        dscores = self.softmax.backward(dw) * scale
+        dq = dscores @ k  # (B, NH, T, T) @ (B, NH, T, HS) -> (B, NH, T, HS)
+        dk = dscores.swapaxes(-1, -2) @ q
+        return dq, dk, dv
+
+
+class MultiHeadAttention:
+    """Self-attention with NH heads: project to Q, K, V, attend per head, concatenate, project out."""
+
+    def __init__(self, d_model: int, n_heads: int, *, rng: np.random.Generator, dtype=np.float64):
+        self.n_heads = n_heads
+        self.q, self.k, self.v, self.o = (Dense(d_model, d_model, rng=rng, dtype=dtype) for _ in range(4))
+        self.attention = ScaledDotProductAttention()
+
+    def split(self, x):
+        B, T, E = x.shape
+        return x.reshape(B, T, self.n_heads, E // self.n_heads).transpose(0, 2, 1, 3)  # (B, T, E) -> (B, NH, T, HS)
+
+    def merge(self, x):
+        B, NH, T, HS = x.shape
+        return x.transpose(0, 2, 1, 3).reshape(B, T, NH * HS)  # (B, NH, T, HS) -> (B, T, E)
+
+    def forward(self, x, allowed):
+        q, k, v = (self.split(proj.forward(x)) for proj in (self.q, self.k, self.v))
+        out, w = self.attention.forward(q, k, v, allowed)
+        return self.o.forward(self.merge(out)), w
+
+    def backward(self, dy):
+        dq, dk, dv = self.attention.backward(self.split(self.o.backward(dy)))
+        # x fed all three projections, so its gradient is the sum of the three
+        return self.q.backward(self.merge(dq)) + self.k.backward(self.merge(dk)) + self.v.backward(self.merge(dv))
+
+    def layers(self) -> dict[str, Dense]:
+        return {"q": self.q, "k": self.k, "v": self.v, "o": self.o}
+
+
+def positional_encoding(T: int, E: int, dtype=np.float64):
+    """Sinusoidal positions: PE[t, 2i] = sin(t / 10000^(2i/E)), PE[t, 2i+1] = cos(same)."""
+    position = np.arange(T, dtype=np.float64)[:, None]  # (T, 1)
+    freq = np.exp(-np.log(10000.0) * np.arange(0, E, 2, dtype=np.float64) / E)  # (E/2,)
+    pe = np.zeros((T, E))
+    pe[:, 0::2] = np.sin(position * freq)  # (T, 1) * (E/2,) -> (T, E/2)
+    pe[:, 1::2] = np.cos(position * freq)
+    return pe.astype(dtype)
+
+
+def attention_mask(tokens, causal: bool):
+    """The canonical mask: (B, 1, T, T) bool, True = may attend (key is not PAD, and s <= t if causal)."""
+    allowed = (tokens != PAD)[:, None, None, :]  # (B, T) -> (B, 1, 1, T): one row of keys per sequence
+    if causal:
+        T = tokens.shape[1]
+        allowed = allowed & np.tril(np.ones((T, T), dtype=bool))  # -> (B, 1, T, T)
+    return np.broadcast_to(allowed, (tokens.shape[0], 1, tokens.shape[1], tokens.shape[1]))
+
+
+# ----------------------------------------------------------------------------- model
+class AttentionModel:
+    """Embedding * sqrt(E) + positions, one self-attention layer with a residual, a per-token head."""
+
+    def __init__(self, cfg: AttentionConfig, *, rng: np.random.Generator, dtype=np.float64):
+        self.cfg = cfg
+        self.embed = Embedding(cfg.vocab, cfg.d_model, rng=rng, dtype=dtype)
+        self.attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, rng=rng, dtype=dtype)
+        self.head = Dense(cfg.d_model, cfg.vocab, rng=rng, dtype=dtype)
+
+    def embed_tokens(self, tokens):
+        """The model's input: embedding scaled by sqrt(E) plus positions (B, T) -> (B, T, E)."""
+        x = self.embed.forward(tokens) * np.sqrt(self.cfg.d_model)
+        return x + positional_encoding(tokens.shape[1], self.cfg.d_model, x.dtype)
+
+    def forward(self, tokens):
+        """Logits (B, T, V) and the attention weights of each layer [(B, NH, T, T)]."""
+        x = self.embed_tokens(tokens)
+        a, w = self.attn.forward(x, attention_mask(tokens, self.cfg.causal))
+        return self.head.forward(x + a), [w]  # (B, T, E) -> (B, T, V)
+
+    def backward(self, dlogits):
+        dx = self.head.backward(dlogits)
+        dx = dx + self.attn.backward(dx)  # the residual adds the attention path's gradient
+        self.embed.backward(dx * np.sqrt(self.cfg.d_model))
+        return dx  # (B, T, E): the gradient with respect to the embedded input
+
+    def layers(self) -> dict:
+        """Layers by canonical prefix (each has params and grads dicts)."""
+        return {"embed": self.embed, **{f"attn.{n}": d for n, d in self.attn.layers().items()}, "head": self.head}
+
+
+def create_model(cfg: AttentionConfig, *, seed: int, dtype: str = "float64") -> AttentionModel:
+    return AttentionModel(cfg, rng=np.random.default_rng(seed), dtype=np.dtype(dtype))
+
+
+# ----------------------------------------------------------------------------- canonical weights
+def load_canonical(model, params: dict[str, np.ndarray]) -> None:
+    """Copy canonical weights in; scratch *is* the canonical layout, so no transform."""
+    weights.check(params, model.cfg.param_shapes(), model.head.params["weight"].dtype)
+    for prefix, layer in model.layers().items():
+        for key in layer.params:
+            layer.params[key] = np.array(params[f"{prefix}.{key}"])
+
+
+def export_canonical(model) -> dict[str, np.ndarray]:
+    return {f"{prefix}.{key}": value.copy() for prefix, layer in model.layers().items() for key, value in layer.params.items()}
+
+
+# ----------------------------------------------------------------------------- loss
+def loss_fn(logits, y):
+    """Cross-entropy averaged over the non-PAD targets, and its gradient d loss / d logits."""
+    valid = y != PAD  # (B, T): padding positions carry no answer
+    shifted = logits - logits.max(axis=-1, keepdims=True)  # log-softmax without overflow
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))  # (B, T, V)
+    picked = np.take_along_axis(log_probs, y[..., None], axis=-1)[..., 0]  # (B, T, V) -> (B, T)
+    n = valid.sum()
+    loss = -(picked * valid).sum() / n
+    dlogits = np.exp(log_probs)
+    np.put_along_axis(dlogits, y[..., None], np.take_along_axis(dlogits, y[..., None], axis=-1) - 1, axis=-1)
+    return loss, dlogits * (valid / n)[..., None]
+
+
+def forward_backward(model, x, y) -> dict[str, np.ndarray]:
+    """Outputs, attention weights, loss and every gradient in the canonical layout."""
+    logits, attn = model.forward(x)
+    loss, dlogits = loss_fn(logits, y)
+    dx = model.backward(dlogits)
+    grads = {f"grad.{prefix}.{k}": g for prefix, layer in model.layers().items() for k, g in layer.grads.items()}
+    out = {"output": logits, "loss": np.asarray(loss), "grad.input": dx, **grads}
+    return out | {f"attn_weights.{i}": w for i, w in enumerate(attn)}
+
+
+# ----------------------------------------------------------------------------- train step
+class SGD:
+    """Plain stochastic gradient descent: p -= lr * g."""
+
+    def __init__(self, model, lr: float):
+        self.model, self.lr = model, lr
+
+    def step(self):
+        for layer in self.model.layers().values():
+            for key in layer.params:
+                layer.params[key] -= self.lr * layer.grads[key]
+
+
+class Adam:
+    """Adam (Kingma & Ba 2015) in torch's and optax's form: p -= lr * m_hat / (sqrt(v_hat) + eps)."""
+
+    def __init__(self, model, lr: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
+        self.model, self.lr, self.b1, self.b2, self.eps, self.t = model, lr, b1, b2, eps, 0
+        self.m = {(p, k): np.zeros_like(v) for p, layer in model.layers().items() for k, v in layer.params.items()}
+        self.v = {key: np.zeros_like(value) for key, value in self.m.items()}
+
+    def step(self):
+        self.t += 1
+        for prefix, layer in self.model.layers().items():
+            for key in layer.params:
+                g, m, v = layer.grads[key], self.m[prefix, key], self.v[prefix, key]
+                m[...] = self.b1 * m + (1 - self.b1) * g
+                v[...] = self.b2 * v + (1 - self.b2) * g * g
+                m_hat, v_hat = m / (1 - self.b1**self.t), v / (1 - self.b2**self.t)
+                layer.params[key] -= self.lr * m_hat / (np.sqrt(v_hat) + self.eps)
+
+
+def make_optimizer(model, lr: float):
+    return Adam(model, lr) if model.cfg.optimizer == "adam" else SGD(model, lr)
+
+
+def train_step(model, optimizer, x, y) -> float:
+    logits, _ = model.forward(x)
+    loss, dlogits = loss_fn(logits, y)
+    model.backward(dlogits)
+    optimizer.step()
+    return float(loss)
+
+
+def train(model, data: Dataset, *, epochs: int, lr: float, batch_size: int, seed: int, on_epoch=None) -> list[float]:
+    """Mini-batches in the shared order; returns the mean training loss of each epoch."""
+    x, y = data.x_train, data.y_train  # token ids (B, T): no dtype cast
+    optimizer, history = make_optimizer(model, lr), []
+    for epoch in range(epochs):
+        losses = [train_step(model, optimizer, x[idx], y[idx]) for idx in batches(len(x), batch_size, seed, epoch)]
+        history.append(float(np.mean(losses)))
+        if on_epoch:
+            on_epoch(epoch, history[-1])
+    return history
+
+
+# ----------------------------------------------------------------------------- evaluation
+def predict(logits):
+    return logits.argmax(axis=-1)
+
+
+def evaluate(model, x, y) -> tuple[float, float]:
+    """(mean loss, token accuracy over the non-PAD targets) on a whole split."""
+    logits, _ = model.forward(x)
+    loss, _ = loss_fn(logits, y)
+    valid = y != PAD
+    return float(loss), float(((predict(logits) == y) & valid).sum() / valid.sum())

@@ -1,0 +1,176 @@
+"""A tiny Transformer encoder, from scratch in NumPy, with a hand-written backward.
+
+Vaswani et al. (2017), "Attention Is All You Need", section 3.1 (post-LN, the paper's block);
+Xiong et al. (2020), "On Layer Normalization in the Transformer Architecture" (pre-LN).
+Built on scratch/attention.py: its multi-head attention, mask, positions, loss and training loop.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import erf
+
+from scratch.attention import (  # noqa: F401  (loss, training and evaluation are shared with attention.py)
+    Dense,
+    Embedding,
+    MultiHeadAttention,
+    attention_mask,
+    evaluate,
+    export_canonical,
+    forward_backward,
+    load_canonical,
+    loss_fn,
+    make_optimizer,
+    positional_encoding,
+    train,
+    train_step,
+)
+from tasks.configs import TransformerConfig
+
+
+# ----------------------------------------------------------------------------- layers
+class LayerNorm:
+    """Normalise each position's E features to mean 0, variance 1 (biased), then scale and shift."""
+
+    def __init__(self, d_model: int, eps: float, *, dtype=np.float64):
+        self.eps = eps
+        self.params = {"weight": np.ones(d_model, dtype), "bias": np.zeros(d_model, dtype)}
+        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+
+    def forward(self, x):
+        mu = x.mean(axis=-1, keepdims=True)  # (B, T, E) -> (B, T, 1)
+        inv = 1.0 / np.sqrt(((x - mu) ** 2).mean(axis=-1, keepdims=True) + self.eps)
+        xhat = (x - mu) * inv
+        self.cache = {"xhat": xhat, "inv": inv}
+        return xhat * self.params["weight"] + self.params["bias"]
+
+    def backward(self, dy):
+        xhat, inv = self.cache["xhat"], self.cache["inv"]
+        self.grads["weight"] = (dy * xhat).reshape(-1, xhat.shape[-1]).sum(axis=0)  # (B, T, E) -> (E,)
+        self.grads["bias"] = dy.reshape(-1, dy.shape[-1]).sum(axis=0)
+        dxhat = dy * self.params["weight"]
+        # d/dx of (x - mu) * inv, with mu and inv both depending on x
+        return inv * (dxhat - dxhat.mean(axis=-1, keepdims=True) - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True))
+
+
+class ReLU:
+    def forward(self, x):
+        self.cache = {"x": x}
+        return np.maximum(x, 0)
+
+    def backward(self, dy):
+        return dy * (self.cache["x"] > 0)
+
+
+class GELU:
+    """x * Phi(x): the exact erf form, or the tanh approximation when `approximate`."""
+
+    def __init__(self, approximate: bool):
+        self.approximate = approximate
+
+    def forward(self, x):
+        self.cache = {"x": x}
+        if self.approximate:
+            return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+        return 0.5 * x * (1 + erf(x / np.sqrt(2)))
+
+    def backward(self, dy):
+        x = self.cache["x"]
+        if self.approximate:
+            t = np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3))
+            return dy * (0.5 * (1 + t) + 0.5 * x * (1 - t**2) * np.sqrt(2 / np.pi) * (1 + 3 * 0.044715 * x**2))
+        return dy * (0.5 * (1 + erf(x / np.sqrt(2))) + x * np.exp(-0.5 * x**2) / np.sqrt(2 * np.pi))  # Phi + x phi
+
+
+def make_activation(cfg: TransformerConfig):
+    return ReLU() if cfg.activation == "relu" else GELU(approximate=cfg.activation == "gelu_tanh")
+
+
+class Block:
+    """Self-attention and feed-forward, each with a residual; LayerNorm after (post) or before (pre)."""
+
+    def __init__(self, cfg: TransformerConfig, *, rng: np.random.Generator, dtype=np.float64):
+        self.norm = cfg.norm
+        self.attn = MultiHeadAttention(cfg.d_model, cfg.n_heads, rng=rng, dtype=dtype)
+        self.ln1 = LayerNorm(cfg.d_model, cfg.ln_eps, dtype=dtype)
+        self.ff1 = Dense(cfg.d_model, cfg.d_ff, rng=rng, dtype=dtype)
+        self.activation = make_activation(cfg)
+        self.ff2 = Dense(cfg.d_ff, cfg.d_model, rng=rng, dtype=dtype)
+        self.ln2 = LayerNorm(cfg.d_model, cfg.ln_eps, dtype=dtype)
+
+    def feed_forward(self, x):
+        return self.ff2.forward(self.activation.forward(self.ff1.forward(x)))  # (B, T, E) -> (B, T, d_ff) -> (B, T, E)
+
+    def feed_forward_backward(self, dy):
+        return self.ff1.backward(self.activation.backward(self.ff2.backward(dy)))
+
+    def forward(self, x, allowed):
+        if self.norm == "post":
+            a, w = self.attn.forward(x, allowed)
+            x = self.ln1.forward(x + a)
+            return self.ln2.forward(x + self.feed_forward(x)), w
+        a, w = self.attn.forward(self.ln1.forward(x), allowed)
+        x = x + a
+        return x + self.feed_forward(self.ln2.forward(x)), w
+
+    def backward(self, dy):
+        if self.norm == "post":
+            dx = self.ln2.backward(dy)
+            dx = dx + self.feed_forward_backward(dx)
+            dx = self.ln1.backward(dx)
+            return dx + self.attn.backward(dx)
+        dx = dy + self.ln2.backward(self.feed_forward_backward(dy))
+        return dx + self.ln1.backward(self.attn.backward(dx))
+
+    def layers(self) -> dict:
+        attn = {f"attn.{n}": d for n, d in self.attn.layers().items()}
+        return {**attn, "ln1": self.ln1, "ff1": self.ff1, "ff2": self.ff2, "ln2": self.ln2}
+
+
+# ----------------------------------------------------------------------------- model
+class Transformer:
+    """Embedding * sqrt(E) + positions, N blocks, (a final LayerNorm if pre-LN), a per-token head."""
+
+    def __init__(self, cfg: TransformerConfig, *, rng: np.random.Generator, dtype=np.float64):
+        self.cfg = cfg
+        self.embed = Embedding(cfg.vocab, cfg.d_model, rng=rng, dtype=dtype)
+        self.blocks = [Block(cfg, rng=rng, dtype=dtype) for _ in range(cfg.n_layers)]
+        self.ln_f = LayerNorm(cfg.d_model, cfg.ln_eps, dtype=dtype) if cfg.norm == "pre" else None
+        self.head = Dense(cfg.d_model, cfg.vocab, rng=rng, dtype=dtype)
+
+    def embed_tokens(self, tokens):
+        """The model's input: embedding scaled by sqrt(E) plus positions (B, T) -> (B, T, E)."""
+        x = self.embed.forward(tokens) * np.sqrt(self.cfg.d_model)
+        return x + positional_encoding(tokens.shape[1], self.cfg.d_model, x.dtype)
+
+    def forward(self, tokens):
+        """Logits (B, T, V) and the attention weights of each block [(B, NH, T, T)]."""
+        x, allowed, attn = self.embed_tokens(tokens), attention_mask(tokens, self.cfg.causal), []
+        for block in self.blocks:
+            x, w = block.forward(x, allowed)
+            attn.append(w)
+        if self.ln_f is not None:
+            x = self.ln_f.forward(x)
+        return self.head.forward(x), attn  # (B, T, E) -> (B, T, V)
+
+    def backward(self, dlogits):
+        dx = self.head.backward(dlogits)
+        if self.ln_f is not None:
+            dx = self.ln_f.backward(dx)
+        for block in reversed(self.blocks):
+            dx = block.backward(dx)
+        self.embed.backward(dx * np.sqrt(self.cfg.d_model))
+        return dx  # (B, T, E): the gradient with respect to the embedded input
+
+    def layers(self) -> dict:
+        """Layers by canonical prefix (each has params and grads dicts)."""
+        out = {"embed": self.embed}
+        for i, block in enumerate(self.blocks):
+            out.update({f"blocks.{i}.{n}": layer for n, layer in block.layers().items()})
+        if self.ln_f is not None:
+            out["ln_f"] = self.ln_f
+        return out | {"head": self.head}
+
+
+def create_model(cfg: TransformerConfig, *, seed: int, dtype: str = "float64") -> Transformer:
+    return Transformer(cfg, rng=np.random.default_rng(seed), dtype=np.dtype(dtype))

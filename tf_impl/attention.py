@@ -1,0 +1,261 @@
+"""Scaled dot-product and multi-head self-attention in Keras 3 (TensorFlow backend): written out with
+keras.ops, and keras.layers.MultiHeadAttention.
+
+Vaswani et al. (2017), "Attention Is All You Need", sections 3.2 (attention) and 3.5 (positions).
+The hand-written layer keeps separate Dense q, k, v, o (kernel (in, out): transposed to and from the
+canonical (out, in)); the stock MultiHeadAttention keeps q/k/v kernels (E, NH, HS), biases (NH, HS)
+and an output kernel (NH, HS, E), and is called value before key: mha(query, value, key).
+
+Canonical mask: `allowed` (B, 1, T, T) bool, True = may attend; Keras's attention_mask has the same
+polarity, shape (B, T, T). A fully masked row gives zero weights and output, here and in Keras 3.15
+(its softmax zeroes masked entries after normalising).
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from tasks import weights
+from tasks.configs import PAD, AttentionConfig
+from tasks.data import Dataset, epoch_order
+
+
+# ----------------------------------------------------------------------------- layers
+def masked_softmax(scores, allowed):
+    """Softmax over the last axis where `allowed`; masked entries and fully masked rows give exactly 0."""
+    shifted = ops.where(allowed, scores, -math.inf)
+    top = ops.stop_gradient(ops.max(shifted, axis=-1, keepdims=True))  # the shift cancels out: no gradient through it
+    top = ops.where(ops.isfinite(top), top, ops.zeros_like(top))  # a fully masked row: shift by 0
+    e = ops.exp(shifted - top)  # exp(-inf) = 0 on masked entries
+    total = ops.sum(e, axis=-1, keepdims=True)
+    return e / ops.where(total > 0, total, ops.ones_like(total))  # 0 / 1 = 0 on a fully masked row
+
+
+def scaled_dot_product_attention(q, k, v, allowed):
+    """softmax(Q K^T / sqrt(HS) + mask) V, returning the output and the weights."""
+    scores = ops.matmul(q, ops.swapaxes(k, -1, -2)) / math.sqrt(q.shape[-1])  # (B, NH, T, HS) @ (B, NH, HS, T) -> (B, NH, T, T)
+    w = masked_softmax(scores, allowed)
+    return ops.matmul(w, v), w  # (B, NH, T, T) @ (B, NH, T, HS) -> (B, NH, T, HS)
+
+
+def make_dense(in_features: int, out_features: int, *, seed: keras.random.SeedGenerator, dtype: str, name: str):
+    bound = 1.0 / np.sqrt(in_features)  # torch's nn.Linear default range, so every framework starts alike
+    init = keras.initializers.RandomUniform(-bound, bound, seed=seed)
+    layer = keras.layers.Dense(out_features, kernel_initializer=init, bias_initializer=init, dtype=dtype, name=name)
+    layer.build((None, in_features))  # create the variables now, so canonical weights can load before a call
+    return layer
+
+
+class MultiHeadAttention(keras.layers.Layer):
+    """Self-attention with NH heads: project to Q, K, V, attend per head, concatenate, project out."""
+
+    def __init__(self, d_model: int, n_heads: int, *, seed: keras.random.SeedGenerator, dtype: str, name: str):
+        super().__init__(dtype=dtype, name=name)
+        self.n_heads = n_heads
+        self.q, self.k, self.v, self.o = (make_dense(d_model, d_model, seed=seed, dtype=dtype, name=p) for p in "qkvo")
+
+    def split(self, x):
+        T, E = x.shape[1], x.shape[2]
+        return ops.transpose(ops.reshape(x, (-1, T, self.n_heads, E // self.n_heads)), (0, 2, 1, 3))  # (B, T, E) -> (B, NH, T, HS)
+
+    def merge(self, x):
+        NH, T, HS = x.shape[1], x.shape[2], x.shape[3]
+        return ops.reshape(ops.transpose(x, (0, 2, 1, 3)), (-1, T, NH * HS))  # (B, NH, T, HS) -> (B, T, E)
+
+    def call(self, x, allowed):
+        q, k, v = self.split(self.q(x)), self.split(self.k(x)), self.split(self.v(x))
+        out, w = scaled_dot_product_attention(q, k, v, allowed)
+        return self.o(self.merge(out)), w
+
+
+class StockMultiHeadAttention(keras.layers.Layer):
+    """keras.layers.MultiHeadAttention behind the same call: (x, allowed) -> (output, weights)."""
+
+    def __init__(self, d_model: int, n_heads: int, *, seed: keras.random.SeedGenerator, dtype: str, name: str):
+        super().__init__(dtype=dtype, name=name)
+        self.mha = keras.layers.MultiHeadAttention(n_heads, d_model // n_heads, dtype=dtype, name="mha")
+        self.mha.build((None, None, d_model), (None, None, d_model))
+
+    def call(self, x, allowed):
+        # value before key; attention_mask has the canonical polarity (True = attend), shape (B, T, T)
+        return self.mha(x, x, key=x, attention_mask=allowed[:, 0], return_attention_scores=True)
+
+
+def positional_encoding(T: int, E: int, dtype="float64"):
+    """Sinusoidal positions: PE[t, 2i] = sin(t / 10000^(2i/E)), PE[t, 2i+1] = cos(same)."""
+    position = ops.arange(T, dtype="float64")[:, None]  # (T, 1)
+    freq = ops.exp(-math.log(10000.0) * ops.arange(0, E, 2, dtype="float64") / E)  # (E/2,)
+    angles = position * freq  # (T, 1) * (E/2,) -> (T, E/2)
+    pe = ops.reshape(ops.stack([ops.sin(angles), ops.cos(angles)], axis=-1), (T, E))  # interleave: sin at 2i, cos at 2i+1
+    return ops.cast(pe, dtype)
+
+
+def attention_mask(tokens, causal: bool):
+    """The canonical mask: (B, 1, T, T) bool, True = may attend (key is not PAD, and s <= t if causal)."""
+    T = tokens.shape[1]
+    allowed = (tokens != PAD)[:, None, None, :]  # (B, T) -> (B, 1, 1, T): one row of keys per sequence
+    if causal:
+        allowed = ops.logical_and(allowed, ops.tril(ops.ones((T, T), dtype="bool")))  # -> (B, 1, T, T)
+    return ops.broadcast_to(allowed, (ops.shape(tokens)[0], 1, T, T))
+
+
+def make_attention(cfg, *, seed, dtype: str, name: str) -> keras.layers.Layer:
+    return (StockMultiHeadAttention if cfg.stock else MultiHeadAttention)(cfg.d_model, cfg.n_heads, seed=seed, dtype=dtype, name=name)
+
+
+def make_embedding(cfg, *, seed: keras.random.SeedGenerator, dtype: str) -> keras.layers.Embedding:
+    layer = keras.layers.Embedding(cfg.vocab, cfg.d_model, embeddings_initializer=keras.initializers.RandomNormal(seed=seed), dtype=dtype, name="embed")
+    layer.build((None, None))
+    return layer
+
+
+# ----------------------------------------------------------------------------- model
+class AttentionModel(keras.Model):
+    """Embedding * sqrt(E) + positions, one self-attention layer with a residual, a per-token head."""
+
+    def __init__(self, cfg: AttentionConfig, *, seed: keras.random.SeedGenerator, dtype: str = "float64"):
+        super().__init__(dtype=dtype)
+        self.cfg = cfg
+        self.embed = make_embedding(cfg, seed=seed, dtype=dtype)
+        self.attn = make_attention(cfg, seed=seed, dtype=dtype, name="attn")
+        self.head = make_dense(cfg.d_model, cfg.vocab, seed=seed, dtype=dtype, name="head")
+
+    def embed_tokens(self, tokens):
+        """The model's input: embedding scaled by sqrt(E) plus positions (B, T) -> (B, T, E)."""
+        x = self.embed(tokens) * math.sqrt(self.cfg.d_model)
+        return x + positional_encoding(tokens.shape[1], self.cfg.d_model, x.dtype)
+
+    def call(self, tokens, dx=None, training=False):
+        """Logits (B, T, V) and the attention weights of each layer; `dx` (zeros) is added to the
+        embedded input so that its gradient is the input gradient."""
+        x = self.embed_tokens(tokens) if dx is None else self.embed_tokens(tokens) + dx
+        a, w = self.attn(x, attention_mask(tokens, self.cfg.causal))
+        return self.head(x + a), [w]  # (B, T, E) -> (B, T, V)
+
+    def layers_by_name(self) -> dict[str, keras.layers.Layer]:
+        """Layers by canonical prefix."""
+        return {"embed": self.embed, "attn": self.attn, "head": self.head}
+
+
+def create_model(cfg: AttentionConfig, *, seed: int, dtype: str = "float64") -> AttentionModel:
+    return AttentionModel(cfg, seed=keras.random.SeedGenerator(seed), dtype=dtype)
+
+
+# ----------------------------------------------------------------------------- canonical weights
+def canonical_variables(model) -> dict[str, tuple[keras.Variable, str]]:
+    """Each canonical tensor's Keras variable and the layout change between them (see `to_canonical`)."""
+    out = {}
+    for prefix, layer in model.layers_by_name().items():
+        if isinstance(layer, MultiHeadAttention):
+            for p in "qkvo":
+                dense = getattr(layer, p)
+                out[f"{prefix}.{p}.weight"], out[f"{prefix}.{p}.bias"] = (dense.kernel, "dense"), (dense.bias, "as is")
+        elif isinstance(layer, StockMultiHeadAttention):
+            mha = layer.mha
+            for p, dense in zip("qkv", (mha.query_dense, mha.key_dense, mha.value_dense)):
+                out[f"{prefix}.{p}.weight"], out[f"{prefix}.{p}.bias"] = (dense.kernel, "heads in"), (dense.bias, "heads bias")
+            out[f"{prefix}.o.weight"], out[f"{prefix}.o.bias"] = (mha.output_dense.kernel, "heads out"), (mha.output_dense.bias, "as is")
+        elif isinstance(layer, keras.layers.Dense):
+            out[f"{prefix}.weight"], out[f"{prefix}.bias"] = (layer.kernel, "dense"), (layer.bias, "as is")
+        elif isinstance(layer, keras.layers.Embedding):
+            out[f"{prefix}.weight"] = (layer.embeddings, "as is")  # (V, E) both
+        elif isinstance(layer, keras.layers.LayerNormalization):
+            out[f"{prefix}.weight"], out[f"{prefix}.bias"] = (layer.gamma, "as is"), (layer.beta, "as is")
+    return out
+
+
+def to_canonical(value: np.ndarray, layout: str) -> np.ndarray:
+    if layout == "dense":
+        return value.T  # Keras (in, out) -> canonical (out, in)
+    if layout in ("heads in", "heads out"):
+        # (E, NH, HS) or (NH, HS, E) -> (E_in, E_out) -> canonical (out, in); head n, dim h is row n*HS + h
+        return value.reshape(-1, value.shape[-1] if layout == "heads out" else value.shape[1] * value.shape[2]).T
+    if layout == "heads bias":
+        return value.reshape(-1)  # (NH, HS) -> (E,)
+    return value
+
+
+def to_native(value: np.ndarray, layout: str, shape) -> np.ndarray:
+    if layout in ("dense", "heads in", "heads out"):
+        return value.T.reshape(shape)  # canonical (out, in) -> (in, out), then split a head axis where Keras has one
+    return value.reshape(shape)
+
+
+def load_canonical(model, params: dict[str, np.ndarray]) -> None:
+    weights.check(params, model.cfg.param_shapes(), model.head.kernel.dtype)
+    for name, (variable, layout) in canonical_variables(model).items():
+        variable.assign(to_native(params[name], layout, variable.shape))
+
+
+def export_canonical(model) -> dict[str, np.ndarray]:
+    return {name: np.array(to_canonical(v.numpy(), layout)) for name, (v, layout) in canonical_variables(model).items()}
+
+
+# ----------------------------------------------------------------------------- loss
+def loss_fn(logits, y):
+    """Cross-entropy averaged over the non-PAD targets."""
+    ce = ops.sparse_categorical_crossentropy(y, logits, from_logits=True)  # (B, T, V) -> (B, T)
+    valid = ops.cast(y != PAD, logits.dtype)
+    return ops.sum(ce * valid) / ops.sum(valid)
+
+
+def forward_backward(model, x, y) -> dict[str, np.ndarray]:
+    """Outputs, attention weights, loss and every gradient in the canonical layout."""
+    tokens, y = tf.constant(x), tf.constant(y)
+    variables = canonical_variables(model)
+    dx = tf.zeros((*tokens.shape, model.cfg.d_model), dtype=model.head.kernel.dtype)  # (B, T, E)
+    with tf.GradientTape() as tape:
+        tape.watch(dx)
+        logits, attn = model(tokens, dx=dx)
+        loss = loss_fn(logits, y)
+    grads = tape.gradient(loss, {"input": dx, **{k: v for k, (v, _) in variables.items()}})
+    # the embedding gradient comes back as IndexedSlices (rows touched): densify it
+    out = {f"grad.{k}": np.array(to_canonical(tf.convert_to_tensor(grads[k]).numpy(), layout)) for k, (_, layout) in variables.items()}
+    out.update({"output": logits.numpy(), "loss": loss.numpy(), "grad.input": grads["input"].numpy()})
+    return out | {f"attn_weights.{i}": w.numpy() for i, w in enumerate(attn)}
+
+
+# ----------------------------------------------------------------------------- train step
+def make_optimizer(model, lr: float) -> keras.optimizers.Optimizer:
+    # a callable learning rate keeps it in the model's dtype (a float becomes a float32 variable)
+    learning_rate = lambda: ops.convert_to_tensor(lr, dtype=model.dtype)
+    if model.cfg.optimizer == "adam":
+        return keras.optimizers.Adam(learning_rate=learning_rate, epsilon=1e-8)  # Keras's "epsilon hat" form
+    return keras.optimizers.SGD(learning_rate=learning_rate)
+
+
+@tf.function(reduce_retracing=True)
+def train_step(model, optimizer: keras.optimizers.Optimizer, x, y):
+    with tf.GradientTape() as tape:
+        loss = loss_fn(model(x, training=True)[0], y)
+    grads = tape.gradient(loss, model.trainable_variables)
+    optimizer.apply_gradients(zip(grads, model.trainable_variables))
+    return loss
+
+
+def train(model, data: Dataset, *, epochs: int, lr: float, batch_size: int, seed: int, on_epoch=None) -> list[float]:
+    """Mini-batches in the shared order; returns the mean training loss of each epoch."""
+    x, y = data.x_train, data.y_train  # token ids (B, T): no dtype cast
+    optimizer, history = make_optimizer(model, lr), []
+    for epoch in range(epochs):
+        order = epoch_order(len(x), seed, epoch)  # consecutive slices of it are the shared batches
+        dataset = tf.data.Dataset.from_tensor_slices((x[order], y[order])).batch(batch_size)
+        losses = [float(train_step(model, optimizer, xb, yb)) for xb, yb in dataset]
+        history.append(float(np.mean(losses)))
+        if on_epoch:
+            on_epoch(epoch, history[-1])
+    return history
+
+
+# ----------------------------------------------------------------------------- evaluation
+def evaluate(model, x, y) -> tuple[float, float]:
+    """(mean loss, token accuracy over the non-PAD targets) on a whole split."""
+    logits, _ = model(tf.constant(x))
+    valid = y != PAD
+    accuracy = ((np.asarray(ops.argmax(logits, axis=-1)) == y) & valid).sum() / valid.sum()
+    return float(loss_fn(logits, tf.constant(y))), float(accuracy)

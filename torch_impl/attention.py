@@ -1,0 +1,230 @@
+"""Scaled dot-product and multi-head self-attention in PyTorch: written out, and nn.MultiheadAttention.
+
+Vaswani et al. (2017), "Attention Is All You Need", sections 3.2 (attention) and 3.5 (positions).
+The hand-written layer keeps separate nn.Linear q, k, v, o (canonical (out, in), no transform);
+the stock nn.MultiheadAttention packs W_q, W_k, W_v into one in_proj_weight (3E, E).
+
+Canonical mask: `allowed` (B, 1, T, T) bool, True = may attend. nn.MultiheadAttention wants the
+opposite polarity: key_padding_mask True = ignore this key, attn_mask True = not allowed.
+A fully masked row gives zero weights and output here; nn.MultiheadAttention gives NaN there.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from tasks import weights
+from tasks.configs import PAD, AttentionConfig
+from tasks.data import Dataset, batches
+
+
+# ----------------------------------------------------------------------------- layers
+def masked_softmax(scores, allowed):
+    """Softmax over the last axis where `allowed`; masked entries and fully masked rows give exactly 0."""
+    shifted = scores.masked_fill(~allowed, -math.inf)
+    top = shifted.amax(dim=-1, keepdim=True).detach()  # the shift cancels out: no gradient through it
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # a fully masked row: shift by 0
+    e = torch.exp(shifted - top)  # exp(-inf) = 0 on masked entries
+    total = e.sum(dim=-1, keepdim=True)
+    return e / torch.where(total > 0, total, torch.ones_like(total))  # 0 / 1 = 0 on a fully masked row
+
+
+def scaled_dot_product_attention(q, k, v, allowed):
+    """softmax(Q K^T / sqrt(HS) + mask) V, returning the output and the weights."""
+    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, NH, T, HS) @ (B, NH, HS, T) -> (B, NH, T, T)
+    w = masked_softmax(scores, allowed)
+    return w @ v, w  # (B, NH, T, T) @ (B, NH, T, HS) -> (B, NH, T, HS)
+
+
+class MultiHeadAttention(nn.Module):
+    """Self-attention with NH heads: project to Q, K, V, attend per head, concatenate, project out."""
+
+    def __init__(self, d_model: int, n_heads: int, *, dtype=torch.float64):
+        super().__init__()
+        self.n_heads = n_heads
+        self.q, self.k, self.v, self.o = (nn.Linear(d_model, d_model, dtype=dtype) for _ in range(4))
+
+    def split(self, x):
+        B, T, E = x.shape
+        return x.view(B, T, self.n_heads, E // self.n_heads).transpose(1, 2)  # (B, T, E) -> (B, NH, T, HS)
+
+    def merge(self, x):
+        B, NH, T, HS = x.shape
+        return x.transpose(1, 2).reshape(B, T, NH * HS)  # (B, NH, T, HS) -> (B, T, E)
+
+    def forward(self, x, allowed):
+        q, k, v = self.split(self.q(x)), self.split(self.k(x)), self.split(self.v(x))
+        out, w = scaled_dot_product_attention(q, k, v, allowed)
+        return self.o(self.merge(out)), w
+
+
+class StockMultiHeadAttention(nn.Module):
+    """torch's nn.MultiheadAttention behind the same call: (x, allowed) -> (output, weights)."""
+
+    def __init__(self, d_model: int, n_heads: int, *, dtype=torch.float64):
+        super().__init__()
+        self.mha = nn.MultiheadAttention(d_model, n_heads, batch_first=True, dtype=dtype)
+
+    def forward(self, x, allowed):
+        B, T, NH = x.shape[0], x.shape[1], self.mha.num_heads
+        # torch's polarity is the opposite: attn_mask True = not allowed, one (T, T) mask per batch x head
+        attn_mask = ~allowed.expand(B, NH, T, T).reshape(B * NH, T, T)  # (B, 1, T, T) -> (B*NH, T, T)
+        out, w = self.mha(x, x, x, attn_mask=attn_mask, need_weights=True, average_attn_weights=False)
+        return out, w  # (B, T, E), (B, NH, T, T)
+
+
+def positional_encoding(T: int, E: int, dtype=torch.float64):
+    """Sinusoidal positions: PE[t, 2i] = sin(t / 10000^(2i/E)), PE[t, 2i+1] = cos(same)."""
+    position = torch.arange(T, dtype=torch.float64)[:, None]  # (T, 1)
+    freq = torch.exp(-math.log(10000.0) * torch.arange(0, E, 2, dtype=torch.float64) / E)  # (E/2,)
+    pe = torch.zeros(T, E, dtype=torch.float64)
+    pe[:, 0::2] = torch.sin(position * freq)  # (T, 1) * (E/2,) -> (T, E/2)
+    pe[:, 1::2] = torch.cos(position * freq)
+    return pe.to(dtype)
+
+
+def attention_mask(tokens, causal: bool):
+    """The canonical mask: (B, 1, T, T) bool, True = may attend (key is not PAD, and s <= t if causal)."""
+    B, T = tokens.shape
+    allowed = (tokens != PAD)[:, None, None, :]  # (B, T) -> (B, 1, 1, T): one row of keys per sequence
+    if causal:
+        allowed = allowed & torch.ones(T, T, dtype=torch.bool).tril()  # -> (B, 1, T, T)
+    return allowed.expand(B, 1, T, T)
+
+
+def make_attention(cfg, dtype) -> nn.Module:
+    return (StockMultiHeadAttention if cfg.stock else MultiHeadAttention)(cfg.d_model, cfg.n_heads, dtype=dtype)
+
+
+def init_from(model: nn.Module, generator: torch.Generator) -> None:
+    """torch layers draw from the global RNG; redraw every parameter from the generator we were given."""
+    with torch.no_grad():
+        for p in model.parameters():
+            bound = 1.0 / math.sqrt(p.shape[-1])
+            p.uniform_(-bound, bound, generator=generator)
+
+
+# ----------------------------------------------------------------------------- model
+class AttentionModel(nn.Module):
+    """Embedding * sqrt(E) + positions, one self-attention layer with a residual, a per-token head."""
+
+    def __init__(self, cfg: AttentionConfig, *, generator: torch.Generator, dtype=torch.float64):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab, cfg.d_model, dtype=dtype)
+        self.attn = make_attention(cfg, dtype)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab, dtype=dtype)
+        init_from(self, generator)
+
+    def embed_tokens(self, tokens):
+        """The model's input: embedding scaled by sqrt(E) plus positions (B, T) -> (B, T, E)."""
+        x = self.embed(tokens) * math.sqrt(self.cfg.d_model)
+        return x + positional_encoding(tokens.shape[1], self.cfg.d_model, x.dtype)
+
+    def forward(self, tokens, dx=None):
+        """Logits (B, T, V) and the attention weights of each layer; `dx` (zeros) is added to the
+        embedded input so that its gradient is the input gradient."""
+        x = self.embed_tokens(tokens) if dx is None else self.embed_tokens(tokens) + dx
+        a, w = self.attn(x, attention_mask(tokens, self.cfg.causal))
+        return self.head(x + a), [w]  # (B, T, E) -> (B, T, V)
+
+
+def create_model(cfg: AttentionConfig, *, seed: int, dtype: str = "float64") -> AttentionModel:
+    return AttentionModel(cfg, generator=torch.Generator().manual_seed(seed), dtype=getattr(torch, dtype))
+
+
+# ----------------------------------------------------------------------------- canonical weights
+def canonical_slices(model: nn.Module) -> dict[str, tuple[nn.Parameter, slice]]:
+    """Each canonical tensor's native parameter and rows. Hand-written layers use canonical names as
+    they are; a stock layer's W_q, W_k, W_v are row blocks 0:E, E:2E, 2E:3E of in_proj_weight (3E, E)."""
+    out = {}
+    for name, p in model.named_parameters():
+        if ".mha." not in name:
+            out[name] = (p, slice(None))
+            continue
+        prefix, E = name.split(".mha.")[0], p.shape[-1] if p.ndim == 2 else p.shape[0] // 3
+        if name.endswith("in_proj_weight") or name.endswith("in_proj_bias"):
+            kind = "weight" if name.endswith("weight") else "bias"
+            for i, proj in enumerate(("q", "k", "v")):
+                out[f"{prefix}.{proj}.{kind}"] = (p, slice(i * E, (i + 1) * E))  # packed (3E, ...) -> rows of one (E, ...)
+        else:  # out_proj is an nn.Linear: (out, in) as is
+            out[f"{prefix}.o.{name.rsplit('.', 1)[1]}"] = (p, slice(None))
+    return out
+
+
+def load_canonical(model: nn.Module, params: dict[str, np.ndarray]) -> None:
+    weights.check(params, model.cfg.param_shapes(), model.head.weight.detach().numpy().dtype)
+    with torch.no_grad():
+        for name, (p, rows) in canonical_slices(model).items():
+            p[rows] = torch.from_numpy(np.array(params[name]))
+
+
+def export_canonical(model: nn.Module) -> dict[str, np.ndarray]:
+    return {name: p.detach()[rows].numpy().copy() for name, (p, rows) in canonical_slices(model).items()}
+
+
+# ----------------------------------------------------------------------------- loss
+def loss_fn(logits, y):
+    """Cross-entropy averaged over the non-PAD targets (ignore_index skips them)."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=PAD)  # (B*T, V)
+
+
+def forward_backward(model: nn.Module, x, y) -> dict[str, np.ndarray]:
+    """Outputs, attention weights, loss and every gradient in the canonical layout."""
+    model.zero_grad()
+    model.train()  # nn.MultiheadAttention's fused fast path runs only in eval mode without grad
+    tokens = torch.as_tensor(x)
+    dx = torch.zeros(*tokens.shape, model.cfg.d_model, dtype=model.head.weight.dtype, requires_grad=True)  # (B, T, E)
+    logits, attn = model(tokens, dx)
+    loss = loss_fn(logits, torch.as_tensor(y))
+    loss.backward()
+    grads = {f"grad.{name}": p.grad[rows].numpy().copy() for name, (p, rows) in canonical_slices(model).items()}
+    out = {"output": logits.detach().numpy(), "loss": loss.detach().numpy(), "grad.input": dx.grad.numpy(), **grads}
+    return out | {f"attn_weights.{i}": w.detach().numpy() for i, w in enumerate(attn)}
+
+
+# ----------------------------------------------------------------------------- train step
+def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    if model.cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr, eps=1e-8)
+    return torch.optim.SGD(model.parameters(), lr=lr)
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x, y) -> float:
+    optimizer.zero_grad()
+    loss = loss_fn(model(x)[0], y)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def train(model: nn.Module, data: Dataset, *, epochs: int, lr: float, batch_size: int, seed: int, on_epoch=None) -> list[float]:
+    """Mini-batches in the shared order; returns the mean training loss of each epoch."""
+    dataset = TensorDataset(torch.as_tensor(data.x_train), torch.as_tensor(data.y_train))  # token ids: no dtype cast
+    optimizer, history = make_optimizer(model, lr), []
+    model.train()
+    for epoch in range(epochs):
+        # batch_sampler = the shared index arrays, so torch sees the same batches as everyone else
+        loader = DataLoader(dataset, batch_sampler=batches(len(dataset), batch_size, seed, epoch))
+        losses = [train_step(model, optimizer, xb, yb) for xb, yb in loader]
+        history.append(float(np.mean(losses)))
+        if on_epoch:
+            on_epoch(epoch, history[-1])
+    return history
+
+
+# ----------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate(model: nn.Module, x, y) -> tuple[float, float]:
+    """(mean loss, token accuracy over the non-PAD targets) on a whole split."""
+    model.eval()
+    logits, _ = model(torch.as_tensor(x))
+    y = torch.as_tensor(y)
+    valid = y != PAD
+    return loss_fn(logits, y).item(), (((logits.argmax(dim=-1) == y) & valid).sum() / valid.sum()).item()
