@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from parity_tests.conftest import star_params
-from tasks import cli, parity, perceptron_run, train, weights
+from tasks import cli, data, parity, perceptron_run, train, weights
 from tasks.configs import PerceptronConfig
 from tasks.registry import FRAMEWORKS, MODELS, load_impl
 
@@ -166,6 +166,21 @@ def test_converges_on_separable_tasks_and_stops_early(task):
         assert row["train_accuracy"] == 1.0, row
         assert row["max_param_diff_vs_scratch"] == 0.0, row
     assert len({tuple(row["mistakes_per_epoch"]) for row in result["results"]}) == 1, result["results"]
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_updates_within_the_convergence_theorem_bound(framework):
+    """From zero weights the rule makes at most (R / γ)² mistakes in all (Novikoff 1962), whatever lr:
+    R the largest |(x, 1)|, γ the margin of the unit separator (n, 0), n the blobs' line normal."""
+    d = data.blobs(seed=0)
+    normal = np.array([1.0, 1.0]) / np.sqrt(2.0)
+    gamma = np.min((2 * d.y_train - 1) * (d.x_train @ normal))  # >= 0.5 by construction
+    radius = np.max(np.linalg.norm(np.c_[d.x_train, np.ones(len(d.x_train))], axis=1))  # (x, 1): the bias input
+    impl = load_impl(framework, "perceptron")
+    model = impl.create_model(PerceptronConfig(2), seed=0, dtype="float64")
+    impl.load_canonical(model, {"neuron.weight": np.zeros((1, 2)), "neuron.bias": np.zeros(1)})
+    mistakes = impl.train(model, d, epochs=100, lr=0.1, seed=0)
+    assert mistakes[-1] == 0 and sum(mistakes) <= (radius / gamma) ** 2, (mistakes, (radius / gamma) ** 2)
 
 
 def test_xor_never_reaches_zero_mistakes():
