@@ -8,13 +8,12 @@ from __future__ import annotations
 
 from functools import partial
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 
-from jax_impl import optim
+from jax_impl import initializers, optim
 from tasks import weights
 from tasks.configs import MLPConfig, OptimizerConfig
 from tasks.data import Dataset, batches
@@ -27,10 +26,10 @@ def make_activation(cfg: MLPConfig):
     return {"relu": nnx.relu, "tanh": nnx.tanh, "sigmoid": nnx.sigmoid}[cfg.activation]
 
 
-def make_dense(in_features: int, out_features: int, *, rngs: nnx.Rngs, dtype):
-    bound = 1.0 / np.sqrt(in_features)  # torch's nn.Linear default range, so every framework starts alike
-    init = lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound)
-    return nnx.Linear(in_features, out_features, kernel_init=init, bias_init=init, dtype=dtype, param_dtype=dtype, rngs=rngs)
+def make_dense(in_features: int, out_features: int, *, rngs: nnx.Rngs, dtype, init: str = "uniform"):
+    kernel_init = initializers.make_initializer(init, fan_in=in_features)  # "uniform": torch's nn.Linear range
+    bias_init = kernel_init if init == "uniform" else nnx.initializers.zeros  # a named initialiser (He, Xavier): zero bias
+    return nnx.Linear(in_features, out_features, kernel_init=kernel_init, bias_init=bias_init, dtype=dtype, param_dtype=dtype, rngs=rngs)
 
 
 # ----------------------------------------------------------------------------- model
@@ -40,10 +39,10 @@ class MLP(nnx.Module):
     def __init__(self, cfg: MLPConfig, *, rngs: nnx.Rngs, dtype=jnp.float64):
         self.cfg = cfg
         sizes = cfg.sizes
-        self.hidden = nnx.List([make_dense(i, o, rngs=rngs, dtype=dtype) for i, o in zip(sizes[:-2], sizes[1:-1])])
+        self.hidden = nnx.List([make_dense(i, o, rngs=rngs, dtype=dtype, init=cfg.init) for i, o in zip(sizes[:-2], sizes[1:-1])])
         # the activation is a plain function, so one serves every hidden layer
         self.activation = make_activation(cfg)
-        self.head = make_dense(sizes[-2], sizes[-1], rngs=rngs, dtype=dtype)
+        self.head = make_dense(sizes[-2], sizes[-1], rngs=rngs, dtype=dtype, init=cfg.init)
 
     def __call__(self, x):
         for layer in self.hidden:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from scratch import optim
+from scratch.initializers import initialize
 from tasks import weights
 from tasks.configs import MLPConfig, OptimizerConfig
 from tasks.data import Dataset, batches
@@ -19,12 +20,13 @@ from tasks.data import Dataset, batches
 class Dense:
     """Fully connected layer, weight (out, in)."""
 
-    def __init__(self, in_features: int, out_features: int, *, rng: np.random.Generator, dtype=np.float64):
+    def __init__(self, in_features: int, out_features: int, *, rng: np.random.Generator, dtype=np.float64, init: str = "uniform"):
         bound = 1.0 / np.sqrt(in_features)  # torch's nn.Linear default range
-        self.params = {
-            "weight": rng.uniform(-bound, bound, (out_features, in_features)).astype(dtype),
-            "bias": rng.uniform(-bound, bound, (out_features,)).astype(dtype),
-        }
+        if init == "uniform":
+            weight, bias = rng.uniform(-bound, bound, (out_features, in_features)), rng.uniform(-bound, bound, (out_features,))
+        else:  # a named initialiser (He, Xavier) for the weight, zero bias
+            weight, bias = initialize(init, (out_features, in_features), rng=rng), np.zeros(out_features)
+        self.params = {"weight": weight.astype(dtype), "bias": bias.astype(dtype)}
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
         self.cache: dict[str, np.ndarray] = {}
 
@@ -100,10 +102,10 @@ class MLP:
     def __init__(self, cfg: MLPConfig, *, rng: np.random.Generator, dtype=np.float64):
         self.cfg = cfg
         sizes = cfg.sizes
-        self.hidden = [Dense(i, o, rng=rng, dtype=dtype) for i, o in zip(sizes[:-2], sizes[1:-1])]
+        self.hidden = [Dense(i, o, rng=rng, dtype=dtype, init=cfg.init) for i, o in zip(sizes[:-2], sizes[1:-1])]
         # one activation object per hidden layer: each caches its own input for backward
         self.activations = [make_activation(cfg) for _ in self.hidden]
-        self.head = Dense(sizes[-2], sizes[-1], rng=rng, dtype=dtype)
+        self.head = Dense(sizes[-2], sizes[-1], rng=rng, dtype=dtype, init=cfg.init)
 
     def forward(self, x):
         for layer, activation in zip(self.hidden, self.activations):

@@ -14,7 +14,7 @@ from keras import ops
 
 from tasks import weights
 from tasks.configs import MLPConfig, OptimizerConfig
-from tf_impl import optim
+from tf_impl import initializers, optim
 from tasks.data import Dataset, epoch_order
 
 
@@ -28,10 +28,10 @@ def make_activation(cfg: MLPConfig, dtype: str) -> keras.layers.Layer:
     return keras.layers.Activation(cfg.activation, dtype=dtype)
 
 
-def make_dense(in_features: int, out_features: int, *, seed: keras.random.SeedGenerator, dtype: str, name: str):
-    bound = 1.0 / np.sqrt(in_features)  # torch's nn.Linear default range, so every framework starts alike
-    init = keras.initializers.RandomUniform(-bound, bound, seed=seed)
-    layer = keras.layers.Dense(out_features, kernel_initializer=init, bias_initializer=init, dtype=dtype, name=name)
+def make_dense(in_features: int, out_features: int, *, seed: keras.random.SeedGenerator, dtype: str, name: str, init: str = "uniform"):
+    kernel_init = initializers.make_initializer(init, seed=seed, fan_in=in_features)  # "uniform": torch's nn.Linear range
+    bias_init = kernel_init if init == "uniform" else "zeros"  # a named initialiser (He, Xavier): zero bias
+    layer = keras.layers.Dense(out_features, kernel_initializer=kernel_init, bias_initializer=bias_init, dtype=dtype, name=name)
     layer.build((None, in_features))  # create the variables now, so canonical weights can load before a call
     return layer
 
@@ -45,11 +45,11 @@ class MLP(keras.Model):
         self.cfg = cfg
         sizes = cfg.sizes
         self.hidden = [
-            make_dense(i, o, seed=seed, dtype=dtype, name=f"hidden_{n}") for n, (i, o) in enumerate(zip(sizes[:-2], sizes[1:-1]))
+            make_dense(i, o, seed=seed, dtype=dtype, name=f"hidden_{n}", init=cfg.init) for n, (i, o) in enumerate(zip(sizes[:-2], sizes[1:-1]))
         ]
         # the activation holds no state, so one layer serves every hidden layer
         self.activation = make_activation(cfg, dtype)
-        self.head = make_dense(sizes[-2], sizes[-1], seed=seed, dtype=dtype, name="head")
+        self.head = make_dense(sizes[-2], sizes[-1], seed=seed, dtype=dtype, name="head", init=cfg.init)
 
     def call(self, x, training=False):
         for layer in self.hidden:

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from tasks import weights
 from tasks.configs import MLPConfig, OptimizerConfig
-from torch_impl import optim
+from torch_impl import initializers, optim
 from tasks.data import Dataset, batches
 
 
@@ -41,8 +41,11 @@ class MLP(nn.Module):
         with torch.no_grad():
             for layer in [*self.hidden, self.head]:
                 bound = 1.0 / np.sqrt(layer.in_features)  # nn.Linear's own default range
-                layer.weight.uniform_(-bound, bound, generator=generator)
-                layer.bias.uniform_(-bound, bound, generator=generator)
+                initializers.initialize_(layer.weight, cfg.init, generator=generator)
+                if cfg.init == "uniform":
+                    layer.bias.uniform_(-bound, bound, generator=generator)
+                else:  # a named initialiser (He, Xavier) for the weight, zero bias
+                    layer.bias.zero_()
 
     def forward(self, x):
         for layer in self.hidden:

@@ -1,0 +1,42 @@
+"""Dropout and batch normalisation in Flax NNX: a dropout whose mask can be supplied (else the stock
+nnx.Dropout with its own nnx.Rngs stream), and the stock nnx.BatchNorm (`model.train()` /
+`model.eval()` switch the mode).
+
+Srivastava et al. (2014) inverted dropout; Ioffe & Szegedy (2015) batch normalisation.
+nnx.BatchNorm's `momentum` weights the *old* average (default 0.99), so torch's 0.1 is Flax's 0.9,
+and its running variance takes the biased batch variance (docs/PORTING.md).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import nnx
+
+
+# ----------------------------------------------------------------------------- dropout
+class Dropout(nnx.Module):
+    """Inverted dropout; `mask` (True = keep), when set, replaces the random draw (for parity tests)."""
+
+    def __init__(self, p: float, *, rngs: nnx.Rngs):
+        self.p = p
+        self.dropout = nnx.Dropout(p, rngs=rngs)  # draws from the rngs' "dropout" stream (else "default")
+        self.mask = nnx.Variable(None)  # state, so a supplied mask reaches a jitted step
+        self.deterministic = False  # model.eval() sets it True (nnx set_attributes), model.train() back
+
+    def __call__(self, x):
+        if self.deterministic or self.p == 0:
+            return x
+        if self.mask.get_value() is None:
+            return self.dropout(x, deterministic=False)
+        return x * jnp.asarray(self.mask.get_value(), x.dtype) / (1 - self.p)  # (B, D) kept units scaled by 1 / (1 - p)
+
+
+# ----------------------------------------------------------------------------- batch norm
+def make_batch_norm(num_features: int, *, momentum: float = 0.1, eps: float = 1e-5, conv: bool = False, dtype=jnp.float64, rngs: nnx.Rngs):
+    """The stock layer on channels-last input, (B, D) or (B, H, W, C); `momentum` in torch's sense."""
+    layer = nnx.BatchNorm(num_features, momentum=1 - momentum, epsilon=eps, dtype=dtype, param_dtype=dtype, rngs=rngs)
+    # nnx.BatchNorm creates its running mean and variance in float32 whatever param_dtype says:
+    # a float64 run would round every running-average update to float32 (docs/PORTING.md)
+    layer.mean.set_value(jnp.zeros(num_features, dtype))
+    layer.var.set_value(jnp.ones(num_features, dtype))
+    return layer

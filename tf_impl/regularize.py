@@ -1,0 +1,39 @@
+"""Dropout and batch normalisation in Keras 3: a dropout layer whose mask can be supplied (else the
+stock keras.random.dropout with a SeedGenerator), and the stock keras.layers.BatchNormalization
+(`training=True` / `False` in call switches the mode).
+
+Srivastava et al. (2014) inverted dropout; Ioffe & Szegedy (2015) batch normalisation.
+Keras's BatchNormalization `momentum` weights the *old* average (default 0.99), so torch's 0.1 is
+Keras's 0.9, and its running variance takes the biased batch variance (docs/PORTING.md).
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+# ----------------------------------------------------------------------------- dropout
+class Dropout(keras.layers.Layer):
+    """Inverted dropout; `mask` (True = keep), when set, replaces the random draw (eager calls only:
+    a tf.function would freeze the mask it saw when it traced)."""
+
+    def __init__(self, p: float, *, seed: keras.random.SeedGenerator, **kwargs):
+        super().__init__(**kwargs)
+        self.p, self.seed_generator = p, seed
+        self.mask = None
+
+    def call(self, x, training=False):
+        if not training or self.p == 0:
+            return x
+        if self.mask is None:
+            return keras.random.dropout(x, self.p, seed=self.seed_generator)  # the stock draw, scaled by 1 / (1 - p)
+        return x * ops.cast(self.mask, x.dtype) / (1 - self.p)  # (B, D) kept units scaled by 1 / (1 - p)
+
+
+# ----------------------------------------------------------------------------- batch norm
+def make_batch_norm(num_features: int, *, momentum: float = 0.1, eps: float = 1e-5, conv: bool = False, dtype: str = "float64"):
+    """The stock layer on channels-last input, (B, D) or (B, H, W, C); `momentum` in torch's sense."""
+    layer = keras.layers.BatchNormalization(axis=-1, momentum=1 - momentum, epsilon=eps, dtype=dtype)
+    layer.build((None, num_features) if not conv else (None, None, None, num_features))
+    return layer

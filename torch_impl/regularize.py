@@ -1,0 +1,37 @@
+"""Dropout and batch normalisation in PyTorch: a dropout whose mask can be supplied, and the stock
+nn.BatchNorm1d / nn.BatchNorm2d (train() / eval() switch the mode).
+
+Srivastava et al. (2014) inverted dropout; Ioffe & Szegedy (2015) batch normalisation.
+torch's BatchNorm momentum weights the *new* batch (0.1) and its running variance is unbiased:
+the convention scratch/regularize.py follows.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+# ----------------------------------------------------------------------------- dropout
+class Dropout(nn.Module):
+    """Inverted dropout; `mask` (True = keep), when set, replaces the random draw (for parity tests).
+
+    Not nn.Dropout: it draws from torch's global RNG; this one draws from the generator it was given."""
+
+    def __init__(self, p: float, *, generator: torch.Generator):
+        super().__init__()
+        self.p, self.generator = p, generator
+        self.mask: torch.Tensor | None = None
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        keep = self.mask if self.mask is not None else torch.rand(x.shape, generator=self.generator, dtype=x.dtype) >= self.p
+        return x * keep.to(x.dtype) / (1 - self.p)  # (B, D) kept units scaled by 1 / (1 - p)
+
+
+# ----------------------------------------------------------------------------- batch norm
+def make_batch_norm(num_features: int, *, momentum: float = 0.1, eps: float = 1e-5, conv: bool = False, dtype=torch.float64):
+    """The stock layer: BatchNorm1d on (B, D), BatchNorm2d on (B, C, H, W); momentum as torch means it."""
+    layer = nn.BatchNorm2d if conv else nn.BatchNorm1d
+    return layer(num_features, eps=eps, momentum=momentum, dtype=dtype)
