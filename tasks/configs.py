@@ -345,23 +345,3 @@ class RNNConfig:
         if self.cell == "gru":
             shapes["b_hn"] = (self.hidden,)
         return {**shapes, "W_hy": (self.n_classes, self.hidden), "b_y": (self.n_classes,)}
-
-
-# ----------------------------------------------------------------------------- perceptron
-@dataclass(frozen=True)
-class PerceptronConfig:
-    """Rosenblatt's perceptron: one neuron, a weighted sum then a step; labels 0 and 1."""
-
-    in_features: int = 2
-
-    def __post_init__(self):
-        if self.in_features < 1:
-            raise ValueError(f"in_features must be positive: {self}")
-
-    @property
-    def n_classes(self) -> int:
-        return 2  # a single step output separates two classes
-
-    def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        """One dense neuron in the canonical layout: weight (1, in), bias (1,)."""
-        return {"neuron.weight": (1, self.in_features), "neuron.bias": (1,)}
