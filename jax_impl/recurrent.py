@@ -164,9 +164,14 @@ def forward_backward(model: RNN, x, y) -> dict[str, np.ndarray]:
     return {**out, "grad.input": np.asarray(dx), **{f"grad.{k}": g for k, g in grads.items()}}
 
 
+@nnx.jit
+def logits_of(model: RNN, x):
+    return model(x)[0]
+
+
 def predict_logits(model: RNN, x) -> np.ndarray:
-    """Logits for a batch, as NumPy (what `rosetta sample` draws from)."""
-    return np.asarray(model(jnp.asarray(x, dtype=model.head.kernel.dtype))[0])
+    """Logits for a batch, as NumPy (what `rosetta sample` draws from); jitted, as it runs once per character."""
+    return np.asarray(logits_of(model, jnp.asarray(x, dtype=model.head.kernel.dtype)))
 
 
 # ----------------------------------------------------------------------------- train step

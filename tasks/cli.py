@@ -113,6 +113,17 @@ def train(
     dtype: str = typer.Option("float32", help="float32 or float64"),
     data_dir: Optional[str] = typer.Option(None, help="folder with MNIST IDX files (task mnist)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON document to stdout"),
+    optimizer: str = typer.Option("sgd", help="sgd, momentum, nesterov, rmsprop, adam or adamw"),
+    momentum: float = typer.Option(0.9, help="momentum / nesterov coefficient"),
+    weight_decay: float = typer.Option(0.0, help="decoupled weight decay (adamw)"),
+    schedule: str = typer.Option("constant", help="constant, cosine or step (over the whole run, after warmup)"),
+    warmup_steps: int = typer.Option(0, help="linear learning-rate warmup, in updates"),
+    clip_norm: Optional[float] = typer.Option(None, help="clip the global gradient norm to this"),
+    init: Optional[str] = typer.Option(None, help="mlp: uniform, he_normal, he_uniform, xavier_normal or xavier_uniform"),
+    dropout: Optional[float] = typer.Option(None, help="mlp: dropout probability after each hidden activation"),
+    batch_norm: bool = typer.Option(False, "--batch-norm", help="mlp: batch norm before each hidden activation"),
+    patience: Optional[int] = typer.Option(None, help="early stopping: epochs without a better validation loss"),
+    plot: Optional[str] = typer.Option(None, help="write the four training-loss curves to this image file"),
 ):
     """Train MODEL in one or all frameworks from the same initial weights and compare."""
     from tasks.configs import ACTIVATIONS, LENET_ACTIVATIONS, POOLINGS
@@ -142,19 +153,57 @@ def train(
             sizes = (-1,)
         if any(h < 1 for h in sizes):
             fail(f"--hidden must be positive integers separated by commas, got {hidden!r}")
-    opts = TrainOptions(epochs=epochs, lr=lr, batch_size=batch_size, hidden=sizes, activation=activation, pooling=pooling, seed=seed, dtype=dtype, data_dir=data_dir)
+    regularised = check_training_options(model, optimizer, momentum, weight_decay, schedule, warmup_steps, clip_norm, init, dropout, batch_norm, patience)
+    opts = TrainOptions(epochs=epochs, lr=lr, batch_size=batch_size, hidden=sizes, activation=activation, pooling=pooling, seed=seed, dtype=dtype, data_dir=data_dir, **regularised)
     result = train_model(model, task, frameworks, opts, show_progress=sys.stderr.isatty() or not as_json)
+    if plot and result["results"]:
+        from tasks.train import plot_curves
+
+        plot_curves(result, plot)
     if as_json:
         print(json.dumps(result, indent=2))
     else:
         print_train(result)
+        for row in result["results"]:
+            if row.get("stopped"):
+                err.print(f"{row['framework']}: {row['stopped']} after {row['epochs_run']} epochs")
+        if plot:
+            err.print(f"loss curves written to {plot}")
+
+
+def check_training_options(model, optimizer, momentum, weight_decay, schedule, warmup_steps, clip_norm, init, dropout, batch_norm, patience) -> dict:
+    """Validate the optimiser / regularisation flags (exit 2 with one line); the TrainOptions fields."""
+    from tasks.configs import INITS, OPTIMIZER_NAMES, SCHEDULES
+
+    if optimizer not in OPTIMIZER_NAMES:
+        fail(f"unknown optimizer {optimizer!r}; choose from: {', '.join(OPTIMIZER_NAMES)}")
+    if schedule not in SCHEDULES:
+        fail(f"unknown schedule {schedule!r}; choose from: {', '.join(SCHEDULES)}")
+    if not 0 <= momentum < 1:
+        fail(f"--momentum must be in [0, 1), got {momentum}")
+    if weight_decay < 0 or (weight_decay and optimizer != "adamw"):
+        fail(f"--weight-decay (decoupled) needs --optimizer adamw and a value >= 0, got {weight_decay} with {optimizer}")
+    if warmup_steps < 0:
+        fail(f"--warmup-steps must be >= 0, got {warmup_steps}")
+    if clip_norm is not None and not (clip_norm > 0 and math.isfinite(clip_norm)):
+        fail(f"--clip-norm must be a positive number, got {clip_norm}")
+    if patience is not None and patience < 1:
+        fail(f"--patience must be a positive integer, got {patience}")
+    if init is not None and init not in INITS:
+        fail(f"unknown init {init!r}; choose from: {', '.join(INITS)}")
+    if dropout is not None and not 0 <= dropout < 1:
+        fail(f"--dropout must be in [0, 1), got {dropout}")
+    if model != "mlp" and (init is not None or dropout is not None or batch_norm):
+        fail(f"--init, --dropout and --batch-norm are wired into the mlp only, not {model}")
+    return dict(optimizer=optimizer, momentum=momentum, weight_decay=weight_decay, schedule=schedule, warmup_steps=warmup_steps,
+                clip_norm=clip_norm, init=init, dropout=dropout, batch_norm=batch_norm, patience=patience)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- parity
 def parity_records(models: list[str], frameworks: list[str]) -> list[dict]:
     records = []
     for model in models:
-        cases = parity_mod.CASES.get(model, [])
+        cases = parity_mod.CASES.get(model, []) + parity_mod.OPTIMIZER_CASES.get(model, [])
         with progress_bar(sys.stderr.isatty()) as bar:
             task = bar.add_task(f"{model}", total=len(cases), loss=float("nan"))
             for case in cases:
@@ -167,7 +216,7 @@ def print_parity(records: list[dict]) -> None:
     """The largest error per model, framework, reference, dtype and check kind."""
     groups: dict[tuple, dict] = {}
     for r in records:
-        check = r["tensor"].split(".")[0] if r["tensor"].split(".")[0] in ("grad", "roundtrip", "sgd", "rule") else "forward"
+        check = r["tensor"].split(".")[0] if r["tensor"].split(".")[0] in ("grad", "roundtrip", "sgd", "rule", "trajectory") else "forward"
         key = (r["model"], r["framework"], r["reference"], r["dtype"], check)
         g = groups.setdefault(key, {"worst": r, "n": 0, "failed": 0})
         g["n"] += 1

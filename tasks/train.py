@@ -34,6 +34,17 @@ class TrainOptions:
     seed: int = 0
     dtype: str = "float32"
     data_dir: str | None = None
+    # optimiser, schedule, regularisation, initialisation (issue 7); the defaults are plain SGD at `lr`
+    optimizer: str = "sgd"  # one of tasks.configs.OPTIMIZER_NAMES
+    momentum: float = 0.9  # momentum / nesterov
+    weight_decay: float = 0.0  # decoupled (adamw)
+    schedule: str = "constant"  # constant, cosine or step (decays over the whole run, after warmup)
+    warmup_steps: int = 0
+    clip_norm: float | None = None
+    init: str | None = None  # MLP weight initialiser (tasks.configs.INITS); None: the canonical uniform
+    dropout: float | None = None
+    batch_norm: bool = False
+    patience: int | None = None  # early stopping: stop after this many epochs without a better validation loss
 
     def with_defaults(self, model: str, task: str) -> "TrainOptions":
         defaults = MODELS[model].defaults.get(task, {})
@@ -50,6 +61,7 @@ def make_config(model: str, data: Dataset, opts: TrainOptions):
             n_classes=data.n_classes,
             activation=opts.activation,
             head="sigmoid" if data.n_classes == 2 else "softmax",
+            **model_options(model, opts),
         )
     if model == "lenet5":
         channels, size = data.x_train.shape[1:3]  # (B, C, H, W) after prepare, H = W
@@ -64,6 +76,10 @@ def make_config(model: str, data: Dataset, opts: TrainOptions):
 
 def initial_weights(cfg, seed: int) -> dict[str, np.ndarray]:
     """Seeded canonical init (weights.init_uniform); a Transformer's LayerNorms start as the identity."""
+    if isinstance(cfg, MLPConfig) and (cfg.init != "uniform" or cfg.batch_norm):
+        # a named initialiser (He, Xavier), or batch norm's start: scratch's seeded draw, loaded by all four
+        impl = load_impl("scratch", "mlp")
+        return impl.export_canonical(impl.create_model(cfg, seed=seed))
     params = weights.init_uniform(cfg.param_shapes(), seed)
     if isinstance(cfg, TransformerConfig):
         for name in params:
@@ -84,20 +100,31 @@ def prepare(model: str, data: Dataset) -> Dataset:
 
 
 def run(model: str, task: str, frameworks: list[str], opts: TrainOptions, progress=None) -> dict:
-    """Train `model` on `task` in each framework; returns the JSON-ready result object."""
+    """Train `model` on `task` in each framework; returns the JSON-ready result object.
+
+    Ctrl-C stops the framework that is training and keeps every row finished so far (`interrupted`)."""
     opts = opts.with_defaults(model, task)
     data = prepare(model, load_task(task, seed=opts.seed, data_dir=opts.data_dir))
+    data, validation = validation_split(data, opts)
     cfg = make_config(model, data, opts)
     init = weights.cast(initial_weights(cfg, opts.seed), opts.dtype)
-    results, finals = [], {}
+    lr = optimizer_config(opts, n_train=len(data.x_train))
+    results, finals, interrupted = [], {}, False
     for framework in frameworks:
         impl = load_impl(framework, model)
         net = impl.create_model(cfg, seed=opts.seed, dtype=opts.dtype)
         impl.load_canonical(net, init)
-        on_epoch = progress.start(framework, opts.epochs) if progress else None
+        monitor = EpochMonitor(impl, net, validation, opts.patience, progress.start(framework, opts.epochs) if progress else None)
         start = time.perf_counter()
-        history = impl.train(net, data, epochs=opts.epochs, lr=opts.lr, batch_size=opts.batch_size, seed=opts.seed, on_epoch=on_epoch)
+        try:
+            history = impl.train(net, data, epochs=opts.epochs, lr=lr, batch_size=opts.batch_size, seed=opts.seed, on_epoch=monitor)
+        except EarlyStop:
+            history = monitor.history
+        except KeyboardInterrupt:
+            history, interrupted = monitor.history, True
         seconds = time.perf_counter() - start
+        if not history:  # interrupted inside the first epoch: nothing to report for this framework
+            break
         test_loss, test_acc = impl.evaluate(net, data.x_test, data.y_test)
         finals[framework] = impl.export_canonical(net)
         results.append(
@@ -106,11 +133,17 @@ def run(model: str, task: str, frameworks: list[str], opts: TrainOptions, progre
                 "final_loss": history[-1],
                 "test_loss": test_loss,
                 "test_accuracy": test_acc,
-                "seconds_per_epoch": seconds / opts.epochs,
+                "seconds_per_epoch": seconds / len(history),
                 "seconds": seconds,
                 "max_param_diff_vs_scratch": None,
+                "history": history,  # mean training loss per epoch (`--plot`)
+                "epochs_run": len(history),
+                "stopped": "interrupted" if interrupted else ("early" if monitor.stopped else None),
+                "val_loss": monitor.val_losses or None,
             }
         )
+        if interrupted:
+            break
     if "scratch" in finals:
         for row in results:
             other = finals[row["framework"]]
@@ -123,4 +156,85 @@ def run(model: str, task: str, frameworks: list[str], opts: TrainOptions, progre
         "n_train": int(len(data.x_train)),
         "n_test": int(len(data.x_test)),
         "results": results,
+        "interrupted": interrupted,
+        **({"baselines": data.meta["baselines"]} if "baselines" in data.meta else {}),  # e.g. a language model's unigram loss
     }
+
+
+# ----------------------------------------------------------------------------- optimisers, early stopping, plot
+def optimizer_config(opts: TrainOptions, n_train: int):
+    """The plain lr when the options ask for plain SGD (every model's train accepts it), else an
+    OptimizerConfig; a schedule decays over the whole run: cosine to 0, step halving 3 times."""
+    from tasks.configs import OptimizerConfig
+
+    if opts.optimizer == "sgd" and opts.schedule == "constant" and not opts.warmup_steps and opts.clip_norm is None:
+        return opts.lr
+    total = opts.epochs * -(-n_train // opts.batch_size)  # updates in the run: ceil(n / B) per epoch
+    after_warmup = max(total - opts.warmup_steps, 1)
+    return OptimizerConfig(
+        opts.optimizer, lr=opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay, schedule=opts.schedule,
+        warmup_steps=opts.warmup_steps, decay_steps=after_warmup, step_size=max(after_warmup // 4, 1), gamma=0.5,
+        clip_norm=opts.clip_norm,
+    )  # fmt: skip
+
+
+def model_options(model: str, opts: TrainOptions) -> dict:
+    """Regularisation and initialisation fields for a config that has them (the MLP's)."""
+    chosen = {"init": opts.init, "dropout": opts.dropout, "batch_norm": opts.batch_norm or None}
+    return {k: v for k, v in chosen.items() if v is not None} if model == "mlp" else {}
+
+
+class EarlyStop(Exception):
+    """Raised by EpochMonitor to end a framework's train loop after `patience` epochs without progress."""
+
+
+class EpochMonitor:
+    """The on_epoch callback: records the loss, reports progress, and checks the validation loss."""
+
+    def __init__(self, impl, net, validation, patience: int | None, progress=None):
+        self.impl, self.net, self.validation, self.patience, self.progress = impl, net, validation, patience, progress
+        self.history: list[float] = []
+        self.val_losses: list[float] = []
+        self.stopped = False
+
+    def __call__(self, epoch: int, loss: float):
+        self.history.append(loss)
+        if self.progress:
+            self.progress(epoch, loss)
+        if self.patience is None:
+            return
+        self.val_losses.append(self.impl.evaluate(self.net, *self.validation)[0])
+        best = int(np.argmin(self.val_losses))
+        if len(self.val_losses) - 1 - best >= self.patience:
+            self.stopped = True
+            raise EarlyStop
+
+
+def validation_split(data: Dataset, opts: TrainOptions):
+    """With early stopping, the last fifth of the (already shuffled) training split validates."""
+    if opts.patience is None:
+        return data, None
+    n_val = max(len(data.x_train) // 5, 1)
+    validation = (data.x_train[-n_val:], data.y_train[-n_val:])
+    return replace(data, x_train=data.x_train[:-n_val], y_train=data.y_train[:-n_val]), validation
+
+
+def plot_curves(result: dict, path: str) -> None:
+    """The training loss per epoch of every framework, on one chart."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    styles = ["-", "--", "-.", ":"]  # the curves often coincide: a line style each keeps all four visible
+    for i, row in enumerate(result["results"]):
+        ax.plot(range(1, len(row["history"]) + 1), row["history"], styles[i % 4], label=row["framework"], linewidth=2 - 0.3 * i)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mean training loss")
+    ax.set_yscale("log")
+    ax.set_title(f"{result['model']} on {result['task']}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

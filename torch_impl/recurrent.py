@@ -186,13 +186,20 @@ def train(model: RNN, data: Dataset, *, epochs: int, lr: float, batch_size: int,
     dataset = TensorDataset(torch.as_tensor(data.x_train, dtype=dtype), torch.as_tensor(data.y_train))
     optimizer, history = make_optimizer(model, lr), []
     model.train()
-    for epoch in range(epochs):
-        # batch_sampler = the shared index arrays, so torch sees the same batches as everyone else
-        loader = DataLoader(dataset, batch_sampler=batches(len(dataset), batch_size, seed, epoch))
-        losses = [train_step(model, optimizer, xb, yb) for xb, yb in loader]
-        history.append(float(np.mean(losses)))
-        if on_epoch:
-            on_epoch(epoch, history[-1])
+    # One intra-op thread: a step is a chain of tiny matmuls whose OpenMP fork/join costs more than it
+    # saves (a train step ran 35x slower with 2 threads on a busy 2-core machine). Restored afterwards.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for epoch in range(epochs):
+            # batch_sampler = the shared index arrays, so torch sees the same batches as everyone else
+            loader = DataLoader(dataset, batch_sampler=batches(len(dataset), batch_size, seed, epoch))
+            losses = [train_step(model, optimizer, xb, yb) for xb, yb in loader]
+            history.append(float(np.mean(losses)))
+            if on_epoch:
+                on_epoch(epoch, history[-1])
+    finally:
+        torch.set_num_threads(threads)
     return history
 
 
