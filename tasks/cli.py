@@ -96,6 +96,9 @@ def print_train(result: dict) -> None:
     for r in result["results"]:
         table.add_row(r["framework"], fmt(r["final_loss"], ".4f"), fmt(r["test_accuracy"], ".4f"), fmt(r["seconds_per_epoch"], ".3f"), fmt(r["max_param_diff_vs_scratch"], ".2e"))
     out.print(table)
+    if "baselines" in result:  # a language model: its held-out loss against the unigram model's
+        losses = ", ".join(f"{r['framework']} {r['test_loss']:.4f}" for r in result["results"])
+        out.print(f"test loss: {losses}; baselines: " + ", ".join(f"{k} {v:.4f}" for k, v in result["baselines"].items()), highlight=False)
 
 
 @app.command()
@@ -377,6 +380,50 @@ def saliency(
     fig.savefig(out_path, dpi=100)
     plt.close(fig)
     print(f"wrote {out_path}: {len(x)} test images x {len(maps)} frameworks" + "".join(f"; {fw} vs scratch {d:.1e}" for fw, d in diffs.items()))
+
+
+# ----------------------------------------------------------------------------- sample
+@app.command()
+def sample(
+    model: str = typer.Argument(..., help="a character model: rnn, lstm or gru"),
+    framework: str = typer.Option("torch", help="scratch, torch, tf or jax (one)"),
+    prompt: str = typer.Option("Beautiful", help="the text to continue"),
+    temperature: float = typer.Option(0.8, help="softmax temperature: < 1 is safer, > 1 wilder"),
+    length: int = typer.Option(200, help="characters to generate"),
+    seed: int = typer.Option(0, help="seed for the split, the initial weights, the batch order and the sampling"),
+    epochs: Optional[int] = typer.Option(None, help="training epochs when no saved run exists (default: per model)"),
+    hidden: Optional[int] = typer.Option(None, help="hidden size H (default: per model)"),
+    weights_path: Optional[str] = typer.Option(None, "--weights", help="canonical safetensors file to load or to write (default: under runs/)"),
+    retrain: bool = typer.Option(False, "--retrain", help="train even if the run file exists"),
+):
+    """Print seeded text from a character-level model trained on the Zen of Python and stdlib docstrings.
+
+    Trains on the pytext task the first time and saves the canonical weights under runs/; later calls
+    with the same settings load them (any framework can load any framework's run).
+    """
+    from tasks import sample as sampling
+    from tasks.train import TrainOptions
+
+    if check_model(model) not in ("rnn", "lstm", "gru"):
+        fail(f"sample needs a character model; choose from: rnn, lstm, gru")
+    frameworks = check_frameworks(framework)
+    if len(frameworks) != 1:
+        fail("--framework: choose one of scratch, torch, tf, jax")
+    if not (temperature > 0 and math.isfinite(temperature)):
+        fail(f"--temperature must be a positive number, got {temperature}")
+    if length < 1 or (epochs is not None and epochs < 1) or (hidden is not None and hidden < 1):
+        fail("--length, --epochs and --hidden must be positive integers")
+    if not prompt:
+        fail("--prompt must not be empty")
+    opts = TrainOptions(epochs=epochs, hidden=(hidden,) if hidden else None, seed=seed)
+    with progress_bar(sys.stderr.isatty()) as bar:
+        try:
+            result = sampling.sample(model, frameworks[0], prompt, temperature=temperature, length=length, opts=opts, path=weights_path, retrain=retrain, progress=EpochProgress(bar))
+        except ValueError as e:  # a prompt character outside the vocabulary, or weights of another shape
+            fail(str(e).splitlines()[0])
+    how = "trained and saved to" if result["trained"] else "loaded from"
+    print(f"{model} ({frameworks[0]}) {how} {result['weights']}; validation loss {result['test_loss']:.4f}, unigram baseline {result['baselines']['unigram_test_loss']:.4f}", file=sys.stderr)
+    print(result["text"])
 
 
 def main() -> None:
