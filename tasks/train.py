@@ -16,6 +16,7 @@ from tasks import weights
 from tasks.configs import LeNet5Config
 from tasks.data import pad_to
 from tasks.configs import MLPConfig
+from tasks.configs import RNNConfig
 from tasks.configs import FF_ACTIVATIONS, AttentionConfig, TransformerConfig
 from tasks.data import Dataset, load_task
 from tasks.registry import MODELS, load_impl
@@ -71,6 +72,16 @@ def make_config(model: str, data: Dataset, opts: TrainOptions):
         if model == "transformer" and opts.activation in FF_ACTIVATIONS:
             sizes["activation"] = opts.activation
         return (AttentionConfig if model == "attention" else TransformerConfig)(vocab=data.n_classes, **sizes)
+    if model in ("rnn", "lstm", "gru"):
+        if len(opts.hidden) != 1:
+            raise ValueError(f"a recurrent network has one hidden size, got {opts.hidden}")
+        return RNNConfig(
+            cell=model,
+            in_features=data.x_train.shape[-1],  # (B, T, D): features per step
+            hidden=opts.hidden[0],
+            n_classes=data.n_classes,
+            output="sequence" if data.y_train.ndim == 2 else "last",  # a label per step, or one per sequence
+        )
     raise KeyError(f"no config rule for model {model!r}")
 
 
