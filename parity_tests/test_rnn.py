@@ -215,3 +215,24 @@ def test_rnn_learns_the_sign_task():
     result = train.run("rnn", "sign", ["scratch", "torch_impl"], train.TrainOptions())
     for row in result["results"]:
         assert row["test_accuracy"] >= 0.95, row
+
+
+def test_sample_cli_trains_saves_loads_and_is_seeded(tmp_path):
+    """`rosetta sample`: trains and saves canonical weights, a second call loads them (in another
+    framework) and prints the same seeded text; a prompt character outside the vocabulary exits 2."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "rnn.safetensors"
+    run = lambda *args: subprocess.run([sys.executable, "-m", "tasks.cli", "sample", "rnn", *args], capture_output=True, text=True, timeout=300)
+    common = ["--prompt", "Beautiful", "--temperature", "0.8", "--length", "60", "--epochs", "2", "--weights", str(path)]
+    first = run("--framework", "scratch", *common)
+    assert first.returncode == 0, first.stderr
+    assert "trained and saved to" in first.stderr and path.exists()
+    text = first.stdout.rstrip("\n")
+    assert text.startswith("Beautiful") and len(text) == len("Beautiful") + 60
+    second = run("--framework", "torch", *common)
+    assert second.returncode == 0, second.stderr
+    assert "loaded from" in second.stderr and second.stdout.rstrip("\n") == text
+    bad = run("--framework", "scratch", "--prompt", "naïve", "--weights", str(path))
+    assert bad.returncode == 2 and "never saw" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
