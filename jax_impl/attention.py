@@ -197,16 +197,23 @@ def loss_fn(logits, y):
     return (ce * valid).sum() / valid.sum()
 
 
-def forward_backward(model, x, y) -> dict[str, np.ndarray]:
-    """Outputs, attention weights, loss and every gradient in the canonical layout."""
-    tokens, y = jnp.asarray(x), jnp.asarray(y)
+@nnx.jit
+def gradients(model, tokens, y, dx):
+    """Loss, outputs and the gradients with respect to the parameters and to `dx`, compiled as one
+    XLA program (run op by op, the first call would compile every small op separately)."""
 
     def loss_of(model, dx):
         logits, attn = model(tokens, dx)
         return loss_fn(logits, y), (logits, attn)
 
+    return nnx.value_and_grad(loss_of, argnums=(0, 1), has_aux=True)(model, dx)
+
+
+def forward_backward(model, x, y) -> dict[str, np.ndarray]:
+    """Outputs, attention weights, loss and every gradient in the canonical layout."""
+    tokens, y = jnp.asarray(x), jnp.asarray(y)
     dx = jnp.zeros((*tokens.shape, model.cfg.d_model), dtype=model.head.kernel.dtype)  # (B, T, E)
-    (loss, (logits, attn)), (grad_params, grad_input) = nnx.value_and_grad(loss_of, argnums=(0, 1), has_aux=True)(model, dx)
+    (loss, (logits, attn)), (grad_params, grad_input) = gradients(model, tokens, y, dx)
     # the gradients have the model's own structure: merge them into a model to reuse the exporter
     grads = export_canonical(nnx.merge(nnx.graphdef(model), grad_params))
     out = {"output": np.asarray(logits), "loss": np.asarray(loss), "grad.input": np.asarray(grad_input)}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import Phase, assume, given, settings
 from hypothesis import strategies as st
 
 from parity_tests.conftest import star_params
@@ -217,7 +217,7 @@ def test_load_rejects_bad_weights_and_leaves_model_unchanged(framework, stock):
 def test_a_swapped_packing_or_missing_transpose_is_caught():
     """The check can fail: torch's in_proj_weight packed (k, q, v) instead of (q, k, v), and a Keras
     head kernel reshaped from canonical (out, in) without the transpose, both differ from scratch."""
-    case = parity.CASES["attention"][3]  # stock-padding
+    case = parity.CASES["attention"][3]  # stock-padding+causal
     x, y = parity.inputs(case, case.batch, "float64")
     params = weights.load(parity.canonical_file(case))
     reference = parity.compute(case, "scratch", "float64")["output"]
@@ -240,7 +240,7 @@ def test_a_swapped_packing_or_missing_transpose_is_caught():
 
 
 # ----------------------------------------------------------------------------- property tests
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=5, deadline=None, phases=(Phase.explicit, Phase.generate))  # no shrinking: each example compiles
 @given(
     batch=st.integers(1, 3),
     length=st.integers(1, 6),
@@ -252,6 +252,7 @@ def test_a_swapped_packing_or_missing_transpose_is_caught():
 )
 def test_random_shapes_match_scratch(batch, length, heads, head_size, causal, stock, seed):
     """Any (batch, length, heads, head size): every framework matches scratch in float64."""
+    assume(heads * head_size % 2 == 0)  # sinusoidal positions need an even d_model
     cfg = AttentionConfig(vocab=6, d_model=heads * head_size, n_heads=heads, causal=causal, stock=stock, optimizer="sgd")
     rng = np.random.default_rng(seed)
     x, y = parity._tokens(rng, cfg, batch, pad="right", steps=length)  # right padding: no fully masked row

@@ -426,6 +426,82 @@ def sample(
     print(result["text"])
 
 
+# ----------------------------------------------------------------------------- attention map
+@app.command(name="attention-map")
+def attention_map(
+    model: str = typer.Option("attention", help="attention or transformer"),
+    framework: str = typer.Option("all", help="scratch, torch, tf, jax, or all (side by side)"),
+    out_path: str = typer.Option("attention-map.png", "--out", help="the PNG file to write"),
+    epochs: int = typer.Option(4, help="scratch training epochs on the reverse task first (0: the seeded initial weights)"),
+    example: int = typer.Option(0, help="which held-out sequence to show"),
+    layer: int = typer.Option(-1, help="which block's attention (transformer; -1 = the last)"),
+    head: int = typer.Option(0, help="which head"),
+    seed: int = typer.Option(0, help="seed for the split, the initial weights and the batch order"),
+):
+    """Write a PNG of one example's attention weights from each framework, side by side.
+
+    The weights are trained once (in scratch, on the reverse task) and loaded into every framework,
+    so the panels must be identical: the title of each gives its largest difference from scratch."""
+    import numpy as np
+
+    from tasks import weights
+    from tasks.data import load_task
+    from tasks.registry import load_impl
+    from tasks.train import TrainOptions, initial_weights, make_config
+
+    if model not in ("attention", "transformer"):
+        fail(f"attention-map draws an attention model; choose from: attention, transformer (got {model!r})")
+    frameworks = check_frameworks(framework)
+    if epochs < 0:
+        fail(f"--epochs must be 0 or a positive integer, got {epochs}")
+    opts = TrainOptions(seed=seed).with_defaults(model, "reverse")
+    data = load_task("reverse", seed=seed)
+    cfg = make_config(model, data, opts)
+    n_maps = getattr(cfg, "n_layers", 1)
+    if not 0 <= example < len(data.x_test):
+        fail(f"--example must be in 0..{len(data.x_test) - 1}, got {example}")
+    if not -n_maps <= layer < n_maps:
+        fail(f"--layer must be in {-n_maps}..{n_maps - 1} for {model}, got {layer}")
+    if not 0 <= head < cfg.n_heads:
+        fail(f"--head must be in 0..{cfg.n_heads - 1}, got {head}")
+    params = initial_weights(cfg, seed)
+    if epochs:
+        scratch = load_impl("scratch", model)
+        net = scratch.create_model(cfg, seed=seed)
+        scratch.load_canonical(net, params)
+        scratch.train(net, data, epochs=epochs, lr=opts.lr, batch_size=opts.batch_size, seed=seed)
+        params = scratch.export_canonical(net)
+    x, y = data.x_test[example : example + 1], data.y_test[example : example + 1]
+    maps = {}
+    for fw in frameworks:
+        impl = load_impl(fw, model)
+        net = impl.create_model(cfg, seed=seed, dtype="float64")
+        impl.load_canonical(net, weights.cast(params, "float64"))
+        maps[fw] = impl.forward_backward(net, x, y)[f"attn_weights.{layer % n_maps}"][0, head]  # (T, T)
+
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    labels = ["·" if t == 0 else str(t - 1) for t in x[0]]  # token t is digit t - 1; PAD shown as a dot
+    fig, axes = plt.subplots(1, len(maps), figsize=(3.2 * len(maps), 3.6), squeeze=False)
+    reference = maps.get("scratch", next(iter(maps.values())))
+    for ax, (fw, w) in zip(axes[0], maps.items()):
+        ax.imshow(w, vmin=0, vmax=1, cmap="viridis")
+        ax.set_title(f"{fw}\nmax |Δ| vs {'scratch' if 'scratch' in maps else frameworks[0]}: {np.abs(w - reference).max():.0e}", fontsize=9)
+        ax.set_xticks(range(len(labels)), labels)
+        ax.set_yticks(range(len(labels)), labels)
+        ax.set_xlabel("key")
+    axes[0][0].set_ylabel("query")
+    fig.suptitle(f"{model} on reverse, held-out example {example}, layer {layer % n_maps}, head {head}", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.92))  # leave room for the suptitle
+    fig.savefig(out_path, dpi=120)
+    plt.close(fig)
+    worst = max(float(np.abs(w - reference).max()) for w in maps.values())
+    print(f"wrote {out_path}: {len(maps)} panel(s), largest difference between frameworks {worst:.1e}")
+
+
 def main() -> None:
     app()
 

@@ -150,8 +150,8 @@ class AttentionConfig:
     optimizer: str = "adam"  # adam trains the task quickly; parity trajectories use "sgd" (Keras Adam's epsilon differs)
 
     def __post_init__(self):
-        if self.d_model < 1 or self.n_heads < 1 or self.d_model % self.n_heads:
-            raise ValueError(f"d_model must be a positive multiple of n_heads: {self}")
+        if self.d_model < 2 or self.n_heads < 1 or self.d_model % self.n_heads or self.d_model % 2:
+            raise ValueError(f"d_model must be an even multiple of n_heads (positions pair a sin and a cos): {self}")
         if self.vocab < 2:
             raise ValueError(f"vocab must hold PAD and at least one token: {self}")
         if self.optimizer not in OPTIMIZERS:
@@ -191,8 +191,8 @@ class TransformerConfig:
     optimizer: str = "adam"
 
     def __post_init__(self):
-        if self.d_model < 1 or self.n_heads < 1 or self.d_model % self.n_heads:
-            raise ValueError(f"d_model must be a positive multiple of n_heads: {self}")
+        if self.d_model < 2 or self.n_heads < 1 or self.d_model % self.n_heads or self.d_model % 2:
+            raise ValueError(f"d_model must be an even multiple of n_heads (positions pair a sin and a cos): {self}")
         if self.norm not in NORMS:
             raise ValueError(f"unknown norm {self.norm!r}; choose from {', '.join(NORMS)}")
         if self.activation not in FF_ACTIVATIONS:

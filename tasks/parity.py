@@ -170,14 +170,12 @@ CASES["attention"] = [
     _attention_case("attention", "hand-nomask", AttentionConfig(**_att), "none"),
     _attention_case("attention", "hand-padding", AttentionConfig(**_att), "right"),
     _attention_case("attention", "hand-causal-fully-masked", AttentionConfig(**_att, causal=True), "left"),
-    _attention_case("attention", "stock-padding", AttentionConfig(**_att, stock=True), "left"),
-    _attention_case("attention", "stock-causal", AttentionConfig(**_att, causal=True, stock=True), "right"),
+    _attention_case("attention", "stock-padding+causal", AttentionConfig(**_att, causal=True, stock=True), "right"),
 ]
 CASES["transformer"] = [
-    _attention_case("transformer", "post-relu", TransformerConfig(**_tf, norm="post", activation="relu"), "right"),
+    _attention_case("transformer", "post-relu-padding", TransformerConfig(**_tf, norm="post", activation="relu"), "left"),
     _attention_case("transformer", "pre-gelu-causal-fully-masked", TransformerConfig(**_tf, norm="pre", activation="gelu", causal=True), "left"),
-    _attention_case("transformer", "post-gelu_tanh-stock", TransformerConfig(**_tf, norm="post", activation="gelu_tanh", stock=True), "left"),
-    _attention_case("transformer", "pre-relu-stock-causal", TransformerConfig(**_tf, norm="pre", activation="relu", causal=True, stock=True), "right"),
+    _attention_case("transformer", "post-gelu_tanh-stock-causal", TransformerConfig(**_tf, norm="post", activation="gelu_tanh", causal=True, stock=True), "right"),
 ]
 
 

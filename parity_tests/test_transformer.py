@@ -1,0 +1,148 @@
+"""Transformer parity: post-LN and pre-LN encoder blocks (hand-written or stock attention, ReLU or
+either GELU) give the same outputs, per-block attention weights, loss and gradients in all four
+frameworks; the scratch LayerNorm/GELU/model backward against finite differences; the default
+differences (LayerNorm eps, GELU form) that would break parity; property tests; the reverse task."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import Phase, assume, given, settings
+from hypothesis import strategies as st
+
+from parity_tests.conftest import star_params
+from parity_tests.test_attention import numeric_grad
+from tasks import parity, train, weights
+from tasks.configs import TransformerConfig
+from tasks.registry import FRAMEWORKS, load_impl
+
+OTHERS = FRAMEWORKS[1:]
+
+
+@pytest.mark.parametrize("case, framework, dtype, tensor", star_params("transformer"))
+def test_matches_scratch(case, framework, dtype, tensor):
+    """Each tensor of each framework against the scratch reference, at the stated tolerance."""
+    actual = parity.compute(case, framework, dtype)[tensor]
+    reference = parity.compute(case, "scratch", dtype)
+    assert np.asarray(actual).dtype == np.dtype(dtype), f"{tensor} came back as {np.asarray(actual).dtype}"
+    what = f"{case.id} {framework} {dtype} {tensor}"
+    parity.assert_close(actual, reference[tensor], parity.tolerance(tensor, dtype), what, parity.scale_of(case, tensor, reference))
+
+
+@pytest.mark.parametrize("case", parity.CASES["transformer"], ids=lambda c: c.id)
+def test_cli_parity_records_all_pass(case):
+    """What `rosetta parity transformer --json` reports, pairwise included: every record passed."""
+    records = parity.records(case)
+    failed = [f"{r['framework']} vs {r['reference']} {r['dtype']} {r['tensor']}: {r['rel_error']:.1e}" for r in records if not r["passed"]]
+    assert records and not failed, failed[:10]
+
+
+# ----------------------------------------------------------------------------- scratch backward
+@pytest.mark.parametrize("approximate", [False, True], ids=["gelu-erf", "gelu-tanh"])
+def test_scratch_gelu_backward(approximate):
+    from scratch.transformer import GELU
+
+    rng = np.random.default_rng(0)
+    x, probe = rng.normal(size=(3, 5)) * 2, rng.normal(size=(3, 5))
+    layer = GELU(approximate)
+    layer.forward(x)
+    numeric = numeric_grad(lambda: (GELU(approximate).forward(x) * probe).sum(), x)
+    parity.assert_close(layer.backward(probe), numeric, 1e-8, "gelu")
+
+
+def test_scratch_layer_norm_backward():
+    from scratch.transformer import LayerNorm
+
+    rng = np.random.default_rng(1)
+    layer = LayerNorm(6, 1e-5)
+    layer.params = {"weight": rng.normal(size=6), "bias": rng.normal(size=6)}
+    x, probe = rng.normal(size=(2, 3, 6)), rng.normal(size=(2, 3, 6))
+    layer.forward(x)
+    dx = layer.backward(probe)
+    f = lambda: (layer.forward(x) * probe).sum()
+    parity.assert_close(dx, numeric_grad(f, x), 1e-8, "layer norm dx")
+    grads = dict(layer.grads)
+    for key, value in layer.params.items():
+        parity.assert_close(grads[key], numeric_grad(f, value), 1e-8, f"layer norm {key}")
+
+
+@pytest.mark.parametrize("case", parity.CASES["transformer"][:2], ids=lambda c: c.id)
+def test_scratch_model_backward_matches_finite_differences(case):
+    """Every parameter of the whole Transformer, central differences in float64, measured against
+    the model's largest gradient (the q/k gradients are small and their own size is rounding noise)."""
+    impl = load_impl("scratch", "transformer")
+    model = impl.create_model(case.config, seed=0)
+    impl.load_canonical(model, weights.load(parity.canonical_file(case)))
+    x, y = parity.inputs(case, case.batch, "float64")
+    analytic = impl.forward_backward(model, x, y)
+    scale = max(float(np.abs(v).max()) for k, v in analytic.items() if k.startswith("grad."))
+    loss = lambda: impl.loss_fn(model.forward(x)[0], y)[0]
+    for prefix, layer in model.layers().items():
+        for key, value in layer.params.items():
+            parity.assert_close(analytic[f"grad.{prefix}.{key}"], numeric_grad(loss, value, 1e-5), 1e-7, f"{prefix}.{key}", scale)
+
+
+# ----------------------------------------------------------------------------- default differences
+def test_framework_default_eps_and_gelu_would_break_parity():
+    """The defaults the configs override, each measured: LayerNorm eps (torch 1e-5, Keras 1e-3, Flax
+    1e-6), jax.nn.gelu's tanh default against torch's erf default, and TF's float64 Gelu op, whose
+    constants are float32-rounded (so tf_impl writes GELU with keras.ops)."""
+    import jax.numpy as jnp
+    import keras
+    import torch
+    from flax import nnx
+    from keras import ops
+
+    import jax_impl  # noqa: F401  (float64 on)
+    import tf_impl  # noqa: F401  (backend)
+
+    assert torch.nn.LayerNorm(4).eps == 1e-5
+    assert keras.layers.LayerNormalization().epsilon == 1e-3
+    assert nnx.LayerNorm(4, rngs=nnx.Rngs(0)).epsilon == 1e-6
+    x = np.linspace(-3, 3, 61)
+    exact = torch.nn.functional.gelu(torch.as_tensor(x)).numpy()  # torch's default: erf
+    assert np.abs(np.asarray(__import__("jax").nn.gelu(jnp.asarray(x))) - exact).max() > 1e-4  # jax default: tanh
+    tf_gelu = np.asarray(ops.gelu(x, approximate=False))
+    assert np.abs(tf_gelu - exact).max() / np.abs(exact).max() > 1e-10  # float32 constants in a float64 op
+    from tf_impl.transformer import gelu
+
+    parity.assert_close(np.asarray(gelu(ops.convert_to_tensor(x), approximate=False)), exact, 1e-14, "keras.ops gelu")
+
+
+# ----------------------------------------------------------------------------- property tests
+@settings(max_examples=3, deadline=None, phases=(Phase.explicit, Phase.generate))  # no shrinking: each example compiles
+@given(
+    batch=st.integers(1, 3),
+    length=st.integers(2, 5),
+    heads=st.integers(1, 3),
+    head_size=st.integers(1, 3),
+    norm=st.sampled_from(["post", "pre"]),
+    stock=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_random_shapes_match_scratch(batch, length, heads, head_size, norm, stock, seed):
+    """Any (batch, length, heads, head size): one block, every framework matches scratch in float64."""
+    assume(heads * head_size % 2 == 0)  # sinusoidal positions need an even d_model
+    cfg = TransformerConfig(vocab=6, d_model=heads * head_size, n_heads=heads, d_ff=5, n_layers=1, norm=norm, activation="gelu", stock=stock)
+    rng = np.random.default_rng(seed)
+    x, y = parity._tokens(rng, cfg, batch, pad="right", steps=length)
+    params = weights.init_uniform(cfg.param_shapes(), seed)
+    results = {}
+    for framework in FRAMEWORKS:
+        impl = load_impl(framework, "transformer")
+        model = impl.create_model(cfg, seed=0, dtype="float64")
+        impl.load_canonical(model, params)
+        results[framework] = impl.forward_backward(model, x, y)
+    reference = results["scratch"]
+    for framework in OTHERS:
+        for tensor, value in reference.items():
+            scale = float(np.abs(reference["grad.blocks.0.attn.k.weight"]).max()) if tensor.endswith("k.bias") else None
+            parity.assert_close(results[framework][tensor], value, 1e-10, f"{framework} {tensor} {cfg}", scale)
+
+
+# ----------------------------------------------------------------------------- training
+def test_default_training_reverses_held_out_sequences():
+    """`rosetta train transformer` with default settings: >= 99% held-out token accuracy in all four."""
+    result = train.run("transformer", "reverse", list(FRAMEWORKS), train.TrainOptions())
+    for row in result["results"]:
+        assert row["test_accuracy"] >= 0.99, row
