@@ -14,6 +14,7 @@ import optax
 from flax import nnx
 
 from jax_impl import initializers, optim
+from jax_impl.regularize import Dropout, canonical_variables, make_batch_norm
 from tasks import weights
 from tasks.configs import MLPConfig, OptimizerConfig
 from tasks.data import Dataset, batches
@@ -43,10 +44,18 @@ class MLP(nnx.Module):
         # the activation is a plain function, so one serves every hidden layer
         self.activation = make_activation(cfg)
         self.head = make_dense(sizes[-2], sizes[-1], rngs=rngs, dtype=dtype, init=cfg.init)
+        # optional regularisers: batch norm before each hidden activation, dropout after it
+        self.bn = nnx.List([make_batch_norm(o, dtype=dtype, rngs=rngs) for o in sizes[1:-1]] if cfg.batch_norm else [])
+        self.dropouts = nnx.List([Dropout(cfg.dropout, rngs=rngs) for _ in self.hidden] if cfg.dropout else [])
 
     def __call__(self, x):
-        for layer in self.hidden:
-            x = self.activation(layer(x))  # (B, D_in) -> (B, D_hidden)
+        for i, layer in enumerate(self.hidden):
+            x = layer(x)  # (B, D_in) -> (B, D_hidden)
+            if self.bn:
+                x = self.bn[i](x)
+            x = self.activation(x)
+            if self.dropouts:
+                x = self.dropouts[i](x)
         return self.head(x)  # (B, D_hidden) -> (B, C) logits; C = 1 for a sigmoid head
 
     def layers_by_name(self) -> dict[str, nnx.Linear]:
@@ -55,7 +64,7 @@ class MLP(nnx.Module):
 
 
 def create_model(cfg: MLPConfig, *, seed: int, dtype: str = "float64") -> MLP:
-    return MLP(cfg, rngs=nnx.Rngs(params=seed), dtype=jnp.dtype(dtype))
+    return MLP(cfg, rngs=nnx.Rngs(params=seed, dropout=seed), dtype=jnp.dtype(dtype))
 
 
 # ----------------------------------------------------------------------------- canonical weights
@@ -64,6 +73,9 @@ def load_canonical(model: MLP, params: dict[str, np.ndarray]) -> None:
     for prefix, layer in model.layers_by_name().items():
         layer.kernel.set_value(jnp.asarray(params[f"{prefix}.weight"].T))  # canonical (out, in) -> Flax (in, out)
         layer.bias.set_value(jnp.asarray(params[f"{prefix}.bias"]))
+    for i, norm in enumerate(model.bn):  # scale, bias, running mean and variance, no transform
+        for key, variable in canonical_variables(norm).items():
+            variable.set_value(jnp.asarray(params[f"bn.{i}.{key}"]))
 
 
 def export_canonical(model: MLP) -> dict[str, np.ndarray]:
@@ -71,6 +83,8 @@ def export_canonical(model: MLP) -> dict[str, np.ndarray]:
     for prefix, layer in model.layers_by_name().items():
         out[f"{prefix}.weight"] = np.array(layer.kernel.get_value()).T  # Flax (in, out) -> canonical (out, in)
         out[f"{prefix}.bias"] = np.array(layer.bias.get_value())
+    for i, norm in enumerate(model.bn):
+        out.update({f"bn.{i}.{key}": np.array(variable.get_value()) for key, variable in canonical_variables(norm).items()})
     return out
 
 
@@ -94,8 +108,10 @@ def forward_backward(model: MLP, x, y) -> dict[str, np.ndarray]:
         return loss_fn(logits, jnp.asarray(y), model.cfg.head), logits
 
     (loss, logits), (grad_params, dx) = nnx.value_and_grad(loss_of, argnums=(0, 1), has_aux=True)(model, jnp.asarray(x))
-    # the gradients have the model's own structure: merge them into a model to reuse the exporter
-    grads = export_canonical(nnx.merge(nnx.graphdef(model), grad_params))
+    # the gradients have the model's own structure: merge them (with the non-parameter state, e.g.
+    # batch statistics, which are not gradients and are dropped) into a model to reuse the exporter
+    grads = export_canonical(nnx.merge(nnx.graphdef(model), grad_params, nnx.state(model, nnx.Not(nnx.Param))))
+    grads = {k: g for k, g in grads.items() if not k.endswith(("running_mean", "running_var"))}
     return {"output": np.asarray(logits), "loss": np.asarray(loss), "grad.input": np.asarray(dx), **{f"grad.{k}": g for k, g in grads.items()}}
 
 
@@ -119,6 +135,7 @@ def train(model: MLP, data: Dataset, *, epochs: int, lr: float, batch_size: int,
     """Mini-batch SGD over the shared batch order; returns the mean training loss of each epoch."""
     x, y = jnp.asarray(data.x_train, dtype=model.head.kernel.dtype), jnp.asarray(data.y_train)
     optimizer, history = make_optimizer(model, lr), []
+    model.train()  # batch statistics and dropout on (nnx set_attributes)
     for epoch in range(epochs):
         # a plain iterator over the shared index arrays is JAX's whole input pipeline
         losses = [float(train_step(model, optimizer, x[idx], y[idx])) for idx in batches(len(x), batch_size, seed, epoch)]
@@ -131,6 +148,7 @@ def train(model: MLP, data: Dataset, *, epochs: int, lr: float, batch_size: int,
 # ----------------------------------------------------------------------------- evaluation
 def evaluate(model: MLP, x, y) -> tuple[float, float]:
     """(mean loss, accuracy) on a whole split."""
+    model.eval()  # running statistics, no dropout
     logits = model(jnp.asarray(x, dtype=model.head.kernel.dtype))
     loss = loss_fn(logits, jnp.asarray(y), model.cfg.head)
     return float(loss), float(jnp.mean(predict(logits, model.cfg.head) == jnp.asarray(y)))

@@ -40,3 +40,13 @@ def make_batch_norm(num_features: int, *, momentum: float = 0.1, eps: float = 1e
     layer.mean.set_value(jnp.zeros(num_features, dtype))
     layer.var.set_value(jnp.ones(num_features, dtype))
     return layer
+
+
+def canonical_variables(layer: nnx.BatchNorm) -> dict:
+    """The layer's variables under the canonical (torch) names: scale, bias and the running statistics."""
+    return {"weight": layer.scale, "bias": layer.bias, "running_mean": layer.mean, "running_var": layer.var}
+
+
+def set_mask(layer: Dropout, mask) -> None:
+    """Supply a dropout mask (True = keep); it is state, so a jitted step sees each new one."""
+    layer.mask.set_value(jnp.asarray(mask))

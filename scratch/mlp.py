@@ -11,6 +11,7 @@ import numpy as np
 
 from scratch import optim
 from scratch.initializers import initialize
+from scratch.regularize import BatchNorm, Dropout
 from tasks import weights
 from tasks.configs import MLPConfig, OptimizerConfig
 from tasks.data import Dataset, batches
@@ -106,21 +107,40 @@ class MLP:
         # one activation object per hidden layer: each caches its own input for backward
         self.activations = [make_activation(cfg) for _ in self.hidden]
         self.head = Dense(sizes[-2], sizes[-1], rng=rng, dtype=dtype, init=cfg.init)
+        # optional regularisers: batch norm before each hidden activation, dropout after it
+        self.bn = [BatchNorm(o, dtype=dtype) for o in sizes[1:-1]] if cfg.batch_norm else []
+        self.dropouts = [Dropout(cfg.dropout, rng=rng) for _ in self.hidden] if cfg.dropout else []
 
     def forward(self, x):
-        for layer, activation in zip(self.hidden, self.activations):
-            x = activation.forward(layer.forward(x))  # (B, D_in) -> (B, D_hidden)
+        for i, (layer, activation) in enumerate(zip(self.hidden, self.activations)):
+            x = layer.forward(x)  # (B, D_in) -> (B, D_hidden)
+            if self.bn:
+                x = self.bn[i].forward(x)
+            x = activation.forward(x)
+            if self.dropouts:
+                x = self.dropouts[i].forward(x)
         return self.head.forward(x)  # (B, D_hidden) -> (B, C) logits; C = 1 for a sigmoid head
 
     def backward(self, dlogits):
         dx = self.head.backward(dlogits)
-        for layer, activation in zip(reversed(self.hidden), reversed(self.activations)):
-            dx = layer.backward(activation.backward(dx))
+        for i in reversed(range(len(self.hidden))):
+            if self.dropouts:
+                dx = self.dropouts[i].backward(dx)
+            dx = self.activations[i].backward(dx)
+            if self.bn:
+                dx = self.bn[i].backward(dx)
+            dx = self.hidden[i].backward(dx)
         return dx  # (B, D_in): the gradient with respect to the input
 
+    def set_training(self, training: bool) -> None:
+        """Train mode (batch statistics, dropout on) or eval mode (running statistics, dropout off)."""
+        for layer in [*self.bn, *self.dropouts]:
+            layer.training = training
+
     def layers(self) -> dict[str, Dense]:
-        """Layers by canonical prefix: hidden.0, hidden.1, ..., head."""
-        return {**{f"hidden.{i}": layer for i, layer in enumerate(self.hidden)}, "head": self.head}
+        """Layers by canonical prefix: hidden.0, hidden.1, ..., bn.0, ..., head."""
+        bn = {f"bn.{i}": norm for i, norm in enumerate(self.bn)}
+        return {**{f"hidden.{i}": layer for i, layer in enumerate(self.hidden)}, **bn, "head": self.head}
 
 
 def create_model(cfg: MLPConfig, *, seed: int, dtype: str = "float64") -> MLP:
@@ -132,12 +152,14 @@ def load_canonical(model: MLP, params: dict[str, np.ndarray]) -> None:
     """Copy canonical weights in; scratch *is* the canonical layout, so no transform."""
     weights.check(params, model.cfg.param_shapes(), model.head.params["weight"].dtype)
     for prefix, layer in model.layers().items():
-        for key in layer.params:
-            layer.params[key] = np.array(params[f"{prefix}.{key}"])
+        for store in (layer.params, getattr(layer, "buffers", {})):  # batch norm's running statistics are buffers
+            for key in store:
+                store[key] = np.array(params[f"{prefix}.{key}"])
 
 
 def export_canonical(model: MLP) -> dict[str, np.ndarray]:
-    return {f"{prefix}.{key}": value.copy() for prefix, layer in model.layers().items() for key, value in layer.params.items()}
+    tensors = lambda layer: {**layer.params, **getattr(layer, "buffers", {})}
+    return {f"{prefix}.{key}": value.copy() for prefix, layer in model.layers().items() for key, value in tensors(layer).items()}
 
 
 # ----------------------------------------------------------------------------- loss
@@ -192,6 +214,7 @@ def train(model: MLP, data: Dataset, *, epochs: int, lr: float, batch_size: int,
     dtype = model.head.params["weight"].dtype
     x, y = data.x_train.astype(dtype), data.y_train
     optimizer, history = make_optimizer(model, lr), []
+    model.set_training(True)
     for epoch in range(epochs):
         losses = [train_step(model, optimizer, x[idx], y[idx]) for idx in batches(len(x), batch_size, seed, epoch)]
         history.append(float(np.mean(losses)))
@@ -203,6 +226,7 @@ def train(model: MLP, data: Dataset, *, epochs: int, lr: float, batch_size: int,
 # ----------------------------------------------------------------------------- evaluation
 def evaluate(model: MLP, x, y) -> tuple[float, float]:
     """(mean loss, accuracy) on a whole split."""
+    model.set_training(False)
     logits = model.forward(x.astype(model.head.params["weight"].dtype))
     loss, _ = loss_fn(logits, y, model.cfg.head)
     return float(loss), float(np.mean(predict(logits, model.cfg.head) == y))

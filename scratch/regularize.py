@@ -84,3 +84,8 @@ class BatchNorm:
         sum_dx_hat = self.per_feature(dx_hat.sum(axis=axes), dy)
         sum_dx_hat_x_hat = self.per_feature((dx_hat * x_hat).sum(axis=axes), dy)
         return (n * dx_hat - sum_dx_hat - x_hat * sum_dx_hat_x_hat) * self.per_feature(inv_std, dy) / n
+
+
+def set_mask(layer: Dropout, mask) -> None:
+    """Supply a dropout mask (True = keep) in place of the random draw."""
+    layer.mask = mask

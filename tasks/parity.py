@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import importlib
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -332,6 +332,7 @@ class OptimizerCase:
     batch: int = 8
     seed: int = 1234
     dtypes: tuple[str, ...] = ("float64",)  # the issue's bar: float64 to 1e-9 after 50 steps
+    init: Callable = weights.init_uniform  # (shapes, seed) -> the canonical weights of the case's file
 
     @property
     def id(self) -> str:
@@ -358,8 +359,34 @@ OPTIMIZER_CASES: dict[str, list[OptimizerCase]] = {
             OptimizerConfig("sgd", lr=0.2, schedule="step", warmup_steps=5, step_size=15, gamma=0.5),
         ),
         OptimizerCase("mlp", "optim-sgd-clip", _OPT_MLP, _tabular, OptimizerConfig("momentum", lr=0.1, clip_norm=0.3)),
+        # regularisers: batch norm in train mode (momentum SGD: the hidden biases before a batch norm
+        # have a zero gradient, rounding noise that Adam would blow up to lr-sized steps), and dropout
+        # with one supplied mask per layer (the frameworks' own draws come from different streams)
+        OptimizerCase(
+            "mlp", "optim-momentum-batchnorm", replace(_OPT_MLP, batch_norm=True), _tabular,
+            OptimizerConfig("momentum", lr=0.05, momentum=0.9), init=lambda shapes, seed: _with_batch_norm(shapes, seed),
+        ),
+        OptimizerCase("mlp", "optim-momentum-dropout", replace(_OPT_MLP, dropout=0.3), _tabular, OptimizerConfig("momentum", lr=0.05)),
     ],
 }  # fmt: skip
+BN_MOMENTUM = 0.1  # tasks' batch norm momentum, torch's convention (the weight of the new batch)
+
+
+def _with_batch_norm(shapes, seed):
+    """Uniform weights, gamma around 1 and a positive running variance for every batch norm."""
+    params = weights.init_uniform(shapes, seed)
+    rng = np.random.default_rng(seed + 7)
+    for name in params:
+        if name.startswith("bn.") and name.endswith((".weight", ".running_var")):
+            params[name] = rng.uniform(0.5, 2.0, params[name].shape)
+    return params
+
+
+def unbiased_running_var(biased, start, case: OptimizerCase):
+    """Keras's and Flax's running variance in torch's (canonical) convention, by the exact relation
+    torch - (1-m)^K v0 = n/(n-1) (biased - (1-m)^K v0) after K batches of n (test_regularize proves it)."""
+    n, decayed = case.batch, (1 - BN_MOMENTUM) ** case.steps * start
+    return decayed + (biased - decayed) * n / (n - 1)
 
 
 @functools.lru_cache(maxsize=None)
@@ -367,9 +394,17 @@ def optimizer_trajectory(case: OptimizerCase, framework: str, dtype: str) -> dic
     """Parameters after `case.steps` updates (trajectory.*), from the canonical weights of the case."""
     impl = load_impl(framework, case.model)
     model = impl.create_model(case.config, seed=0, dtype=dtype)
-    impl.load_canonical(model, weights.cast(weights.load(canonical_file(case)), dtype))
+    start = weights.cast(weights.load(canonical_file(case)), dtype)
+    impl.load_canonical(model, start)
     x, y = inputs(case, case.batch * case.steps, dtype)
     data = Dataset(case.model, x, y, x[:1], y[:1], case.config.n_classes)
+    if getattr(case.config, "dropout", 0):  # the same mask every step, in every framework
+        regularize, rng = load_impl(framework, "regularize"), np.random.default_rng(case.seed + 2)
+        for layer, width in zip(model.dropouts, case.config.hidden):
+            regularize.set_mask(layer, rng.random((case.batch, width)) >= case.config.dropout)
     # `lr` takes an OptimizerConfig too: each framework builds its stock optimiser from it
     impl.train(model, data, epochs=1, lr=case.optimizer, batch_size=case.batch, seed=case.seed)
-    return {f"trajectory.{k}": v for k, v in impl.export_canonical(model).items()}
+    out = impl.export_canonical(model)
+    if framework in ("tf_impl", "jax_impl"):  # biased running variances, converted to torch's
+        out = {k: unbiased_running_var(v, start[k], case) if k.endswith("running_var") else v for k, v in out.items()}
+    return {f"trajectory.{k}": v for k, v in out.items()}

@@ -15,6 +15,7 @@ from keras import ops
 from tasks import weights
 from tasks.configs import MLPConfig, OptimizerConfig
 from tf_impl import initializers, optim
+from tf_impl.regularize import Dropout, canonical_variables, make_batch_norm
 from tasks.data import Dataset, epoch_order
 
 
@@ -50,10 +51,18 @@ class MLP(keras.Model):
         # the activation holds no state, so one layer serves every hidden layer
         self.activation = make_activation(cfg, dtype)
         self.head = make_dense(sizes[-2], sizes[-1], seed=seed, dtype=dtype, name="head", init=cfg.init)
+        # optional regularisers: batch norm before each hidden activation, dropout after it
+        self.bn = [make_batch_norm(o, dtype=dtype) for o in sizes[1:-1]] if cfg.batch_norm else []
+        self.dropouts = [Dropout(cfg.dropout, seed=seed, dtype=dtype) for _ in self.hidden] if cfg.dropout else []
 
     def call(self, x, training=False):
-        for layer in self.hidden:
-            x = self.activation(layer(x))  # (B, D_in) -> (B, D_hidden)
+        for i, layer in enumerate(self.hidden):
+            x = layer(x)  # (B, D_in) -> (B, D_hidden)
+            if self.bn:
+                x = self.bn[i](x, training=training)
+            x = self.activation(x)
+            if self.dropouts:
+                x = self.dropouts[i](x, training=training)
         return self.head(x)  # (B, D_hidden) -> (B, C) logits; C = 1 for a sigmoid head
 
     def layers_by_name(self) -> dict[str, keras.layers.Dense]:
@@ -71,6 +80,9 @@ def load_canonical(model: MLP, params: dict[str, np.ndarray]) -> None:
     for prefix, layer in model.layers_by_name().items():
         layer.kernel.assign(params[f"{prefix}.weight"].T)  # canonical (out, in) -> Keras (in, out)
         layer.bias.assign(params[f"{prefix}.bias"])
+    for i, norm in enumerate(model.bn):  # gamma, beta, moving mean and variance, no transform
+        for key, variable in canonical_variables(norm).items():
+            variable.assign(params[f"bn.{i}.{key}"])
 
 
 def export_canonical(model: MLP) -> dict[str, np.ndarray]:
@@ -78,6 +90,8 @@ def export_canonical(model: MLP) -> dict[str, np.ndarray]:
     for prefix, layer in model.layers_by_name().items():
         out[f"{prefix}.weight"] = np.array(layer.kernel.numpy().T)  # Keras (in, out) -> canonical (out, in)
         out[f"{prefix}.bias"] = np.array(layer.bias.numpy())
+    for i, norm in enumerate(model.bn):
+        out.update({f"bn.{i}.{key}": np.array(variable.numpy()) for key, variable in canonical_variables(norm).items()})
     return out
 
 
@@ -99,9 +113,11 @@ def forward_backward(model: MLP, x, y) -> dict[str, np.ndarray]:
     variables = {"input": x}
     for prefix, layer in model.layers_by_name().items():
         variables[f"{prefix}.weight"], variables[f"{prefix}.bias"] = layer.kernel, layer.bias
+    for i, norm in enumerate(model.bn):
+        variables[f"bn.{i}.weight"], variables[f"bn.{i}.bias"] = norm.gamma, norm.beta
     with tf.GradientTape() as tape:
         tape.watch(x)
-        logits = model(x)
+        logits = model(x, training=True)  # batch statistics and dropout, as torch's and Flax's default train mode
         loss = loss_fn(logits, y, model.cfg.head)
     grads = tape.gradient(loss, variables)
     # dense kernel gradients come out (in, out) like the kernel: transpose to canonical (out, in)

@@ -37,3 +37,13 @@ def make_batch_norm(num_features: int, *, momentum: float = 0.1, eps: float = 1e
     layer = keras.layers.BatchNormalization(axis=-1, momentum=1 - momentum, epsilon=eps, dtype=dtype)
     layer.build((None, num_features) if not conv else (None, None, None, num_features))
     return layer
+
+
+def canonical_variables(layer: keras.layers.BatchNormalization) -> dict:
+    """The layer's variables under the canonical (torch) names: gamma, beta and the moving statistics."""
+    return {"weight": layer.gamma, "bias": layer.beta, "running_mean": layer.moving_mean, "running_var": layer.moving_variance}
+
+
+def set_mask(layer: Dropout, mask) -> None:
+    """Supply a dropout mask (True = keep); a traced train step keeps the one it saw when it traced."""
+    layer.mask = mask

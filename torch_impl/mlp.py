@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tasks import weights
 from tasks.configs import MLPConfig, OptimizerConfig
 from torch_impl import initializers, optim
+from torch_impl.regularize import Dropout, make_batch_norm
 from tasks.data import Dataset, batches
 
 
@@ -46,10 +47,18 @@ class MLP(nn.Module):
                     layer.bias.uniform_(-bound, bound, generator=generator)
                 else:  # a named initialiser (He, Xavier) for the weight, zero bias
                     layer.bias.zero_()
+        # optional regularisers: batch norm before each hidden activation, dropout after it
+        self.bn = nn.ModuleList(make_batch_norm(o, dtype=dtype) for o in sizes[1:-1]) if cfg.batch_norm else None
+        self.dropouts = nn.ModuleList(Dropout(cfg.dropout, generator=generator) for _ in self.hidden) if cfg.dropout else None
 
     def forward(self, x):
-        for layer in self.hidden:
-            x = self.activation(layer(x))  # (B, D_in) -> (B, D_hidden)
+        for i, layer in enumerate(self.hidden):
+            x = layer(x)  # (B, D_in) -> (B, D_hidden)
+            if self.bn is not None:
+                x = self.bn[i](x)
+            x = self.activation(x)
+            if self.dropouts is not None:
+                x = self.dropouts[i](x)
         return self.head(x)  # (B, D_hidden) -> (B, C) logits; C = 1 for a sigmoid head
 
 
@@ -61,11 +70,14 @@ def create_model(cfg: MLPConfig, *, seed: int, dtype: str = "float64") -> MLP:
 def load_canonical(model: MLP, params: dict[str, np.ndarray]) -> None:
     """torch's state_dict names and shapes are the canonical ones: no transform."""
     weights.check(params, model.cfg.param_shapes(), model.head.weight.detach().numpy().dtype)
-    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in params.items()})
+    state = {k: torch.from_numpy(np.array(v)) for k, v in params.items()}
+    # batch norm's step counter is torch's own bookkeeping, not a canonical tensor: keep the model's
+    state.update({k: v for k, v in model.state_dict().items() if k.endswith("num_batches_tracked")})
+    model.load_state_dict(state)
 
 
 def export_canonical(model: MLP) -> dict[str, np.ndarray]:
-    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
 
 
 # ----------------------------------------------------------------------------- loss

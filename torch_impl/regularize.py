@@ -35,3 +35,8 @@ def make_batch_norm(num_features: int, *, momentum: float = 0.1, eps: float = 1e
     """The stock layer: BatchNorm1d on (B, D), BatchNorm2d on (B, C, H, W); momentum as torch means it."""
     layer = nn.BatchNorm2d if conv else nn.BatchNorm1d
     return layer(num_features, eps=eps, momentum=momentum, dtype=dtype)
+
+
+def set_mask(layer: Dropout, mask) -> None:
+    """Supply a dropout mask (True = keep) in place of the random draw."""
+    layer.mask = torch.as_tensor(mask)
