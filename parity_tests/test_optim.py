@@ -380,3 +380,42 @@ def run_framework(framework, spec, theta0, grads):
             opt.step()
         return model.weight.detach().numpy().reshape(-1)
     return run_scratch(spec, theta0, grads)
+
+
+# ----------------------------------------------------------------------------- the training driver
+def test_train_flags_plot_early_stopping_and_ctrl_c(tmp_path):
+    """`rosetta train` with an optimiser, schedule, init and regularisers; early stopping; the plot;
+    and Ctrl-C in the second framework keeps the first framework's row."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from tasks import train
+    from tasks.cli import app
+
+    plot = tmp_path / "curves.png"
+    args = ["train", "mlp", "--framework", "scratch", "--epochs", "3", "--optimizer", "adam", "--lr", "0.01", "--schedule", "cosine",
+            "--warmup-steps", "5", "--clip-norm", "1.0", "--init", "he_uniform", "--dropout", "0.1", "--batch-norm", "--plot", str(plot), "--json"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout[result.stdout.index("{") :])["results"][0]
+    assert len(row["history"]) == 3 and row["test_accuracy"] > 0.5
+    assert plot.exists() and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = CliRunner().invoke(app, ["train", "mlp", "--optimizer", "adagrad"])
+    assert bad.exit_code == 2 and "unknown optimizer 'adagrad'" in bad.output
+
+    # patience 1 at lr 2: the validation loss goes 0.315, 0.255, 0.466 and training stops there
+    stopped = train.run("mlp", "moons", ["scratch"], train.TrainOptions(epochs=30, lr=2.0, patience=1))["results"][0]
+    assert stopped["stopped"] == "early" and stopped["epochs_run"] < 30 and len(stopped["val_loss"]) == stopped["epochs_run"]
+
+    class CtrlC:  # the progress reporter: Ctrl-C during the second framework's second epoch
+        def start(self, framework, epochs):
+            def on_epoch(epoch, loss):
+                if framework == "torch_impl" and epoch == 1:
+                    raise KeyboardInterrupt
+
+            return on_epoch
+
+    result = train.run("mlp", "moons", ["scratch", "torch_impl", "jax_impl"], train.TrainOptions(epochs=3), progress=CtrlC())
+    assert result["interrupted"] and [r["framework"] for r in result["results"]] == ["scratch", "torch_impl"]
+    assert result["results"][0]["epochs_run"] == 3 and result["results"][1]["stopped"] == "interrupted"

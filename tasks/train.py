@@ -175,7 +175,7 @@ def run(model: str, task: str, frameworks: list[str], opts: TrainOptions, progre
 # ----------------------------------------------------------------------------- optimisers, early stopping, plot
 def optimizer_config(opts: TrainOptions, n_train: int):
     """The plain lr when the options ask for plain SGD (every model's train accepts it), else an
-    OptimizerConfig; a schedule decays over the whole run: cosine to 0, step halving 3 times."""
+    OptimizerConfig; a schedule decays over the whole run: cosine to 0, step halving every quarter."""
     from tasks.configs import OptimizerConfig
 
     if opts.optimizer == "sgd" and opts.schedule == "constant" and not opts.warmup_steps and opts.clip_norm is None:
