@@ -142,7 +142,11 @@ def train(
         fail(f"--batch-size must be a positive integer, got {batch_size}")
     if dtype not in ("float32", "float64"):
         fail(f"unknown dtype {dtype!r}; choose from: float32, float64")
-    if activation is not None and activation not in ACTIVATIONS:
+    from tasks.configs import FF_ACTIVATIONS
+
+    if model == "transformer" and activation is not None and activation not in FF_ACTIVATIONS:
+        fail(f"unknown activation {activation!r} for transformer; choose from: {', '.join(FF_ACTIVATIONS)}")
+    if model != "transformer" and activation is not None and activation not in ACTIVATIONS:
         fail(f"unknown activation {activation!r}; choose from: {', '.join(ACTIVATIONS)}")
     if model == "lenet5" and activation is not None and activation not in LENET_ACTIVATIONS:
         fail(f"unknown activation {activation!r} for lenet5; choose from: {', '.join(LENET_ACTIVATIONS)}")
