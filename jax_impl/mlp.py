@@ -14,7 +14,7 @@ import optax
 from flax import nnx
 
 from jax_impl import initializers, optim
-from jax_impl.regularize import Dropout, canonical_variables, make_batch_norm
+from jax_impl.regularize import Dropout, canonical_variables, l2_penalty, make_batch_norm
 from tasks import weights
 from tasks.configs import MLPConfig, OptimizerConfig
 from tasks.data import Dataset, batches
@@ -124,7 +124,10 @@ def make_optimizer(model: MLP, lr: float | OptimizerConfig) -> nnx.Optimizer:
 @nnx.jit
 def train_step(model: MLP, optimizer: nnx.Optimizer, x, y):
     def loss_of(model):
-        return loss_fn(model(x), y, model.cfg.head)
+        loss = loss_fn(model(x), y, model.cfg.head)
+        if model.cfg.l2:  # the penalty (l2 / 2) * sum p^2 is part of the loss
+            loss = loss + l2_penalty(model, model.cfg.l2)
+        return loss
 
     loss, grads = nnx.value_and_grad(loss_of)(model)
     optimizer.update(model, grads)

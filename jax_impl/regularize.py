@@ -9,6 +9,7 @@ and its running variance takes the biased batch variance (docs/PORTING.md).
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -50,3 +51,9 @@ def canonical_variables(layer: nnx.BatchNorm) -> dict:
 def set_mask(layer: Dropout, mask) -> None:
     """Supply a dropout mask (True = keep); it is state, so a jitted step sees each new one."""
     layer.mask.set_value(jnp.asarray(mask))
+
+
+# ----------------------------------------------------------------------------- L2 penalty
+def l2_penalty(model: nnx.Module, l2: float):
+    """(l2 / 2) * the sum of every squared nnx.Param: a term of the loss that nnx.value_and_grad sees."""
+    return 0.5 * l2 * sum(jnp.sum(p * p) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))

@@ -419,3 +419,26 @@ def test_train_flags_plot_early_stopping_and_ctrl_c(tmp_path):
     result = train.run("mlp", "moons", ["scratch", "torch_impl", "jax_impl"], train.TrainOptions(epochs=3), progress=CtrlC())
     assert result["interrupted"] and [r["framework"] for r in result["results"]] == ["scratch", "torch_impl"]
     assert result["results"][0]["epochs_run"] == 3 and result["results"][1]["stopped"] == "interrupted"
+
+
+# ----------------------------------------------------------------------------- L2 in the loss vs decoupled decay
+def test_l2_in_the_loss_and_decoupled_weight_decay_are_distinct():
+    """MLPConfig.l2 adds (l2/2)·Σp² to the loss, so plain SGD steps p -= lr·(g + l2·p); with Adam the
+    penalty's gradient passes through the moments, while AdamW's decoupled decay does not: the
+    two end 50 steps apart although the coefficient is the same."""
+    from scratch import mlp
+
+    cfg = replace(parity.OPTIMIZER_CASES["mlp"][0].config, l2=0.05)
+    case = parity.OPTIMIZER_CASES["mlp"][0]
+    params = parity.weights.load(parity.canonical_file(case))
+    x, y = parity.inputs(case, case.batch, "float64")
+    model = mlp.create_model(cfg, seed=0)
+    mlp.load_canonical(model, params)
+    grads = mlp.forward_backward(model, x, y)  # the data loss's gradients, without the penalty
+    mlp.train_step(model, mlp.make_optimizer(model, 0.1), x, y)
+    for k, p in mlp.export_canonical(model).items():
+        parity.assert_close(p, params[k] - 0.1 * (grads[f"grad.{k}"] + 0.05 * params[k]), 1e-12, f"sgd + l2 {k}")
+    coupled = parity.OptimizerCase("mlp", "adam-l2", cfg, case.make_inputs, OptimizerConfig("adam", lr=0.01, eps=0.0))
+    decoupled = parity.OptimizerCase("mlp", "adamw", case.config, case.make_inputs, OptimizerConfig("adamw", lr=0.01, eps=0.0, weight_decay=0.05))
+    a, b = parity.compute(coupled, "scratch", "float64"), parity.compute(decoupled, "scratch", "float64")
+    assert max(float(np.max(np.abs(a[k] - b[k]))) for k in a) > 1e-2

@@ -11,7 +11,7 @@ import numpy as np
 
 from scratch import optim
 from scratch.initializers import initialize
-from scratch.regularize import BatchNorm, Dropout
+from scratch.regularize import BatchNorm, Dropout, add_l2_gradient, l2_penalty
 from tasks import weights
 from tasks.configs import MLPConfig, OptimizerConfig
 from tasks.data import Dataset, batches
@@ -205,6 +205,9 @@ def train_step(model: MLP, optimizer: optim.Optimizer, x, y) -> float:
     logits = model.forward(x)
     loss, dlogits = loss_fn(logits, y, model.cfg.head)
     model.backward(dlogits)
+    if model.cfg.l2:  # the penalty (l2 / 2) * sum p^2 is part of the loss: its gradient l2 * p joins each gradient
+        loss += l2_penalty(model.layers().values(), model.cfg.l2)
+        add_l2_gradient(model.layers().values(), model.cfg.l2)
     optimizer.step()
     return float(loss)
 

@@ -89,3 +89,16 @@ class BatchNorm:
 def set_mask(layer: Dropout, mask) -> None:
     """Supply a dropout mask (True = keep) in place of the random draw."""
     layer.mask = mask
+
+
+# ----------------------------------------------------------------------------- L2 penalty
+def l2_penalty(layers, l2: float) -> float:
+    """(l2 / 2) * the sum of every squared parameter: a term of the loss (not decoupled weight decay)."""
+    return 0.5 * l2 * sum(float(np.sum(v * v)) for layer in layers for v in layer.params.values())
+
+
+def add_l2_gradient(layers, l2: float) -> None:
+    """The penalty's gradient, l2 * p, added to each parameter's gradient (after backward)."""
+    for layer in layers:
+        for key, value in layer.params.items():
+            layer.grads[key] = layer.grads[key] + l2 * value

@@ -125,6 +125,7 @@ def train(
     init: Optional[str] = typer.Option(None, help="mlp: uniform, he_normal, he_uniform, xavier_normal or xavier_uniform"),
     dropout: Optional[float] = typer.Option(None, help="mlp: dropout probability after each hidden activation"),
     batch_norm: bool = typer.Option(False, "--batch-norm", help="mlp: batch norm before each hidden activation"),
+    l2: Optional[float] = typer.Option(None, help="mlp: L2 penalty (l2/2)·Σp² added to the loss (not decoupled decay)"),
     patience: Optional[int] = typer.Option(None, help="early stopping: epochs without a better validation loss"),
     plot: Optional[str] = typer.Option(None, help="write the four training-loss curves to this image file"),
 ):
@@ -160,7 +161,7 @@ def train(
             sizes = (-1,)
         if any(h < 1 for h in sizes):
             fail(f"--hidden must be positive integers separated by commas, got {hidden!r}")
-    regularised = check_training_options(model, optimizer, momentum, weight_decay, schedule, warmup_steps, clip_norm, init, dropout, batch_norm, patience)
+    regularised = check_training_options(model, optimizer, momentum, weight_decay, schedule, warmup_steps, clip_norm, init, dropout, batch_norm, patience, l2)
     opts = TrainOptions(epochs=epochs, lr=lr, batch_size=batch_size, hidden=sizes, activation=activation, pooling=pooling, seed=seed, dtype=dtype, data_dir=data_dir, **regularised)
     result = train_model(model, task, frameworks, opts, show_progress=sys.stderr.isatty() or not as_json)
     if plot and result["results"]:
@@ -178,7 +179,7 @@ def train(
             err.print(f"loss curves written to {plot}")
 
 
-def check_training_options(model, optimizer, momentum, weight_decay, schedule, warmup_steps, clip_norm, init, dropout, batch_norm, patience) -> dict:
+def check_training_options(model, optimizer, momentum, weight_decay, schedule, warmup_steps, clip_norm, init, dropout, batch_norm, patience, l2=None) -> dict:
     """Validate the optimiser / regularisation flags (exit 2 with one line); the TrainOptions fields."""
     from tasks.configs import INITS, OPTIMIZER_NAMES, SCHEDULES
 
@@ -200,10 +201,12 @@ def check_training_options(model, optimizer, momentum, weight_decay, schedule, w
         fail(f"unknown init {init!r}; choose from: {', '.join(INITS)}")
     if dropout is not None and not 0 <= dropout < 1:
         fail(f"--dropout must be in [0, 1), got {dropout}")
-    if model != "mlp" and (init is not None or dropout is not None or batch_norm):
-        fail(f"--init, --dropout and --batch-norm are wired into the mlp only, not {model}")
+    if l2 is not None and not (l2 >= 0 and math.isfinite(l2)):
+        fail(f"--l2 must be a number >= 0, got {l2}")
+    if model != "mlp" and (init is not None or dropout is not None or batch_norm or l2 is not None):
+        fail(f"--init, --dropout, --batch-norm and --l2 are wired into the mlp only, not {model}")
     return dict(optimizer=optimizer, momentum=momentum, weight_decay=weight_decay, schedule=schedule, warmup_steps=warmup_steps,
-                clip_norm=clip_norm, init=init, dropout=dropout, batch_norm=batch_norm, patience=patience)  # fmt: skip
+                clip_norm=clip_norm, init=init, dropout=dropout, batch_norm=batch_norm, patience=patience, l2=l2)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- parity

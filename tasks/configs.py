@@ -29,6 +29,7 @@ class MLPConfig:
     dropout: float = 0.0  # drop probability after each hidden activation; 0 adds no layer at all
     batch_norm: bool = False  # BatchNorm between each hidden dense layer and its activation
     init: str = "uniform"  # one of INITS: the weight initialiser create_model uses (biases start at 0 except "uniform")
+    l2: float = 0.0  # L2 penalty (l2 / 2) * sum of every squared weight and bias, added to the training loss
 
     def __post_init__(self):
         if self.activation not in ACTIVATIONS:
@@ -43,6 +44,8 @@ class MLPConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.init not in INITS:
             raise ValueError(f"unknown init {self.init!r}; choose from {', '.join(INITS)}")
+        if self.l2 < 0:
+            raise ValueError(f"l2 must be >= 0, got {self.l2}")
 
     @property
     def out_features(self) -> int:

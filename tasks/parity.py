@@ -367,6 +367,8 @@ OPTIMIZER_CASES: dict[str, list[OptimizerCase]] = {
             OptimizerConfig("momentum", lr=0.05, momentum=0.9), init=lambda shapes, seed: _with_batch_norm(shapes, seed),
         ),
         OptimizerCase("mlp", "optim-momentum-dropout", replace(_OPT_MLP, dropout=0.3), _tabular, OptimizerConfig("momentum", lr=0.05)),
+        # an L2 penalty in the loss (coupled: it flows through Adam's moments), unlike adamw's decay
+        OptimizerCase("mlp", "optim-adam-l2", replace(_OPT_MLP, l2=0.05), _tabular, OptimizerConfig("adam", lr=0.01, eps=0.0)),
     ],
 }  # fmt: skip
 BN_MOMENTUM = 0.1  # tasks' batch norm momentum, torch's convention (the weight of the new batch)

@@ -45,6 +45,7 @@ class TrainOptions:
     init: str | None = None  # MLP weight initialiser (tasks.configs.INITS); None: the canonical uniform
     dropout: float | None = None
     batch_norm: bool = False
+    l2: float | None = None  # MLP: L2 penalty (l2 / 2) * sum p^2 in the loss
     patience: int | None = None  # early stopping: stop after this many epochs without a better validation loss
 
     def with_defaults(self, model: str, task: str) -> "TrainOptions":
@@ -191,7 +192,7 @@ def optimizer_config(opts: TrainOptions, n_train: int):
 
 def model_options(model: str, opts: TrainOptions) -> dict:
     """Regularisation and initialisation fields for a config that has them (the MLP's)."""
-    chosen = {"init": opts.init, "dropout": opts.dropout, "batch_norm": opts.batch_norm or None}
+    chosen = {"init": opts.init, "dropout": opts.dropout, "batch_norm": opts.batch_norm or None, "l2": opts.l2}
     return {k: v for k, v in chosen.items() if v is not None} if model == "mlp" else {}
 
 

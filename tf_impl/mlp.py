@@ -15,7 +15,7 @@ from keras import ops
 from tasks import weights
 from tasks.configs import MLPConfig, OptimizerConfig
 from tf_impl import initializers, optim
-from tf_impl.regularize import Dropout, canonical_variables, make_batch_norm
+from tf_impl.regularize import Dropout, canonical_variables, l2_penalty, make_batch_norm
 from tasks.data import Dataset, epoch_order
 
 
@@ -138,6 +138,8 @@ def make_optimizer(model: MLP, lr: float | OptimizerConfig) -> keras.optimizers.
 def train_step(model: MLP, optimizer: keras.optimizers.Optimizer, x, y):
     with tf.GradientTape() as tape:
         loss = loss_fn(model(x, training=True), y, model.cfg.head)
+        if model.cfg.l2:  # the penalty (l2 / 2) * sum p^2 is part of the loss
+            loss = loss + l2_penalty(model.trainable_variables, model.cfg.l2)
     grads = tape.gradient(loss, model.trainable_variables)
     optimizer.apply_gradients(zip(grads, model.trainable_variables))
     return loss

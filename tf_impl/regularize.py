@@ -47,3 +47,11 @@ def canonical_variables(layer: keras.layers.BatchNormalization) -> dict:
 def set_mask(layer: Dropout, mask) -> None:
     """Supply a dropout mask (True = keep); a traced train step keeps the one it saw when it traced."""
     layer.mask = mask
+
+
+# ----------------------------------------------------------------------------- L2 penalty
+def l2_penalty(variables, l2: float):
+    """(l2 / 2) * the sum of every squared trainable variable: a term of the loss.
+
+    Not keras.regularizers.L2(l2), which adds l2 * sum(w^2) without the 1/2, and only per layer."""
+    return 0.5 * l2 * sum(ops.sum(ops.square(v)) for v in variables)

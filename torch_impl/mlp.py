@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tasks import weights
 from tasks.configs import MLPConfig, OptimizerConfig
 from torch_impl import initializers, optim
-from torch_impl.regularize import Dropout, make_batch_norm
+from torch_impl.regularize import Dropout, l2_penalty, make_batch_norm
 from tasks.data import Dataset, batches
 
 
@@ -112,6 +112,8 @@ def make_optimizer(model: MLP, lr: float | OptimizerConfig) -> torch.optim.Optim
 def train_step(model: MLP, optimizer: torch.optim.Optimizer, x, y) -> float:
     optimizer.zero_grad()
     loss = loss_fn(model(x), y, model.cfg.head)
+    if model.cfg.l2:  # the penalty (l2 / 2) * sum p^2 is part of the loss
+        loss = loss + l2_penalty(model, model.cfg.l2)
     loss.backward()
     optimizer.step()
     return loss.item()

@@ -40,3 +40,11 @@ def make_batch_norm(num_features: int, *, momentum: float = 0.1, eps: float = 1e
 def set_mask(layer: Dropout, mask) -> None:
     """Supply a dropout mask (True = keep) in place of the random draw."""
     layer.mask = torch.as_tensor(mask)
+
+
+# ----------------------------------------------------------------------------- L2 penalty
+def l2_penalty(model: nn.Module, l2: float) -> torch.Tensor:
+    """(l2 / 2) * the sum of every squared parameter: a term of the loss, which autograd differentiates.
+
+    Not the optimizers' `weight_decay`: torch's SGD/Adam add it after clipping and Keras's is decoupled."""
+    return 0.5 * l2 * sum(p.pow(2).sum() for p in model.parameters())
