@@ -24,12 +24,9 @@ def sigmoid(x):
 
 
 def init_params(cfg: RNNConfig, rng: np.random.Generator, dtype) -> dict[str, np.ndarray]:
-    """U(-1/sqrt(H), 1/sqrt(H)) for the cell (torch's rule), U(-1/sqrt(in), 1/sqrt(in)) for the head."""
-    out = {}
-    for name, shape in cfg.param_shapes().items():
-        bound = 1.0 / np.sqrt(cfg.hidden)
-        out[name] = rng.uniform(-bound, bound, shape).astype(dtype)
-    return out
+    """U(-1/sqrt(H), 1/sqrt(H)) for every tensor: torch's rule for recurrent layers (the head's fan-in is H too)."""
+    bound = 1.0 / np.sqrt(cfg.hidden)
+    return {name: rng.uniform(-bound, bound, shape).astype(dtype) for name, shape in cfg.param_shapes().items()}
 
 
 class RNNCell:
