@@ -243,6 +243,7 @@ def plot_curves(result: dict, path: str) -> None:
     for i, row in enumerate(result["results"]):
         ax.plot(range(1, len(row["history"]) + 1), row["history"], styles[i % 4], label=row["framework"], linewidth=2 - 0.3 * i)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # whole epochs only
     ax.set_ylabel("mean training loss")
     ax.set_yscale("log")
     ax.set_title(f"{result['model']} on {result['task']}")
