@@ -102,7 +102,7 @@ MODELS: dict[str, ModelEntry] = {
     "transformer": ModelEntry(
         name="transformer",
         tasks=("reverse",),
-        defaults={"reverse": dict(epochs=8, lr=0.005, batch_size=64, config=dict(d_model=32, n_heads=4, d_ff=64, n_layers=2, norm="post", activation="relu"))},
+        defaults={"reverse": dict(epochs=4, lr=0.005, batch_size=64, config=dict(d_model=32, n_heads=4, d_ff=64, n_layers=2, norm="post", activation="relu"))},
         summary="tiny Transformer encoder (sinusoidal positions, N blocks, pre-/post-LN, ReLU/GELU feed-forward)",
     ),
 }
