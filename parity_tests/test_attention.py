@@ -271,3 +271,19 @@ def test_random_shapes_match_scratch(batch, length, heads, head_size, causal, st
         for tensor, value in reference.items():
             scale = float(np.abs(reference["grad.attn.k.weight"]).max()) if tensor == "grad.attn.k.bias" else None
             parity.assert_close(results[framework][tensor], value, 1e-10, f"{framework} {tensor} {cfg}", scale)
+
+
+# ----------------------------------------------------------------------------- CLI
+def test_attention_map_writes_a_png_and_rejects_bad_values(tmp_path):
+    from typer.testing import CliRunner
+
+    from tasks.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "map.png"
+    result = runner.invoke(app, ["attention-map", "--framework", "scratch", "--epochs", "0", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for bad in (["--head", "9"], ["--layer", "3"], ["--model", "mlp"], ["--example", "-1"], ["--framework", "nope"]):
+        result = runner.invoke(app, ["attention-map", "--framework", "scratch", "--epochs", "0", "--out", str(out), *bad])
+        assert result.exit_code == 2, (bad, result.output)

@@ -78,7 +78,8 @@ class StockMultiHeadAttention(keras.layers.Layer):
 
     def __init__(self, d_model: int, n_heads: int, *, seed: keras.random.SeedGenerator, dtype: str, name: str):
         super().__init__(dtype=dtype, name=name)
-        self.mha = keras.layers.MultiHeadAttention(n_heads, d_model // n_heads, dtype=dtype, name="mha")
+        init = keras.initializers.GlorotUniform(seed=seed)  # Keras's default initialiser, seeded from the generator we were given
+        self.mha = keras.layers.MultiHeadAttention(n_heads, d_model // n_heads, kernel_initializer=init, dtype=dtype, name="mha")
         self.mha.build((None, None, d_model), (None, None, d_model))
 
     def call(self, x, allowed):

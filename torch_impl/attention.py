@@ -5,7 +5,8 @@ The hand-written layer keeps separate nn.Linear q, k, v, o (canonical (out, in),
 the stock nn.MultiheadAttention packs W_q, W_k, W_v into one in_proj_weight (3E, E).
 
 Canonical mask: `allowed` (B, 1, T, T) bool, True = may attend. nn.MultiheadAttention wants the
-opposite polarity: key_padding_mask True = ignore this key, attn_mask True = not allowed.
+opposite polarity (attn_mask True = not allowed; key_padding_mask True = ignore this key), so the
+converter passes `~allowed` as one (B*NH, T, T) attn_mask.
 A fully masked row gives zero weights and output here; nn.MultiheadAttention gives NaN there.
 """
 
