@@ -205,6 +205,9 @@ def check_training_options(model, optimizer, momentum, weight_decay, schedule, w
         fail(f"--l2 must be a number >= 0, got {l2}")
     if model != "mlp" and (init is not None or dropout is not None or batch_norm or l2 is not None):
         fail(f"--init, --dropout, --batch-norm and --l2 are wired into the mlp only, not {model}")
+    if model != "mlp" and (optimizer != "sgd" or schedule != "constant" or warmup_steps or clip_norm is not None):
+        # the other models' make_optimizer still takes a plain lr (tasks.configs.OptimizerConfig is the MLP's so far)
+        fail(f"--optimizer, --schedule, --warmup-steps and --clip-norm are wired into the mlp only, not {model}")
     return dict(optimizer=optimizer, momentum=momentum, weight_decay=weight_decay, schedule=schedule, warmup_steps=warmup_steps,
                 clip_norm=clip_norm, init=init, dropout=dropout, batch_norm=batch_norm, patience=patience, l2=l2)  # fmt: skip
 
