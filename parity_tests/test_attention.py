@@ -62,7 +62,7 @@ def test_stock_layer_matches_hand_written(framework, causal):
         results[stock] = impl.forward_backward(model, x, y)
     assert results[False].keys() == results[True].keys()
     for tensor, reference in results[False].items():
-        scale = float(np.abs(results[False]["grad.attn.k.weight"]).max()) if tensor == "grad.attn.k.bias" else None
+        scale = float(np.abs(results[False]["grad.attn.v.weight"]).max()) if tensor == "grad.attn.k.bias" else None
         parity.assert_close(results[True][tensor], reference, 1e-10, f"{framework} stock vs hand-written {tensor}", scale)
 
 
@@ -242,7 +242,7 @@ def test_a_swapped_packing_or_missing_transpose_is_caught():
 
 
 # ----------------------------------------------------------------------------- property tests
-@settings(max_examples=4, deadline=None, phases=(Phase.explicit, Phase.generate))  # no shrinking: each example compiles
+@settings(max_examples=3, deadline=None, phases=(Phase.explicit, Phase.generate))  # no shrinking: each example compiles
 @given(
     batch=st.integers(1, 3),
     length=st.integers(1, 6),
@@ -269,7 +269,7 @@ def test_random_shapes_match_scratch(batch, length, heads, head_size, causal, st
     reference = results["scratch"]
     for framework in OTHERS:
         for tensor, value in reference.items():
-            scale = float(np.abs(reference["grad.attn.k.weight"]).max()) if tensor == "grad.attn.k.bias" else None
+            scale = float(np.abs(reference["grad.attn.v.weight"]).max()) if tensor == "grad.attn.k.bias" else None
             parity.assert_close(results[framework][tensor], value, 1e-10, f"{framework} {tensor} {cfg}", scale)
 
 

@@ -110,7 +110,7 @@ def test_framework_default_eps_and_gelu_would_break_parity():
 
 
 # ----------------------------------------------------------------------------- property tests
-@settings(max_examples=3, deadline=None, phases=(Phase.explicit, Phase.generate))  # no shrinking: each example compiles
+@settings(max_examples=2, deadline=None, phases=(Phase.explicit, Phase.generate))  # no shrinking: each example compiles
 @given(
     batch=st.integers(1, 3),
     length=st.integers(2, 5),
@@ -136,7 +136,7 @@ def test_random_shapes_match_scratch(batch, length, heads, head_size, norm, stoc
     reference = results["scratch"]
     for framework in OTHERS:
         for tensor, value in reference.items():
-            scale = float(np.abs(reference["grad.blocks.0.attn.k.weight"]).max()) if tensor.endswith("k.bias") else None
+            scale = float(np.abs(reference["grad.blocks.0.attn.v.weight"]).max()) if tensor.endswith("k.bias") else None
             parity.assert_close(results[framework][tensor], value, 1e-10, f"{framework} {tensor} {cfg}", scale)
 
 
