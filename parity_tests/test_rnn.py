@@ -13,7 +13,7 @@ import pytest
 from parity_tests.conftest import FRAMEWORK_IDS, star_params
 from tasks import parity, train, weights
 from tasks.configs import RNNConfig
-from tasks.data import batches, python_text, pytext
+from tasks.data import Dataset, batches, python_text, pytext
 from tasks.registry import FRAMEWORKS, load_impl
 
 CELLS = ("rnn", "lstm", "gru")
@@ -158,6 +158,37 @@ def test_a_bias_written_twice_is_caught(cell):
     broken = impl.forward_backward(model, x, y)["output"]
     with pytest.raises(AssertionError):
         parity.assert_close(broken, parity.compute(case, "scratch", "float64")["output"], 1e-10, "output")
+
+
+def torch_trajectory_error(unmask_bias_hh: bool = False, stock_clipping: bool = False) -> dict[str, float]:
+    """Relative error of torch's 20-step clipped-SGD GRU trajectory against scratch, float64, with one
+    rule of torch_impl/recurrent.py undone."""
+    import torch
+
+    impl = load_impl("torch_impl", "gru")
+    case = parity.CASES["gru"][0]
+    x, y = parity.inputs(case, case.batch * parity.TRAJECTORY_STEPS, "float64")
+    _, model = loaded("torch_impl", case.config, case_params(case))
+    if unmask_bias_hh:
+        model.rnn.bias_hh_l0._backward_hooks.clear()  # both bias copies train
+    clip = impl.clip_by_global_norm
+    if stock_clipping:
+        impl.clip_by_global_norm = lambda m: torch.nn.utils.clip_grad_norm_(m.parameters(), m.cfg.clip_norm)
+    try:
+        impl.train(model, Dataset("gru", x, y, x[:1], y[:1], 3), epochs=1, lr=parity.TRAJECTORY_LR, batch_size=case.batch, seed=case.seed)
+    finally:
+        impl.clip_by_global_norm = clip
+    reference = parity.compute(case, "scratch", "float64")
+    return {k: parity.rel_error(v, reference[f"sgd.{k}"])[1] for k, v in impl.export_canonical(model).items()}
+
+
+def test_torch_rules_for_training_are_needed():
+    """The trajectory check can fail: with both torch biases training, the acting bias moves twice as
+    fast (b_h off by ~1e-2); with nn.utils.clip_grad_norm_ (norm + 1e-6) parameters drift ~1e-7."""
+    tol = parity.tolerance("sgd.b_h", "float64")
+    assert max(torch_trajectory_error().values()) <= tol
+    assert torch_trajectory_error(unmask_bias_hh=True)["b_h"] > 1e-3
+    assert max(torch_trajectory_error(stock_clipping=True).values()) > 100 * tol
 
 
 def test_flax_gru_without_b_hn_is_caught():
