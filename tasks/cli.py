@@ -161,6 +161,8 @@ def train(
             sizes = (-1,)
         if any(h < 1 for h in sizes):
             fail(f"--hidden must be positive integers separated by commas, got {hidden!r}")
+        if model in ("rnn", "lstm", "gru") and len(sizes) != 1:
+            fail(f"--hidden: a recurrent network has one hidden size, got {hidden!r}")
     regularised = check_training_options(model, optimizer, momentum, weight_decay, schedule, warmup_steps, clip_norm, init, dropout, batch_norm, patience, l2)
     opts = TrainOptions(epochs=epochs, lr=lr, batch_size=batch_size, hidden=sizes, activation=activation, pooling=pooling, seed=seed, dtype=dtype, data_dir=data_dir, **regularised)
     result = train_model(model, task, frameworks, opts, show_progress=sys.stderr.isatty() or not as_json)
