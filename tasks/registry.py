@@ -56,16 +56,6 @@ MODELS: dict[str, ModelEntry] = {
         runner="tasks.perceptron_run",
         summary="Rosenblatt's perceptron (one neuron, step output, mistake-driven rule; no gradient)",
     ),
-    "lenet5": ModelEntry(
-        name="lenet5",
-        tasks=("digits32", "mnist"),
-        defaults={
-            # relu + max pooling: 98.0% at seed 0, where the paper's tanh + average pooling plateaus near 97.5%
-            "digits32": dict(epochs=15, lr=0.1, batch_size=32, activation="relu", pooling="max"),
-            "mnist": dict(epochs=3, lr=0.05, batch_size=64, activation="relu", pooling="max"),
-        },
-        summary="LeNet-5 (conv 6@5x5, pool, conv 16@5x5, pool, dense 120-84-10; tanh|relu, avg|max pooling)",
-    ),
     **{
         cell: ModelEntry(
             name="recurrent",  # one file per framework holds all three cells: recurrent.py
@@ -86,9 +76,10 @@ MODELS: dict[str, ModelEntry] = {
         name="lenet5",
         tasks=("digits32", "mnist"),
         defaults={
-            # relu + max pooling: 98.0% at seed 0, where the paper's tanh + average pooling plateaus near 97.5%
-            "digits32": dict(epochs=15, lr=0.1, batch_size=32, activation="relu", pooling="max"),
-            "mnist": dict(epochs=3, lr=0.05, batch_size=64, activation="tanh", pooling="avg"),
+            # relu + max pooling, 20 epochs: 98.0% (scratch) to 98.7% (torch) at seed 0; 15 epochs left torch
+            # at 97.3%, and the paper's tanh + average pooling plateaus near 97.5%
+            "digits32": dict(epochs=20, lr=0.1, batch_size=32, activation="relu", pooling="max"),
+            "mnist": dict(epochs=3, lr=0.05, batch_size=64, activation="relu", pooling="max"),
         },
         summary="LeNet-5 (conv 6@5x5, pool, conv 16@5x5, pool, dense 120-84-10; tanh|relu, avg|max pooling)",
     ),
