@@ -76,10 +76,11 @@ MODELS: dict[str, ModelEntry] = {
         name="lenet5",
         tasks=("digits32", "mnist"),
         defaults={
-            # relu + max pooling, 20 epochs: 98.0% (scratch) to 98.7% (torch) at seed 0; 15 epochs left torch
-            # at 97.3%, and the paper's tanh + average pooling plateaus near 97.5%
-            "digits32": dict(epochs=20, lr=0.1, batch_size=32, activation="relu", pooling="max"),
-            "mnist": dict(epochs=3, lr=0.05, batch_size=64, activation="relu", pooling="max"),
+            # the paper's tanh + average pooling: smooth, so the four float32 runs stay in lockstep (97.55% each,
+            # parameters within 1e-6 of scratch); ReLU + max pooling reached 98-99% but at lr 0.1 one run in
+            # four spiked (Keras ended at 95.5%) and the runs drift apart on every flipped kink
+            "digits32": dict(epochs=15, lr=0.1, batch_size=32, activation="tanh", pooling="avg"),
+            "mnist": dict(epochs=3, lr=0.05, batch_size=64, activation="tanh", pooling="avg"),
         },
         summary="LeNet-5 (conv 6@5x5, pool, conv 16@5x5, pool, dense 120-84-10; tanh|relu, avg|max pooling)",
     ),
