@@ -226,8 +226,13 @@ def make_optimizer(model, lr: float) -> keras.optimizers.Optimizer:
     # a callable learning rate keeps it in the model's dtype (a float becomes a float32 variable)
     learning_rate = lambda: ops.convert_to_tensor(lr, dtype=model.dtype)
     if model.cfg.optimizer == "adam":
-        return keras.optimizers.Adam(learning_rate=learning_rate, epsilon=1e-8)  # Keras's "epsilon hat" form
-    return keras.optimizers.SGD(learning_rate=learning_rate)
+        optimizer = keras.optimizers.Adam(learning_rate=learning_rate, epsilon=1e-8)  # Keras's "epsilon hat" form
+    else:
+        optimizer = keras.optimizers.SGD(learning_rate=learning_rate)
+    # create Adam's slots now: train_step is one tf.function for every model, and variables may only be
+    # created on its first call (a second model would otherwise fail inside apply_gradients)
+    optimizer.build(model.trainable_variables)
+    return optimizer
 
 
 @tf.function(reduce_retracing=True)
