@@ -321,11 +321,12 @@ def saliency_maps(model: str, task: str, frameworks: list[str], n_images: int, w
     if weights_path:
         params = weights.cast(weights.load(weights_path), dtype)  # each load_canonical checks names and shapes
     else:
+        # train in float32 (fast; the weights need to be good, not exact), then compare in `dtype`
         impl = load_impl("scratch", model)
-        net = impl.create_model(cfg, seed=seed, dtype=dtype)
-        impl.load_canonical(net, weights.cast(weights.init_uniform(cfg.param_shapes(), seed), dtype))
+        net = impl.create_model(cfg, seed=seed, dtype="float32")
+        impl.load_canonical(net, weights.cast(weights.init_uniform(cfg.param_shapes(), seed), "float32"))
         impl.train(net, data, epochs=opts.epochs, lr=opts.lr, batch_size=opts.batch_size, seed=seed)
-        params = impl.export_canonical(net)
+        params = weights.cast(impl.export_canonical(net), dtype)
     pick = [int(np.flatnonzero(data.y_test == c)[0]) for c in np.unique(data.y_test)][:n_images]  # one image per class
     x, y = data.x_test[pick].astype(dtype), data.y_test[pick]
     maps = {}
