@@ -66,6 +66,25 @@ def test_stock_layer_matches_hand_written(framework, causal):
         parity.assert_close(results[True][tensor], reference, 1e-10, f"{framework} stock vs hand-written {tensor}", scale)
 
 
+def test_keras_stock_query_scale_is_exact_in_float64():
+    """Head size 3: Keras's 1/sqrt(3) goes through a float32 tensor on the TF backend unless tf_impl
+    replaces it, and the float64 output is then ~1e-8 off (found by the property test below)."""
+    cfg = AttentionConfig(vocab=7, d_model=6, n_heads=2, stock=True, optimizer="sgd")
+    params = weights.init_uniform(cfg.param_shapes(), 4)
+    x, y = parity._tokens(np.random.default_rng(4), cfg, 3, pad="right", steps=5)
+    scratch = load_impl("scratch", "attention")
+    reference = scratch.create_model(cfg, seed=0)
+    scratch.load_canonical(reference, params)
+    expected = scratch.forward_backward(reference, x, y)["output"]
+    impl = load_impl("tf_impl", "attention")
+    model = impl.create_model(cfg, seed=0, dtype="float64")
+    impl.load_canonical(model, params)
+    parity.assert_close(impl.forward_backward(model, x, y)["output"], expected, 1e-10, "keras stock, head size 3")
+    model.attn.mha._inverse_sqrt_key_dim = float(1.0 / np.sqrt(3))  # a Python float, as Keras stores it
+    with pytest.raises(AssertionError):
+        parity.assert_close(impl.forward_backward(model, x, y)["output"], expected, 1e-10, "keras stock, float32 scale")
+
+
 # ----------------------------------------------------------------------------- fully masked rows
 def fully_masked_inputs():
     """Causal + left padding: query 0 of sequence 0 is PAD and may attend to nothing."""

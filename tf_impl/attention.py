@@ -81,6 +81,10 @@ class StockMultiHeadAttention(keras.layers.Layer):
         init = keras.initializers.GlorotUniform(seed=seed)  # Keras's default initialiser, seeded from the generator we were given
         self.mha = keras.layers.MultiHeadAttention(n_heads, d_model // n_heads, kernel_initializer=init, dtype=dtype, name="mha")
         self.mha.build((None, None, d_model), (None, None, d_model))
+        # Keras scales the query by ops.cast(1 / sqrt(HS), dtype); on the TF backend that Python float becomes
+        # a float32 tensor first, so a float64 run would use a float32-rounded scale (~1e-8 off unless
+        # sqrt(HS) is a power of 2). A float64 NumPy scalar keeps it exact (docs/PORTING.md, "Attention").
+        self.mha._inverse_sqrt_key_dim = np.float64(1.0 / np.sqrt(d_model // n_heads))
 
     def call(self, x, allowed):
         # value before key; attention_mask has the canonical polarity (True = attend), shape (B, T, T)
