@@ -164,4 +164,4 @@ def evaluate(model: LeNet5, x, y) -> tuple[float, float]:
     """(mean loss, accuracy) on a whole split."""
     logits = model(jnp.asarray(x, dtype=model.fc3.kernel.dtype))
     loss = loss_fn(logits, jnp.asarray(y))
-    return float(loss), float(jnp.mean(logits.argmax(axis=1) == jnp.asarray(y)))
+    return float(loss), float(jnp.mean((logits.argmax(axis=1) == jnp.asarray(y)).astype(jnp.float64)))

@@ -154,4 +154,4 @@ def evaluate(model: MLP, x, y) -> tuple[float, float]:
     model.eval()  # running statistics, no dropout
     logits = model(jnp.asarray(x, dtype=model.head.kernel.dtype))
     loss = loss_fn(logits, jnp.asarray(y), model.cfg.head)
-    return float(loss), float(jnp.mean(predict(logits, model.cfg.head) == jnp.asarray(y)))
+    return float(loss), float(jnp.mean((predict(logits, model.cfg.head) == jnp.asarray(y)).astype(jnp.float64)))

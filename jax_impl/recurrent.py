@@ -212,4 +212,4 @@ def evaluate(model: RNN, x, y) -> tuple[float, float]:
     """(mean loss, accuracy) on a whole split; a language model scores every position."""
     logits, _, _ = model(jnp.asarray(x, dtype=model.head.kernel.dtype))
     y = jnp.asarray(y)
-    return float(loss_fn(logits, y)), float(jnp.mean(logits.argmax(axis=-1) == y))
+    return float(loss_fn(logits, y)), float(jnp.mean((logits.argmax(axis=-1) == y).astype(jnp.float64)))
