@@ -1,7 +1,11 @@
-"""Shared helpers for the parity tests: test ids and the cached per-framework computations."""
+"""Shared helpers for the parity tests: test ids, the star and pairwise checks on the cached
+per-framework computations, and central differences for the scratch backward tests."""
 
 from __future__ import annotations
 
+from itertools import combinations
+
+import numpy as np
 import pytest
 
 from tasks import parity
@@ -19,3 +23,39 @@ def star_params(model: str):
                 for tensor in parity.expected_tensors(case):
                     out.append(pytest.param(case, framework, dtype, tensor, id=f"{case.id}-{framework}-{dtype}-{tensor}"))
     return out
+
+
+# ----------------------------------------------------------------------------- the checks
+def assert_matches_scratch(case, framework: str, dtype: str, tensor: str) -> None:
+    """One tensor of one framework against the scratch reference: in the run's dtype, at the stated
+    tolerance, measured against the size the case names for it (its own unless `scale_from` says)."""
+    actual = parity.compute(case, framework, dtype)[tensor]
+    reference = parity.compute(case, "scratch", dtype)
+    assert np.asarray(actual).dtype == np.dtype(dtype), f"{tensor} came back as {np.asarray(actual).dtype}"
+    what = f"{case.id} {framework} {dtype} {tensor}"
+    parity.assert_close(actual, reference[tensor], parity.tolerance(tensor, dtype), what, parity.scale_of(case, tensor, reference))
+
+
+def assert_frameworks_agree_pairwise(case) -> None:
+    """Every tensor of torch, Keras and Flax against each other in float64 (not only each against scratch)."""
+    results = {fw: parity.compute(case, fw, "float64") for fw in FRAMEWORK_IDS}
+    for a, b in combinations(FRAMEWORK_IDS, 2):  # (torch, tf), (torch, jax), (tf, jax)
+        for tensor in parity.expected_tensors(case):
+            tol = parity.tolerance(tensor, "float64")
+            parity.assert_close(results[a][tensor], results[b][tensor], tol, f"{a} vs {b} {tensor}", parity.scale_of(case, tensor, results[b]))
+
+
+# ----------------------------------------------------------------------------- finite differences
+def numeric_grad(f, array: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """Central differences of the scalar f() with respect to every entry of `array` (changed in place,
+    each entry restored before the next)."""
+    grad = np.zeros_like(array)
+    for i in np.ndindex(array.shape):
+        old = array[i]
+        array[i] = old + eps
+        up = f()
+        array[i] = old - eps
+        down = f()
+        array[i] = old
+        grad[i] = (up - down) / (2 * eps)
+    return grad

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import Phase, assume, given, settings
 from hypothesis import strategies as st
 
-from parity_tests.conftest import star_params
+from parity_tests.conftest import assert_frameworks_agree_pairwise, assert_matches_scratch, numeric_grad, star_params
 from scratch.attention import positional_encoding
 from tasks import parity, weights
 from tasks.configs import AttentionConfig
@@ -22,21 +22,13 @@ OTHERS = FRAMEWORKS[1:]
 @pytest.mark.parametrize("case, framework, dtype, tensor", star_params("attention"))
 def test_matches_scratch(case, framework, dtype, tensor):
     """Each tensor of each framework against the scratch reference, at the stated tolerance."""
-    actual = parity.compute(case, framework, dtype)[tensor]
-    reference = parity.compute(case, "scratch", dtype)
-    assert np.asarray(actual).dtype == np.dtype(dtype), f"{tensor} came back as {np.asarray(actual).dtype}"
-    what = f"{case.id} {framework} {dtype} {tensor}"
-    parity.assert_close(actual, reference[tensor], parity.tolerance(tensor, dtype), what, parity.scale_of(case, tensor, reference))
+    assert_matches_scratch(case, framework, dtype, tensor)
 
 
 @pytest.mark.parametrize("case", parity.CASES["attention"], ids=lambda c: c.id)
 def test_frameworks_agree_pairwise(case):
     """torch, Keras and Flax against each other in float64 (not only each against scratch)."""
-    results = {fw: parity.compute(case, fw, "float64") for fw in OTHERS}
-    for a, b in [("torch_impl", "tf_impl"), ("torch_impl", "jax_impl"), ("tf_impl", "jax_impl")]:
-        for tensor in parity.expected_tensors(case):
-            tol = parity.tolerance(tensor, "float64")
-            parity.assert_close(results[a][tensor], results[b][tensor], tol, f"{a} vs {b} {tensor}", parity.scale_of(case, tensor, results[b]))
+    assert_frameworks_agree_pairwise(case)
 
 
 def test_cli_parity_records_all_pass():
@@ -131,20 +123,6 @@ def test_stock_layers_disagree_on_a_fully_masked_row():
 
 
 # ----------------------------------------------------------------------------- scratch backward, piece by piece
-def numeric_grad(f, x, eps=1e-6):
-    """Central differences of the scalar f() with respect to every entry of x (changed in place)."""
-    grad = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        old = x[i]
-        x[i] = old + eps
-        up = f()
-        x[i] = old - eps
-        down = f()
-        x[i] = old
-        grad[i] = (up - down) / (2 * eps)
-    return grad
-
-
 def test_scratch_masked_softmax_backward():
     from scratch.attention import MaskedSoftmax
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from parity_tests.conftest import star_params
+from parity_tests.conftest import assert_frameworks_agree_pairwise, assert_matches_scratch, numeric_grad, star_params
 from tasks import parity, train, weights
 from tasks.bench import conv2d_loop
 from tasks.configs import LeNet5Config
@@ -37,36 +37,16 @@ def test_every_framework_builds_61706_parameters(framework):
 @pytest.mark.parametrize("case, framework, dtype, tensor", star_params("lenet5"))
 def test_matches_scratch(case, framework, dtype, tensor):
     """Each tensor of each framework against the scratch reference, at the stated tolerance."""
-    actual = parity.compute(case, framework, dtype)[tensor]
-    reference = parity.compute(case, "scratch", dtype)[tensor]
-    assert np.asarray(actual).dtype == np.dtype(dtype), f"{tensor} came back as {np.asarray(actual).dtype}"
-    parity.assert_close(actual, reference, parity.tolerance(tensor, dtype), f"{case.id} {framework} {dtype} {tensor}")
+    assert_matches_scratch(case, framework, dtype, tensor)
 
 
 @pytest.mark.parametrize("case", parity.CASES["lenet5"], ids=lambda c: c.id)
 def test_frameworks_agree_pairwise(case):
     """torch, Keras and Flax against each other in float64 (not only each against scratch)."""
-    results = {fw: parity.compute(case, fw, "float64") for fw in FRAMEWORKS[1:]}
-    for a, b in [("torch_impl", "tf_impl"), ("torch_impl", "jax_impl"), ("tf_impl", "jax_impl")]:
-        for tensor in parity.expected_tensors(case):
-            parity.assert_close(results[a][tensor], results[b][tensor], parity.tolerance(tensor, "float64"), f"{a} vs {b} {tensor}")
+    assert_frameworks_agree_pairwise(case)
 
 
 # ----------------------------------------------------------------------------- scratch layers
-def numeric_grad(f, array, eps=1e-6):
-    """Central differences of the scalar f() with respect to every entry of `array` (changed in place)."""
-    grad = np.zeros_like(array)
-    for i in np.ndindex(array.shape):
-        old = array[i]
-        array[i] = old + eps
-        up = f()
-        array[i] = old - eps
-        down = f()
-        array[i] = old
-        grad[i] = (up - down) / (2 * eps)
-    return grad
-
-
 def layer_cases():
     rng = np.random.default_rng(0)
     return {

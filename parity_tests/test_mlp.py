@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from parity_tests.conftest import star_params
+from parity_tests.conftest import assert_frameworks_agree_pairwise, assert_matches_scratch, numeric_grad, star_params
 from tasks import parity, weights
 from tasks.configs import MLPConfig
 from tasks.registry import FRAMEWORKS, load_impl
@@ -15,19 +15,13 @@ from tasks.registry import FRAMEWORKS, load_impl
 @pytest.mark.parametrize("case, framework, dtype, tensor", star_params("mlp"))
 def test_matches_scratch(case, framework, dtype, tensor):
     """Each tensor of each framework against the scratch reference, at the stated tolerance."""
-    actual = parity.compute(case, framework, dtype)[tensor]
-    reference = parity.compute(case, "scratch", dtype)[tensor]
-    assert np.asarray(actual).dtype == np.dtype(dtype), f"{tensor} came back as {np.asarray(actual).dtype}"
-    parity.assert_close(actual, reference, parity.tolerance(tensor, dtype), f"{case.id} {framework} {dtype} {tensor}")
+    assert_matches_scratch(case, framework, dtype, tensor)
 
 
 @pytest.mark.parametrize("case", parity.CASES["mlp"], ids=lambda c: c.id)
 def test_frameworks_agree_pairwise(case):
     """torch, Keras and Flax against each other in float64 (not only each against scratch)."""
-    results = {fw: parity.compute(case, fw, "float64") for fw in FRAMEWORKS[1:]}
-    for a, b in [("torch_impl", "tf_impl"), ("torch_impl", "jax_impl"), ("tf_impl", "jax_impl")]:
-        for tensor in parity.expected_tensors(case):
-            parity.assert_close(results[a][tensor], results[b][tensor], parity.tolerance(tensor, "float64"), f"{a} vs {b} {tensor}")
+    assert_frameworks_agree_pairwise(case)
 
 
 # ----------------------------------------------------------------------------- scratch backward
@@ -40,29 +34,10 @@ def test_scratch_backward_matches_finite_differences(case):
     x, y = parity.inputs(case, case.batch, "float64")
     analytic = impl.forward_backward(model, x, y)
     loss = lambda: impl.loss_fn(model.forward(x), y, case.config.head)[0]
-    eps = 1e-6
     for prefix, layer in model.layers().items():
         for key, value in layer.params.items():
-            numeric = np.zeros_like(value)
-            for i in np.ndindex(value.shape):
-                old = value[i]
-                value[i] = old + eps
-                up = loss()
-                value[i] = old - eps
-                down = loss()
-                value[i] = old
-                numeric[i] = (up - down) / (2 * eps)
-            parity.assert_close(analytic[f"grad.{prefix}.{key}"], numeric, 1e-7, f"{prefix}.{key}")
-    numeric = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        old = x[i]
-        x[i] = old + eps
-        up = loss()
-        x[i] = old - eps
-        down = loss()
-        x[i] = old
-        numeric[i] = (up - down) / (2 * eps)
-    parity.assert_close(analytic["grad.input"], numeric, 1e-7, "input")
+            parity.assert_close(analytic[f"grad.{prefix}.{key}"], numeric_grad(loss, value, 1e-6), 1e-7, f"{prefix}.{key}")
+    parity.assert_close(analytic["grad.input"], numeric_grad(loss, x, 1e-6), 1e-7, "input")
 
 
 # ----------------------------------------------------------------------------- canonical weights

@@ -10,7 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from parity_tests.conftest import FRAMEWORK_IDS, star_params
+from parity_tests.conftest import FRAMEWORK_IDS, assert_frameworks_agree_pairwise, assert_matches_scratch, numeric_grad, star_params
 from tasks import parity, train, weights
 from tasks.configs import RNNConfig
 from tasks.data import Dataset, batches, python_text, pytext
@@ -34,19 +34,13 @@ def case_params(case) -> dict:
 @pytest.mark.parametrize("case, framework, dtype, tensor", [p for cell in CELLS for p in star_params(cell)])
 def test_matches_scratch(case, framework, dtype, tensor):
     """Each tensor of each framework against the scratch reference, at the stated tolerance."""
-    actual = parity.compute(case, framework, dtype)[tensor]
-    reference = parity.compute(case, "scratch", dtype)[tensor]
-    assert np.asarray(actual).dtype == np.dtype(dtype), f"{tensor} came back as {np.asarray(actual).dtype}"
-    parity.assert_close(actual, reference, parity.tolerance(tensor, dtype), f"{case.id} {framework} {dtype} {tensor}")
+    assert_matches_scratch(case, framework, dtype, tensor)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_frameworks_agree_pairwise(case):
     """torch, Keras and Flax against each other in float64 (not only each against scratch)."""
-    results = {fw: parity.compute(case, fw, "float64") for fw in FRAMEWORK_IDS}
-    for a, b in [("torch_impl", "tf_impl"), ("torch_impl", "jax_impl"), ("tf_impl", "jax_impl")]:
-        for tensor in parity.expected_tensors(case):
-            parity.assert_close(results[a][tensor], results[b][tensor], parity.tolerance(tensor, "float64"), f"{a} vs {b} {tensor}")
+    assert_frameworks_agree_pairwise(case)
 
 
 @pytest.mark.parametrize("framework", FRAMEWORK_IDS)
@@ -64,20 +58,6 @@ def test_layer_and_step_by_hand_agree(case, framework):
 
 
 # ----------------------------------------------------------------------------- scratch BPTT
-def numeric_gradient(f, value: np.ndarray, eps: float = 1e-6) -> np.ndarray:
-    """Central differences of the scalar f() with respect to every entry of `value` (changed in place)."""
-    out = np.zeros_like(value)
-    for i in np.ndindex(value.shape):
-        old = value[i]
-        value[i] = old + eps
-        up = f()
-        value[i] = old - eps
-        down = f()
-        value[i] = old
-        out[i] = (up - down) / (2 * eps)
-    return out
-
-
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_scratch_bptt_matches_finite_differences(case):
     """Every parameter entry and every input entry, float64."""
@@ -87,8 +67,8 @@ def test_scratch_bptt_matches_finite_differences(case):
     loss = lambda: impl.loss_fn(model.forward(x)[0], y)[0]
     for layer in model.layers():
         for name, value in layer.params.items():
-            parity.assert_close(analytic[f"grad.{name}"], numeric_gradient(loss, value), 1e-6, f"{case.id} {name}")
-    parity.assert_close(analytic["grad.input"], numeric_gradient(loss, x), 1e-6, f"{case.id} input")
+            parity.assert_close(analytic[f"grad.{name}"], numeric_grad(loss, value), 1e-6, f"{case.id} {name}")
+    parity.assert_close(analytic["grad.input"], numeric_grad(loss, x), 1e-6, f"{case.id} input")
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)

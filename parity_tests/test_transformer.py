@@ -10,8 +10,7 @@ import pytest
 from hypothesis import Phase, assume, given, settings
 from hypothesis import strategies as st
 
-from parity_tests.conftest import star_params
-from parity_tests.test_attention import numeric_grad
+from parity_tests.conftest import assert_matches_scratch, numeric_grad, star_params
 from tasks import parity, train, weights
 from tasks.configs import TransformerConfig
 from tasks.registry import FRAMEWORKS, load_impl
@@ -22,11 +21,7 @@ OTHERS = FRAMEWORKS[1:]
 @pytest.mark.parametrize("case, framework, dtype, tensor", star_params("transformer"))
 def test_matches_scratch(case, framework, dtype, tensor):
     """Each tensor of each framework against the scratch reference, at the stated tolerance."""
-    actual = parity.compute(case, framework, dtype)[tensor]
-    reference = parity.compute(case, "scratch", dtype)
-    assert np.asarray(actual).dtype == np.dtype(dtype), f"{tensor} came back as {np.asarray(actual).dtype}"
-    what = f"{case.id} {framework} {dtype} {tensor}"
-    parity.assert_close(actual, reference[tensor], parity.tolerance(tensor, dtype), what, parity.scale_of(case, tensor, reference))
+    assert_matches_scratch(case, framework, dtype, tensor)
 
 
 @pytest.mark.parametrize("case", parity.CASES["transformer"], ids=lambda c: c.id)
