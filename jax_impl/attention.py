@@ -21,8 +21,9 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jax_impl import optim
 from tasks import weights
-from tasks.configs import PAD, AttentionConfig
+from tasks.configs import PAD, AttentionConfig, OptimizerConfig
 from tasks.data import Dataset, batches
 
 
@@ -221,7 +222,10 @@ def forward_backward(model, x, y) -> dict[str, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- train step
-def make_optimizer(model, lr: float) -> nnx.Optimizer:
+def make_optimizer(model, lr: float | OptimizerConfig) -> nnx.Optimizer:
+    """A learning rate gives the config's optimizer (Adam or SGD); an OptimizerConfig any of jax_impl/optim.py."""
+    if isinstance(lr, OptimizerConfig):
+        return optim.make_optimizer(model, lr)
     transform = optax.adam(lr, eps=1e-8) if model.cfg.optimizer == "adam" else optax.sgd(lr)
     return nnx.Optimizer(model, transform, wrt=nnx.Param)
 
@@ -236,7 +240,7 @@ def train_step(model, optimizer: nnx.Optimizer, x, y):
     return loss
 
 
-def train(model, data: Dataset, *, epochs: int, lr: float, batch_size: int, seed: int, on_epoch=None) -> list[float]:
+def train(model, data: Dataset, *, epochs: int, lr: float | OptimizerConfig, batch_size: int, seed: int, on_epoch=None) -> list[float]:
     """Mini-batches in the shared order; returns the mean training loss of each epoch."""
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)  # token ids (B, T): no dtype cast
     optimizer, history = make_optimizer(model, lr), []

@@ -134,7 +134,7 @@ def train_step(model: MLP, optimizer: nnx.Optimizer, x, y):
     return loss
 
 
-def train(model: MLP, data: Dataset, *, epochs: int, lr: float, batch_size: int, seed: int, on_epoch=None) -> list[float]:
+def train(model: MLP, data: Dataset, *, epochs: int, lr: float | OptimizerConfig, batch_size: int, seed: int, on_epoch=None) -> list[float]:
     """Mini-batch SGD over the shared batch order; returns the mean training loss of each epoch."""
     x, y = jnp.asarray(data.x_train, dtype=model.head.kernel.dtype), jnp.asarray(data.y_train)
     optimizer, history = make_optimizer(model, lr), []

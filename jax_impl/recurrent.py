@@ -16,8 +16,9 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jax_impl import optim
 from tasks import weights
-from tasks.configs import RNNConfig
+from tasks.configs import OptimizerConfig, RNNConfig
 from tasks.data import Dataset, batches
 
 LSTM_GATES = (("ii", "hi"), ("if_", "hf"), ("ig", "hg"), ("io", "ho"))  # canonical block order (i, f, g, o)
@@ -175,7 +176,13 @@ def predict_logits(model: RNN, x) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- train step
-def make_optimizer(model: RNN, lr: float) -> nnx.Optimizer:
+def make_optimizer(model: RNN, lr: float | OptimizerConfig) -> nnx.Optimizer:
+    """A learning rate gives optax.sgd clipped at cfg.clip_norm; an OptimizerConfig any transformation
+    of jax_impl/optim.py, clipped at the OptimizerConfig's own clip_norm."""
+    if isinstance(lr, OptimizerConfig):
+        if model.cfg.clip_norm is not None:  # one clipping rule, not two in a row
+            raise ValueError("an OptimizerConfig clips at its own clip_norm: build the RNNConfig with clip_norm=None")
+        return optim.make_optimizer(model, lr)
     # optax.clip_by_global_norm scales by max_norm / norm when norm > max_norm: no epsilon, like scratch
     clip = [optax.clip_by_global_norm(model.cfg.clip_norm)] if model.cfg.clip_norm is not None else []
     return nnx.Optimizer(model, optax.chain(*clip, optax.sgd(lr)), wrt=nnx.Param)
@@ -194,7 +201,7 @@ def train_step(model: RNN, optimizer: nnx.Optimizer, x, y):
     return loss
 
 
-def train(model: RNN, data: Dataset, *, epochs: int, lr: float, batch_size: int, seed: int, on_epoch=None) -> list[float]:
+def train(model: RNN, data: Dataset, *, epochs: int, lr: float | OptimizerConfig, batch_size: int, seed: int, on_epoch=None) -> list[float]:
     """Mini-batch SGD over the shared batch order; returns the mean training loss of each epoch."""
     x, y = jnp.asarray(data.x_train, dtype=model.head.kernel.dtype), jnp.asarray(data.y_train)
     optimizer, history = make_optimizer(model, lr), []

@@ -16,20 +16,26 @@ from flax import nnx
 
 # ----------------------------------------------------------------------------- dropout
 class Dropout(nnx.Module):
-    """Inverted dropout; `mask` (True = keep), when set, replaces the random draw (for parity tests)."""
+    """Inverted dropout; `mask` (True = keep), when set, replaces the random draw (for parity tests):
+    one (B, D) mask for every training call, or a (S, B, D) stack whose mask `step % S` the next call uses."""
 
     def __init__(self, p: float, *, rngs: nnx.Rngs):
         self.p = p
         self.dropout = nnx.Dropout(p, rngs=rngs)  # draws from the rngs' "dropout" stream (else "default")
         self.mask = nnx.Variable(None)  # state, so a supplied mask reaches a jitted step
+        self.step = nnx.Variable(jnp.zeros((), jnp.int32))  # training calls made with a supplied stack; state too
         self.deterministic = False  # model.eval() sets it True (nnx set_attributes), model.train() back
 
     def __call__(self, x):
         if self.deterministic or self.p == 0:
             return x
-        if self.mask.get_value() is None:
+        keep = self.mask.get_value()
+        if keep is None:
             return self.dropout(x, deterministic=False)
-        return x * jnp.asarray(self.mask.get_value(), x.dtype) / (1 - self.p)  # (B, D) kept units scaled by 1 / (1 - p)
+        if keep.ndim == 3:  # one mask per training step
+            keep = keep[self.step.get_value() % keep.shape[0]]
+            self.step.set_value(self.step.get_value() + 1)
+        return x * jnp.asarray(keep, x.dtype) / (1 - self.p)  # (B, D) kept units scaled by 1 / (1 - p)
 
 
 # ----------------------------------------------------------------------------- batch norm
@@ -49,8 +55,10 @@ def canonical_variables(layer: nnx.BatchNorm) -> dict:
 
 
 def set_mask(layer: Dropout, mask) -> None:
-    """Supply a dropout mask (True = keep); it is state, so a jitted step sees each new one."""
+    """Supply a dropout mask (True = keep): (B, D), or (S, B, D) per step; it is state, so a jitted
+    step sees each new one."""
     layer.mask.set_value(jnp.asarray(mask))
+    layer.step.set_value(jnp.zeros((), jnp.int32))
 
 
 # ----------------------------------------------------------------------------- L2 penalty

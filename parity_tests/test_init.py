@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from scratch.initializers import fans, std_and_bound
-from tasks.configs import INITS, MLPConfig
+from tasks.configs import INITS, LeNet5Config, MLPConfig
 from tasks.registry import FRAMEWORKS, load_impl
 
 SHAPES = {"dense": (512, 1024), "conv": (64, 32, 5, 5)}  # canonical (out, in) and (out_c, in_c, kh, kw)
@@ -108,5 +108,19 @@ def test_mlp_config_selects_the_initialiser(framework, name):
         if key.endswith(".weight"):
             _, bound = std_and_bound(name, value.shape)
             assert np.max(np.abs(value)) <= bound and np.max(np.abs(value)) > 0.9 * bound, key
+        else:
+            assert not np.any(value), f"{key} should start at zero"
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+@pytest.mark.parametrize("name", ["he_uniform", "xavier_uniform"])
+def test_lenet5_config_selects_the_initialiser(framework, name):
+    """LeNet5Config.init reaches every conv and dense layer: fans from the conv kernel's receptive field."""
+    impl = load_impl(framework, "lenet5")
+    params = impl.export_canonical(impl.create_model(LeNet5Config(init=name), seed=0, dtype="float64"))
+    for key, value in params.items():
+        if key.endswith(".weight"):
+            _, bound = std_and_bound(name, value.shape)  # conv1: fan_in 1 * 5 * 5 = 25, fan_out 6 * 25
+            assert np.max(np.abs(value)) <= bound and np.max(np.abs(value)) > 0.8 * bound, key
         else:
             assert not np.any(value), f"{key} should start at zero"

@@ -33,6 +33,18 @@ def test_every_framework_builds_61706_parameters(framework):
     assert sum(v.size for v in params.values()) == 61_706
 
 
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_batch_norm_replaces_the_hidden_biases_in_every_framework(framework):
+    """With batch norm: no bias on conv1, conv2, fc1, fc2 (the norm cancels it), gamma and beta on bn1..bn4:
+    61,706 - 226 biases + 2 * 226 = 61,932 trainable numbers, plus 452 running statistics."""
+    cfg = LeNet5Config(batch_norm=True, dropout=0.5)
+    impl = load_impl(framework, "lenet5")
+    params = impl.export_canonical(impl.create_model(cfg, seed=0, dtype="float32"))
+    assert {k: v.shape for k, v in params.items()} == cfg.param_shapes()
+    statistics = sum(v.size for k, v in params.items() if k.endswith(("running_mean", "running_var")))
+    assert sum(v.size for v in params.values()) - statistics == 61_932 and statistics == 452
+
+
 # ----------------------------------------------------------------------------- parity
 @pytest.mark.parametrize("case, framework, dtype, tensor", star_params("lenet5"))
 def test_matches_scratch(case, framework, dtype, tensor):
@@ -76,12 +88,14 @@ def test_scratch_layer_backward_matches_finite_differences(name):
         parity.assert_close(grads[key], numeric_grad(loss, value), 1e-7, f"{name} {key}")
 
 
-def test_whole_scratch_model_matches_finite_differences():
-    """The assembled LeNet-5 (relu + max pooling): directional derivatives along random directions."""
-    case = parity.CASES["lenet5"][1]
+@pytest.mark.parametrize("case", parity.CASES["lenet5"][1:], ids=lambda c: c.id)
+def test_whole_scratch_model_matches_finite_differences(case):
+    """The assembled LeNet-5 (relu + max pooling; then with batch norm in train mode and dropout with
+    a fixed mask): directional derivatives along random directions."""
     model = scratch.create_model(case.config, seed=0)
     scratch.load_canonical(model, weights.load(parity.canonical_file(case)))
-    x, y = parity.inputs(case, 2, "float64")
+    x, y = parity.inputs(case, case.batch if case.config.dropout else 2, "float64")  # a mask is (batch, width)
+    parity.supply_dropout_masks(case, "scratch", model, steps=1)
     analytic = scratch.forward_backward(model, x, y)
     rng, eps = np.random.default_rng(2), 1e-6
     loss = lambda: scratch.loss_fn(model.forward(x), y)[0]
@@ -236,8 +250,10 @@ def test_cli_parity_json_all_passed():
     assert result.exit_code == 0, result.output[-2000:]
     records = json.loads(result.stdout)
     assert records and all(r["passed"] for r in records)
-    assert {r["case"] for r in records} == {"tanh-avg", "relu-max"} and {r["framework"] for r in records} == set(FRAMEWORKS)
-    assert max(r["rel_error"] for r in records if r["dtype"] == "float64") <= 1e-10
+    expected = {c.name for c in parity.CASES["lenet5"] + parity.OPTIMIZER_CASES["lenet5"]}  # forward/backward/SGD cases and trajectories
+    assert {r["case"] for r in records} == expected and {r["framework"] for r in records} == set(FRAMEWORKS)
+    assert max(r["rel_error"] for r in records if r["dtype"] == "float64" and not r["tensor"].startswith(("sgd.", "trajectory."))) <= 1e-10
+    assert max(r["rel_error"] for r in records if r["dtype"] == "float64") <= 1e-9
 
 
 def test_cli_saliency_writes_one_png(tmp_path):

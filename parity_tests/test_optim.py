@@ -1,5 +1,5 @@
-"""Optimisers: 50-step MLP trajectories agree across the four frameworks with each stock optimiser,
-schedule and clipping rule (float64, 1e-9); and where a stock formula differs from torch's (Keras
+"""Optimisers: 50-step trajectories of the MLP and of LeNet-5 with batch norm agree across the four
+frameworks with each stock optimiser, schedule, clipping rule and regulariser (float64, 1e-9); and where a stock formula differs from torch's (Keras
 Adam's epsilon hat, RMSprop's epsilon placement, Keras's momentum form, torch's clip_grad_norm_),
 the difference is exactly the documented one: zero when the documented condition holds, and the
 predicted gap, to rounding, when it does not.
@@ -18,15 +18,15 @@ import pytest
 
 from tasks import parity
 from tasks.configs import OptimizerConfig
-from tasks.registry import FRAMEWORKS
+from tasks.registry import FRAMEWORKS, load_impl
 
-CASES = parity.OPTIMIZER_CASES["mlp"]
+CASES = [case for cases in parity.OPTIMIZER_CASES.values() for case in cases]  # mlp, then lenet5
 OTHERS = FRAMEWORKS[1:]
 
 
 # ----------------------------------------------------------------------------- trajectories
 @pytest.mark.parametrize("framework", OTHERS)
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_trajectory_matches_scratch(case, framework):
     """Every parameter after 50 updates with the framework's stock optimiser, against scratch."""
     actual = parity.compute(case, framework, "float64")
@@ -37,7 +37,7 @@ def test_trajectory_matches_scratch(case, framework):
         parity.assert_close(actual[tensor], reference[tensor], 1e-9, f"{case.id} {framework} float64 {tensor}")
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_trajectory_frameworks_agree_pairwise(case):
     results = {fw: parity.compute(case, fw, "float64") for fw in OTHERS}
     for a, b in [("torch_impl", "tf_impl"), ("torch_impl", "jax_impl"), ("tf_impl", "jax_impl")]:
@@ -45,18 +45,20 @@ def test_trajectory_frameworks_agree_pairwise(case):
             parity.assert_close(results[a][tensor], results[b][tensor], 1e-9, f"{case.id} {a} vs {b} {tensor}")
 
 
-def test_trajectories_really_move():
+@pytest.mark.parametrize("model", list(parity.OPTIMIZER_CASES))
+def test_trajectories_really_move(model):
     """The runs are not trivially equal: every optimiser moved the weights, and differently."""
-    finals = {c.name: parity.compute(c, "scratch", "float64") for c in CASES}
-    for case in CASES:
+    cases = parity.OPTIMIZER_CASES[model]
+    finals = {c.name: parity.compute(c, "scratch", "float64") for c in cases}
+    for case in cases:
         start = parity.weights.load(parity.canonical_file(case))
         moved = max(float(np.max(np.abs(finals[case.name][f"trajectory.{k}"] - v))) for k, v in start.items())
-        assert moved > 1e-2, f"{case.name} barely moved the weights ({moved:.1e})"
+        assert moved > 1e-2, f"{case.id} barely moved the weights ({moved:.1e})"
     names = list(finals)
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             gap = max(float(np.max(np.abs(finals[a][k] - finals[b][k]))) for k in set(finals[a]) & set(finals[b]))
-            assert gap > 1e-4, f"{a} and {b} ended at the same weights"
+            assert gap > 1e-4, f"{model}: {a} and {b} ended at the same weights"
 
 
 def test_parity_records_pass_and_name_the_case():
@@ -407,6 +409,10 @@ def test_train_flags_plot_early_stopping_and_ctrl_c(tmp_path):
     # patience 1 at lr 2: the validation loss goes 0.315, 0.255, 0.466 and training stops there
     stopped = train.run("mlp", "moons", ["scratch"], train.TrainOptions(epochs=30, lr=2.0, patience=1))["results"][0]
     assert stopped["stopped"] == "early" and stopped["epochs_run"] < 30 and len(stopped["val_loss"]) == stopped["epochs_run"]
+    # the reported model is the best epoch's (epoch 2), not the last one's: the same as training 2 epochs
+    assert stopped["best_epoch"] == int(np.argmin(stopped["val_loss"])) + 1 == 2 < stopped["epochs_run"]
+    two = train.run("mlp", "moons", ["scratch"], train.TrainOptions(epochs=2, lr=2.0, patience=5))["results"][0]
+    assert two["stopped"] is None and two["test_loss"] == stopped["test_loss"], (two["test_loss"], stopped["test_loss"])
 
     class CtrlC:  # the progress reporter: Ctrl-C during the second framework's second epoch
         def start(self, framework, epochs):
@@ -442,3 +448,44 @@ def test_l2_in_the_loss_and_decoupled_weight_decay_are_distinct():
     decoupled = parity.OptimizerCase("mlp", "adamw", case.config, case.make_inputs, OptimizerConfig("adamw", lr=0.01, eps=0.0, weight_decay=0.05))
     a, b = parity.compute(coupled, "scratch", "float64"), parity.compute(decoupled, "scratch", "float64")
     assert max(float(np.max(np.abs(a[k] - b[k]))) for k in a) > 1e-2
+
+
+# ----------------------------------------------------------------------------- every model takes the flags
+def test_every_gradient_model_takes_the_optimiser_flags():
+    """`rosetta train` passes --optimizer, --schedule and --clip-norm to LeNet-5, the recurrent nets and
+    attention (their make_optimizer builds the stock optimiser of tasks.configs.OptimizerConfig), and
+    LeNet-5 takes --init, --batch-norm, --dropout and --l2 too; two frameworks stay in lockstep."""
+    from tasks import train
+
+    def run(model, task, **options):
+        return train.run(model, task, ["scratch", "torch_impl"], train.TrainOptions(epochs=1, dtype="float64", **options))
+
+    lenet = run("lenet5", "digits32", optimizer="adam", lr=0.002, schedule="cosine", init="he_uniform", batch_norm=True, l2=1e-4)
+    assert lenet["config"]["batch_norm"] and lenet["config"]["init"] == "he_uniform"
+    assert all(r["test_accuracy"] > 0.8 for r in lenet["results"]), [r["test_accuracy"] for r in lenet["results"]]
+    assert lenet["results"][1]["max_param_diff_vs_scratch"] < 1e-9
+    gru = run("gru", "sign", optimizer="momentum", lr=0.05, clip_norm=0.5)
+    assert gru["config"]["clip_norm"] is None and gru["results"][1]["max_param_diff_vs_scratch"] < 1e-9  # one clip: the optimiser's
+    attention = run("attention", "reverse", optimizer="sgd", lr=0.5, warmup_steps=10)
+    assert attention["config"]["optimizer"] == "sgd" and attention["results"][1]["max_param_diff_vs_scratch"] < 1e-9
+    for framework in FRAMEWORKS:  # the RNN's own clip and an OptimizerConfig's would clip twice: refused
+        impl = load_impl(framework, "gru")
+        with pytest.raises(ValueError, match="clips at its own clip_norm"):
+            impl.make_optimizer(impl.create_model(parity.CASES["gru"][0].config, seed=0), OptimizerConfig("sgd", lr=0.1))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "gru", "--dropout", "0.1"], "--init, --dropout, --batch-norm and --l2 are for mlp and lenet5"),
+        (["train", "perceptron", "--optimizer", "adam"], "mistake-driven rule"),
+        (["train", "lenet5", "--optimizer", "adagrad"], "unknown optimizer 'adagrad'"),
+    ],
+)
+def test_flags_a_model_does_not_use_are_refused(args, message):
+    from typer.testing import CliRunner
+
+    from tasks.cli import app
+
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and message in result.output, result.output

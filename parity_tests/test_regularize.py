@@ -96,6 +96,55 @@ def test_dropout_own_rng_rate_scale_and_seed(framework):
     assert not np.array_equal(dropout_run(framework, x, x, seed=4)[0], y)
 
 
+def mask_stack_run(framework, x, masks, calls: int) -> list[np.ndarray]:
+    """Outputs of `calls` training calls of one dropout layer given a (S, B, D) mask stack, through each
+    framework's compiled path where it has one (a tf.function, nnx.jit), as a train step would run it."""
+    if framework == "scratch":
+        from scratch.regularize import Dropout, set_mask
+
+        layer = Dropout(P, rng=np.random.default_rng(0))
+        set_mask(layer, masks)
+        return [layer.forward(x) for _ in range(calls)]
+    if framework == "torch_impl":
+        import torch
+
+        from torch_impl.regularize import Dropout, set_mask
+
+        layer = Dropout(P, generator=torch.Generator().manual_seed(0))
+        set_mask(layer, masks)
+        return [layer(torch.as_tensor(x)).numpy() for _ in range(calls)]
+    if framework == "tf_impl":
+        import keras
+        import tensorflow as tf
+
+        from tf_impl.regularize import Dropout, set_mask
+
+        layer = Dropout(P, seed=keras.random.SeedGenerator(0), dtype="float64")
+        set_mask(layer, masks)
+        step = tf.function(lambda x: layer(x, training=True))  # traced once: the step counter must be a variable
+        return [step(tf.constant(x)).numpy() for _ in range(calls)]
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from jax_impl.regularize import Dropout, set_mask
+
+    layer = Dropout(P, rngs=nnx.Rngs(dropout=0))
+    set_mask(layer, masks)
+    step = nnx.jit(lambda layer, x: layer(x))  # the step counter is nnx state, carried out of the jit
+    return [np.asarray(step(layer, jnp.asarray(x))) for _ in range(calls)]
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_a_mask_stack_gives_one_mask_per_training_step(framework):
+    """set_mask with a (S, B, D) stack: training call t uses mask t % S, in every framework, compiled or not."""
+    rng = np.random.default_rng(2)
+    x, masks = rng.normal(size=(4, 5)), rng.random((3, 4, 5)) >= P
+    outputs = mask_stack_run(framework, x, masks, calls=5)
+    for t, y in enumerate(outputs):
+        parity.assert_close(y, x * masks[t % 3] / (1 - P), 1e-15, f"{framework} call {t}")
+    assert not np.array_equal(outputs[0], outputs[1]), "the masks of consecutive steps must differ"
+
+
 # ----------------------------------------------------------------------------- batch norm
 M, EPS = 0.1, 1e-5  # torch's conventions; Keras and Flax get momentum 1 - M
 SHAPES = {"dense": (16, 5), "conv": (4, 3, 5, 5)}

@@ -65,7 +65,7 @@ def test_scratch_bptt_matches_finite_differences(case):
     x, y = parity.inputs(case, case.batch, "float64")
     analytic = impl.forward_backward(model, x, y)
     loss = lambda: impl.loss_fn(model.forward(x)[0], y)[0]
-    for layer in model.layers():
+    for layer in model.layers().values():
         for name, value in layer.params.items():
             parity.assert_close(analytic[f"grad.{name}"], numeric_grad(loss, value), 1e-6, f"{case.id} {name}")
     parity.assert_close(analytic["grad.input"], numeric_grad(loss, x), 1e-6, f"{case.id} input")
@@ -79,7 +79,7 @@ def test_trajectory_clips_some_steps_and_not_others(case):
     optimizer, norms = impl.make_optimizer(model, parity.TRAJECTORY_LR), []
     for idx in batches(len(x), case.batch, case.seed, 0):
         impl.forward_backward(model, x[idx], y[idx])
-        norms.append(np.sqrt(sum(np.sum(g**2) for layer in model.layers() for g in layer.grads.values())))
+        norms.append(np.sqrt(sum(np.sum(g**2) for layer in model.layers().values() for g in layer.grads.values())))
         optimizer.step()
     norms = np.array(norms)
     assert (norms > case.config.clip_norm).any() and (norms < case.config.clip_norm).any(), norms

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from scratch import optim
 from tasks import weights
-from tasks.configs import PAD, AttentionConfig
+from tasks.configs import PAD, AttentionConfig, OptimizerConfig
 from tasks.data import Dataset, batches
 
 
@@ -255,7 +256,10 @@ class Adam:
                 layer.params[key] -= self.lr * m_hat / (np.sqrt(v_hat) + self.eps)
 
 
-def make_optimizer(model, lr: float):
+def make_optimizer(model, lr: float | OptimizerConfig):
+    """A learning rate gives the config's optimizer (Adam or SGD); an OptimizerConfig any of scratch/optim.py."""
+    if isinstance(lr, OptimizerConfig):
+        return optim.make_optimizer(model, lr)
     return Adam(model, lr) if model.cfg.optimizer == "adam" else SGD(model, lr)
 
 
@@ -267,7 +271,7 @@ def train_step(model, optimizer, x, y) -> float:
     return float(loss)
 
 
-def train(model, data: Dataset, *, epochs: int, lr: float, batch_size: int, seed: int, on_epoch=None) -> list[float]:
+def train(model, data: Dataset, *, epochs: int, lr: float | OptimizerConfig, batch_size: int, seed: int, on_epoch=None) -> list[float]:
     """Mini-batches in the shared order; returns the mean training loss of each epoch."""
     x, y = data.x_train, data.y_train  # token ids (B, T): no dtype cast
     optimizer, history = make_optimizer(model, lr), []

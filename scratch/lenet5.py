@@ -13,8 +13,11 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from scratch import optim
+from scratch.initializers import initialize
+from scratch.regularize import BatchNorm, Dropout, add_l2_gradient, l2_penalty
 from tasks import weights
-from tasks.configs import LeNet5Config
+from tasks.configs import LeNet5Config, OptimizerConfig
 from tasks.data import Dataset, batches
 
 
@@ -30,16 +33,23 @@ def im2col(x, k: int):
     return patches.transpose(1, 4, 5, 0, 2, 3).reshape(c * k * k, -1)  # -> (C, k, k, B, OH, OW) -> (C*k*k, B*OH*OW)
 
 
+def init_params(shape: tuple[int, ...], *, rng: np.random.Generator, dtype, init: str, bias: bool) -> dict[str, np.ndarray]:
+    """A weight of canonical `shape` and its bias: torch's default U(±1/sqrt(fan_in)) for both, or a
+    named initialiser (He, Xavier) for the weight and a zero bias; no bias when a batch norm follows."""
+    bound = 1.0 / np.sqrt(np.prod(shape[1:]))  # fan_in = in_c * kh * kw or in_features
+    weight = rng.uniform(-bound, bound, shape) if init == "uniform" else initialize(init, shape, rng=rng)
+    params = {"weight": weight.astype(dtype)}
+    if bias:
+        params["bias"] = (rng.uniform(-bound, bound, shape[:1]) if init == "uniform" else np.zeros(shape[:1])).astype(dtype)
+    return params
+
+
 class Conv2D:
     """2-D convolution (cross-correlation), stride 1, no padding, kernel (out_c, in_c, kh, kw)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, rng: np.random.Generator, dtype=np.float64):
-        bound = 1.0 / np.sqrt(in_channels * kernel_size**2)  # torch's nn.Conv2d default range
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, rng: np.random.Generator, dtype=np.float64, init: str = "uniform", bias: bool = True):
         shape = (out_channels, in_channels, kernel_size, kernel_size)
-        self.params = {
-            "weight": rng.uniform(-bound, bound, shape).astype(dtype),
-            "bias": rng.uniform(-bound, bound, (out_channels,)).astype(dtype),
-        }
+        self.params = init_params(shape, rng=rng, dtype=dtype, init=init, bias=bias)
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
         self.cache: dict[str, np.ndarray] = {}
 
@@ -49,7 +59,9 @@ class Conv2D:
         b, _, h, wd = x.shape
         cols = im2col(x, k)  # (B, C, H, W) -> (C*k*k, B*OH*OW)
         self.cache = {"cols": cols, "x_shape": x.shape}
-        y = w.reshape(o, -1) @ cols + self.params["bias"][:, None]  # (O, C*k*k) @ (C*k*k, B*OH*OW) -> (O, B*OH*OW)
+        y = w.reshape(o, -1) @ cols  # (O, C*k*k) @ (C*k*k, B*OH*OW) -> (O, B*OH*OW)
+        if "bias" in self.params:
+            y += self.params["bias"][:, None]
         return y.reshape(o, b, h - k + 1, wd - k + 1).transpose(1, 0, 2, 3)  # -> (B, O, OH, OW)
 
     def backward(self, dy, input_grad: bool = True):
@@ -57,7 +69,8 @@ class Conv2D:
         o, _, k, _ = w.shape
         dy_mat = dy.transpose(1, 0, 2, 3).reshape(o, -1)  # (B, O, OH, OW) -> (O, B*OH*OW)
         self.grads["weight"] = (dy_mat @ self.cache["cols"].T).reshape(w.shape)  # (O, B*OH*OW) @ (B*OH*OW, C*k*k) -> (O, C, k, k)
-        self.grads["bias"] = dy_mat.sum(axis=1)  # (O, B*OH*OW) -> (O,)
+        if "bias" in self.params:
+            self.grads["bias"] = dy_mat.sum(axis=1)  # (O, B*OH*OW) -> (O,)
         if not input_grad:
             return None  # the first layer's input is data: skip its gradient in training, as autograd does
         dcols = w.reshape(o, -1).T @ dy_mat  # (C*k*k, O) @ (O, B*OH*OW) -> (C*k*k, B*OH*OW)
@@ -146,23 +159,21 @@ class Flatten:
 class Dense:
     """Fully connected layer, weight (out, in)."""
 
-    def __init__(self, in_features: int, out_features: int, *, rng: np.random.Generator, dtype=np.float64):
-        bound = 1.0 / np.sqrt(in_features)  # torch's nn.Linear default range
-        self.params = {
-            "weight": rng.uniform(-bound, bound, (out_features, in_features)).astype(dtype),
-            "bias": rng.uniform(-bound, bound, (out_features,)).astype(dtype),
-        }
+    def __init__(self, in_features: int, out_features: int, *, rng: np.random.Generator, dtype=np.float64, init: str = "uniform", bias: bool = True):
+        self.params = init_params((out_features, in_features), rng=rng, dtype=dtype, init=init, bias=bias)
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
         self.cache: dict[str, np.ndarray] = {}
 
     def forward(self, x):
         self.cache = {"x": x}
-        return x @ self.params["weight"].T + self.params["bias"]  # (B, in) -> (B, out)
+        y = x @ self.params["weight"].T  # (B, in) -> (B, out)
+        return y + self.params["bias"] if "bias" in self.params else y
 
     def backward(self, dy):
         x = self.cache["x"]
         self.grads["weight"] = dy.T @ x  # (out, B) @ (B, in) -> (out, in)
-        self.grads["bias"] = dy.sum(axis=0)  # (B, out) -> (out,)
+        if "bias" in self.params:
+            self.grads["bias"] = dy.sum(axis=0)  # (B, out) -> (out,)
         return dy @ self.params["weight"]  # (B, out) @ (out, in) -> (B, in)
 
 
@@ -185,6 +196,16 @@ class Tanh:
         return dy * (1 - self.cache["y"] ** 2)
 
 
+class Identity:
+    """Stands in for a regulariser the config leaves out, so forward and backward read the same either way."""
+
+    def forward(self, x):
+        return x
+
+    def backward(self, dy):
+        return dy
+
+
 def make_activation(cfg: LeNet5Config):
     return {"relu": ReLU, "tanh": Tanh}[cfg.activation]()
 
@@ -200,35 +221,45 @@ class LeNet5:
     def __init__(self, cfg: LeNet5Config, *, rng: np.random.Generator, dtype=np.float64):
         self.cfg = cfg
         (c1, c2), (h1, h2), k = cfg.channels, cfg.hidden, cfg.kernel_size
-        self.conv1 = Conv2D(cfg.in_channels, c1, k, rng=rng, dtype=dtype)
-        self.conv2 = Conv2D(c1, c2, k, rng=rng, dtype=dtype)
-        self.fc1 = Dense(cfg.flat_features, h1, rng=rng, dtype=dtype)  # 16 * 5 * 5 = 400 inputs by default
-        self.fc2 = Dense(h1, h2, rng=rng, dtype=dtype)
-        self.fc3 = Dense(h2, cfg.n_classes, rng=rng, dtype=dtype)
+        bias = not cfg.batch_norm  # a batch norm's mean subtraction cancels the bias of the layer before it
+        self.conv1 = Conv2D(cfg.in_channels, c1, k, rng=rng, dtype=dtype, init=cfg.init, bias=bias)
+        self.conv2 = Conv2D(c1, c2, k, rng=rng, dtype=dtype, init=cfg.init, bias=bias)
+        self.fc1 = Dense(cfg.flat_features, h1, rng=rng, dtype=dtype, init=cfg.init, bias=bias)  # 16 * 5 * 5 = 400 inputs by default
+        self.fc2 = Dense(h1, h2, rng=rng, dtype=dtype, init=cfg.init, bias=bias)
+        self.fc3 = Dense(h2, cfg.n_classes, rng=rng, dtype=dtype, init=cfg.init)
         # one activation object per use: each caches its own input for backward
         self.act1, self.act2, self.act3, self.act4 = (make_activation(cfg) for _ in range(4))
         self.pool1, self.pool2 = make_pool(cfg), make_pool(cfg)
         self.flatten = Flatten()
+        # optional regularisers: batch norm before each hidden activation, dropout after fc1's and fc2's
+        self.bn1, self.bn2, self.bn3, self.bn4 = (BatchNorm(n, dtype=dtype) if cfg.batch_norm else Identity() for n in (c1, c2, h1, h2))
+        self.drop1, self.drop2 = (Dropout(cfg.dropout, rng=rng) if cfg.dropout else Identity() for _ in range(2))
 
     def forward(self, x):
-        x = self.pool1.forward(self.act1.forward(self.conv1.forward(x)))  # (B, 1, 32, 32) -> (B, 6, 28, 28) -> (B, 6, 14, 14)
-        x = self.pool2.forward(self.act2.forward(self.conv2.forward(x)))  # -> (B, 16, 10, 10) -> (B, 16, 5, 5)
+        x = self.pool1.forward(self.act1.forward(self.bn1.forward(self.conv1.forward(x))))  # (B, 1, 32, 32) -> (B, 6, 28, 28) -> (B, 6, 14, 14)
+        x = self.pool2.forward(self.act2.forward(self.bn2.forward(self.conv2.forward(x))))  # -> (B, 16, 10, 10) -> (B, 16, 5, 5)
         x = self.flatten.forward(x)  # (B, 16, 5, 5) -> (B, 400)
-        x = self.act3.forward(self.fc1.forward(x))  # (B, 400) -> (B, 120)
-        x = self.act4.forward(self.fc2.forward(x))  # (B, 120) -> (B, 84)
+        x = self.drop1.forward(self.act3.forward(self.bn3.forward(self.fc1.forward(x))))  # (B, 400) -> (B, 120)
+        x = self.drop2.forward(self.act4.forward(self.bn4.forward(self.fc2.forward(x))))  # (B, 120) -> (B, 84)
         return self.fc3.forward(x)  # (B, 84) -> (B, C) logits
 
     def backward(self, dlogits, input_grad: bool = True):
-        dx = self.act4.backward(self.fc3.backward(dlogits))
-        dx = self.act3.backward(self.fc2.backward(dx))
+        dx = self.bn4.backward(self.act4.backward(self.drop2.backward(self.fc3.backward(dlogits))))
+        dx = self.bn3.backward(self.act3.backward(self.drop1.backward(self.fc2.backward(dx))))
         dx = self.flatten.backward(self.fc1.backward(dx))
-        dx = self.act2.backward(self.pool2.backward(dx))
-        dx = self.act1.backward(self.pool1.backward(self.conv2.backward(dx)))
+        dx = self.bn2.backward(self.act2.backward(self.pool2.backward(dx)))
+        dx = self.bn1.backward(self.act1.backward(self.pool1.backward(self.conv2.backward(dx))))
         return self.conv1.backward(dx, input_grad)  # (B, 1, 32, 32): the saliency map, or None
 
-    def layers(self) -> dict[str, Conv2D | Dense]:
+    def set_training(self, training: bool) -> None:
+        """Train mode (batch statistics, dropout on) or eval mode (running statistics, dropout off)."""
+        for layer in (self.bn1, self.bn2, self.bn3, self.bn4, self.drop1, self.drop2):
+            layer.training = training
+
+    def layers(self) -> dict[str, Conv2D | Dense | BatchNorm]:
         """Layers with parameters, by canonical prefix."""
-        return {"conv1": self.conv1, "conv2": self.conv2, "fc1": self.fc1, "fc2": self.fc2, "fc3": self.fc3}
+        norms = {f"bn{i}": norm for i, norm in enumerate((self.bn1, self.bn2, self.bn3, self.bn4), 1) if isinstance(norm, BatchNorm)}
+        return {"conv1": self.conv1, "conv2": self.conv2, "fc1": self.fc1, "fc2": self.fc2, "fc3": self.fc3, **norms}
 
 
 def create_model(cfg: LeNet5Config, *, seed: int, dtype: str = "float64") -> LeNet5:
@@ -240,12 +271,14 @@ def load_canonical(model: LeNet5, params: dict[str, np.ndarray]) -> None:
     """Copy canonical weights in; scratch *is* the canonical layout, so no transform."""
     weights.check(params, model.cfg.param_shapes(), model.fc3.params["weight"].dtype)
     for prefix, layer in model.layers().items():
-        for key in layer.params:
-            layer.params[key] = np.array(params[f"{prefix}.{key}"])
+        for store in (layer.params, getattr(layer, "buffers", {})):  # batch norm's running statistics are buffers
+            for key in store:
+                store[key] = np.array(params[f"{prefix}.{key}"])
 
 
 def export_canonical(model: LeNet5) -> dict[str, np.ndarray]:
-    return {f"{prefix}.{key}": value.copy() for prefix, layer in model.layers().items() for key, value in layer.params.items()}
+    tensors = lambda layer: {**layer.params, **getattr(layer, "buffers", {})}
+    return {f"{prefix}.{key}": value.copy() for prefix, layer in model.layers().items() for key, value in tensors(layer).items()}
 
 
 # ----------------------------------------------------------------------------- loss
@@ -270,35 +303,28 @@ def forward_backward(model: LeNet5, x, y) -> dict[str, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- train step
-class SGD:
-    """Plain stochastic gradient descent: p -= lr * g."""
-
-    def __init__(self, model: LeNet5, lr: float):
-        self.model, self.lr = model, lr
-
-    def step(self):
-        for layer in self.model.layers().values():
-            for key in layer.params:
-                layer.params[key] -= self.lr * layer.grads[key]
+def make_optimizer(model: LeNet5, lr: float | OptimizerConfig) -> optim.Optimizer:
+    """A learning rate gives plain SGD (p -= lr * g); an OptimizerConfig any of scratch/optim.py."""
+    return optim.make_optimizer(model, lr if isinstance(lr, OptimizerConfig) else OptimizerConfig("sgd", lr=lr))
 
 
-def make_optimizer(model: LeNet5, lr: float) -> SGD:
-    return SGD(model, lr)
-
-
-def train_step(model: LeNet5, optimizer: SGD, x, y) -> float:
+def train_step(model: LeNet5, optimizer: optim.Optimizer, x, y) -> float:
     logits = model.forward(x)
     loss, dlogits = loss_fn(logits, y)
     model.backward(dlogits, input_grad=False)  # like autograd: no gradient for the data
+    if model.cfg.l2:  # the penalty (l2 / 2) * sum p^2 is part of the loss: its gradient l2 * p joins each gradient
+        loss += l2_penalty(model.layers().values(), model.cfg.l2)
+        add_l2_gradient(model.layers().values(), model.cfg.l2)
     optimizer.step()
     return float(loss)
 
 
-def train(model: LeNet5, data: Dataset, *, epochs: int, lr: float, batch_size: int, seed: int, on_epoch=None) -> list[float]:
+def train(model: LeNet5, data: Dataset, *, epochs: int, lr: float | OptimizerConfig, batch_size: int, seed: int, on_epoch=None) -> list[float]:
     """Mini-batch SGD over the shared batch order; returns the mean training loss of each epoch."""
     dtype = model.fc3.params["weight"].dtype
     x, y = data.x_train.astype(dtype), data.y_train
     optimizer, history = make_optimizer(model, lr), []
+    model.set_training(True)
     for epoch in range(epochs):
         losses = [train_step(model, optimizer, x[idx], y[idx]) for idx in batches(len(x), batch_size, seed, epoch)]
         history.append(float(np.mean(losses)))
@@ -310,6 +336,7 @@ def train(model: LeNet5, data: Dataset, *, epochs: int, lr: float, batch_size: i
 # ----------------------------------------------------------------------------- evaluation
 def evaluate(model: LeNet5, x, y) -> tuple[float, float]:
     """(mean loss, accuracy) on a whole split."""
+    model.set_training(False)
     logits = model.forward(x.astype(model.fc3.params["weight"].dtype))
     loss, _ = loss_fn(logits, y)
     return float(loss), float(np.mean(logits.argmax(axis=1) == y))

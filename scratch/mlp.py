@@ -212,7 +212,7 @@ def train_step(model: MLP, optimizer: optim.Optimizer, x, y) -> float:
     return float(loss)
 
 
-def train(model: MLP, data: Dataset, *, epochs: int, lr: float, batch_size: int, seed: int, on_epoch=None) -> list[float]:
+def train(model: MLP, data: Dataset, *, epochs: int, lr: float | OptimizerConfig, batch_size: int, seed: int, on_epoch=None) -> list[float]:
     """Mini-batch SGD over the shared batch order; returns the mean training loss of each epoch."""
     dtype = model.head.params["weight"].dtype
     x, y = data.x_train.astype(dtype), data.y_train

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from scratch import optim
 from tasks import weights
-from tasks.configs import RNNConfig
+from tasks.configs import OptimizerConfig, RNNConfig
 from tasks.data import Dataset, batches
 
 
@@ -198,8 +199,9 @@ class RNN:
             dh = np.concatenate([np.zeros((dh.shape[0], steps - 1, dh.shape[1]), dh.dtype), dh[:, None]], axis=1)  # (B, H) -> (B, T, H)
         return self.rnn.backward(dh)  # (B, T, D): the gradient with respect to the input
 
-    def layers(self):
-        return (self.rnn, self.head)
+    def layers(self) -> dict:
+        """Layers with parameters (canonical names carry no prefix: W_xh, W_hy, ...)."""
+        return {"rnn": self.rnn, "head": self.head}
 
 
 def create_model(cfg: RNNConfig, *, seed: int, dtype: str = "float64") -> RNN:
@@ -210,13 +212,13 @@ def create_model(cfg: RNNConfig, *, seed: int, dtype: str = "float64") -> RNN:
 def load_canonical(model: RNN, params: dict[str, np.ndarray]) -> None:
     """Copy canonical weights in; scratch *is* the canonical layout, so no transform."""
     weights.check(params, model.cfg.param_shapes(), model.head.params["W_hy"].dtype)
-    for layer in model.layers():
+    for layer in model.layers().values():
         for key in layer.params:
             layer.params[key][...] = params[key]  # in place: the cell and the layer share these arrays
 
 
 def export_canonical(model: RNN) -> dict[str, np.ndarray]:
-    return {key: value.copy() for layer in model.layers() for key, value in layer.params.items()}
+    return {key: value.copy() for layer in model.layers().values() for key, value in layer.params.items()}
 
 
 # ----------------------------------------------------------------------------- loss
@@ -240,7 +242,7 @@ def forward_backward(model: RNN, x, y) -> dict[str, np.ndarray]:
     out = {"output": logits, "loss": np.asarray(loss), "hidden": hidden, "h_n": state[0]}
     if model.cfg.cell == "lstm":
         out["c_n"] = state[1]
-    grads = {f"grad.{k}": g.copy() for layer in model.layers() for k, g in layer.grads.items()}
+    grads = {f"grad.{k}": g.copy() for layer in model.layers().values() for k, g in layer.grads.items()}
     return {**out, "grad.input": dx, **grads}
 
 
@@ -267,14 +269,20 @@ class SGD:
         self.model, self.lr = model, lr
 
     def step(self):
-        layers = self.model.layers()
+        layers = list(self.model.layers().values())
         clip_by_global_norm([g for layer in layers for g in layer.grads.values()], self.model.cfg.clip_norm)
         for layer in layers:
             for key in layer.params:
                 layer.params[key] -= self.lr * layer.grads[key]
 
 
-def make_optimizer(model: RNN, lr: float) -> SGD:
+def make_optimizer(model: RNN, lr: float | OptimizerConfig) -> SGD | optim.Optimizer:
+    """A learning rate gives SGD clipped at cfg.clip_norm; an OptimizerConfig any optimizer of
+    scratch/optim.py, clipped at the OptimizerConfig's own clip_norm."""
+    if isinstance(lr, OptimizerConfig):
+        if model.cfg.clip_norm is not None:  # one clipping rule, not two in a row
+            raise ValueError("an OptimizerConfig clips at its own clip_norm: build the RNNConfig with clip_norm=None")
+        return optim.make_optimizer(model, lr)
     return SGD(model, lr)
 
 
@@ -286,7 +294,7 @@ def train_step(model: RNN, optimizer: SGD, x, y) -> float:
     return float(loss)
 
 
-def train(model: RNN, data: Dataset, *, epochs: int, lr: float, batch_size: int, seed: int, on_epoch=None) -> list[float]:
+def train(model: RNN, data: Dataset, *, epochs: int, lr: float | OptimizerConfig, batch_size: int, seed: int, on_epoch=None) -> list[float]:
     """Mini-batch SGD over the shared batch order; returns the mean training loss of each epoch."""
     dtype = model.head.params["W_hy"].dtype
     x, y = data.x_train.astype(dtype), data.y_train

@@ -14,19 +14,26 @@ import numpy as np
 
 # ----------------------------------------------------------------------------- dropout
 class Dropout:
-    """Inverted dropout; `mask` (True = keep), when set, replaces the random draw (for parity tests)."""
+    """Inverted dropout; `mask` (True = keep), when set, replaces the random draw (for parity tests):
+    one (B, D) mask for every training call, or a (S, B, D) stack whose mask `step % S` the next call uses."""
 
     def __init__(self, p: float, *, rng: np.random.Generator):
         self.p, self.rng = p, rng
         self.training = True
         self.mask: np.ndarray | None = None
+        self.step = 0  # training calls made with a supplied stack
         self.cache: dict[str, np.ndarray] = {}
 
     def forward(self, x):
         if not self.training or self.p == 0:
             self.cache = {"scale": None}
             return x
-        keep = self.mask if self.mask is not None else self.rng.random(x.shape) >= self.p
+        if self.mask is None:
+            keep = self.rng.random(x.shape) >= self.p
+        elif self.mask.ndim == 3:  # one mask per training step
+            keep, self.step = self.mask[self.step % len(self.mask)], self.step + 1
+        else:
+            keep = self.mask
         scale = keep / (1 - self.p)  # (B, D) of 0 and 1 / (1 - p)
         self.cache = {"scale": scale}
         return x * scale
@@ -87,8 +94,8 @@ class BatchNorm:
 
 
 def set_mask(layer: Dropout, mask) -> None:
-    """Supply a dropout mask (True = keep) in place of the random draw."""
-    layer.mask = mask
+    """Supply a dropout mask (True = keep) in place of the random draw: (B, D), or (S, B, D) per step."""
+    layer.mask, layer.step = np.asarray(mask), 0
 
 
 # ----------------------------------------------------------------------------- L2 penalty

@@ -59,8 +59,12 @@ class EpochProgress:
         return lambda epoch, loss: self.progress.update(task, completed=epoch + 1, loss=loss)
 
 
-def progress_bar(enabled: bool) -> Progress:
-    columns = [TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn()]
+# what the per-epoch number of a progress bar is: a mean loss, or the perceptron's count of mistakes
+METRICS = {"loss": "loss {task.fields[loss]:.4f}", "mistakes": "mistakes {task.fields[loss]:.0f}", None: ""}
+
+
+def progress_bar(enabled: bool, metric: str | None = "loss") -> Progress:
+    columns = [TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TextColumn(METRICS[metric]), TimeElapsedColumn()]
     return Progress(*columns, console=err, disable=not enabled, transient=False)
 
 
@@ -77,7 +81,7 @@ def train_model(model: str, task: str | None, frameworks: list[str], opts, show_
     if task not in entry.tasks:
         fail(f"unknown task {task!r} for model {model}; choose from: {', '.join(entry.tasks)}")
     runner = importlib.import_module(entry.runner)
-    with progress_bar(show_progress) as bar:
+    with progress_bar(show_progress, getattr(runner, "PROGRESS_METRIC", "loss")) as bar:
         try:
             return runner.run(model, task, frameworks, opts, progress=EpochProgress(bar))
         except DataFileError as e:
@@ -116,16 +120,16 @@ def train(
     dtype: str = typer.Option("float32", help="float32 or float64"),
     data_dir: Optional[str] = typer.Option(None, help="folder with MNIST IDX files (task mnist)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON document to stdout"),
-    optimizer: str = typer.Option("sgd", help="sgd, momentum, nesterov, rmsprop, adam or adamw"),
+    optimizer: Optional[str] = typer.Option(None, help="sgd, momentum, nesterov, rmsprop, adam or adamw (default: the model's own, sgd; adam for attention and transformer)"),
     momentum: float = typer.Option(0.9, help="momentum / nesterov coefficient"),
     weight_decay: float = typer.Option(0.0, help="decoupled weight decay (adamw)"),
     schedule: str = typer.Option("constant", help="constant, cosine or step (over the whole run, after warmup)"),
     warmup_steps: int = typer.Option(0, help="linear learning-rate warmup, in updates"),
     clip_norm: Optional[float] = typer.Option(None, help="clip the global gradient norm to this"),
-    init: Optional[str] = typer.Option(None, help="mlp: uniform, he_normal, he_uniform, xavier_normal or xavier_uniform"),
-    dropout: Optional[float] = typer.Option(None, help="mlp: dropout probability after each hidden activation"),
-    batch_norm: bool = typer.Option(False, "--batch-norm", help="mlp: batch norm before each hidden activation"),
-    l2: Optional[float] = typer.Option(None, help="mlp: L2 penalty (l2/2)·Σp² added to the loss (not decoupled decay)"),
+    init: Optional[str] = typer.Option(None, help="mlp, lenet5: uniform, he_normal, he_uniform, xavier_normal or xavier_uniform"),
+    dropout: Optional[float] = typer.Option(None, help="mlp, lenet5: dropout probability after each hidden dense activation"),
+    batch_norm: bool = typer.Option(False, "--batch-norm", help="mlp, lenet5: batch norm before each hidden activation (lenet5: after each conv too)"),
+    l2: Optional[float] = typer.Option(None, help="mlp, lenet5: L2 penalty (l2/2)·Σp² added to the loss (not decoupled decay)"),
     patience: Optional[int] = typer.Option(None, help="early stopping: epochs without a better validation loss"),
     plot: Optional[str] = typer.Option(None, help="write the four training-loss curves to this image file"),
 ):
@@ -185,7 +189,7 @@ def check_training_options(model, optimizer, momentum, weight_decay, schedule, w
     """Validate the optimiser / regularisation flags (exit 2 with one line); the TrainOptions fields."""
     from tasks.configs import INITS, OPTIMIZER_NAMES, SCHEDULES
 
-    if optimizer not in OPTIMIZER_NAMES:
+    if optimizer is not None and optimizer not in OPTIMIZER_NAMES:
         fail(f"unknown optimizer {optimizer!r}; choose from: {', '.join(OPTIMIZER_NAMES)}")
     if schedule not in SCHEDULES:
         fail(f"unknown schedule {schedule!r}; choose from: {', '.join(SCHEDULES)}")
@@ -205,11 +209,12 @@ def check_training_options(model, optimizer, momentum, weight_decay, schedule, w
         fail(f"--dropout must be in [0, 1), got {dropout}")
     if l2 is not None and not (l2 >= 0 and math.isfinite(l2)):
         fail(f"--l2 must be a number >= 0, got {l2}")
-    if model != "mlp" and (init is not None or dropout is not None or batch_norm or l2 is not None):
-        fail(f"--init, --dropout, --batch-norm and --l2 are wired into the mlp only, not {model}")
-    if model != "mlp" and (optimizer != "sgd" or schedule != "constant" or warmup_steps or clip_norm is not None):
-        # the other models' make_optimizer still takes a plain lr (tasks.configs.OptimizerConfig is the MLP's so far)
-        fail(f"--optimizer, --schedule, --warmup-steps and --clip-norm are wired into the mlp only, not {model}")
+    from tasks.train import REGULARISED
+
+    if model not in REGULARISED and (init is not None or dropout is not None or batch_norm or l2 is not None):
+        fail(f"--init, --dropout, --batch-norm and --l2 are for {' and '.join(REGULARISED)}, whose configs have those layers; not {model}")
+    if model == "perceptron" and (optimizer is not None or schedule != "constant" or warmup_steps or clip_norm is not None or patience is not None):
+        fail("the perceptron learns by its own mistake-driven rule: --optimizer, --schedule, --warmup-steps, --clip-norm and --patience do not apply")
     return dict(optimizer=optimizer, momentum=momentum, weight_decay=weight_decay, schedule=schedule, warmup_steps=warmup_steps,
                 clip_norm=clip_norm, init=init, dropout=dropout, batch_norm=batch_norm, patience=patience, l2=l2)  # fmt: skip
 
@@ -219,7 +224,7 @@ def parity_records(models: list[str], frameworks: list[str]) -> list[dict]:
     records = []
     for model in models:
         cases = parity_mod.CASES.get(model, []) + parity_mod.OPTIMIZER_CASES.get(model, [])
-        with progress_bar(sys.stderr.isatty()) as bar:
+        with progress_bar(sys.stderr.isatty(), metric=None) as bar:  # counts cases; no loss to show
             task = bar.add_task(f"{model}", total=len(cases), loss=float("nan"))
             for case in cases:
                 records += parity_mod.records(case, frameworks)

@@ -16,6 +16,16 @@ BN_TENSORS = ("weight", "bias", "running_mean", "running_var")  # torch's BatchN
 HEADS = ("sigmoid", "softmax")
 
 
+def check_regularisers(cfg) -> None:
+    """The regularisation and initialisation fields the MLP and LeNet-5 configs share."""
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {cfg.dropout}")
+    if cfg.init not in INITS:
+        raise ValueError(f"unknown init {cfg.init!r}; choose from {', '.join(INITS)}")
+    if cfg.l2 < 0:
+        raise ValueError(f"l2 must be >= 0, got {cfg.l2}")
+
+
 @dataclass(frozen=True)
 class MLPConfig:
     """Multilayer perceptron: dense layers with one hidden activation and a classification head."""
@@ -40,12 +50,7 @@ class MLPConfig:
             raise ValueError(f"a sigmoid head is binary: n_classes must be 2, got {self.n_classes}")
         if self.in_features < 1 or self.n_classes < 2 or any(h < 1 for h in self.hidden):
             raise ValueError(f"layer sizes must be positive: {self}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.init not in INITS:
-            raise ValueError(f"unknown init {self.init!r}; choose from {', '.join(INITS)}")
-        if self.l2 < 0:
-            raise ValueError(f"l2 must be >= 0, got {self.l2}")
+        check_regularisers(self)
 
     @property
     def out_features(self) -> int:
@@ -89,8 +94,14 @@ class LeNet5Config:
     n_classes: int = 10  # fc3 outputs logits for a softmax cross-entropy
     activation: str = "tanh"  # the paper's squashing function; "relu" is the modern choice
     pooling: str = "avg"  # the paper's subsampling averages 2x2 blocks; "max" is the modern choice
+    # regularisation and initialisation (issue 7), all off by default: the 1998 network
+    batch_norm: bool = False  # BatchNorm after conv1, conv2 (per channel), fc1, fc2 (per unit), before the activation
+    dropout: float = 0.0  # drop probability after the activations of fc1 and fc2; 0 adds no layer
+    init: str = "uniform"  # one of INITS, for every conv and dense weight (biases start at 0 except "uniform")
+    l2: float = 0.0  # L2 penalty (l2 / 2) * sum of every squared parameter, added to the training loss
 
     def __post_init__(self):
+        check_regularisers(self)
         if self.activation not in LENET_ACTIVATIONS:
             raise ValueError(f"unknown activation {self.activation!r} for lenet5; choose from {', '.join(LENET_ACTIVATIONS)}")
         if self.pooling not in POOLINGS:
@@ -101,17 +112,31 @@ class LeNet5Config:
     @property
     def feature_size(self) -> int:
         """Height (= width) of conv2's pooled output: 32 -> conv 28 -> pool 14 -> conv 10 -> pool 5."""
-        return ((self.image_size - self.kernel_size + 1) // 2 - self.kernel_size + 1) // 2
+        return self.conv_sizes[1] // 2
 
     @property
     def flat_features(self) -> int:
         """Inputs of fc1: C * H * W of the last pooled map, 16 * 5 * 5 = 400 by default."""
         return self.channels[1] * self.feature_size**2
 
+    @property
+    def conv_sizes(self) -> tuple[int, int]:
+        """Height (= width) of conv1's and conv2's outputs, before pooling: 28 and 10 by default."""
+        first = self.image_size - self.kernel_size + 1
+        return first, first // 2 - self.kernel_size + 1
+
+    def bn_positions(self) -> dict[str, int]:
+        """Values per feature a batch norm averages over for each sample: H * W for a conv, 1 for a dense layer."""
+        s1, s2 = self.conv_sizes
+        return {"bn1": s1 * s1, "bn2": s2 * s2, "bn3": 1, "bn4": 1}
+
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Canonical names and scratch-layout shapes: conv (out_c, in_c, kh, kw), dense (out, in)."""
+        """Canonical names and scratch-layout shapes: conv (out_c, in_c, kh, kw), dense (out, in).
+
+        With batch norm, conv1, conv2, fc1 and fc2 have no bias (the norm's mean subtraction would
+        cancel it, and its gradient is exactly 0), and bn1..bn4 hold gamma, beta and the statistics."""
         k, (c1, c2), (h1, h2) = self.kernel_size, self.channels, self.hidden
-        return {
+        shapes = {
             "conv1.weight": (c1, self.in_channels, k, k),
             "conv1.bias": (c1,),
             "conv2.weight": (c2, c1, k, k),
@@ -123,6 +148,12 @@ class LeNet5Config:
             "fc3.weight": (self.n_classes, h2),
             "fc3.bias": (self.n_classes,),
         }
+        if self.batch_norm:
+            for prefix in ("conv1", "conv2", "fc1", "fc2"):
+                del shapes[f"{prefix}.bias"]
+            for prefix, n in zip(("bn1", "bn2", "bn3", "bn4"), (c1, c2, h1, h2)):
+                shapes.update({f"{prefix}.{key}": (n,) for key in BN_TENSORS})
+        return shapes
 
 
 # ----------------------------------------------------------------------------- attention

@@ -134,11 +134,37 @@ def _images(rng, cfg, n):
     return x, y
 
 
-# LeNet-5 at full size (the flatten permutation needs the real 16 x 5 x 5), small batches to stay fast
+def _pixels(rng, cfg, n):
+    """(B, C, H, W) intensities in [0, 1), like digits32's, and a class label each. Positive pixels give
+    the conv maps non-zero means: a batch norm's running mean is then not a cancellation of zero-mean
+    terms, whose rounding (2e-10 of its size after 50 steps with normal inputs) nears the 1e-9 bar."""
+    x = rng.uniform(0.0, 1.0, size=(n, cfg.in_channels, cfg.image_size, cfg.image_size))
+    y = rng.integers(0, cfg.n_classes, size=n)
+    return x, y
+
+
+def _with_batch_norm(shapes, seed):
+    """Uniform weights, gamma around 1 and a positive running variance for every batch norm."""
+    params = weights.init_uniform(shapes, seed)
+    rng = np.random.default_rng(seed + 7)
+    for name in params:
+        if name.startswith("bn") and name.endswith((".weight", ".running_var")):
+            params[name] = rng.uniform(0.5, 2.0, params[name].shape)
+    return params
+
+
+# LeNet-5 at full size (the flatten permutation needs the real 16 x 5 x 5), small batches to stay fast.
+# The regularised case runs batch norm in train mode and dropout with supplied masks (a new one each
+# step); its batch is 16 because batch statistics of 4 samples make SGD chaotic: scratch and torch
+# then part from 4e-14 after one step to 1e-5 after 20, while with 16 they stay within 4e-14.
 CASES["lenet5"] = [
     Case("lenet5", "tanh-avg", LeNet5Config(activation="tanh", pooling="avg"), _images, batch=4),
     Case("lenet5", "relu-max", LeNet5Config(activation="relu", pooling="max"), _images, batch=4),
-]
+    Case(
+        "lenet5", "relu-max-batchnorm-dropout", LeNet5Config(activation="relu", pooling="max", batch_norm=True, dropout=0.3),
+        _images, batch=16, init=_with_batch_norm,
+    ),
+]  # fmt: skip
 
 
 def _tokens(rng, cfg, n, pad="right", steps=6):
@@ -244,14 +270,49 @@ def compute(case: Case, framework: str, dtype: str) -> dict[str, np.ndarray]:
     impl.load_canonical(model, params)
     out = {f"roundtrip.{k}": v for k, v in impl.export_canonical(model).items()}
     x, y = inputs(case, case.batch, dtype)
+    supply_dropout_masks(case, framework, model, steps=1)
     out.update(impl.forward_backward(model, x, y))
     # trajectory: a fresh model, the same weights, TRAJECTORY_STEPS mini-batches in the shared order
     model = impl.create_model(case.config, seed=0, dtype=dtype)
     impl.load_canonical(model, params)
     x, y = inputs(case, case.batch * TRAJECTORY_STEPS, dtype)
     data = Dataset(case.model, x, y, x[:1], y[:1], case.config.n_classes)
+    supply_dropout_masks(case, framework, model, steps=TRAJECTORY_STEPS)
     impl.train(model, data, epochs=1, lr=TRAJECTORY_LR, batch_size=case.batch, seed=case.seed)
-    out.update({f"sgd.{k}": v for k, v in impl.export_canonical(model).items()})
+    trained = running_var_as_torch(case, framework, impl.export_canonical(model), params, TRAJECTORY_STEPS)
+    out.update({f"sgd.{k}": v for k, v in trained.items()})
+    return out
+
+
+def dropout_layers(model) -> list:
+    """A model's dropout layers: the MLP keeps a list, LeNet-5 names them drop1 and drop2."""
+    return list(model.dropouts) if hasattr(model, "dropouts") else [model.drop1, model.drop2]
+
+
+def supply_dropout_masks(case, framework: str, model, steps: int) -> None:
+    """The same keep-masks in every framework (their own draws come from different streams): a
+    (steps, B, D) stack per dropout layer, one mask per training step; (B, D) for a single step."""
+    if not getattr(case.config, "dropout", 0):
+        return
+    regularize, rng = load_impl(framework, "regularize"), np.random.default_rng(case.seed + 2)
+    for layer, width in zip(dropout_layers(model), case.config.hidden):
+        masks = rng.random((steps, case.batch, width)) >= case.config.dropout
+        regularize.set_mask(layer, masks[0] if steps == 1 else masks)
+
+
+def running_var_as_torch(case, framework: str, params: dict, start: dict, steps: int) -> dict:
+    """Keras's and Flax's running variances (the biased batch variance) in torch's (canonical) convention.
+
+    After K batches of n values per feature the exact relation is torch - (1-m)^K v0 = n/(n-1)
+    (biased - (1-m)^K v0) (test_regularize proves it); n is the batch times a conv's H * W."""
+    if framework not in ("tf_impl", "jax_impl"):
+        return params
+    positions = case.config.bn_positions() if hasattr(case.config, "bn_positions") else {}
+    out = dict(params)
+    for name, biased in params.items():
+        if name.endswith("running_var"):
+            n, decayed = case.batch * positions.get(name.split(".")[0], 1), (1 - BN_MOMENTUM) ** steps * start[name]
+            out[name] = decayed + (biased - decayed) * n / (n - 1)
     return out
 
 
@@ -262,7 +323,8 @@ def expected_tensors(case: Case) -> list[str]:
     names = list(case.config.param_shapes())
     if isinstance(case, OptimizerCase):
         return [f"trajectory.{n}" for n in names]
-    return ["output", "loss", *case.extra_outputs, "grad.input", *(f"grad.{n}" for n in names), *(f"roundtrip.{n}" for n in names), *(f"sgd.{n}" for n in names)]
+    trainable = [n for n in names if not n.endswith(("running_mean", "running_var"))]  # batch norm statistics have no gradient
+    return ["output", "loss", *case.extra_outputs, "grad.input", *(f"grad.{n}" for n in trainable), *(f"roundtrip.{n}" for n in names), *(f"sgd.{n}" for n in names)]
 
 
 def tolerance(tensor: str, dtype: str, case=None) -> float:
@@ -345,53 +407,45 @@ class OptimizerCase:
 # tanh hidden units: no gradient is exactly zero, so eps = 0 (the one setting where Keras's Adam and
 # RMSprop are torch's algorithm, docs/PORTING.md) never divides 0 by 0
 _OPT_MLP = MLPConfig(5, (7, 6), 3, "tanh", "softmax")
+# LeNet-5 with batch norm after every conv and hidden dense layer, at reduced width (20x20 images,
+# 3 and 4 channels, dense 10 and 8) so 50 steps x 11 optimisers stay quick; the 2x2 map after conv2
+# still exercises the flatten permutation. Tanh and average pooling: again no exactly-zero gradient.
+_OPT_LENET = LeNet5Config(image_size=20, channels=(3, 4), hidden=(10, 8), n_classes=5, activation="tanh", pooling="avg", batch_norm=True)
+
+
+def _optimizer_cases(model: str, cfg, make_inputs, init=weights.init_uniform) -> list[OptimizerCase]:
+    """Every optimiser, schedule, clipping and regulariser, on one model config."""
+    case = lambda name, spec, **changes: OptimizerCase(model, name, replace(cfg, **changes), make_inputs, spec, init=init)
+    return [
+        case("optim-sgd", OptimizerConfig("sgd", lr=0.1)),
+        case("optim-momentum", OptimizerConfig("momentum", lr=0.05, momentum=0.9)),
+        case("optim-nesterov", OptimizerConfig("nesterov", lr=0.05, momentum=0.9)),
+        case("optim-rmsprop", OptimizerConfig("rmsprop", lr=0.01, rho=0.9, eps=0.0)),
+        case("optim-adam", OptimizerConfig("adam", lr=0.01, eps=0.0)),
+        case("optim-adamw", OptimizerConfig("adamw", lr=0.01, eps=0.0, weight_decay=0.1)),
+        case("optim-adam-warmup-cosine", OptimizerConfig("adam", lr=0.02, eps=0.0, schedule="cosine", warmup_steps=10, decay_steps=30, min_lr_ratio=0.1)),
+        case("optim-sgd-warmup-step", OptimizerConfig("sgd", lr=0.2, schedule="step", warmup_steps=5, step_size=15, gamma=0.5)),
+        case("optim-sgd-clip", OptimizerConfig("momentum", lr=0.1, clip_norm=0.3)),
+        # dropout with supplied masks, a new one each step (the frameworks' own draws come from different streams)
+        case("optim-momentum-dropout", OptimizerConfig("momentum", lr=0.05), dropout=0.3),
+        # an L2 penalty in the loss (coupled: it flows through Adam's moments), unlike adamw's decay
+        case("optim-adam-l2", OptimizerConfig("adam", lr=0.01, eps=0.0), l2=0.05),
+    ]  # fmt: skip
+
+
 OPTIMIZER_CASES: dict[str, list[OptimizerCase]] = {
     "mlp": [
-        OptimizerCase("mlp", "optim-sgd", _OPT_MLP, _tabular, OptimizerConfig("sgd", lr=0.1)),
-        OptimizerCase("mlp", "optim-momentum", _OPT_MLP, _tabular, OptimizerConfig("momentum", lr=0.05, momentum=0.9)),
-        OptimizerCase("mlp", "optim-nesterov", _OPT_MLP, _tabular, OptimizerConfig("nesterov", lr=0.05, momentum=0.9)),
-        OptimizerCase("mlp", "optim-rmsprop", _OPT_MLP, _tabular, OptimizerConfig("rmsprop", lr=0.01, rho=0.9, eps=0.0)),
-        OptimizerCase("mlp", "optim-adam", _OPT_MLP, _tabular, OptimizerConfig("adam", lr=0.01, eps=0.0)),
-        OptimizerCase("mlp", "optim-adamw", _OPT_MLP, _tabular, OptimizerConfig("adamw", lr=0.01, eps=0.0, weight_decay=0.1)),
-        OptimizerCase(
-            "mlp", "optim-adam-warmup-cosine", _OPT_MLP, _tabular,
-            OptimizerConfig("adam", lr=0.02, eps=0.0, schedule="cosine", warmup_steps=10, decay_steps=30, min_lr_ratio=0.1),
-        ),
-        OptimizerCase(
-            "mlp", "optim-sgd-warmup-step", _OPT_MLP, _tabular,
-            OptimizerConfig("sgd", lr=0.2, schedule="step", warmup_steps=5, step_size=15, gamma=0.5),
-        ),
-        OptimizerCase("mlp", "optim-sgd-clip", _OPT_MLP, _tabular, OptimizerConfig("momentum", lr=0.1, clip_norm=0.3)),
-        # regularisers: batch norm in train mode (momentum SGD: the hidden biases before a batch norm
-        # have a zero gradient, rounding noise that Adam would blow up to lr-sized steps), and dropout
-        # with one supplied mask per layer (the frameworks' own draws come from different streams)
+        *_optimizer_cases("mlp", _OPT_MLP, _tabular),
+        # batch norm in train mode (momentum SGD: the hidden biases before a batch norm have a zero
+        # gradient, rounding noise that Adam would blow up to lr-sized steps; LeNet-5 drops those biases)
         OptimizerCase(
             "mlp", "optim-momentum-batchnorm", replace(_OPT_MLP, batch_norm=True), _tabular,
-            OptimizerConfig("momentum", lr=0.05, momentum=0.9), init=lambda shapes, seed: _with_batch_norm(shapes, seed),
+            OptimizerConfig("momentum", lr=0.05, momentum=0.9), init=_with_batch_norm,
         ),
-        OptimizerCase("mlp", "optim-momentum-dropout", replace(_OPT_MLP, dropout=0.3), _tabular, OptimizerConfig("momentum", lr=0.05)),
-        # an L2 penalty in the loss (coupled: it flows through Adam's moments), unlike adamw's decay
-        OptimizerCase("mlp", "optim-adam-l2", replace(_OPT_MLP, l2=0.05), _tabular, OptimizerConfig("adam", lr=0.01, eps=0.0)),
     ],
+    "lenet5": _optimizer_cases("lenet5", _OPT_LENET, _pixels, init=_with_batch_norm),
 }  # fmt: skip
 BN_MOMENTUM = 0.1  # tasks' batch norm momentum, torch's convention (the weight of the new batch)
-
-
-def _with_batch_norm(shapes, seed):
-    """Uniform weights, gamma around 1 and a positive running variance for every batch norm."""
-    params = weights.init_uniform(shapes, seed)
-    rng = np.random.default_rng(seed + 7)
-    for name in params:
-        if name.startswith("bn.") and name.endswith((".weight", ".running_var")):
-            params[name] = rng.uniform(0.5, 2.0, params[name].shape)
-    return params
-
-
-def unbiased_running_var(biased, start, case: OptimizerCase):
-    """Keras's and Flax's running variance in torch's (canonical) convention, by the exact relation
-    torch - (1-m)^K v0 = n/(n-1) (biased - (1-m)^K v0) after K batches of n (test_regularize proves it)."""
-    n, decayed = case.batch, (1 - BN_MOMENTUM) ** case.steps * start
-    return decayed + (biased - decayed) * n / (n - 1)
 
 
 @functools.lru_cache(maxsize=None)
@@ -403,13 +457,8 @@ def optimizer_trajectory(case: OptimizerCase, framework: str, dtype: str) -> dic
     impl.load_canonical(model, start)
     x, y = inputs(case, case.batch * case.steps, dtype)
     data = Dataset(case.model, x, y, x[:1], y[:1], case.config.n_classes)
-    if getattr(case.config, "dropout", 0):  # the same mask every step, in every framework
-        regularize, rng = load_impl(framework, "regularize"), np.random.default_rng(case.seed + 2)
-        for layer, width in zip(model.dropouts, case.config.hidden):
-            regularize.set_mask(layer, rng.random((case.batch, width)) >= case.config.dropout)
+    supply_dropout_masks(case, framework, model, steps=case.steps)  # a new mask each step, the same in every framework
     # `lr` takes an OptimizerConfig too: each framework builds its stock optimiser from it
     impl.train(model, data, epochs=1, lr=case.optimizer, batch_size=case.batch, seed=case.seed)
-    out = impl.export_canonical(model)
-    if framework in ("tf_impl", "jax_impl"):  # biased running variances, converted to torch's
-        out = {k: unbiased_running_var(v, start[k], case) if k.endswith("running_var") else v for k, v in out.items()}
+    out = running_var_as_torch(case, framework, impl.export_canonical(model), start, case.steps)
     return {f"trajectory.{k}": v for k, v in out.items()}

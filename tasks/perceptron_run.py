@@ -18,6 +18,7 @@ from tasks.data import Dataset, load_task
 from tasks.registry import load_impl
 
 # ----------------------------------------------------------------------------- parity
+PROGRESS_METRIC = "mistakes"  # what `rosetta train`'s progress bar shows per epoch (tasks.cli.METRICS)
 EPOCHS = 25  # a cap: the separable cases stop earlier, the noisy one runs all of them
 LR = 0.1
 # The issue's bar; measured: 0.0 in both dtypes. Each weight changes by one exact product and one

@@ -36,16 +36,17 @@ class TrainOptions:
     dtype: str = "float32"
     data_dir: str | None = None
     # optimiser, schedule, regularisation, initialisation (issue 7); the defaults are plain SGD at `lr`
-    optimizer: str = "sgd"  # one of tasks.configs.OPTIMIZER_NAMES
+    optimizer: str | None = None  # one of tasks.configs.OPTIMIZER_NAMES; None: the model's own (SGD; Adam for attention)
     momentum: float = 0.9  # momentum / nesterov
     weight_decay: float = 0.0  # decoupled (adamw)
     schedule: str = "constant"  # constant, cosine or step (decays over the whole run, after warmup)
     warmup_steps: int = 0
     clip_norm: float | None = None
-    init: str | None = None  # MLP weight initialiser (tasks.configs.INITS); None: the canonical uniform
+    # mlp and lenet5 only (REGULARISED):
+    init: str | None = None  # weight initialiser (tasks.configs.INITS); None: the canonical uniform
     dropout: float | None = None
     batch_norm: bool = False
-    l2: float | None = None  # MLP: L2 penalty (l2 / 2) * sum p^2 in the loss
+    l2: float | None = None  # L2 penalty (l2 / 2) * sum p^2 in the loss
     patience: int | None = None  # early stopping: stop after this many epochs without a better validation loss
 
     def with_defaults(self, model: str, task: str) -> "TrainOptions":
@@ -67,11 +68,16 @@ def make_config(model: str, data: Dataset, opts: TrainOptions):
         )
     if model == "lenet5":
         channels, size = data.x_train.shape[1:3]  # (B, C, H, W) after prepare, H = W
-        return LeNet5Config(in_channels=channels, image_size=size, n_classes=data.n_classes, activation=opts.activation, pooling=opts.pooling)
+        return LeNet5Config(
+            in_channels=channels, image_size=size, n_classes=data.n_classes, activation=opts.activation, pooling=opts.pooling,
+            **model_options(model, opts),
+        )  # fmt: skip
     if model in ("attention", "transformer"):
         sizes = dict(MODELS[model].defaults.get(data.name, {}).get("config", {}))  # d_model, n_heads, ...
         if model == "transformer" and opts.activation in FF_ACTIVATIONS:
             sizes["activation"] = opts.activation
+        if opts.optimizer in ("sgd", "adam"):  # the config records the optimiser the run uses
+            sizes["optimizer"] = opts.optimizer
         return (AttentionConfig if model == "attention" else TransformerConfig)(vocab=data.n_classes, **sizes)
     if model in ("rnn", "lstm", "gru"):
         if len(opts.hidden) != 1:
@@ -82,15 +88,17 @@ def make_config(model: str, data: Dataset, opts: TrainOptions):
             hidden=opts.hidden[0],
             n_classes=data.n_classes,
             output="sequence" if data.y_train.ndim == 2 else "last",  # a label per step, or one per sequence
+            # an OptimizerConfig clips by its own clip_norm (optimizer_config moves the RNN's default there)
+            **({} if plain_sgd(opts) else {"clip_norm": None}),
         )
     raise KeyError(f"no config rule for model {model!r}")
 
 
 def initial_weights(cfg, seed: int) -> dict[str, np.ndarray]:
     """Seeded canonical init (weights.init_uniform); a Transformer's LayerNorms start as the identity."""
-    if isinstance(cfg, MLPConfig) and (cfg.init != "uniform" or cfg.batch_norm):
+    if isinstance(cfg, (MLPConfig, LeNet5Config)) and (cfg.init != "uniform" or cfg.batch_norm):
         # a named initialiser (He, Xavier), or batch norm's start: scratch's seeded draw, loaded by all four
-        impl = load_impl("scratch", "mlp")
+        impl = load_impl("scratch", "mlp" if isinstance(cfg, MLPConfig) else "lenet5")
         return impl.export_canonical(impl.create_model(cfg, seed=seed))
     params = weights.init_uniform(cfg.param_shapes(), seed)
     if isinstance(cfg, TransformerConfig):
@@ -120,7 +128,7 @@ def run(model: str, task: str, frameworks: list[str], opts: TrainOptions, progre
     data, validation = validation_split(data, opts)
     cfg = make_config(model, data, opts)
     init = weights.cast(initial_weights(cfg, opts.seed), opts.dtype)
-    lr = optimizer_config(opts, n_train=len(data.x_train))
+    lr = optimizer_config(opts, n_train=len(data.x_train), default_clip=RNNConfig.clip_norm if model in ("rnn", "lstm", "gru") else None)
     results, finals, interrupted = [], {}, False
     for framework in frameworks:
         impl = load_impl(framework, model)
@@ -137,6 +145,8 @@ def run(model: str, task: str, frameworks: list[str], opts: TrainOptions, progre
         seconds = time.perf_counter() - start
         if not history:  # interrupted inside the first epoch: nothing to report for this framework
             break
+        if monitor.best_weights is not None:  # early stopping: evaluate and export the best validation epoch's weights
+            impl.load_canonical(net, monitor.best_weights)
         test_loss, test_acc = impl.evaluate(net, data.x_test, data.y_test)
         finals[framework] = impl.export_canonical(net)
         results.append(
@@ -152,6 +162,7 @@ def run(model: str, task: str, frameworks: list[str], opts: TrainOptions, progre
                 "epochs_run": len(history),
                 "stopped": "interrupted" if interrupted else ("early" if monitor.stopped else None),
                 "val_loss": monitor.val_losses or None,
+                "best_epoch": monitor.best_epoch,  # with --patience: the epoch (1-based) whose weights are reported
             }
         )
         if interrupted:
@@ -174,26 +185,36 @@ def run(model: str, task: str, frameworks: list[str], opts: TrainOptions, progre
 
 
 # ----------------------------------------------------------------------------- optimisers, early stopping, plot
-def optimizer_config(opts: TrainOptions, n_train: int):
-    """The plain lr when the options ask for plain SGD (every model's train accepts it), else an
-    OptimizerConfig; a schedule decays over the whole run: cosine to 0, step halving every quarter."""
+REGULARISED = ("mlp", "lenet5")  # the models whose configs take init, dropout, batch_norm and l2
+
+
+def plain_sgd(opts: TrainOptions) -> bool:
+    """No optimiser option given: every model's train then takes the plain lr and its own default
+    optimiser (SGD; Adam for attention and the Transformer; SGD clipped at 1 for the recurrent nets)."""
+    return opts.optimizer is None and opts.schedule == "constant" and not opts.warmup_steps and opts.clip_norm is None
+
+
+def optimizer_config(opts: TrainOptions, n_train: int, default_clip: float | None = None):
+    """The plain lr (plain_sgd), else an OptimizerConfig that every gradient model's train accepts; a
+    schedule decays over the whole run: cosine to 0, step halving every quarter. `default_clip` is the
+    model's own clipping (the recurrent nets'), kept unless --clip-norm replaces it."""
     from tasks.configs import OptimizerConfig
 
-    if opts.optimizer == "sgd" and opts.schedule == "constant" and not opts.warmup_steps and opts.clip_norm is None:
+    if plain_sgd(opts):
         return opts.lr
     total = opts.epochs * -(-n_train // opts.batch_size)  # updates in the run: ceil(n / B) per epoch
     after_warmup = max(total - opts.warmup_steps, 1)
     return OptimizerConfig(
-        opts.optimizer, lr=opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay, schedule=opts.schedule,
+        opts.optimizer or "sgd", lr=opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay, schedule=opts.schedule,
         warmup_steps=opts.warmup_steps, decay_steps=after_warmup, step_size=max(after_warmup // 4, 1), gamma=0.5,
-        clip_norm=opts.clip_norm,
+        clip_norm=opts.clip_norm if opts.clip_norm is not None else default_clip,
     )  # fmt: skip
 
 
 def model_options(model: str, opts: TrainOptions) -> dict:
-    """Regularisation and initialisation fields for a config that has them (the MLP's)."""
+    """Regularisation and initialisation fields for a config that has them (REGULARISED)."""
     chosen = {"init": opts.init, "dropout": opts.dropout, "batch_norm": opts.batch_norm or None, "l2": opts.l2}
-    return {k: v for k, v in chosen.items() if v is not None} if model == "mlp" else {}
+    return {k: v for k, v in chosen.items() if v is not None} if model in REGULARISED else {}
 
 
 class EarlyStop(Exception):
@@ -201,13 +222,17 @@ class EarlyStop(Exception):
 
 
 class EpochMonitor:
-    """The on_epoch callback: records the loss, reports progress, and checks the validation loss."""
+    """The on_epoch callback: records the loss, reports progress, and checks the validation loss;
+    with a patience it keeps a copy of the best epoch's weights (canonical), like Keras's
+    EarlyStopping(restore_best_weights=True), so the run reports the model it would keep."""
 
     def __init__(self, impl, net, validation, patience: int | None, progress=None):
         self.impl, self.net, self.validation, self.patience, self.progress = impl, net, validation, patience, progress
         self.history: list[float] = []
         self.val_losses: list[float] = []
         self.stopped = False
+        self.best_weights: dict[str, np.ndarray] | None = None
+        self.best_epoch: int | None = None
 
     def __call__(self, epoch: int, loss: float):
         self.history.append(loss)
@@ -217,6 +242,8 @@ class EpochMonitor:
             return
         self.val_losses.append(self.impl.evaluate(self.net, *self.validation)[0])
         best = int(np.argmin(self.val_losses))
+        if best == len(self.val_losses) - 1:  # a new best: keep its weights
+            self.best_weights, self.best_epoch = self.impl.export_canonical(self.net), best + 1
         if len(self.val_losses) - 1 - best >= self.patience:
             self.stopped = True
             raise EarlyStop

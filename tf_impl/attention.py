@@ -21,8 +21,9 @@ import tensorflow as tf
 from keras import ops
 
 from tasks import weights
-from tasks.configs import PAD, AttentionConfig
+from tasks.configs import PAD, AttentionConfig, OptimizerConfig
 from tasks.data import Dataset, epoch_order
+from tf_impl import optim
 
 
 # ----------------------------------------------------------------------------- layers
@@ -226,7 +227,10 @@ def forward_backward(model, x, y) -> dict[str, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- train step
-def make_optimizer(model, lr: float) -> keras.optimizers.Optimizer:
+def make_optimizer(model, lr: float | OptimizerConfig) -> keras.optimizers.Optimizer:
+    """A learning rate gives the config's optimizer (Adam or SGD); an OptimizerConfig any of tf_impl/optim.py."""
+    if isinstance(lr, OptimizerConfig):
+        return optim.make_optimizer(model, lr)  # which builds the slots too
     # a callable learning rate keeps it in the model's dtype (a float becomes a float32 variable)
     learning_rate = lambda: ops.convert_to_tensor(lr, dtype=model.dtype)
     if model.cfg.optimizer == "adam":
@@ -248,7 +252,7 @@ def train_step(model, optimizer: keras.optimizers.Optimizer, x, y):
     return loss
 
 
-def train(model, data: Dataset, *, epochs: int, lr: float, batch_size: int, seed: int, on_epoch=None) -> list[float]:
+def train(model, data: Dataset, *, epochs: int, lr: float | OptimizerConfig, batch_size: int, seed: int, on_epoch=None) -> list[float]:
     """Mini-batches in the shared order; returns the mean training loss of each epoch."""
     x, y = data.x_train, data.y_train  # token ids (B, T): no dtype cast
     optimizer, history = make_optimizer(model, lr), []

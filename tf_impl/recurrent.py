@@ -15,8 +15,9 @@ import tensorflow as tf
 from keras import ops
 
 from tasks import weights
-from tasks.configs import RNNConfig
+from tasks.configs import OptimizerConfig, RNNConfig
 from tasks.data import Dataset, epoch_order
+from tf_impl import optim
 
 
 # ----------------------------------------------------------------------------- layers
@@ -179,7 +180,13 @@ def predict_logits(model: RNN, x) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- train step
-def make_optimizer(model: RNN, lr: float) -> keras.optimizers.Optimizer:
+def make_optimizer(model: RNN, lr: float | OptimizerConfig) -> keras.optimizers.Optimizer:
+    """A learning rate gives SGD clipped at cfg.clip_norm; an OptimizerConfig any optimizer of
+    tf_impl/optim.py, clipped at the OptimizerConfig's own clip_norm."""
+    if isinstance(lr, OptimizerConfig):
+        if model.cfg.clip_norm is not None:  # one clipping rule, not two in a row
+            raise ValueError("an OptimizerConfig clips at its own clip_norm: build the RNNConfig with clip_norm=None")
+        return optim.make_optimizer(model, lr)
     # lr as a tensor of the model's dtype (a float would be a float32 variable); global_clipnorm
     # scales every gradient by clip_norm * min(1 / norm, 1 / clip_norm): no epsilon, like scratch
     return keras.optimizers.SGD(learning_rate=lambda: ops.convert_to_tensor(lr, dtype=model.dtype), global_clipnorm=model.cfg.clip_norm)
@@ -196,7 +203,7 @@ def train_step(model: RNN, optimizer: keras.optimizers.Optimizer, x, y):
     return loss
 
 
-def train(model: RNN, data: Dataset, *, epochs: int, lr: float, batch_size: int, seed: int, on_epoch=None) -> list[float]:
+def train(model: RNN, data: Dataset, *, epochs: int, lr: float | OptimizerConfig, batch_size: int, seed: int, on_epoch=None) -> list[float]:
     """Mini-batch SGD over the shared batch order; returns the mean training loss of each epoch."""
     x, y = data.x_train.astype(model.head.kernel.dtype), data.y_train
     optimizer, history = make_optimizer(model, lr), []

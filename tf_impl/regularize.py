@@ -10,25 +10,32 @@ Keras's 0.9, and its running variance takes the biased batch variance (docs/PORT
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
 
 # ----------------------------------------------------------------------------- dropout
 class Dropout(keras.layers.Layer):
-    """Inverted dropout; `mask` (True = keep), when set, replaces the random draw (eager calls only:
-    a tf.function would freeze the mask it saw when it traced)."""
+    """Inverted dropout; `mask` (True = keep), when set, replaces the random draw (for parity tests):
+    one (B, D) mask for every training call, or a (S, B, D) stack whose mask `step % S` the next call
+    uses. A tf.function keeps the mask it saw when it traced; the step is a variable, so it counts."""
 
     def __init__(self, p: float, *, seed: keras.random.SeedGenerator, **kwargs):
         super().__init__(**kwargs)
         self.p, self.seed_generator = p, seed
         self.mask = None
+        self.step = keras.Variable(0, dtype="int64", trainable=False, name="step")  # training calls made with a supplied stack
 
     def call(self, x, training=False):
         if not training or self.p == 0:
             return x
         if self.mask is None:
             return keras.random.dropout(x, self.p, seed=self.seed_generator)  # the stock draw, scaled by 1 / (1 - p)
-        return x * ops.cast(self.mask, x.dtype) / (1 - self.p)  # (B, D) kept units scaled by 1 / (1 - p)
+        keep = self.mask
+        if keep.ndim == 3:  # one mask per training step
+            keep = ops.take(keep, self.step % keep.shape[0], axis=0)
+            self.step.assign_add(1)
+        return x * ops.cast(keep, x.dtype) / (1 - self.p)  # (B, D) kept units scaled by 1 / (1 - p)
 
 
 # ----------------------------------------------------------------------------- batch norm
@@ -45,8 +52,10 @@ def canonical_variables(layer: keras.layers.BatchNormalization) -> dict:
 
 
 def set_mask(layer: Dropout, mask) -> None:
-    """Supply a dropout mask (True = keep); a traced train step keeps the one it saw when it traced."""
-    layer.mask = mask
+    """Supply a dropout mask (True = keep): (B, D), or (S, B, D) per step; a traced train step keeps
+    the one it saw when it traced."""
+    layer.mask = np.asarray(mask)
+    layer.step.assign(0)
 
 
 # ----------------------------------------------------------------------------- L2 penalty

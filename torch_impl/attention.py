@@ -21,8 +21,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from tasks import weights
-from tasks.configs import PAD, AttentionConfig
+from tasks.configs import PAD, AttentionConfig, OptimizerConfig
 from tasks.data import Dataset, batches
+from torch_impl import optim
 
 
 # ----------------------------------------------------------------------------- layers
@@ -191,7 +192,10 @@ def forward_backward(model: nn.Module, x, y) -> dict[str, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- train step
-def make_optimizer(model: nn.Module, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, lr: float | OptimizerConfig) -> torch.optim.Optimizer:
+    """A learning rate gives the config's optimizer (Adam or SGD); an OptimizerConfig any of torch_impl/optim.py."""
+    if isinstance(lr, OptimizerConfig):
+        return optim.make_optimizer(model, lr)
     if model.cfg.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=lr, eps=1e-8)
     return torch.optim.SGD(model.parameters(), lr=lr)
@@ -205,7 +209,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x, y) -> floa
     return loss.item()
 
 
-def train(model: nn.Module, data: Dataset, *, epochs: int, lr: float, batch_size: int, seed: int, on_epoch=None) -> list[float]:
+def train(model: nn.Module, data: Dataset, *, epochs: int, lr: float | OptimizerConfig, batch_size: int, seed: int, on_epoch=None) -> list[float]:
     """Mini-batches in the shared order; returns the mean training loss of each epoch."""
     dataset = TensorDataset(torch.as_tensor(data.x_train), torch.as_tensor(data.y_train))  # token ids: no dtype cast
     optimizer, history = make_optimizer(model, lr), []

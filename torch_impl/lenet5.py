@@ -15,8 +15,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from tasks import weights
-from tasks.configs import LeNet5Config
+from tasks.configs import LeNet5Config, OptimizerConfig
 from tasks.data import Dataset, batches
+from torch_impl import initializers, optim
+from torch_impl.regularize import Dropout, l2_penalty, make_batch_norm
 
 
 # ----------------------------------------------------------------------------- layers
@@ -36,10 +38,11 @@ class LeNet5(nn.Module):
         super().__init__()
         self.cfg = cfg
         (c1, c2), (h1, h2), k = cfg.channels, cfg.hidden, cfg.kernel_size
-        self.conv1 = nn.Conv2d(cfg.in_channels, c1, k, dtype=dtype)
-        self.conv2 = nn.Conv2d(c1, c2, k, dtype=dtype)
-        self.fc1 = nn.Linear(cfg.flat_features, h1, dtype=dtype)  # 16 * 5 * 5 = 400 inputs by default
-        self.fc2 = nn.Linear(h1, h2, dtype=dtype)
+        bias = not cfg.batch_norm  # a batch norm's mean subtraction cancels the bias of the layer before it
+        self.conv1 = nn.Conv2d(cfg.in_channels, c1, k, bias=bias, dtype=dtype)
+        self.conv2 = nn.Conv2d(c1, c2, k, bias=bias, dtype=dtype)
+        self.fc1 = nn.Linear(cfg.flat_features, h1, bias=bias, dtype=dtype)  # 16 * 5 * 5 = 400 inputs by default
+        self.fc2 = nn.Linear(h1, h2, bias=bias, dtype=dtype)
         self.fc3 = nn.Linear(h2, cfg.n_classes, dtype=dtype)
         # the activation and the pooling hold no state, so one module of each serves every use
         self.activation = make_activation(cfg)
@@ -49,15 +52,22 @@ class LeNet5(nn.Module):
         with torch.no_grad():
             for layer in [self.conv1, self.conv2, self.fc1, self.fc2, self.fc3]:
                 bound = 1.0 / np.sqrt(layer.weight[0].numel())  # fan_in = in_c * kh * kw or in_features
-                layer.weight.uniform_(-bound, bound, generator=generator)
-                layer.bias.uniform_(-bound, bound, generator=generator)
+                initializers.initialize_(layer.weight, cfg.init, generator=generator)
+                if layer.bias is not None and cfg.init == "uniform":
+                    layer.bias.uniform_(-bound, bound, generator=generator)
+                elif layer.bias is not None:  # a named initialiser (He, Xavier) for the weight, zero bias
+                    layer.bias.zero_()
+        # optional regularisers: batch norm before each hidden activation, dropout after fc1's and fc2's
+        norm = lambda n, conv: make_batch_norm(n, conv=conv, dtype=dtype) if cfg.batch_norm else nn.Identity()
+        self.bn1, self.bn2, self.bn3, self.bn4 = norm(c1, True), norm(c2, True), norm(h1, False), norm(h2, False)
+        self.drop1, self.drop2 = (Dropout(cfg.dropout, generator=generator) if cfg.dropout else nn.Identity() for _ in range(2))
 
     def forward(self, x):
-        x = self.pool(self.activation(self.conv1(x)))  # (B, 1, 32, 32) -> (B, 6, 28, 28) -> (B, 6, 14, 14)
-        x = self.pool(self.activation(self.conv2(x)))  # -> (B, 16, 10, 10) -> (B, 16, 5, 5)
+        x = self.pool(self.activation(self.bn1(self.conv1(x))))  # (B, 1, 32, 32) -> (B, 6, 28, 28) -> (B, 6, 14, 14)
+        x = self.pool(self.activation(self.bn2(self.conv2(x))))  # -> (B, 16, 10, 10) -> (B, 16, 5, 5)
         x = self.flatten(x)  # (B, 16, 5, 5) -> (B, 400)
-        x = self.activation(self.fc1(x))  # (B, 400) -> (B, 120)
-        x = self.activation(self.fc2(x))  # (B, 120) -> (B, 84)
+        x = self.drop1(self.activation(self.bn3(self.fc1(x))))  # (B, 400) -> (B, 120)
+        x = self.drop2(self.activation(self.bn4(self.fc2(x))))  # (B, 120) -> (B, 84)
         return self.fc3(x)  # (B, 84) -> (B, C) logits
 
 
@@ -69,11 +79,14 @@ def create_model(cfg: LeNet5Config, *, seed: int, dtype: str = "float64") -> LeN
 def load_canonical(model: LeNet5, params: dict[str, np.ndarray]) -> None:
     """torch's state_dict names and shapes are the canonical ones: no transform."""
     weights.check(params, model.cfg.param_shapes(), model.fc3.weight.detach().numpy().dtype)
-    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in params.items()})
+    state = {k: torch.from_numpy(np.array(v)) for k, v in params.items()}
+    # batch norm's step counter is torch's own bookkeeping, not a canonical tensor: keep the model's
+    state.update({k: v for k, v in model.state_dict().items() if k.endswith("num_batches_tracked")})
+    model.load_state_dict(state)
 
 
 def export_canonical(model: LeNet5) -> dict[str, np.ndarray]:
-    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
 
 
 # ----------------------------------------------------------------------------- loss
@@ -94,19 +107,22 @@ def forward_backward(model: LeNet5, x, y) -> dict[str, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- train step
-def make_optimizer(model: LeNet5, lr: float) -> torch.optim.Optimizer:
-    return torch.optim.SGD(model.parameters(), lr=lr)
+def make_optimizer(model: LeNet5, lr: float | OptimizerConfig) -> torch.optim.Optimizer:
+    """A learning rate gives torch.optim.SGD; an OptimizerConfig any optimizer of torch_impl/optim.py."""
+    return optim.make_optimizer(model, lr if isinstance(lr, OptimizerConfig) else OptimizerConfig("sgd", lr=lr))
 
 
 def train_step(model: LeNet5, optimizer: torch.optim.Optimizer, x, y) -> float:
     optimizer.zero_grad()
     loss = loss_fn(model(x), y)
+    if model.cfg.l2:  # the penalty (l2 / 2) * sum p^2 is part of the loss
+        loss = loss + l2_penalty(model, model.cfg.l2)
     loss.backward()
     optimizer.step()
     return loss.item()
 
 
-def train(model: LeNet5, data: Dataset, *, epochs: int, lr: float, batch_size: int, seed: int, on_epoch=None) -> list[float]:
+def train(model: LeNet5, data: Dataset, *, epochs: int, lr: float | OptimizerConfig, batch_size: int, seed: int, on_epoch=None) -> list[float]:
     """Mini-batch SGD over the shared batch order; returns the mean training loss of each epoch."""
     dtype = model.fc3.weight.dtype
     dataset = TensorDataset(torch.as_tensor(data.x_train, dtype=dtype), torch.as_tensor(data.y_train))

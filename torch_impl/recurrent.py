@@ -16,8 +16,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from tasks import weights
-from tasks.configs import RNNConfig
+from tasks.configs import OptimizerConfig, RNNConfig
 from tasks.data import Dataset, batches
+from torch_impl import optim
 
 
 # ----------------------------------------------------------------------------- layers
@@ -155,7 +156,13 @@ def predict_logits(model: RNN, x) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- train step
-def make_optimizer(model: RNN, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(model: RNN, lr: float | OptimizerConfig) -> torch.optim.Optimizer:
+    """A learning rate gives torch.optim.SGD (train_step clips at cfg.clip_norm); an OptimizerConfig any
+    optimizer of torch_impl/optim.py, clipped at the OptimizerConfig's own clip_norm."""
+    if isinstance(lr, OptimizerConfig):
+        if model.cfg.clip_norm is not None:  # one clipping rule, not two in a row
+            raise ValueError("an OptimizerConfig clips at its own clip_norm: build the RNNConfig with clip_norm=None")
+        return optim.make_optimizer(model, lr)
     return torch.optim.SGD(model.parameters(), lr=lr)
 
 
@@ -180,7 +187,7 @@ def train_step(model: RNN, optimizer: torch.optim.Optimizer, x, y) -> float:
     return loss.item()
 
 
-def train(model: RNN, data: Dataset, *, epochs: int, lr: float, batch_size: int, seed: int, on_epoch=None) -> list[float]:
+def train(model: RNN, data: Dataset, *, epochs: int, lr: float | OptimizerConfig, batch_size: int, seed: int, on_epoch=None) -> list[float]:
     """Mini-batch SGD over the shared batch order; returns the mean training loss of each epoch."""
     dtype = model.head.weight.dtype
     dataset = TensorDataset(torch.as_tensor(data.x_train, dtype=dtype), torch.as_tensor(data.y_train))

@@ -14,7 +14,8 @@ from torch import nn
 
 # ----------------------------------------------------------------------------- dropout
 class Dropout(nn.Module):
-    """Inverted dropout; `mask` (True = keep), when set, replaces the random draw (for parity tests).
+    """Inverted dropout; `mask` (True = keep), when set, replaces the random draw (for parity tests):
+    one (B, D) mask for every training call, or a (S, B, D) stack whose mask `step % S` the next call uses.
 
     Not nn.Dropout: it draws from torch's global RNG; this one draws from the generator it was given."""
 
@@ -22,11 +23,17 @@ class Dropout(nn.Module):
         super().__init__()
         self.p, self.generator = p, generator
         self.mask: torch.Tensor | None = None
+        self.step = 0  # training calls made with a supplied stack
 
     def forward(self, x):
         if not self.training or self.p == 0:
             return x
-        keep = self.mask if self.mask is not None else torch.rand(x.shape, generator=self.generator, dtype=x.dtype) >= self.p
+        if self.mask is None:
+            keep = torch.rand(x.shape, generator=self.generator, dtype=x.dtype) >= self.p
+        elif self.mask.dim() == 3:  # one mask per training step
+            keep, self.step = self.mask[self.step % len(self.mask)], self.step + 1
+        else:
+            keep = self.mask
         return x * keep.to(x.dtype) / (1 - self.p)  # (B, D) kept units scaled by 1 / (1 - p)
 
 
@@ -38,8 +45,8 @@ def make_batch_norm(num_features: int, *, momentum: float = 0.1, eps: float = 1e
 
 
 def set_mask(layer: Dropout, mask) -> None:
-    """Supply a dropout mask (True = keep) in place of the random draw."""
-    layer.mask = torch.as_tensor(mask)
+    """Supply a dropout mask (True = keep) in place of the random draw: (B, D), or (S, B, D) per step."""
+    layer.mask, layer.step = torch.as_tensor(mask), 0
 
 
 # ----------------------------------------------------------------------------- L2 penalty
