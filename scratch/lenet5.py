@@ -5,7 +5,9 @@ conv 6@5x5 -> pool 2x2 -> conv 16@5x5 -> pool 2x2 -> flatten -> dense 120 -> den
 with the activation after each conv and hidden dense layer. Images are (B, C, H, W) and kernels
 (out_c, in_c, kh, kw): the canonical layouts every other implementation converts to and from.
 The convolution is im2col + one matmul, built with `sliding_window_view`: no Python loop over
-pixels, channels or batch elements.
+pixels, channels or batch elements. Optional, from LeNet5Config: batch norm before each hidden
+activation (Ioffe & Szegedy 2015), dropout after fc1's and fc2's (Srivastava et al. 2014), He or
+Xavier initialisation, an L2 penalty; any optimiser of scratch/optim.py.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ LeCun, Bottou, Bengio & Haffner (1998), "Gradient-based learning applied to docu
 Keras convolves channel-last: `call` turns the canonical (B, C, H, W) images into (B, H, W, C) in
 one line, conv kernels are (kh, kw, in_c, out_c) and dense kernels (in, out). Its Flatten lays
 features out in (H, W, C) order, so fc1's input rows are permuted on load (docs/PORTING.md).
+Optional, from LeNet5Config: BatchNormalization before each hidden activation, dropout after fc1's
+and fc2's, He or Xavier initialisation, an L2 penalty; any optimizer of tf_impl/optim.py.
 """
 
 from __future__ import annotations

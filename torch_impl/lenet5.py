@@ -3,7 +3,9 @@
 LeCun, Bottou, Bengio & Haffner (1998), "Gradient-based learning applied to document recognition".
 torch runs channel-first like the canonical layout: images (B, C, H, W), nn.Conv2d weight
 (out_c, in_c, kh, kw), nn.Linear weight (out, in), and nn.Flatten lays features out in (C, H, W)
-order, so weights load without a transform.
+order, so weights load without a transform. Optional, from LeNet5Config: nn.BatchNorm2d/1d before
+each hidden activation, dropout after fc1's and fc2's, He or Xavier initialisation, an L2 penalty;
+any optimizer of torch_impl/optim.py.
 """
 
 from __future__ import annotations
