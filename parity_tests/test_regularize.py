@@ -97,13 +97,15 @@ def test_dropout_own_rng_rate_scale_and_seed(framework):
 
 
 def mask_stack_run(framework, x, masks, calls: int) -> list[np.ndarray]:
-    """Outputs of `calls` training calls of one dropout layer given a (S, B, D) mask stack, through each
-    framework's compiled path where it has one (a tf.function, nnx.jit), as a train step would run it."""
+    """Outputs of `calls` training calls of one dropout layer given a (S, B, D) mask stack (None: the
+    layer's own draws), through each framework's compiled path where it has one (a tf.function, nnx.jit),
+    as a train step would run it."""
     if framework == "scratch":
         from scratch.regularize import Dropout, set_mask
 
         layer = Dropout(P, rng=np.random.default_rng(0))
-        set_mask(layer, masks)
+        if masks is not None:
+            set_mask(layer, masks)
         return [layer.forward(x) for _ in range(calls)]
     if framework == "torch_impl":
         import torch
@@ -111,7 +113,8 @@ def mask_stack_run(framework, x, masks, calls: int) -> list[np.ndarray]:
         from torch_impl.regularize import Dropout, set_mask
 
         layer = Dropout(P, generator=torch.Generator().manual_seed(0))
-        set_mask(layer, masks)
+        if masks is not None:
+            set_mask(layer, masks)
         return [layer(torch.as_tensor(x)).numpy() for _ in range(calls)]
     if framework == "tf_impl":
         import keras
@@ -120,7 +123,8 @@ def mask_stack_run(framework, x, masks, calls: int) -> list[np.ndarray]:
         from tf_impl.regularize import Dropout, set_mask
 
         layer = Dropout(P, seed=keras.random.SeedGenerator(0), dtype="float64")
-        set_mask(layer, masks)
+        if masks is not None:
+            set_mask(layer, masks)
         step = tf.function(lambda x: layer(x, training=True))  # traced once: the step counter must be a variable
         return [step(tf.constant(x)).numpy() for _ in range(calls)]
     import jax.numpy as jnp
@@ -129,7 +133,8 @@ def mask_stack_run(framework, x, masks, calls: int) -> list[np.ndarray]:
     from jax_impl.regularize import Dropout, set_mask
 
     layer = Dropout(P, rngs=nnx.Rngs(dropout=0))
-    set_mask(layer, masks)
+    if masks is not None:
+        set_mask(layer, masks)
     step = nnx.jit(lambda layer, x: layer(x))  # the step counter is nnx state, carried out of the jit
     return [np.asarray(step(layer, jnp.asarray(x))) for _ in range(calls)]
 
@@ -143,6 +148,17 @@ def test_a_mask_stack_gives_one_mask_per_training_step(framework):
     for t, y in enumerate(outputs):
         parity.assert_close(y, x * masks[t % 3] / (1 - P), 1e-15, f"{framework} call {t}")
     assert not np.array_equal(outputs[0], outputs[1]), "the masks of consecutive steps must differ"
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_own_draws_change_every_compiled_step(framework):
+    """Without a supplied mask, each training call draws a new mask from the layer's own seeded stream,
+    also inside a tf.function or nnx.jit (a seed captured as a constant would repeat one mask forever)."""
+    x = np.ones((8, 50))
+    outputs = mask_stack_run(framework, x, None, calls=3)
+    kept = [y != 0 for y in outputs]
+    assert not np.array_equal(kept[0], kept[1]) and not np.array_equal(kept[1], kept[2])
+    assert all(abs(k.mean() - (1 - P)) < 5 * np.sqrt(P * (1 - P) / x.size) for k in kept)
 
 
 # ----------------------------------------------------------------------------- batch norm
