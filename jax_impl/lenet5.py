@@ -52,12 +52,12 @@ class LeNet5(nnx.Module):
     def __init__(self, cfg: LeNet5Config, *, rngs: nnx.Rngs, dtype=jnp.float64):
         self.cfg = cfg
         (c1, c2), (h1, h2), k = cfg.channels, cfg.hidden, cfg.kernel_size
-        kw = dict(rngs=rngs, dtype=dtype, init=cfg.init, bias=not cfg.batch_norm)  # a batch norm cancels the bias before it
-        self.conv1 = make_conv(cfg.in_channels, c1, k, **kw)
-        self.conv2 = make_conv(c1, c2, k, **kw)
-        self.fc1 = make_dense(cfg.flat_features, h1, **kw)  # 16 * 5 * 5 = 400 inputs by default
-        self.fc2 = make_dense(h1, h2, **kw)
-        self.fc3 = make_dense(h2, cfg.n_classes, **{**kw, "bias": True})
+        bias = not cfg.batch_norm  # a batch norm's mean subtraction cancels the bias of the layer before it
+        self.conv1 = make_conv(cfg.in_channels, c1, k, rngs=rngs, dtype=dtype, init=cfg.init, bias=bias)
+        self.conv2 = make_conv(c1, c2, k, rngs=rngs, dtype=dtype, init=cfg.init, bias=bias)
+        self.fc1 = make_dense(cfg.flat_features, h1, rngs=rngs, dtype=dtype, init=cfg.init, bias=bias)  # 16 * 5 * 5 = 400 inputs by default
+        self.fc2 = make_dense(h1, h2, rngs=rngs, dtype=dtype, init=cfg.init, bias=bias)
+        self.fc3 = make_dense(h2, cfg.n_classes, rngs=rngs, dtype=dtype, init=cfg.init)
         # the activation and the pooling are plain functions, so one of each serves every use
         self.activation = {"relu": nnx.relu, "tanh": nnx.tanh}[cfg.activation]
         self.pool = make_pool(cfg)

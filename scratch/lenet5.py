@@ -234,7 +234,8 @@ class LeNet5:
         self.pool1, self.pool2 = make_pool(cfg), make_pool(cfg)
         self.flatten = Flatten()
         # optional regularisers: batch norm before each hidden activation, dropout after fc1's and fc2's
-        self.bn1, self.bn2, self.bn3, self.bn4 = (BatchNorm(n, dtype=dtype) if cfg.batch_norm else Identity() for n in (c1, c2, h1, h2))
+        norm = lambda n: BatchNorm(n, dtype=dtype) if cfg.batch_norm else Identity()  # one class: it normalises (B, C, H, W) per channel
+        self.bn1, self.bn2, self.bn3, self.bn4 = norm(c1), norm(c2), norm(h1), norm(h2)
         self.drop1, self.drop2 = (Dropout(cfg.dropout, rng=rng) if cfg.dropout else Identity() for _ in range(2))
 
     def forward(self, x):

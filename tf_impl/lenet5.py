@@ -53,12 +53,12 @@ class LeNet5(keras.Model):
         super().__init__(dtype=dtype)
         self.cfg = cfg
         (c1, c2), (h1, h2), k = cfg.channels, cfg.hidden, cfg.kernel_size
-        kw = dict(seed=seed, dtype=dtype, init=cfg.init, bias=not cfg.batch_norm)  # a batch norm cancels the bias before it
-        self.conv1 = make_conv(cfg.in_channels, c1, k, name="conv1", **kw)
-        self.conv2 = make_conv(c1, c2, k, name="conv2", **kw)
-        self.fc1 = make_dense(cfg.flat_features, h1, name="fc1", **kw)  # 16 * 5 * 5 = 400 inputs by default
-        self.fc2 = make_dense(h1, h2, name="fc2", **kw)
-        self.fc3 = make_dense(h2, cfg.n_classes, name="fc3", **{**kw, "bias": True})
+        bias = not cfg.batch_norm  # a batch norm's mean subtraction cancels the bias of the layer before it
+        self.conv1 = make_conv(cfg.in_channels, c1, k, seed=seed, dtype=dtype, name="conv1", init=cfg.init, bias=bias)
+        self.conv2 = make_conv(c1, c2, k, seed=seed, dtype=dtype, name="conv2", init=cfg.init, bias=bias)
+        self.fc1 = make_dense(cfg.flat_features, h1, seed=seed, dtype=dtype, name="fc1", init=cfg.init, bias=bias)  # 16 * 5 * 5 = 400 inputs by default
+        self.fc2 = make_dense(h1, h2, seed=seed, dtype=dtype, name="fc2", init=cfg.init, bias=bias)
+        self.fc3 = make_dense(h2, cfg.n_classes, seed=seed, dtype=dtype, name="fc3", init=cfg.init)
         # the activation and the pooling hold no state, so one layer of each serves every use
         self.activation = keras.layers.Activation(cfg.activation, dtype=dtype)
         self.pool = make_pool(cfg, dtype)
