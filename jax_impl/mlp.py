@@ -27,10 +27,10 @@ def make_activation(cfg: MLPConfig):
     return {"relu": nnx.relu, "tanh": nnx.tanh, "sigmoid": nnx.sigmoid}[cfg.activation]
 
 
-def make_dense(in_features: int, out_features: int, *, rngs: nnx.Rngs, dtype, init: str = "uniform"):
+def make_dense(in_features: int, out_features: int, *, rngs: nnx.Rngs, dtype, init: str = "uniform", bias: bool = True):
     kernel_init = initializers.make_initializer(init, fan_in=in_features)  # "uniform": torch's nn.Linear range
     bias_init = kernel_init if init == "uniform" else nnx.initializers.zeros  # a named initialiser (He, Xavier): zero bias
-    return nnx.Linear(in_features, out_features, kernel_init=kernel_init, bias_init=bias_init, dtype=dtype, param_dtype=dtype, rngs=rngs)
+    return nnx.Linear(in_features, out_features, use_bias=bias, kernel_init=kernel_init, bias_init=bias_init, dtype=dtype, param_dtype=dtype, rngs=rngs)
 
 
 # ----------------------------------------------------------------------------- model
@@ -40,7 +40,8 @@ class MLP(nnx.Module):
     def __init__(self, cfg: MLPConfig, *, rngs: nnx.Rngs, dtype=jnp.float64):
         self.cfg = cfg
         sizes = cfg.sizes
-        self.hidden = nnx.List([make_dense(i, o, rngs=rngs, dtype=dtype, init=cfg.init) for i, o in zip(sizes[:-2], sizes[1:-1])])
+        bias = not cfg.batch_norm  # a batch norm's mean subtraction cancels the bias of the layer before it
+        self.hidden = nnx.List([make_dense(i, o, rngs=rngs, dtype=dtype, init=cfg.init, bias=bias) for i, o in zip(sizes[:-2], sizes[1:-1])])
         # the activation is a plain function, so one serves every hidden layer
         self.activation = make_activation(cfg)
         self.head = make_dense(sizes[-2], sizes[-1], rngs=rngs, dtype=dtype, init=cfg.init)
@@ -72,7 +73,8 @@ def load_canonical(model: MLP, params: dict[str, np.ndarray]) -> None:
     weights.check(params, model.cfg.param_shapes(), model.head.kernel.dtype)
     for prefix, layer in model.layers_by_name().items():
         layer.kernel.set_value(jnp.asarray(params[f"{prefix}.weight"].T))  # canonical (out, in) -> Flax (in, out)
-        layer.bias.set_value(jnp.asarray(params[f"{prefix}.bias"]))
+        if layer.bias is not None:
+            layer.bias.set_value(jnp.asarray(params[f"{prefix}.bias"]))
     for i, norm in enumerate(model.bn):  # scale, bias, running mean and variance, no transform
         for key, variable in canonical_variables(norm).items():
             variable.set_value(jnp.asarray(params[f"bn.{i}.{key}"]))
@@ -82,7 +84,8 @@ def export_canonical(model: MLP) -> dict[str, np.ndarray]:
     out = {}
     for prefix, layer in model.layers_by_name().items():
         out[f"{prefix}.weight"] = np.array(layer.kernel.get_value()).T  # Flax (in, out) -> canonical (out, in)
-        out[f"{prefix}.bias"] = np.array(layer.bias.get_value())
+        if layer.bias is not None:
+            out[f"{prefix}.bias"] = np.array(layer.bias.get_value())
     for i, norm in enumerate(model.bn):
         out.update({f"bn.{i}.{key}": np.array(variable.get_value()) for key, variable in canonical_variables(norm).items()})
     return out

@@ -64,6 +64,17 @@ def test_load_rejects_bad_weights_and_leaves_model_unchanged(framework):
     assert all(np.array_equal(good[k], v) for k, v in impl.export_canonical(model).items())
 
 
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_batch_norm_replaces_the_hidden_biases(framework):
+    """With batch norm the hidden dense layers have no bias (the norm's mean subtraction cancels it) and
+    each norm holds gamma, beta and the running statistics; the head keeps its bias."""
+    cfg = MLPConfig(3, (4, 5), 3, "relu", "softmax", batch_norm=True)
+    impl = load_impl(framework, "mlp")
+    params = impl.export_canonical(impl.create_model(cfg, seed=0, dtype="float64"))
+    assert {k: v.shape for k, v in params.items()} == cfg.param_shapes()
+    assert "hidden.0.bias" not in params and "head.bias" in params and params["bn.1.running_var"].shape == (5,)
+
+
 def test_safetensors_round_trip_is_exact(tmp_path):
     params = weights.init_uniform(MLPConfig(3, (4, 5), 3, "tanh", "softmax").param_shapes(), 3)
     weights.save(tmp_path / "w.safetensors", params)

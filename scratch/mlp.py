@@ -21,24 +21,26 @@ from tasks.data import Dataset, batches
 class Dense:
     """Fully connected layer, weight (out, in)."""
 
-    def __init__(self, in_features: int, out_features: int, *, rng: np.random.Generator, dtype=np.float64, init: str = "uniform"):
+    def __init__(self, in_features: int, out_features: int, *, rng: np.random.Generator, dtype=np.float64, init: str = "uniform", bias: bool = True):
         bound = 1.0 / np.sqrt(in_features)  # torch's nn.Linear default range
-        if init == "uniform":
-            weight, bias = rng.uniform(-bound, bound, (out_features, in_features)), rng.uniform(-bound, bound, (out_features,))
-        else:  # a named initialiser (He, Xavier) for the weight, zero bias
-            weight, bias = initialize(init, (out_features, in_features), rng=rng), np.zeros(out_features)
-        self.params = {"weight": weight.astype(dtype), "bias": bias.astype(dtype)}
+        shape = (out_features, in_features)
+        weight = rng.uniform(-bound, bound, shape) if init == "uniform" else initialize(init, shape, rng=rng)
+        self.params = {"weight": weight.astype(dtype)}
+        if bias:  # U(±bound) too, or zero with a named initialiser (He, Xavier); none in front of a batch norm
+            self.params["bias"] = (rng.uniform(-bound, bound, (out_features,)) if init == "uniform" else np.zeros(out_features)).astype(dtype)
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
         self.cache: dict[str, np.ndarray] = {}
 
     def forward(self, x):
         self.cache = {"x": x}
-        return x @ self.params["weight"].T + self.params["bias"]  # (B, in) -> (B, out)
+        y = x @ self.params["weight"].T  # (B, in) -> (B, out)
+        return y + self.params["bias"] if "bias" in self.params else y
 
     def backward(self, dy):
         x = self.cache["x"]
         self.grads["weight"] = dy.T @ x  # (out, B) @ (B, in) -> (out, in)
-        self.grads["bias"] = dy.sum(axis=0)  # (B, out) -> (out,)
+        if "bias" in self.params:
+            self.grads["bias"] = dy.sum(axis=0)  # (B, out) -> (out,)
         return dy @ self.params["weight"]  # (B, out) @ (out, in) -> (B, in)
 
 
@@ -103,7 +105,8 @@ class MLP:
     def __init__(self, cfg: MLPConfig, *, rng: np.random.Generator, dtype=np.float64):
         self.cfg = cfg
         sizes = cfg.sizes
-        self.hidden = [Dense(i, o, rng=rng, dtype=dtype, init=cfg.init) for i, o in zip(sizes[:-2], sizes[1:-1])]
+        bias = not cfg.batch_norm  # a batch norm's mean subtraction cancels the bias of the layer before it
+        self.hidden = [Dense(i, o, rng=rng, dtype=dtype, init=cfg.init, bias=bias) for i, o in zip(sizes[:-2], sizes[1:-1])]
         # one activation object per hidden layer: each caches its own input for backward
         self.activations = [make_activation(cfg) for _ in self.hidden]
         self.head = Dense(sizes[-2], sizes[-1], rng=rng, dtype=dtype, init=cfg.init)

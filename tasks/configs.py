@@ -37,7 +37,7 @@ class MLPConfig:
     head: str = "sigmoid"  # "sigmoid" + binary cross-entropy, or "softmax" + cross-entropy
     leaky_slope: float = 0.01  # torch and jax default 0.01; Keras LeakyReLU defaults to 0.3, so pass it
     dropout: float = 0.0  # drop probability after each hidden activation; 0 adds no layer at all
-    batch_norm: bool = False  # BatchNorm between each hidden dense layer and its activation
+    batch_norm: bool = False  # BatchNorm between each hidden dense layer and its activation; the hidden layers then have no bias
     init: str = "uniform"  # one of INITS: the weight initialiser create_model uses (biases start at 0 except "uniform")
     l2: float = 0.0  # L2 penalty (l2 / 2) * sum of every squared weight and bias, added to the training loss
 
@@ -65,7 +65,8 @@ class MLPConfig:
         shapes = {}
         for i, (n_in, n_out) in enumerate(zip(self.sizes[:-2], self.sizes[1:-1])):
             shapes[f"hidden.{i}.weight"] = (n_out, n_in)
-            shapes[f"hidden.{i}.bias"] = (n_out,)
+            if not self.batch_norm:  # a batch norm's mean subtraction would cancel the bias (its gradient is exactly 0)
+                shapes[f"hidden.{i}.bias"] = (n_out,)
         if self.batch_norm:  # gamma, beta and the running statistics of each hidden BatchNorm
             for i, n_out in enumerate(self.sizes[1:-1]):
                 for key in BN_TENSORS:

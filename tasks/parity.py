@@ -92,6 +92,16 @@ def _zeros(shapes, seed):
     return {name: np.zeros(shape) for name, shape in shapes.items()}
 
 
+def _with_batch_norm(shapes, seed):
+    """Uniform weights, gamma around 1 and a positive running variance for every batch norm."""
+    params = weights.init_uniform(shapes, seed)
+    rng = np.random.default_rng(seed + 7)
+    for name in params:
+        if name.startswith("bn") and name.endswith((".weight", ".running_var")):
+            params[name] = rng.uniform(0.5, 2.0, params[name].shape)
+    return params
+
+
 CASES: dict[str, list[Case]] = {
     "mlp": [
         Case("mlp", "sigmoid-tanh", MLPConfig(5, (7, 6), 2, "tanh", "sigmoid"), _tabular),
@@ -99,6 +109,8 @@ CASES: dict[str, list[Case]] = {
         Case("mlp", "softmax-leaky", MLPConfig(5, (7,), 3, "leaky_relu", "softmax"), _tabular),
         Case("mlp", "sigmoid-sigmoid", MLPConfig(5, (6,), 2, "sigmoid", "sigmoid"), _tabular),
         Case("mlp", "softmax-linear", MLPConfig(5, (), 3, "relu", "softmax"), _tabular),
+        # batch norm in train mode (the hidden layers lose their bias) and dropout with supplied masks
+        Case("mlp", "relu-batchnorm-dropout", MLPConfig(5, (7, 6), 4, "relu", "softmax", batch_norm=True, dropout=0.3), _tabular, init=_with_batch_norm),
     ],
     "perceptron": [
         # Rosenblatt's zero start on AND: w·x + b is exactly 0 at the first samples, so the tie rule decides
@@ -141,16 +153,6 @@ def _pixels(rng, cfg, n):
     x = rng.uniform(0.0, 1.0, size=(n, cfg.in_channels, cfg.image_size, cfg.image_size))
     y = rng.integers(0, cfg.n_classes, size=n)
     return x, y
-
-
-def _with_batch_norm(shapes, seed):
-    """Uniform weights, gamma around 1 and a positive running variance for every batch norm."""
-    params = weights.init_uniform(shapes, seed)
-    rng = np.random.default_rng(seed + 7)
-    for name in params:
-        if name.startswith("bn") and name.endswith((".weight", ".running_var")):
-            params[name] = rng.uniform(0.5, 2.0, params[name].shape)
-    return params
 
 
 # LeNet-5 at full size (the flatten permutation needs the real 16 x 5 x 5), small batches to stay fast.
@@ -436,12 +438,9 @@ def _optimizer_cases(model: str, cfg, make_inputs, init=weights.init_uniform) ->
 OPTIMIZER_CASES: dict[str, list[OptimizerCase]] = {
     "mlp": [
         *_optimizer_cases("mlp", _OPT_MLP, _tabular),
-        # batch norm in train mode (momentum SGD: the hidden biases before a batch norm have a zero
-        # gradient, rounding noise that Adam would blow up to lr-sized steps; LeNet-5 drops those biases)
-        OptimizerCase(
-            "mlp", "optim-momentum-batchnorm", replace(_OPT_MLP, batch_norm=True), _tabular,
-            OptimizerConfig("momentum", lr=0.05, momentum=0.9), init=_with_batch_norm,
-        ),
+        # batch norm in train mode; the hidden layers have no bias then (a batch norm cancels it, and
+        # its exactly-zero gradient would be rounding noise that Adam turns into lr-sized steps)
+        OptimizerCase("mlp", "optim-adam-batchnorm", replace(_OPT_MLP, batch_norm=True), _tabular, OptimizerConfig("adam", lr=0.01, eps=0.0), init=_with_batch_norm),
     ],
     "lenet5": _optimizer_cases("lenet5", _OPT_LENET, _pixels, init=_with_batch_norm),
 }  # fmt: skip

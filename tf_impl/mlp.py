@@ -29,10 +29,10 @@ def make_activation(cfg: MLPConfig, dtype: str) -> keras.layers.Layer:
     return keras.layers.Activation(cfg.activation, dtype=dtype)
 
 
-def make_dense(in_features: int, out_features: int, *, seed: keras.random.SeedGenerator, dtype: str, name: str, init: str = "uniform"):
+def make_dense(in_features: int, out_features: int, *, seed: keras.random.SeedGenerator, dtype: str, name: str, init: str = "uniform", bias: bool = True):
     kernel_init = initializers.make_initializer(init, seed=seed, fan_in=in_features)  # "uniform": torch's nn.Linear range
     bias_init = kernel_init if init == "uniform" else "zeros"  # a named initialiser (He, Xavier): zero bias
-    layer = keras.layers.Dense(out_features, kernel_initializer=kernel_init, bias_initializer=bias_init, dtype=dtype, name=name)
+    layer = keras.layers.Dense(out_features, use_bias=bias, kernel_initializer=kernel_init, bias_initializer=bias_init, dtype=dtype, name=name)
     layer.build((None, in_features))  # create the variables now, so canonical weights can load before a call
     return layer
 
@@ -45,8 +45,9 @@ class MLP(keras.Model):
         super().__init__(dtype=dtype)
         self.cfg = cfg
         sizes = cfg.sizes
+        bias = not cfg.batch_norm  # a batch norm's mean subtraction cancels the bias of the layer before it
         self.hidden = [
-            make_dense(i, o, seed=seed, dtype=dtype, name=f"hidden_{n}", init=cfg.init) for n, (i, o) in enumerate(zip(sizes[:-2], sizes[1:-1]))
+            make_dense(i, o, seed=seed, dtype=dtype, name=f"hidden_{n}", init=cfg.init, bias=bias) for n, (i, o) in enumerate(zip(sizes[:-2], sizes[1:-1]))
         ]
         # the activation holds no state, so one layer serves every hidden layer
         self.activation = make_activation(cfg, dtype)
@@ -79,7 +80,8 @@ def load_canonical(model: MLP, params: dict[str, np.ndarray]) -> None:
     weights.check(params, model.cfg.param_shapes(), model.head.kernel.dtype)
     for prefix, layer in model.layers_by_name().items():
         layer.kernel.assign(params[f"{prefix}.weight"].T)  # canonical (out, in) -> Keras (in, out)
-        layer.bias.assign(params[f"{prefix}.bias"])
+        if layer.bias is not None:
+            layer.bias.assign(params[f"{prefix}.bias"])
     for i, norm in enumerate(model.bn):  # gamma, beta, moving mean and variance, no transform
         for key, variable in canonical_variables(norm).items():
             variable.assign(params[f"bn.{i}.{key}"])
@@ -89,7 +91,8 @@ def export_canonical(model: MLP) -> dict[str, np.ndarray]:
     out = {}
     for prefix, layer in model.layers_by_name().items():
         out[f"{prefix}.weight"] = np.array(layer.kernel.numpy().T)  # Keras (in, out) -> canonical (out, in)
-        out[f"{prefix}.bias"] = np.array(layer.bias.numpy())
+        if layer.bias is not None:
+            out[f"{prefix}.bias"] = np.array(layer.bias.numpy())
     for i, norm in enumerate(model.bn):
         out.update({f"bn.{i}.{key}": np.array(variable.numpy()) for key, variable in canonical_variables(norm).items()})
     return out
@@ -112,7 +115,9 @@ def forward_backward(model: MLP, x, y) -> dict[str, np.ndarray]:
     x, y = tf.constant(x), tf.constant(y)
     variables = {"input": x}
     for prefix, layer in model.layers_by_name().items():
-        variables[f"{prefix}.weight"], variables[f"{prefix}.bias"] = layer.kernel, layer.bias
+        variables[f"{prefix}.weight"] = layer.kernel
+        if layer.bias is not None:
+            variables[f"{prefix}.bias"] = layer.bias
     for i, norm in enumerate(model.bn):
         variables[f"bn.{i}.weight"], variables[f"bn.{i}.bias"] = norm.gamma, norm.beta
     with tf.GradientTape() as tape:

@@ -34,7 +34,8 @@ class MLP(nn.Module):
         super().__init__()
         self.cfg = cfg
         sizes = cfg.sizes
-        self.hidden = nn.ModuleList(nn.Linear(i, o, dtype=dtype) for i, o in zip(sizes[:-2], sizes[1:-1]))
+        bias = not cfg.batch_norm  # a batch norm's mean subtraction cancels the bias of the layer before it
+        self.hidden = nn.ModuleList(nn.Linear(i, o, bias=bias, dtype=dtype) for i, o in zip(sizes[:-2], sizes[1:-1]))
         # the activation holds no state, so one module serves every hidden layer
         self.activation = make_activation(cfg)
         self.head = nn.Linear(sizes[-2], sizes[-1], dtype=dtype)
@@ -43,9 +44,9 @@ class MLP(nn.Module):
             for layer in [*self.hidden, self.head]:
                 bound = 1.0 / np.sqrt(layer.in_features)  # nn.Linear's own default range
                 initializers.initialize_(layer.weight, cfg.init, generator=generator)
-                if cfg.init == "uniform":
+                if layer.bias is not None and cfg.init == "uniform":
                     layer.bias.uniform_(-bound, bound, generator=generator)
-                else:  # a named initialiser (He, Xavier) for the weight, zero bias
+                elif layer.bias is not None:  # a named initialiser (He, Xavier) for the weight, zero bias
                     layer.bias.zero_()
         # optional regularisers: batch norm before each hidden activation, dropout after it
         self.bn = nn.ModuleList(make_batch_norm(o, dtype=dtype) for o in sizes[1:-1]) if cfg.batch_norm else None
