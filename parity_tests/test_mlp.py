@@ -27,11 +27,13 @@ def test_frameworks_agree_pairwise(case):
 # ----------------------------------------------------------------------------- scratch backward
 @pytest.mark.parametrize("case", parity.CASES["mlp"], ids=lambda c: c.id)
 def test_scratch_backward_matches_finite_differences(case):
-    """Central differences in float64 on every parameter entry and every input entry."""
+    """Central differences in float64 on every parameter entry and every input entry (batch norm in
+    train mode, dropout with a fixed supplied mask)."""
     impl = load_impl("scratch", "mlp")
     model = impl.create_model(case.config, seed=0)
     impl.load_canonical(model, weights.load(parity.canonical_file(case)))
     x, y = parity.inputs(case, case.batch, "float64")
+    parity.supply_dropout_masks(case, "scratch", model, steps=1)
     analytic = impl.forward_backward(model, x, y)
     loss = lambda: impl.loss_fn(model.forward(x), y, case.config.head)[0]
     for prefix, layer in model.layers().items():
