@@ -164,7 +164,7 @@ def train_step(model: LeNet5, optimizer: nnx.Optimizer, x, y):
 
 
 def train(model: LeNet5, data: Dataset, *, epochs: int, lr: float | OptimizerConfig, batch_size: int, seed: int, on_epoch=None) -> list[float]:
-    """Mini-batch SGD over the shared batch order; returns the mean training loss of each epoch."""
+    """Mini-batches in the shared order, stepped by make_optimizer(model, lr); returns the mean training loss of each epoch."""
     x, y = jnp.asarray(data.x_train, dtype=model.fc3.kernel.dtype), jnp.asarray(data.y_train)
     optimizer, history = make_optimizer(model, lr), []
     model.train()  # batch statistics and dropout on (nnx set_attributes)

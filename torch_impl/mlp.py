@@ -121,7 +121,7 @@ def train_step(model: MLP, optimizer: torch.optim.Optimizer, x, y) -> float:
 
 
 def train(model: MLP, data: Dataset, *, epochs: int, lr: float | OptimizerConfig, batch_size: int, seed: int, on_epoch=None) -> list[float]:
-    """Mini-batch SGD over the shared batch order; returns the mean training loss of each epoch."""
+    """Mini-batches in the shared order, stepped by make_optimizer(model, lr); returns the mean training loss of each epoch."""
     dtype = model.head.weight.dtype
     dataset = TensorDataset(torch.as_tensor(data.x_train, dtype=dtype), torch.as_tensor(data.y_train))
     optimizer, history = make_optimizer(model, lr), []
