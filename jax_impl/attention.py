@@ -31,7 +31,9 @@ from tasks.data import Dataset, batches
 def masked_softmax(scores, allowed):
     """Softmax over the last axis where `allowed`; masked entries and fully masked rows give exactly 0."""
     shifted = jnp.where(allowed, scores, -jnp.inf)
-    top = jax.lax.stop_gradient(shifted.max(axis=-1, keepdims=True))  # the shift cancels out: no gradient through it
+    top = jax.lax.stop_gradient(
+        shifted.max(axis=-1, keepdims=True)
+    )  # the shift cancels out: no gradient through it
     top = jnp.where(jnp.isfinite(top), top, 0.0)  # a fully masked row: shift by 0
     e = jnp.exp(shifted - top)  # exp(-inf) = 0 on masked entries
     total = e.sum(axis=-1, keepdims=True)
@@ -40,15 +42,27 @@ def masked_softmax(scores, allowed):
 
 def scaled_dot_product_attention(q, k, v, allowed):
     """softmax(Q K^T / sqrt(HS) + mask) V, returning the output and the weights."""
-    scores = q @ k.swapaxes(-1, -2) / math.sqrt(q.shape[-1])  # (B, NH, T, HS) @ (B, NH, HS, T) -> (B, NH, T, T)
+    scores = (
+        q @ k.swapaxes(-1, -2) / math.sqrt(q.shape[-1])
+    )  # (B, NH, T, HS) @ (B, NH, HS, T) -> (B, NH, T, T)
     w = masked_softmax(scores, allowed)
     return w @ v, w  # (B, NH, T, T) @ (B, NH, T, HS) -> (B, NH, T, HS)
 
 
 def make_dense(in_features: int, out_features: int, *, rngs: nnx.Rngs, dtype):
-    bound = 1.0 / np.sqrt(in_features)  # torch's nn.Linear default range, so every framework starts alike
+    bound = 1.0 / np.sqrt(
+        in_features
+    )  # torch's nn.Linear default range, so every framework starts alike
     init = lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound)
-    return nnx.Linear(in_features, out_features, kernel_init=init, bias_init=init, dtype=dtype, param_dtype=dtype, rngs=rngs)
+    return nnx.Linear(
+        in_features,
+        out_features,
+        kernel_init=init,
+        bias_init=init,
+        dtype=dtype,
+        param_dtype=dtype,
+        rngs=rngs,
+    )
 
 
 class MultiHeadAttention(nnx.Module):
@@ -56,11 +70,15 @@ class MultiHeadAttention(nnx.Module):
 
     def __init__(self, d_model: int, n_heads: int, *, rngs: nnx.Rngs, dtype):
         self.n_heads = n_heads
-        self.q, self.k, self.v, self.o = (make_dense(d_model, d_model, rngs=rngs, dtype=dtype) for _ in range(4))
+        self.q, self.k, self.v, self.o = (
+            make_dense(d_model, d_model, rngs=rngs, dtype=dtype) for _ in range(4)
+        )
 
     def split(self, x):
         B, T, E = x.shape
-        return x.reshape(B, T, self.n_heads, E // self.n_heads).transpose(0, 2, 1, 3)  # (B, T, E) -> (B, NH, T, HS)
+        return x.reshape(B, T, self.n_heads, E // self.n_heads).transpose(
+            0, 2, 1, 3
+        )  # (B, T, E) -> (B, NH, T, HS)
 
     def merge(self, x):
         B, NH, T, HS = x.shape
@@ -76,7 +94,16 @@ class StockMultiHeadAttention(nnx.Module):
     """Flax's nnx.MultiHeadAttention behind the same call: (x, allowed) -> (output, weights)."""
 
     def __init__(self, d_model: int, n_heads: int, *, rngs: nnx.Rngs, dtype):
-        self.mha = nnx.MultiHeadAttention(n_heads, d_model, d_model, d_model, decode=False, dtype=dtype, param_dtype=dtype, rngs=rngs)
+        self.mha = nnx.MultiHeadAttention(
+            n_heads,
+            d_model,
+            d_model,
+            d_model,
+            decode=False,
+            dtype=dtype,
+            param_dtype=dtype,
+            rngs=rngs,
+        )
 
     def __call__(self, x, allowed):
         # the mask has the canonical polarity and shape; sow_weights keeps the weights as an Intermediate
@@ -99,14 +126,18 @@ def positional_encoding(T: int, E: int, dtype=jnp.float64):
 def attention_mask(tokens, causal: bool):
     """The canonical mask: (B, 1, T, T) bool, True = may attend (key is not PAD, and s <= t if causal)."""
     B, T = tokens.shape
-    allowed = (tokens != PAD)[:, None, None, :]  # (B, T) -> (B, 1, 1, T): one row of keys per sequence
+    allowed = (tokens != PAD)[
+        :, None, None, :
+    ]  # (B, T) -> (B, 1, 1, T): one row of keys per sequence
     if causal:
         allowed = allowed & jnp.tril(jnp.ones((T, T), dtype=bool))  # -> (B, 1, T, T)
     return jnp.broadcast_to(allowed, (B, 1, T, T))
 
 
 def make_attention(cfg, *, rngs: nnx.Rngs, dtype) -> nnx.Module:
-    return (StockMultiHeadAttention if cfg.stock else MultiHeadAttention)(cfg.d_model, cfg.n_heads, rngs=rngs, dtype=dtype)
+    return (StockMultiHeadAttention if cfg.stock else MultiHeadAttention)(
+        cfg.d_model, cfg.n_heads, rngs=rngs, dtype=dtype
+    )
 
 
 # ----------------------------------------------------------------------------- model
@@ -148,18 +179,33 @@ def canonical_variables(model) -> dict[str, tuple[nnx.Param, str]]:
         if isinstance(layer, MultiHeadAttention):
             for p in "qkvo":
                 dense = getattr(layer, p)
-                out[f"{prefix}.{p}.weight"], out[f"{prefix}.{p}.bias"] = (dense.kernel, "dense"), (dense.bias, "as is")
+                out[f"{prefix}.{p}.weight"], out[f"{prefix}.{p}.bias"] = (
+                    (dense.kernel, "dense"),
+                    (dense.bias, "as is"),
+                )
         elif isinstance(layer, StockMultiHeadAttention):
             mha = layer.mha
             for p, dense in zip("qkv", (mha.query, mha.key, mha.value)):
-                out[f"{prefix}.{p}.weight"], out[f"{prefix}.{p}.bias"] = (dense.kernel, "heads in"), (dense.bias, "heads bias")
-            out[f"{prefix}.o.weight"], out[f"{prefix}.o.bias"] = (mha.out.kernel, "heads out"), (mha.out.bias, "as is")
+                out[f"{prefix}.{p}.weight"], out[f"{prefix}.{p}.bias"] = (
+                    (dense.kernel, "heads in"),
+                    (dense.bias, "heads bias"),
+                )
+            out[f"{prefix}.o.weight"], out[f"{prefix}.o.bias"] = (
+                (mha.out.kernel, "heads out"),
+                (mha.out.bias, "as is"),
+            )
         elif isinstance(layer, nnx.Linear):
-            out[f"{prefix}.weight"], out[f"{prefix}.bias"] = (layer.kernel, "dense"), (layer.bias, "as is")
+            out[f"{prefix}.weight"], out[f"{prefix}.bias"] = (
+                (layer.kernel, "dense"),
+                (layer.bias, "as is"),
+            )
         elif isinstance(layer, nnx.Embed):
             out[f"{prefix}.weight"] = (layer.embedding, "as is")  # (V, E) both
         elif isinstance(layer, nnx.LayerNorm):
-            out[f"{prefix}.weight"], out[f"{prefix}.bias"] = (layer.scale, "as is"), (layer.bias, "as is")
+            out[f"{prefix}.weight"], out[f"{prefix}.bias"] = (
+                (layer.scale, "as is"),
+                (layer.bias, "as is"),
+            )
     return out
 
 
@@ -168,7 +214,9 @@ def to_canonical(value: np.ndarray, layout: str) -> np.ndarray:
         return value.T  # Flax (in, out) -> canonical (out, in)
     if layout in ("heads in", "heads out"):
         # (E, NH, HS) or (NH, HS, E) -> (E_in, E_out) -> canonical (out, in); head n, dim h is row n*HS + h
-        return value.reshape(-1, value.shape[-1] if layout == "heads out" else value.shape[1] * value.shape[2]).T
+        return value.reshape(
+            -1, value.shape[-1] if layout == "heads out" else value.shape[1] * value.shape[2]
+        ).T
     if layout == "heads bias":
         return value.reshape(-1)  # (NH, HS) -> (E,)
     return value
@@ -176,7 +224,9 @@ def to_canonical(value: np.ndarray, layout: str) -> np.ndarray:
 
 def to_native(value: np.ndarray, layout: str, shape) -> np.ndarray:
     if layout in ("dense", "heads in", "heads out"):
-        return value.T.reshape(shape)  # canonical (out, in) -> (in, out), then split a head axis where Flax has one
+        return value.T.reshape(
+            shape
+        )  # canonical (out, in) -> (in, out), then split a head axis where Flax has one
     return value.reshape(shape)
 
 
@@ -187,7 +237,10 @@ def load_canonical(model, params: dict[str, np.ndarray]) -> None:
 
 
 def export_canonical(model) -> dict[str, np.ndarray]:
-    return {name: np.array(to_canonical(np.asarray(v.get_value()), layout)) for name, (v, layout) in canonical_variables(model).items()}
+    return {
+        name: np.array(to_canonical(np.asarray(v.get_value()), layout))
+        for name, (v, layout) in canonical_variables(model).items()
+    }
 
 
 # ----------------------------------------------------------------------------- loss
@@ -217,8 +270,16 @@ def forward_backward(model, x, y) -> dict[str, np.ndarray]:
     (loss, (logits, attn)), (grad_params, grad_input) = gradients(model, tokens, y, dx)
     # the gradients have the model's own structure: merge them into a model to reuse the exporter
     grads = export_canonical(nnx.merge(nnx.graphdef(model), grad_params))
-    out = {"output": np.asarray(logits), "loss": np.asarray(loss), "grad.input": np.asarray(grad_input)}
-    return out | {f"grad.{k}": g for k, g in grads.items()} | {f"attn_weights.{i}": np.asarray(w) for i, w in enumerate(attn)}
+    out = {
+        "output": np.asarray(logits),
+        "loss": np.asarray(loss),
+        "grad.input": np.asarray(grad_input),
+    }
+    return (
+        out
+        | {f"grad.{k}": g for k, g in grads.items()}
+        | {f"attn_weights.{i}": np.asarray(w) for i, w in enumerate(attn)}
+    )
 
 
 # ----------------------------------------------------------------------------- train step
@@ -240,7 +301,16 @@ def train_step(model, optimizer: nnx.Optimizer, x, y):
     return loss
 
 
-def train(model, data: Dataset, *, epochs: int, lr: float | OptimizerConfig, batch_size: int, seed: int, on_epoch=None) -> list[float]:
+def train(
+    model,
+    data: Dataset,
+    *,
+    epochs: int,
+    lr: float | OptimizerConfig,
+    batch_size: int,
+    seed: int,
+    on_epoch=None,
+) -> list[float]:
     """Mini-batches in the shared order; returns the mean training loss of each epoch."""
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)  # token ids (B, T): no dtype cast
     optimizer, history = make_optimizer(model, lr), []

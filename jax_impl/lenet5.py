@@ -25,9 +25,22 @@ from tasks.data import Dataset, batches
 
 
 # ----------------------------------------------------------------------------- layers
-def make_conv(in_channels: int, out_channels: int, kernel_size: int, *, rngs: nnx.Rngs, dtype, init: str = "uniform", bias: bool = True):
-    kernel_init = initializers.make_initializer(init, fan_in=in_channels * kernel_size**2)  # "uniform": torch's nn.Conv2d range
-    bias_init = kernel_init if init == "uniform" else nnx.initializers.zeros  # a named initialiser (He, Xavier): zero bias
+def make_conv(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    *,
+    rngs: nnx.Rngs,
+    dtype,
+    init: str = "uniform",
+    bias: bool = True,
+):
+    kernel_init = initializers.make_initializer(
+        init, fan_in=in_channels * kernel_size**2
+    )  # "uniform": torch's nn.Conv2d range
+    bias_init = (
+        kernel_init if init == "uniform" else nnx.initializers.zeros
+    )  # a named initialiser (He, Xavier): zero bias
     # padding="VALID": nnx.Conv defaults to "SAME", which would keep 32x32 and break every later shape
     return nnx.Conv(
         in_channels, out_channels, (kernel_size, kernel_size), padding="VALID", use_bias=bias,
@@ -35,14 +48,35 @@ def make_conv(in_channels: int, out_channels: int, kernel_size: int, *, rngs: nn
     )  # fmt: skip
 
 
-def make_dense(in_features: int, out_features: int, *, rngs: nnx.Rngs, dtype, init: str = "uniform", bias: bool = True):
-    kernel_init = initializers.make_initializer(init, fan_in=in_features)  # "uniform": torch's nn.Linear range
+def make_dense(
+    in_features: int,
+    out_features: int,
+    *,
+    rngs: nnx.Rngs,
+    dtype,
+    init: str = "uniform",
+    bias: bool = True,
+):
+    kernel_init = initializers.make_initializer(
+        init, fan_in=in_features
+    )  # "uniform": torch's nn.Linear range
     bias_init = kernel_init if init == "uniform" else nnx.initializers.zeros
-    return nnx.Linear(in_features, out_features, use_bias=bias, kernel_init=kernel_init, bias_init=bias_init, dtype=dtype, param_dtype=dtype, rngs=rngs)
+    return nnx.Linear(
+        in_features,
+        out_features,
+        use_bias=bias,
+        kernel_init=kernel_init,
+        bias_init=bias_init,
+        dtype=dtype,
+        param_dtype=dtype,
+        rngs=rngs,
+    )
 
 
 def make_pool(cfg: LeNet5Config):
-    return partial({"avg": nnx.avg_pool, "max": nnx.max_pool}[cfg.pooling], window_shape=(2, 2), strides=(2, 2))
+    return partial(
+        {"avg": nnx.avg_pool, "max": nnx.max_pool}[cfg.pooling], window_shape=(2, 2), strides=(2, 2)
+    )
 
 
 # ----------------------------------------------------------------------------- model
@@ -52,35 +86,82 @@ class LeNet5(nnx.Module):
     def __init__(self, cfg: LeNet5Config, *, rngs: nnx.Rngs, dtype=jnp.float64):
         self.cfg = cfg
         (c1, c2), (h1, h2), k = cfg.channels, cfg.hidden, cfg.kernel_size
-        bias = not cfg.batch_norm  # a batch norm's mean subtraction cancels the bias of the layer before it
-        self.conv1 = make_conv(cfg.in_channels, c1, k, rngs=rngs, dtype=dtype, init=cfg.init, bias=bias)
+        bias = (
+            not cfg.batch_norm
+        )  # a batch norm's mean subtraction cancels the bias of the layer before it
+        self.conv1 = make_conv(
+            cfg.in_channels, c1, k, rngs=rngs, dtype=dtype, init=cfg.init, bias=bias
+        )
         self.conv2 = make_conv(c1, c2, k, rngs=rngs, dtype=dtype, init=cfg.init, bias=bias)
-        self.fc1 = make_dense(cfg.flat_features, h1, rngs=rngs, dtype=dtype, init=cfg.init, bias=bias)  # 16 * 5 * 5 = 400 inputs by default
+        self.fc1 = make_dense(
+            cfg.flat_features, h1, rngs=rngs, dtype=dtype, init=cfg.init, bias=bias
+        )  # 16 * 5 * 5 = 400 inputs by default
         self.fc2 = make_dense(h1, h2, rngs=rngs, dtype=dtype, init=cfg.init, bias=bias)
         self.fc3 = make_dense(h2, cfg.n_classes, rngs=rngs, dtype=dtype, init=cfg.init)
         # the activation and the pooling are plain functions, so one of each serves every use
         self.activation = {"relu": nnx.relu, "tanh": nnx.tanh}[cfg.activation]
         self.pool = make_pool(cfg)
         # optional regularisers: batch norm before each hidden activation, dropout after fc1's and fc2's
-        norm = lambda n, conv: make_batch_norm(n, conv=conv, dtype=dtype, rngs=rngs) if cfg.batch_norm else nnx.identity
-        self.bn1, self.bn2, self.bn3, self.bn4 = norm(c1, True), norm(c2, True), norm(h1, False), norm(h2, False)
-        self.drop1, self.drop2 = (Dropout(cfg.dropout, rngs=rngs) if cfg.dropout else nnx.identity for _ in range(2))
+        norm = lambda n, conv: (
+            make_batch_norm(n, conv=conv, dtype=dtype, rngs=rngs)
+            if cfg.batch_norm
+            else nnx.identity
+        )
+        self.bn1, self.bn2, self.bn3, self.bn4 = (
+            norm(c1, True),
+            norm(c2, True),
+            norm(h1, False),
+            norm(h2, False),
+        )
+        self.drop1, self.drop2 = (
+            Dropout(cfg.dropout, rngs=rngs) if cfg.dropout else nnx.identity for _ in range(2)
+        )
 
     def __call__(self, x):
-        x = jnp.transpose(x, (0, 2, 3, 1))  # (B, C, H, W) -> (B, H, W, C): Flax convolves channel-last
-        x = self.pool(self.activation(self.bn1(self.conv1(x))))  # (B, 32, 32, 1) -> (B, 28, 28, 6) -> (B, 14, 14, 6)
-        x = self.pool(self.activation(self.bn2(self.conv2(x))))  # -> (B, 10, 10, 16) -> (B, 5, 5, 16)
-        x = x.reshape(x.shape[0], -1)  # (B, 5, 5, 16) -> (B, 400) in (H, W, C) order, not torch's (C, H, W)
+        x = jnp.transpose(
+            x, (0, 2, 3, 1)
+        )  # (B, C, H, W) -> (B, H, W, C): Flax convolves channel-last
+        x = self.pool(
+            self.activation(self.bn1(self.conv1(x)))
+        )  # (B, 32, 32, 1) -> (B, 28, 28, 6) -> (B, 14, 14, 6)
+        x = self.pool(
+            self.activation(self.bn2(self.conv2(x)))
+        )  # -> (B, 10, 10, 16) -> (B, 5, 5, 16)
+        x = x.reshape(
+            x.shape[0], -1
+        )  # (B, 5, 5, 16) -> (B, 400) in (H, W, C) order, not torch's (C, H, W)
         x = self.drop1(self.activation(self.bn3(self.fc1(x))))  # (B, 400) -> (B, 120)
         x = self.drop2(self.activation(self.bn4(self.fc2(x))))  # (B, 120) -> (B, 84)
         return self.fc3(x)  # (B, 84) -> (B, C) logits
 
     def variables_by_name(self) -> dict[str, nnx.Variable]:
         """Each canonical tensor by its canonical name, in the Flax layout (batch norms' statistics too)."""
-        layers = {"conv1": self.conv1, "conv2": self.conv2, "fc1": self.fc1, "fc2": self.fc2, "fc3": self.fc3}
-        out = {f"{p}.{k}": v for p, layer in layers.items() for k, v in (("weight", layer.kernel), ("bias", layer.bias)) if v is not None}
-        norms = {"bn1": self.bn1, "bn2": self.bn2, "bn3": self.bn3, "bn4": self.bn4} if self.cfg.batch_norm else {}
-        return {**out, **{f"{p}.{k}": v for p, norm in norms.items() for k, v in canonical_variables(norm).items()}}
+        layers = {
+            "conv1": self.conv1,
+            "conv2": self.conv2,
+            "fc1": self.fc1,
+            "fc2": self.fc2,
+            "fc3": self.fc3,
+        }
+        out = {
+            f"{p}.{k}": v
+            for p, layer in layers.items()
+            for k, v in (("weight", layer.kernel), ("bias", layer.bias))
+            if v is not None
+        }
+        norms = (
+            {"bn1": self.bn1, "bn2": self.bn2, "bn3": self.bn3, "bn4": self.bn4}
+            if self.cfg.batch_norm
+            else {}
+        )
+        return {
+            **out,
+            **{
+                f"{p}.{k}": v
+                for p, norm in norms.items()
+                for k, v in canonical_variables(norm).items()
+            },
+        }
 
 
 def create_model(cfg: LeNet5Config, *, seed: int, dtype: str = "float64") -> LeNet5:
@@ -95,7 +176,9 @@ def to_native(cfg: LeNet5Config, name: str, value: np.ndarray) -> np.ndarray:
         return value.transpose(2, 3, 1, 0)  # (out_c, in_c, kh, kw) -> (kh, kw, in_c, out_c)
     if name == "fc1.weight":
         # input rows from (C, H, W) order to the (H, W, C) flatten order, then (out, in) -> (in, out)
-        return value.reshape(-1, c, s, s).transpose(2, 3, 1, 0).reshape(c * s * s, -1)  # (out, C, H, W) -> (H, W, C, out)
+        return (
+            value.reshape(-1, c, s, s).transpose(2, 3, 1, 0).reshape(c * s * s, -1)
+        )  # (out, C, H, W) -> (H, W, C, out)
     if name.endswith(".weight"):
         return value.T  # (out, in) -> (in, out)
     return value
@@ -107,7 +190,9 @@ def to_canonical(cfg: LeNet5Config, name: str, value: np.ndarray) -> np.ndarray:
     if name.startswith("conv") and name.endswith(".weight"):
         return value.transpose(3, 2, 0, 1)  # (kh, kw, in_c, out_c) -> (out_c, in_c, kh, kw)
     if name == "fc1.weight":
-        return value.reshape(s, s, c, -1).transpose(3, 2, 0, 1).reshape(-1, c * s * s)  # (H, W, C, out) -> (out, C, H, W)
+        return (
+            value.reshape(s, s, c, -1).transpose(3, 2, 0, 1).reshape(-1, c * s * s)
+        )  # (H, W, C, out) -> (out, C, H, W)
     if name.endswith(".weight"):
         return value.T  # (in, out) -> (out, in)
     return value
@@ -120,7 +205,10 @@ def load_canonical(model: LeNet5, params: dict[str, np.ndarray]) -> None:
 
 
 def export_canonical(model: LeNet5) -> dict[str, np.ndarray]:
-    return {name: np.array(to_canonical(model.cfg, name, np.asarray(v.get_value()))) for name, v in model.variables_by_name().items()}
+    return {
+        name: np.array(to_canonical(model.cfg, name, np.asarray(v.get_value())))
+        for name, v in model.variables_by_name().items()
+    }
 
 
 # ----------------------------------------------------------------------------- loss
@@ -136,18 +224,29 @@ def forward_backward(model: LeNet5, x, y) -> dict[str, np.ndarray]:
         logits = model(x)
         return loss_fn(logits, jnp.asarray(y)), logits
 
-    (loss, logits), (grad_params, dx) = nnx.value_and_grad(loss_of, argnums=(0, 1), has_aux=True)(model, jnp.asarray(x))
+    (loss, logits), (grad_params, dx) = nnx.value_and_grad(loss_of, argnums=(0, 1), has_aux=True)(
+        model, jnp.asarray(x)
+    )
     # the gradients have the model's own structure: merge them (with the non-parameter state, e.g.
     # batch statistics, which are not gradients and are dropped) into a model to reuse the exporter
-    grads = export_canonical(nnx.merge(nnx.graphdef(model), grad_params, nnx.state(model, nnx.Not(nnx.Param))))
+    grads = export_canonical(
+        nnx.merge(nnx.graphdef(model), grad_params, nnx.state(model, nnx.Not(nnx.Param)))
+    )
     grads = {k: g for k, g in grads.items() if not k.endswith(("running_mean", "running_var"))}
-    return {"output": np.asarray(logits), "loss": np.asarray(loss), "grad.input": np.asarray(dx), **{f"grad.{k}": g for k, g in grads.items()}}
+    return {
+        "output": np.asarray(logits),
+        "loss": np.asarray(loss),
+        "grad.input": np.asarray(dx),
+        **{f"grad.{k}": g for k, g in grads.items()},
+    }
 
 
 # ----------------------------------------------------------------------------- train step
 def make_optimizer(model: LeNet5, lr: float | OptimizerConfig) -> nnx.Optimizer:
     """A learning rate gives optax.sgd; an OptimizerConfig any transformation of jax_impl/optim.py."""
-    return optim.make_optimizer(model, lr if isinstance(lr, OptimizerConfig) else OptimizerConfig("sgd", lr=lr))
+    return optim.make_optimizer(
+        model, lr if isinstance(lr, OptimizerConfig) else OptimizerConfig("sgd", lr=lr)
+    )
 
 
 @nnx.jit
@@ -163,14 +262,26 @@ def train_step(model: LeNet5, optimizer: nnx.Optimizer, x, y):
     return loss
 
 
-def train(model: LeNet5, data: Dataset, *, epochs: int, lr: float | OptimizerConfig, batch_size: int, seed: int, on_epoch=None) -> list[float]:
+def train(
+    model: LeNet5,
+    data: Dataset,
+    *,
+    epochs: int,
+    lr: float | OptimizerConfig,
+    batch_size: int,
+    seed: int,
+    on_epoch=None,
+) -> list[float]:
     """Mini-batches in the shared order, stepped by make_optimizer(model, lr); returns the mean training loss of each epoch."""
     x, y = jnp.asarray(data.x_train, dtype=model.fc3.kernel.dtype), jnp.asarray(data.y_train)
     optimizer, history = make_optimizer(model, lr), []
     model.train()  # batch statistics and dropout on (nnx set_attributes)
     for epoch in range(epochs):
         # a plain iterator over the shared index arrays is JAX's whole input pipeline
-        losses = [float(train_step(model, optimizer, x[idx], y[idx])) for idx in batches(len(x), batch_size, seed, epoch)]
+        losses = [
+            float(train_step(model, optimizer, x[idx], y[idx]))
+            for idx in batches(len(x), batch_size, seed, epoch)
+        ]
         history.append(float(np.mean(losses)))
         if on_epoch:
             on_epoch(epoch, history[-1])
@@ -183,4 +294,6 @@ def evaluate(model: LeNet5, x, y) -> tuple[float, float]:
     model.eval()  # running statistics, no dropout
     logits = model(jnp.asarray(x, dtype=model.fc3.kernel.dtype))
     loss = loss_fn(logits, jnp.asarray(y))
-    return float(loss), float(jnp.mean((logits.argmax(axis=1) == jnp.asarray(y)).astype(jnp.float64)))
+    return float(loss), float(
+        jnp.mean((logits.argmax(axis=1) == jnp.asarray(y)).astype(jnp.float64))
+    )

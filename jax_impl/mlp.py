@@ -27,10 +27,31 @@ def make_activation(cfg: MLPConfig):
     return {"relu": nnx.relu, "tanh": nnx.tanh, "sigmoid": nnx.sigmoid}[cfg.activation]
 
 
-def make_dense(in_features: int, out_features: int, *, rngs: nnx.Rngs, dtype, init: str = "uniform", bias: bool = True):
-    kernel_init = initializers.make_initializer(init, fan_in=in_features)  # "uniform": torch's nn.Linear range
-    bias_init = kernel_init if init == "uniform" else nnx.initializers.zeros  # a named initialiser (He, Xavier): zero bias
-    return nnx.Linear(in_features, out_features, use_bias=bias, kernel_init=kernel_init, bias_init=bias_init, dtype=dtype, param_dtype=dtype, rngs=rngs)
+def make_dense(
+    in_features: int,
+    out_features: int,
+    *,
+    rngs: nnx.Rngs,
+    dtype,
+    init: str = "uniform",
+    bias: bool = True,
+):
+    kernel_init = initializers.make_initializer(
+        init, fan_in=in_features
+    )  # "uniform": torch's nn.Linear range
+    bias_init = (
+        kernel_init if init == "uniform" else nnx.initializers.zeros
+    )  # a named initialiser (He, Xavier): zero bias
+    return nnx.Linear(
+        in_features,
+        out_features,
+        use_bias=bias,
+        kernel_init=kernel_init,
+        bias_init=bias_init,
+        dtype=dtype,
+        param_dtype=dtype,
+        rngs=rngs,
+    )
 
 
 # ----------------------------------------------------------------------------- model
@@ -40,14 +61,27 @@ class MLP(nnx.Module):
     def __init__(self, cfg: MLPConfig, *, rngs: nnx.Rngs, dtype=jnp.float64):
         self.cfg = cfg
         sizes = cfg.sizes
-        bias = not cfg.batch_norm  # a batch norm's mean subtraction cancels the bias of the layer before it
-        self.hidden = nnx.List([make_dense(i, o, rngs=rngs, dtype=dtype, init=cfg.init, bias=bias) for i, o in zip(sizes[:-2], sizes[1:-1])])
+        bias = (
+            not cfg.batch_norm
+        )  # a batch norm's mean subtraction cancels the bias of the layer before it
+        self.hidden = nnx.List(
+            [
+                make_dense(i, o, rngs=rngs, dtype=dtype, init=cfg.init, bias=bias)
+                for i, o in zip(sizes[:-2], sizes[1:-1])
+            ]
+        )
         # the activation is a plain function, so one serves every hidden layer
         self.activation = make_activation(cfg)
         self.head = make_dense(sizes[-2], sizes[-1], rngs=rngs, dtype=dtype, init=cfg.init)
         # optional regularisers: batch norm before each hidden activation, dropout after it
-        self.bn = nnx.List([make_batch_norm(o, dtype=dtype, rngs=rngs) for o in sizes[1:-1]] if cfg.batch_norm else [])
-        self.dropouts = nnx.List([Dropout(cfg.dropout, rngs=rngs) for _ in self.hidden] if cfg.dropout else [])
+        self.bn = nnx.List(
+            [make_batch_norm(o, dtype=dtype, rngs=rngs) for o in sizes[1:-1]]
+            if cfg.batch_norm
+            else []
+        )
+        self.dropouts = nnx.List(
+            [Dropout(cfg.dropout, rngs=rngs) for _ in self.hidden] if cfg.dropout else []
+        )
 
     def __call__(self, x):
         for i, layer in enumerate(self.hidden):
@@ -72,7 +106,9 @@ def create_model(cfg: MLPConfig, *, seed: int, dtype: str = "float64") -> MLP:
 def load_canonical(model: MLP, params: dict[str, np.ndarray]) -> None:
     weights.check(params, model.cfg.param_shapes(), model.head.kernel.dtype)
     for prefix, layer in model.layers_by_name().items():
-        layer.kernel.set_value(jnp.asarray(params[f"{prefix}.weight"].T))  # canonical (out, in) -> Flax (in, out)
+        layer.kernel.set_value(
+            jnp.asarray(params[f"{prefix}.weight"].T)
+        )  # canonical (out, in) -> Flax (in, out)
         if layer.bias is not None:
             layer.bias.set_value(jnp.asarray(params[f"{prefix}.bias"]))
     for i, norm in enumerate(model.bn):  # scale, bias, running mean and variance, no transform
@@ -83,11 +119,18 @@ def load_canonical(model: MLP, params: dict[str, np.ndarray]) -> None:
 def export_canonical(model: MLP) -> dict[str, np.ndarray]:
     out = {}
     for prefix, layer in model.layers_by_name().items():
-        out[f"{prefix}.weight"] = np.array(layer.kernel.get_value()).T  # Flax (in, out) -> canonical (out, in)
+        out[f"{prefix}.weight"] = np.array(
+            layer.kernel.get_value()
+        ).T  # Flax (in, out) -> canonical (out, in)
         if layer.bias is not None:
             out[f"{prefix}.bias"] = np.array(layer.bias.get_value())
     for i, norm in enumerate(model.bn):
-        out.update({f"bn.{i}.{key}": np.array(variable.get_value()) for key, variable in canonical_variables(norm).items()})
+        out.update(
+            {
+                f"bn.{i}.{key}": np.array(variable.get_value())
+                for key, variable in canonical_variables(norm).items()
+            }
+        )
     return out
 
 
@@ -95,7 +138,9 @@ def export_canonical(model: MLP) -> dict[str, np.ndarray]:
 def loss_fn(logits, y, head: str):
     """Mean loss computed from logits (the fused, numerically stable forms)."""
     if head == "sigmoid":
-        return optax.sigmoid_binary_cross_entropy(logits[:, 0], y.astype(logits.dtype)).mean()  # (B, 1) -> (B,)
+        return optax.sigmoid_binary_cross_entropy(
+            logits[:, 0], y.astype(logits.dtype)
+        ).mean()  # (B, 1) -> (B,)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
@@ -110,18 +155,29 @@ def forward_backward(model: MLP, x, y) -> dict[str, np.ndarray]:
         logits = model(x)
         return loss_fn(logits, jnp.asarray(y), model.cfg.head), logits
 
-    (loss, logits), (grad_params, dx) = nnx.value_and_grad(loss_of, argnums=(0, 1), has_aux=True)(model, jnp.asarray(x))
+    (loss, logits), (grad_params, dx) = nnx.value_and_grad(loss_of, argnums=(0, 1), has_aux=True)(
+        model, jnp.asarray(x)
+    )
     # the gradients have the model's own structure: merge them (with the non-parameter state, e.g.
     # batch statistics, which are not gradients and are dropped) into a model to reuse the exporter
-    grads = export_canonical(nnx.merge(nnx.graphdef(model), grad_params, nnx.state(model, nnx.Not(nnx.Param))))
+    grads = export_canonical(
+        nnx.merge(nnx.graphdef(model), grad_params, nnx.state(model, nnx.Not(nnx.Param)))
+    )
     grads = {k: g for k, g in grads.items() if not k.endswith(("running_mean", "running_var"))}
-    return {"output": np.asarray(logits), "loss": np.asarray(loss), "grad.input": np.asarray(dx), **{f"grad.{k}": g for k, g in grads.items()}}
+    return {
+        "output": np.asarray(logits),
+        "loss": np.asarray(loss),
+        "grad.input": np.asarray(dx),
+        **{f"grad.{k}": g for k, g in grads.items()},
+    }
 
 
 # ----------------------------------------------------------------------------- train step
 def make_optimizer(model: MLP, lr: float | OptimizerConfig) -> nnx.Optimizer:
     """A learning rate gives optax.sgd; an OptimizerConfig any transformation of jax_impl/optim.py."""
-    return optim.make_optimizer(model, lr if isinstance(lr, OptimizerConfig) else OptimizerConfig("sgd", lr=lr))
+    return optim.make_optimizer(
+        model, lr if isinstance(lr, OptimizerConfig) else OptimizerConfig("sgd", lr=lr)
+    )
 
 
 @nnx.jit
@@ -137,14 +193,26 @@ def train_step(model: MLP, optimizer: nnx.Optimizer, x, y):
     return loss
 
 
-def train(model: MLP, data: Dataset, *, epochs: int, lr: float | OptimizerConfig, batch_size: int, seed: int, on_epoch=None) -> list[float]:
+def train(
+    model: MLP,
+    data: Dataset,
+    *,
+    epochs: int,
+    lr: float | OptimizerConfig,
+    batch_size: int,
+    seed: int,
+    on_epoch=None,
+) -> list[float]:
     """Mini-batches in the shared order, stepped by make_optimizer(model, lr); returns the mean training loss of each epoch."""
     x, y = jnp.asarray(data.x_train, dtype=model.head.kernel.dtype), jnp.asarray(data.y_train)
     optimizer, history = make_optimizer(model, lr), []
     model.train()  # batch statistics and dropout on (nnx set_attributes)
     for epoch in range(epochs):
         # a plain iterator over the shared index arrays is JAX's whole input pipeline
-        losses = [float(train_step(model, optimizer, x[idx], y[idx])) for idx in batches(len(x), batch_size, seed, epoch)]
+        losses = [
+            float(train_step(model, optimizer, x[idx], y[idx]))
+            for idx in batches(len(x), batch_size, seed, epoch)
+        ]
         history.append(float(np.mean(losses)))
         if on_epoch:
             on_epoch(epoch, history[-1])
@@ -157,4 +225,6 @@ def evaluate(model: MLP, x, y) -> tuple[float, float]:
     model.eval()  # running statistics, no dropout
     logits = model(jnp.asarray(x, dtype=model.head.kernel.dtype))
     loss = loss_fn(logits, jnp.asarray(y), model.cfg.head)
-    return float(loss), float(jnp.mean((predict(logits, model.cfg.head) == jnp.asarray(y)).astype(jnp.float64)))
+    return float(loss), float(
+        jnp.mean((predict(logits, model.cfg.head) == jnp.asarray(y)).astype(jnp.float64))
+    )

@@ -35,12 +35,22 @@ def make_stock_schedule(spec: OptimizerConfig):
             return optax.cosine_decay_schedule(spec.lr, spec.decay_steps, alpha=spec.min_lr_ratio)
         # decay_steps counts the warmup too; end_value is the floor
         return optax.warmup_cosine_decay_schedule(
-            0.0, spec.lr, spec.warmup_steps, spec.warmup_steps + spec.decay_steps, end_value=spec.min_lr_ratio * spec.lr
+            0.0,
+            spec.lr,
+            spec.warmup_steps,
+            spec.warmup_steps + spec.decay_steps,
+            end_value=spec.min_lr_ratio * spec.lr,
         )
-    decay = optax.exponential_decay(spec.lr, spec.step_size, spec.gamma, staircase=True) if spec.schedule == "step" else None
+    decay = (
+        optax.exponential_decay(spec.lr, spec.step_size, spec.gamma, staircase=True)
+        if spec.schedule == "step"
+        else None
+    )
     if warmup is None:
         return decay or spec.lr
-    return optax.join_schedules([warmup, decay or optax.constant_schedule(spec.lr)], [spec.warmup_steps])
+    return optax.join_schedules(
+        [warmup, decay or optax.constant_schedule(spec.lr)], [spec.warmup_steps]
+    )
 
 
 # ----------------------------------------------------------------------------- optimisers
@@ -49,16 +59,22 @@ def make_transform(spec: OptimizerConfig, dtype) -> optax.GradientTransformation
     if spec.name == "sgd":
         tx = optax.sgd(lr)
     elif spec.name in ("momentum", "nesterov"):
-        tx = optax.sgd(lr, momentum=spec.momentum, nesterov=spec.name == "nesterov")  # trace: v = mu v + g
+        tx = optax.sgd(
+            lr, momentum=spec.momentum, nesterov=spec.name == "nesterov"
+        )  # trace: v = mu v + g
     elif spec.name == "rmsprop":
         # optax's default decay is 0.9 and eps_in_sqrt=True (Keras's placement); torch's is outside
         tx = optax.rmsprop(lr, decay=spec.rho, eps=spec.eps, eps_in_sqrt=False)
     elif spec.name == "adam":
         tx = optax.adam(lr, b1=spec.beta1, b2=spec.beta2, eps=spec.eps)
     else:
-        tx = optax.adamw(lr, b1=spec.beta1, b2=spec.beta2, eps=spec.eps, weight_decay=spec.weight_decay)
+        tx = optax.adamw(
+            lr, b1=spec.beta1, b2=spec.beta2, eps=spec.eps, weight_decay=spec.weight_decay
+        )
     if spec.clip_norm is not None:
-        tx = optax.chain(optax.clip_by_global_norm(spec.clip_norm), tx)  # clip first, on the raw gradients
+        tx = optax.chain(
+            optax.clip_by_global_norm(spec.clip_norm), tx
+        )  # clip first, on the raw gradients
     return tx
 
 

@@ -33,12 +33,24 @@ class Perceptron(nnx.Module):
 
     def __init__(self, cfg: PerceptronConfig, *, rngs: nnx.Rngs, dtype=jnp.float64):
         self.cfg = cfg
-        bound = 1.0 / np.sqrt(cfg.in_features)  # torch's nn.Linear default range, so every framework starts alike
+        bound = 1.0 / np.sqrt(
+            cfg.in_features
+        )  # torch's nn.Linear default range, so every framework starts alike
         init = lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound)
-        self.neuron = nnx.Linear(cfg.in_features, 1, kernel_init=init, bias_init=init, dtype=dtype, param_dtype=dtype, rngs=rngs)
+        self.neuron = nnx.Linear(
+            cfg.in_features,
+            1,
+            kernel_init=init,
+            bias_init=init,
+            dtype=dtype,
+            param_dtype=dtype,
+            rngs=rngs,
+        )
 
     def __call__(self, x):
-        return step(self.neuron(x))[:, 0]  # (B, D) -> (B, 1) -> (B,): 0.0 or 1.0 in the model's dtype
+        return step(self.neuron(x))[
+            :, 0
+        ]  # (B, D) -> (B, 1) -> (B,): 0.0 or 1.0 in the model's dtype
 
 
 def create_model(cfg: PerceptronConfig, *, seed: int, dtype: str = "float64") -> Perceptron:
@@ -48,13 +60,17 @@ def create_model(cfg: PerceptronConfig, *, seed: int, dtype: str = "float64") ->
 # ----------------------------------------------------------------------------- canonical weights
 def load_canonical(model: Perceptron, params: dict[str, np.ndarray]) -> None:
     weights.check(params, model.cfg.param_shapes(), model.neuron.kernel.dtype)
-    model.neuron.kernel.set_value(jnp.asarray(params["neuron.weight"].T))  # canonical (1, in) -> Flax (in, 1)
+    model.neuron.kernel.set_value(
+        jnp.asarray(params["neuron.weight"].T)
+    )  # canonical (1, in) -> Flax (in, 1)
     model.neuron.bias.set_value(jnp.asarray(params["neuron.bias"]))
 
 
 def export_canonical(model: Perceptron) -> dict[str, np.ndarray]:
     return {
-        "neuron.weight": np.array(model.neuron.kernel.get_value()).T,  # Flax (in, 1) -> canonical (1, in)
+        "neuron.weight": np.array(
+            model.neuron.kernel.get_value()
+        ).T,  # Flax (in, 1) -> canonical (1, in)
         "neuron.bias": np.array(model.neuron.bias.get_value()),
     }
 
@@ -69,10 +85,14 @@ def predict(model: Perceptron, x) -> np.ndarray:
 def train_step(graphdef: nnx.GraphDef, lr, state: nnx.State, sample):
     """One sample (x (D,), y 0.0 or 1.0), as a pure function: old state in, (new state, mistake) out."""
     x, y = sample
-    model = nnx.merge(graphdef, state, copy=True)  # a private model: changing it leaves `state` as it was
+    model = nnx.merge(
+        graphdef, state, copy=True
+    )  # a private model: changing it leaves `state` as it was
     error = y - model(x[None])[0]  # (1, D) -> (1,) -> (): +1 missed a 1, -1 missed a 0, 0 right
     # lr * x first: times error (+1, 0 or -1) it stays exact, so an FMA (XLA fuses one) rounds alike
-    model.neuron.kernel[...] += (error * (lr * x))[:, None]  # (D,) -> (D, 1), the kernel's (in, out)
+    model.neuron.kernel[...] += (error * (lr * x))[
+        :, None
+    ]  # (D,) -> (D, 1), the kernel's (in, out)
     model.neuron.bias[...] += lr * error  # () broadcasts over (1,)
     return nnx.state(model), (error != 0).astype(jnp.int32)
 
@@ -80,18 +100,24 @@ def train_step(graphdef: nnx.GraphDef, lr, state: nnx.State, sample):
 @partial(jax.jit, static_argnums=0)
 def train_epoch(graphdef: nnx.GraphDef, state: nnx.State, x, y, lr):
     """One pass over the samples (x (N, D), y (N,)) in the given order, scanned; returns (state, mistakes)."""
-    state, mistakes = jax.lax.scan(partial(train_step, graphdef, lr), state, (x, y))  # (N,) one flag per sample
+    state, mistakes = jax.lax.scan(
+        partial(train_step, graphdef, lr), state, (x, y)
+    )  # (N,) one flag per sample
     return state, mistakes.sum()
 
 
-def train(model: Perceptron, data: Dataset, *, epochs: int, lr: float, seed: int, on_epoch=None) -> list[int]:
+def train(
+    model: Perceptron, data: Dataset, *, epochs: int, lr: float, seed: int, on_epoch=None
+) -> list[int]:
     """Per-sample updates in the shared shuffled order; stops after the first epoch with no mistake.
 
     Returns the number of mistakes of each epoch run; a last entry of 0 means converged.
     """
     dtype = model.neuron.kernel.dtype
     x, y = jnp.asarray(data.x_train, dtype=dtype), jnp.asarray(data.y_train, dtype=dtype)
-    lr = jnp.asarray(lr, dtype=dtype)  # the step size in the model's dtype, as in the other three files
+    lr = jnp.asarray(
+        lr, dtype=dtype
+    )  # the step size in the model's dtype, as in the other three files
     graphdef, state = nnx.split(model)  # the pure-function view of the model: structure + arrays
     history = []
     for epoch in range(epochs):

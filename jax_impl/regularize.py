@@ -21,10 +21,16 @@ class Dropout(nnx.Module):
 
     def __init__(self, p: float, *, rngs: nnx.Rngs):
         self.p = p
-        self.dropout = nnx.Dropout(p, rngs=rngs)  # draws from the rngs' "dropout" stream (else "default")
+        self.dropout = nnx.Dropout(
+            p, rngs=rngs
+        )  # draws from the rngs' "dropout" stream (else "default")
         self.mask = nnx.Variable(None)  # state, so a supplied mask reaches a jitted step
-        self.step = nnx.Variable(jnp.zeros((), jnp.int32))  # training calls made with a supplied stack; state too
-        self.deterministic = False  # model.eval() sets it True (nnx set_attributes), model.train() back
+        self.step = nnx.Variable(
+            jnp.zeros((), jnp.int32)
+        )  # training calls made with a supplied stack; state too
+        self.deterministic = (
+            False  # model.eval() sets it True (nnx set_attributes), model.train() back
+        )
 
     def __call__(self, x):
         if self.deterministic or self.p == 0:
@@ -35,13 +41,25 @@ class Dropout(nnx.Module):
         if keep.ndim == 3:  # one mask per training step
             keep = keep[self.step.get_value() % keep.shape[0]]
             self.step.set_value(self.step.get_value() + 1)
-        return x * jnp.asarray(keep, x.dtype) / (1 - self.p)  # (B, D) kept units scaled by 1 / (1 - p)
+        return (
+            x * jnp.asarray(keep, x.dtype) / (1 - self.p)
+        )  # (B, D) kept units scaled by 1 / (1 - p)
 
 
 # ----------------------------------------------------------------------------- batch norm
-def make_batch_norm(num_features: int, *, momentum: float = 0.1, eps: float = 1e-5, conv: bool = False, dtype=jnp.float64, rngs: nnx.Rngs):
+def make_batch_norm(
+    num_features: int,
+    *,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    conv: bool = False,
+    dtype=jnp.float64,
+    rngs: nnx.Rngs,
+):
     """The stock layer on channels-last input, (B, D) or (B, H, W, C); `momentum` in torch's sense."""
-    layer = nnx.BatchNorm(num_features, momentum=1 - momentum, epsilon=eps, dtype=dtype, param_dtype=dtype, rngs=rngs)
+    layer = nnx.BatchNorm(
+        num_features, momentum=1 - momentum, epsilon=eps, dtype=dtype, param_dtype=dtype, rngs=rngs
+    )
     # nnx.BatchNorm creates its running mean and variance in float32 whatever param_dtype says:
     # a float64 run would round every running-average update to float32 (docs/PORTING.md)
     layer.mean.set_value(jnp.zeros(num_features, dtype))
@@ -51,7 +69,12 @@ def make_batch_norm(num_features: int, *, momentum: float = 0.1, eps: float = 1e
 
 def canonical_variables(layer: nnx.BatchNorm) -> dict:
     """The layer's variables under the canonical (torch) names: scale, bias and the running statistics."""
-    return {"weight": layer.scale, "bias": layer.bias, "running_mean": layer.mean, "running_var": layer.var}
+    return {
+        "weight": layer.scale,
+        "bias": layer.bias,
+        "running_mean": layer.mean,
+        "running_var": layer.var,
+    }
 
 
 def set_mask(layer: Dropout, mask) -> None:

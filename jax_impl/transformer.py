@@ -36,13 +36,22 @@ from tasks.configs import TransformerConfig
 def make_activation(cfg: TransformerConfig):
     if cfg.activation == "relu":
         return jax.nn.relu
-    approximate = cfg.activation == "gelu_tanh"  # jax.nn.gelu's default is approximate=True (tanh): pass it
+    approximate = (
+        cfg.activation == "gelu_tanh"
+    )  # jax.nn.gelu's default is approximate=True (tanh): pass it
     return lambda x: jax.nn.gelu(x, approximate=approximate)
 
 
 def make_layer_norm(cfg: TransformerConfig, *, rngs: nnx.Rngs, dtype) -> nnx.LayerNorm:
     # Flax's default eps is 1e-6; its fast variance E[x^2] - E[x]^2 loses digits in float32, so use the two-pass form
-    return nnx.LayerNorm(cfg.d_model, epsilon=cfg.ln_eps, use_fast_variance=False, dtype=dtype, param_dtype=dtype, rngs=rngs)
+    return nnx.LayerNorm(
+        cfg.d_model,
+        epsilon=cfg.ln_eps,
+        use_fast_variance=False,
+        dtype=dtype,
+        param_dtype=dtype,
+        rngs=rngs,
+    )
 
 
 class Block(nnx.Module):
@@ -102,7 +111,15 @@ class Transformer(nnx.Module):
         """Layers by canonical prefix."""
         out = {"embed": self.embed}
         for i, b in enumerate(self.blocks):
-            out.update({f"blocks.{i}.attn": b.attn, f"blocks.{i}.ln1": b.ln1, f"blocks.{i}.ff1": b.ff1, f"blocks.{i}.ff2": b.ff2, f"blocks.{i}.ln2": b.ln2})
+            out.update(
+                {
+                    f"blocks.{i}.attn": b.attn,
+                    f"blocks.{i}.ln1": b.ln1,
+                    f"blocks.{i}.ff1": b.ff1,
+                    f"blocks.{i}.ff2": b.ff2,
+                    f"blocks.{i}.ln2": b.ln2,
+                }
+            )
         if self.ln_f is not None:
             out["ln_f"] = self.ln_f
         return out | {"head": self.head}

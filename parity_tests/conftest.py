@@ -21,7 +21,15 @@ def star_params(model: str):
         for framework in FRAMEWORK_IDS:
             for dtype in getattr(case, "dtypes", parity.DTYPES):  # a case may run float64 only
                 for tensor in parity.expected_tensors(case):
-                    out.append(pytest.param(case, framework, dtype, tensor, id=f"{case.id}-{framework}-{dtype}-{tensor}"))
+                    out.append(
+                        pytest.param(
+                            case,
+                            framework,
+                            dtype,
+                            tensor,
+                            id=f"{case.id}-{framework}-{dtype}-{tensor}",
+                        )
+                    )
     return out
 
 
@@ -31,9 +39,17 @@ def assert_matches_scratch(case, framework: str, dtype: str, tensor: str) -> Non
     tolerance, measured against the size the case names for it (its own unless `scale_from` says)."""
     actual = parity.compute(case, framework, dtype)[tensor]
     reference = parity.compute(case, "scratch", dtype)
-    assert np.asarray(actual).dtype == np.dtype(dtype), f"{tensor} came back as {np.asarray(actual).dtype}"
+    assert np.asarray(actual).dtype == np.dtype(dtype), (
+        f"{tensor} came back as {np.asarray(actual).dtype}"
+    )
     what = f"{case.id} {framework} {dtype} {tensor}"
-    parity.assert_close(actual, reference[tensor], parity.tolerance(tensor, dtype), what, parity.scale_of(case, tensor, reference))
+    parity.assert_close(
+        actual,
+        reference[tensor],
+        parity.tolerance(tensor, dtype),
+        what,
+        parity.scale_of(case, tensor, reference),
+    )
 
 
 def assert_frameworks_agree_pairwise(case) -> None:
@@ -42,7 +58,13 @@ def assert_frameworks_agree_pairwise(case) -> None:
     for a, b in combinations(FRAMEWORK_IDS, 2):  # (torch, tf), (torch, jax), (tf, jax)
         for tensor in parity.expected_tensors(case):
             tol = parity.tolerance(tensor, "float64")
-            parity.assert_close(results[a][tensor], results[b][tensor], tol, f"{a} vs {b} {tensor}", parity.scale_of(case, tensor, results[b]))
+            parity.assert_close(
+                results[a][tensor],
+                results[b][tensor],
+                tol,
+                f"{a} vs {b} {tensor}",
+                parity.scale_of(case, tensor, results[b]),
+            )
 
 
 # ----------------------------------------------------------------------------- finite differences

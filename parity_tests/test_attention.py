@@ -10,7 +10,12 @@ import pytest
 from hypothesis import Phase, assume, given, settings
 from hypothesis import strategies as st
 
-from parity_tests.conftest import assert_frameworks_agree_pairwise, assert_matches_scratch, numeric_grad, star_params
+from parity_tests.conftest import (
+    assert_frameworks_agree_pairwise,
+    assert_matches_scratch,
+    numeric_grad,
+    star_params,
+)
 from scratch.attention import positional_encoding
 from tasks import parity, train, weights
 from tasks.configs import AttentionConfig
@@ -34,7 +39,11 @@ def test_frameworks_agree_pairwise(case):
 def test_cli_parity_records_all_pass():
     """What `rosetta parity attention --json` reports: every record passed (scratch star and pairwise)."""
     records = [r for case in parity.CASES["attention"] for r in parity.records(case)]
-    failed = [f"{r['case']} {r['framework']} vs {r['reference']} {r['dtype']} {r['tensor']}: {r['rel_error']:.1e}" for r in records if not r["passed"]]
+    failed = [
+        f"{r['case']} {r['framework']} vs {r['reference']} {r['dtype']} {r['tensor']}: {r['rel_error']:.1e}"
+        for r in records
+        if not r["passed"]
+    ]
     assert records and not failed, failed[:10]
 
 
@@ -44,18 +53,32 @@ def test_cli_parity_records_all_pass():
 def test_stock_layer_matches_hand_written(framework, causal):
     """Within one framework: the stock layer and the hand-written one, same canonical weights, float64."""
     impl = load_impl(framework, "attention")
-    hand_cfg = AttentionConfig(vocab=7, d_model=8, n_heads=2, causal=causal, optimizer="sgd")  # the cases' sizes: compiled once
+    hand_cfg = AttentionConfig(
+        vocab=7, d_model=8, n_heads=2, causal=causal, optimizer="sgd"
+    )  # the cases' sizes: compiled once
     params = weights.init_uniform(hand_cfg.param_shapes(), 5)
     x, y = parity._tokens(np.random.default_rng(5), hand_cfg, 4, pad="right", steps=6)
     results = {}
     for stock in (False, True):
-        model = impl.create_model(AttentionConfig(**{**vars(hand_cfg), "stock": stock}), seed=0, dtype="float64")
+        model = impl.create_model(
+            AttentionConfig(**{**vars(hand_cfg), "stock": stock}), seed=0, dtype="float64"
+        )
         impl.load_canonical(model, params)
         results[stock] = impl.forward_backward(model, x, y)
     assert results[False].keys() == results[True].keys()
     for tensor, reference in results[False].items():
-        scale = float(np.abs(results[False]["grad.attn.v.weight"]).max()) if tensor == "grad.attn.k.bias" else None
-        parity.assert_close(results[True][tensor], reference, 1e-10, f"{framework} stock vs hand-written {tensor}", scale)
+        scale = (
+            float(np.abs(results[False]["grad.attn.v.weight"]).max())
+            if tensor == "grad.attn.k.bias"
+            else None
+        )
+        parity.assert_close(
+            results[True][tensor],
+            reference,
+            1e-10,
+            f"{framework} stock vs hand-written {tensor}",
+            scale,
+        )
 
 
 def test_keras_stock_query_scale_is_exact_in_float64():
@@ -71,10 +94,19 @@ def test_keras_stock_query_scale_is_exact_in_float64():
     impl = load_impl("tf_impl", "attention")
     model = impl.create_model(cfg, seed=0, dtype="float64")
     impl.load_canonical(model, params)
-    parity.assert_close(impl.forward_backward(model, x, y)["output"], expected, 1e-10, "keras stock, head size 3")
-    model.attn.mha._inverse_sqrt_key_dim = float(1.0 / np.sqrt(3))  # a Python float, as Keras stores it
+    parity.assert_close(
+        impl.forward_backward(model, x, y)["output"], expected, 1e-10, "keras stock, head size 3"
+    )
+    model.attn.mha._inverse_sqrt_key_dim = float(
+        1.0 / np.sqrt(3)
+    )  # a Python float, as Keras stores it
     with pytest.raises(AssertionError):
-        parity.assert_close(impl.forward_backward(model, x, y)["output"], expected, 1e-10, "keras stock, float32 scale")
+        parity.assert_close(
+            impl.forward_backward(model, x, y)["output"],
+            expected,
+            1e-10,
+            "keras stock, float32 scale",
+        )
 
 
 # ----------------------------------------------------------------------------- fully masked rows
@@ -98,11 +130,20 @@ def test_fully_masked_row_has_zero_weights_and_no_nan(framework):
     out = impl.forward_backward(model, x, y)
     assert not any(np.isnan(v).any() for v in out.values())
     w = out["attn_weights.0"]  # (B, NH, T, T)
-    assert np.all(w[0, :, 0] == 0) and np.all(w[0, :, 1] == 0)  # rows 0, 1: PAD queries, keys <= them all PAD
-    np.testing.assert_allclose(w[0, :, 2:].sum(-1), 1.0, rtol=1e-12)  # the other rows still sum to 1
+    assert np.all(w[0, :, 0] == 0) and np.all(
+        w[0, :, 1] == 0
+    )  # rows 0, 1: PAD queries, keys <= them all PAD
+    np.testing.assert_allclose(
+        w[0, :, 2:].sum(-1), 1.0, rtol=1e-12
+    )  # the other rows still sum to 1
     np.testing.assert_allclose(w[1].sum(-1), 1.0, rtol=1e-12)
-    x_in = params["embed.weight"][x[0, 0]] * np.sqrt(cfg.d_model) + positional_encoding(1, cfg.d_model)[0]  # position 0
-    expected = (x_in + params["attn.o.bias"]) @ params["head.weight"].T + params["head.bias"]  # residual + o.bias only
+    x_in = (
+        params["embed.weight"][x[0, 0]] * np.sqrt(cfg.d_model)
+        + positional_encoding(1, cfg.d_model)[0]
+    )  # position 0
+    expected = (x_in + params["attn.o.bias"]) @ params["head.weight"].T + params[
+        "head.bias"
+    ]  # residual + o.bias only
     np.testing.assert_allclose(out["output"][0, 0], expected, rtol=1e-12)
 
 
@@ -116,7 +157,9 @@ def test_stock_layers_disagree_on_a_fully_masked_row():
         impl = load_impl(framework, "attention")
         model = impl.create_model(cfg, seed=0, dtype="float64")
         impl.load_canonical(model, params)
-        rows[framework] = impl.forward_backward(model, *fully_masked_inputs())["attn_weights.0"][0, :, 0]  # (NH, T): query 0
+        rows[framework] = impl.forward_backward(model, *fully_masked_inputs())["attn_weights.0"][
+            0, :, 0
+        ]  # (NH, T): query 0
     assert np.isnan(rows["torch_impl"]).all()
     np.testing.assert_allclose(rows["jax_impl"], 0.25)  # 1/T over all four (masked) keys
     assert np.all(rows["tf_impl"] == 0)
@@ -149,19 +192,30 @@ def test_scratch_attention_and_multi_head_backward():
     out, w = layer.forward(q, k, v, allowed)
     np.testing.assert_allclose(out, w @ v)
     for name, analytic, tensor in zip("qkv", layer.backward(probe), (q, k, v)):
-        numeric = numeric_grad(lambda: (ScaledDotProductAttention().forward(q, k, v, allowed)[0] * probe).sum(), tensor)
+        numeric = numeric_grad(
+            lambda: (ScaledDotProductAttention().forward(q, k, v, allowed)[0] * probe).sum(), tensor
+        )
         parity.assert_close(analytic, numeric, 1e-8, f"attention d{name}")
     mha = MultiHeadAttention(8, 2, rng=rng)
     x, probe = rng.normal(size=(2, 3, 8)), rng.normal(size=(2, 3, 8))
     mha.forward(x, allowed)
     analytic = mha.backward(probe)
-    parity.assert_close(analytic, numeric_grad(lambda: (mha.forward(x, allowed)[0] * probe).sum(), x), 1e-8, "mha dx")
+    parity.assert_close(
+        analytic,
+        numeric_grad(lambda: (mha.forward(x, allowed)[0] * probe).sum(), x),
+        1e-8,
+        "mha dx",
+    )
     mha.forward(x, allowed)
     mha.backward(probe)
     for proj, dense in mha.layers().items():
         for key, value in dense.params.items():
             numeric = numeric_grad(lambda: (mha.forward(x, allowed)[0] * probe).sum(), value)
-            scale = np.abs(mha.layers()["k"].grads["weight"]).max() if (proj, key) == ("k", "bias") else None
+            scale = (
+                np.abs(mha.layers()["k"].grads["weight"]).max()
+                if (proj, key) == ("k", "bias")
+                else None
+            )
             parity.assert_close(dense.grads[key], numeric, 1e-8, f"mha {proj}.{key}", scale)
 
 
@@ -170,7 +224,10 @@ def test_scratch_embedding_backward():
 
     rng = np.random.default_rng(2)
     layer = Embedding(5, 3, rng=rng)
-    tokens, probe = np.array([[1, 2, 1], [0, 4, 1]]), rng.normal(size=(2, 3, 3))  # token 1 three times
+    tokens, probe = (
+        np.array([[1, 2, 1], [0, 4, 1]]),
+        rng.normal(size=(2, 3, 3)),
+    )  # token 1 three times
     layer.forward(tokens)
     layer.backward(probe)
     numeric = numeric_grad(lambda: (layer.forward(tokens) * probe).sum(), layer.params["weight"])
@@ -190,11 +247,19 @@ def test_scratch_model_backward_matches_finite_differences(case):
     loss = lambda: impl.loss_fn(model.forward(x)[0], y)[0]
     for prefix, layer in model.layers().items():
         for key, value in layer.params.items():
-            parity.assert_close(analytic[f"grad.{prefix}.{key}"], numeric_grad(loss, value, 1e-5), 1e-7, f"{prefix}.{key}", scale)
+            parity.assert_close(
+                analytic[f"grad.{prefix}.{key}"],
+                numeric_grad(loss, value, 1e-5),
+                1e-7,
+                f"{prefix}.{key}",
+                scale,
+            )
 
 
 # ----------------------------------------------------------------------------- converters
-@pytest.mark.parametrize("framework, stock", [(fw, False) for fw in FRAMEWORKS] + [(fw, True) for fw in OTHERS])
+@pytest.mark.parametrize(
+    "framework, stock", [(fw, False) for fw in FRAMEWORKS] + [(fw, True) for fw in OTHERS]
+)
 def test_load_rejects_bad_weights_and_leaves_model_unchanged(framework, stock):
     cfg = AttentionConfig(vocab=7, d_model=8, n_heads=2, stock=stock)
     impl = load_impl(framework, "attention")
@@ -205,10 +270,16 @@ def test_load_rejects_bad_weights_and_leaves_model_unchanged(framework, stock):
     del bad["attn.v.bias"]
     with pytest.raises(weights.CanonicalWeightsError) as info:
         impl.load_canonical(model, bad)
-    for expected in ("missing attn.v.bias", "attn.q.weight: expected shape (8, 8), got (8, 2)", "extra attn.in_proj_weight"):
+    for expected in (
+        "missing attn.v.bias",
+        "attn.q.weight: expected shape (8, 8), got (8, 2)",
+        "extra attn.in_proj_weight",
+    ):
         assert expected in str(info.value)
     after = impl.export_canonical(model)
-    assert all(np.array_equal(before[k], after[k]) for k in before), "a failed load changed the model"
+    assert all(np.array_equal(before[k], after[k]) for k in before), (
+        "a failed load changed the model"
+    )
 
 
 def test_a_swapped_packing_or_missing_transpose_is_caught():
@@ -228,18 +299,26 @@ def test_a_swapped_packing_or_missing_transpose_is_caught():
         w = model.attn.mha.in_proj_weight
         w[:] = w[np.r_[E : 2 * E, 0:E, 2 * E : 3 * E]].clone()  # the bug: k rows first
     with pytest.raises(AssertionError):
-        parity.assert_close(torch_impl.forward_backward(model, x, y)["output"], reference, 1e-10, "torch swapped")
+        parity.assert_close(
+            torch_impl.forward_backward(model, x, y)["output"], reference, 1e-10, "torch swapped"
+        )
     tf_impl = load_impl("tf_impl", "attention")
     model = tf_impl.create_model(case.config, seed=0, dtype="float64")
     tf_impl.load_canonical(model, params)
     kernel = model.attn.mha.query_dense.kernel
-    kernel.assign(params["attn.q.weight"].reshape(kernel.shape))  # the bug: no transpose before the head split
+    kernel.assign(
+        params["attn.q.weight"].reshape(kernel.shape)
+    )  # the bug: no transpose before the head split
     with pytest.raises(AssertionError):
-        parity.assert_close(tf_impl.forward_backward(model, x, y)["output"], reference, 1e-10, "keras no transpose")
+        parity.assert_close(
+            tf_impl.forward_backward(model, x, y)["output"], reference, 1e-10, "keras no transpose"
+        )
 
 
 # ----------------------------------------------------------------------------- property tests
-@settings(max_examples=3, deadline=None, phases=(Phase.explicit, Phase.generate))  # no shrinking: each example compiles
+@settings(
+    max_examples=3, deadline=None, phases=(Phase.explicit, Phase.generate)
+)  # no shrinking: each example compiles
 @given(
     batch=st.integers(1, 3),
     length=st.integers(1, 6),
@@ -252,9 +331,18 @@ def test_a_swapped_packing_or_missing_transpose_is_caught():
 def test_random_shapes_match_scratch(batch, length, heads, head_size, causal, stock, seed):
     """Any (batch, length, heads, head size): every framework matches scratch in float64."""
     assume(heads * head_size % 2 == 0)  # sinusoidal positions need an even d_model
-    cfg = AttentionConfig(vocab=6, d_model=heads * head_size, n_heads=heads, causal=causal, stock=stock, optimizer="sgd")
+    cfg = AttentionConfig(
+        vocab=6,
+        d_model=heads * head_size,
+        n_heads=heads,
+        causal=causal,
+        stock=stock,
+        optimizer="sgd",
+    )
     rng = np.random.default_rng(seed)
-    x, y = parity._tokens(rng, cfg, batch, pad="right", steps=length)  # right padding: no fully masked row
+    x, y = parity._tokens(
+        rng, cfg, batch, pad="right", steps=length
+    )  # right padding: no fully masked row
     y[:, 0] = np.maximum(y[:, 0], 1)  # at least one target per batch
     params = weights.init_uniform(cfg.param_shapes(), seed)
     results = {}
@@ -266,8 +354,14 @@ def test_random_shapes_match_scratch(batch, length, heads, head_size, causal, st
     reference = results["scratch"]
     for framework in OTHERS:
         for tensor, value in reference.items():
-            scale = float(np.abs(reference["grad.attn.v.weight"]).max()) if tensor == "grad.attn.k.bias" else None
-            parity.assert_close(results[framework][tensor], value, 1e-10, f"{framework} {tensor} {cfg}", scale)
+            scale = (
+                float(np.abs(reference["grad.attn.v.weight"]).max())
+                if tensor == "grad.attn.k.bias"
+                else None
+            )
+            parity.assert_close(
+                results[framework][tensor], value, 1e-10, f"{framework} {tensor} {cfg}", scale
+            )
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -278,11 +372,22 @@ def test_attention_map_writes_a_png_and_rejects_bad_values(tmp_path):
 
     runner = CliRunner()
     out = tmp_path / "map.png"
-    result = runner.invoke(app, ["attention-map", "--framework", "scratch", "--epochs", "0", "--out", str(out)])
+    result = runner.invoke(
+        app, ["attention-map", "--framework", "scratch", "--epochs", "0", "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    for bad in (["--head", "9"], ["--layer", "3"], ["--model", "mlp"], ["--example", "-1"], ["--framework", "nope"]):
-        result = runner.invoke(app, ["attention-map", "--framework", "scratch", "--epochs", "0", "--out", str(out), *bad])
+    for bad in (
+        ["--head", "9"],
+        ["--layer", "3"],
+        ["--model", "mlp"],
+        ["--example", "-1"],
+        ["--framework", "nope"],
+    ):
+        result = runner.invoke(
+            app,
+            ["attention-map", "--framework", "scratch", "--epochs", "0", "--out", str(out), *bad],
+        )
         assert result.exit_code == 2, (bad, result.output)
 
 

@@ -19,12 +19,27 @@ def rosetta(*args, timeout=300):
     "args, needle",
     [
         (["train", "nosuchmodel"], "unknown model 'nosuchmodel'; choose from: mlp"),
-        (["train", "mlp", "--task", "nosuchtask"], "unknown task 'nosuchtask' for model mlp; choose from: moons, digits"),
+        (
+            ["train", "mlp", "--task", "nosuchtask"],
+            "unknown task 'nosuchtask' for model mlp; choose from: moons, digits",
+        ),
         (["train", "mlp", "--framework", "caffe"], "unknown framework 'caffe'; choose from: all,"),
         (["train", "mlp", "--lr", "-0.1"], "--lr must be a positive number"),
         (["train", "mlp", "--epochs", "0"], "--epochs must be a positive integer"),
         (["train", "mlp", "--hidden", "4,x"], "--hidden must be positive integers"),
-        (["train", "mlp", "--task", "mnist", "--framework", "scratch", "--data-dir", "/nonexistent"], "/nonexistent: not a directory"),
+        (
+            [
+                "train",
+                "mlp",
+                "--task",
+                "mnist",
+                "--framework",
+                "scratch",
+                "--data-dir",
+                "/nonexistent",
+            ],
+            "/nonexistent: not a directory",
+        ),
         (["parity", "nosuchmodel"], "unknown model 'nosuchmodel'"),
     ],
 )
@@ -44,14 +59,22 @@ def test_scratch_train_imports_no_framework_and_prints_json():
         "bad = sorted(m for m in ('torch', 'tensorflow', 'jax', 'keras', 'flax') if m in sys.modules)\n"
         "print('IMPORTED', bad, file=sys.stderr)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert "IMPORTED []" in result.stderr
     doc = json.loads(result.stdout)
     assert doc["model"] == "mlp" and doc["task"] == "moons"
     (row,) = doc["results"]
     assert row["framework"] == "scratch" and row["max_param_diff_vs_scratch"] == 0.0
-    assert set(row) >= {"framework", "final_loss", "test_accuracy", "seconds_per_epoch", "max_param_diff_vs_scratch"}
+    assert set(row) >= {
+        "framework",
+        "final_loss",
+        "test_accuracy",
+        "seconds_per_epoch",
+        "max_param_diff_vs_scratch",
+    }
 
 
 def test_parity_json_records():
@@ -59,7 +82,17 @@ def test_parity_json_records():
     assert result.returncode == 0, result.stderr[-2000:]
     records = json.loads(result.stdout)
     assert records and all(r["passed"] for r in records)
-    assert {"model", "framework", "reference", "dtype", "tensor", "max_abs_error", "rel_error", "tolerance", "passed"} <= set(records[0])
+    assert {
+        "model",
+        "framework",
+        "reference",
+        "dtype",
+        "tensor",
+        "max_abs_error",
+        "rel_error",
+        "tolerance",
+        "passed",
+    } <= set(records[0])
     assert {r["framework"] for r in records} == {"scratch", "torch_impl"}
     worst64 = max(r["rel_error"] for r in records if r["dtype"] == "float64")
     assert worst64 <= 1e-10
@@ -70,7 +103,19 @@ def test_train_on_mnist_idx_folder(tmp_path):
     from parity_tests.test_data import write_tiny_mnist
 
     write_tiny_mnist(tmp_path, n_train=12, n_test=4)
-    result = rosetta("train", "mlp", "--task", "mnist", "--data-dir", str(tmp_path), "--framework", "scratch", "--epochs", "2", "--json")
+    result = rosetta(
+        "train",
+        "mlp",
+        "--task",
+        "mnist",
+        "--data-dir",
+        str(tmp_path),
+        "--framework",
+        "scratch",
+        "--epochs",
+        "2",
+        "--json",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     doc = json.loads(result.stdout)
     assert doc["n_train"] == 12 and doc["n_test"] == 4 and doc["config"]["in_features"] == 784

@@ -19,7 +19,9 @@ def test_split_and_batch_order_are_seeded():
     assert [len(i) for i in first] == [4, 4, 2]
     assert sorted(np.concatenate(first).tolist()) == list(range(10))
     assert all(np.array_equal(p, q) for p, q in zip(first, data.batches(10, 4, seed=3, epoch=0)))
-    assert not np.array_equal(np.concatenate(first), np.concatenate(data.batches(10, 4, seed=3, epoch=1)))
+    assert not np.array_equal(
+        np.concatenate(first), np.concatenate(data.batches(10, 4, seed=3, epoch=1))
+    )
 
 
 def test_digits_task():
@@ -66,7 +68,10 @@ def test_mnist_truncated_file_names_it_and_what_was_expected(tmp_path):
     write_tiny_mnist(tmp_path)
     path = tmp_path / "train-images-idx3-ubyte"
     path.write_bytes(path.read_bytes()[:-10])
-    with pytest.raises(data.DataFileError, match=r"train-images-idx3-ubyte: truncated .* expected 3936 for shape \(5, 28, 28\)"):
+    with pytest.raises(
+        data.DataFileError,
+        match=r"train-images-idx3-ubyte: truncated .* expected 3936 for shape \(5, 28, 28\)",
+    ):
         data.load_task("mnist", data_dir=tmp_path)
 
 

@@ -12,7 +12,10 @@ from scratch.initializers import fans, std_and_bound
 from tasks.configs import INITS, LeNet5Config, MLPConfig
 from tasks.registry import FRAMEWORKS, load_impl
 
-SHAPES = {"dense": (512, 1024), "conv": (64, 32, 5, 5)}  # canonical (out, in) and (out_c, in_c, kh, kw)
+SHAPES = {
+    "dense": (512, 1024),
+    "conv": (64, 32, 5, 5),
+}  # canonical (out, in) and (out_c, in_c, kh, kw)
 TRUNCATION = 2 / 0.87962566103423978  # |w| <= 2 sigma' with sigma' = sigma / 0.8796: Keras and JAX
 
 
@@ -29,7 +32,9 @@ def draw(framework: str, name: str, shape: tuple[int, ...], seed: int = 0) -> np
         from torch_impl import initializers
 
         w = torch.empty(shape, dtype=torch.float64)
-        return initializers.initialize_(w, name, generator=torch.Generator().manual_seed(seed)).numpy()
+        return initializers.initialize_(
+            w, name, generator=torch.Generator().manual_seed(seed)
+        ).numpy()
     # Keras and Flax kernels: dense (in, out), conv (kh, kw, in_c, out_c)
     native = shape[::-1] if len(shape) == 2 else (*shape[2:], shape[1], shape[0])
     to_canonical = (1, 0) if len(shape) == 2 else (3, 2, 0, 1)
@@ -38,7 +43,9 @@ def draw(framework: str, name: str, shape: tuple[int, ...], seed: int = 0) -> np
 
         from tf_impl import initializers
 
-        init = initializers.make_initializer(name, seed=keras.random.SeedGenerator(seed), fan_in=fan_in)
+        init = initializers.make_initializer(
+            name, seed=keras.random.SeedGenerator(seed), fan_in=fan_in
+        )
         return np.asarray(init(native, dtype="float64")).transpose(to_canonical)
     import jax
     import jax.numpy as jnp
@@ -61,9 +68,14 @@ def test_statistics_match_the_formula(framework, name, layer):
     # mean within 5 standard errors of 0; variance within 5 standard errors of the formula
     assert abs(w.mean()) < 5 * std / np.sqrt(n), (w.mean(), std)
     variance_se = np.std(w**2) / np.sqrt(n)
-    assert abs(w.var() - std**2) < 5 * variance_se, f"variance {w.var():.4e}, formula {std**2:.4e} +- {variance_se:.1e}"
+    assert abs(w.var() - std**2) < 5 * variance_se, (
+        f"variance {w.var():.4e}, formula {std**2:.4e} +- {variance_se:.1e}"
+    )
     if name.endswith("uniform"):
-        assert np.max(np.abs(w)) <= bound and np.max(np.abs(w)) > 0.999 * bound, (np.max(np.abs(w)), bound)
+        assert np.max(np.abs(w)) <= bound and np.max(np.abs(w)) > 0.999 * bound, (
+            np.max(np.abs(w)),
+            bound,
+        )
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
@@ -117,10 +129,14 @@ def test_mlp_config_selects_the_initialiser(framework, name):
 def test_lenet5_config_selects_the_initialiser(framework, name):
     """LeNet5Config.init reaches every conv and dense layer: fans from the conv kernel's receptive field."""
     impl = load_impl(framework, "lenet5")
-    params = impl.export_canonical(impl.create_model(LeNet5Config(init=name), seed=0, dtype="float64"))
+    params = impl.export_canonical(
+        impl.create_model(LeNet5Config(init=name), seed=0, dtype="float64")
+    )
     for key, value in params.items():
         if key.endswith(".weight"):
-            _, bound = std_and_bound(name, value.shape)  # conv1: fan_in 1 * 5 * 5 = 25, fan_out 6 * 25
+            _, bound = std_and_bound(
+                name, value.shape
+            )  # conv1: fan_in 1 * 5 * 5 = 25, fan_out 6 * 25
             assert np.max(np.abs(value)) <= bound and np.max(np.abs(value)) > 0.8 * bound, key
         else:
             assert not np.any(value), f"{key} should start at zero"

@@ -7,7 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from parity_tests.conftest import assert_frameworks_agree_pairwise, assert_matches_scratch, numeric_grad, star_params
+from parity_tests.conftest import (
+    assert_frameworks_agree_pairwise,
+    assert_matches_scratch,
+    numeric_grad,
+    star_params,
+)
 from tasks import parity, train, weights
 from tasks.bench import conv2d_loop
 from tasks.configs import LeNet5Config
@@ -41,7 +46,9 @@ def test_batch_norm_replaces_the_hidden_biases_in_every_framework(framework):
     impl = load_impl(framework, "lenet5")
     params = impl.export_canonical(impl.create_model(cfg, seed=0, dtype="float32"))
     assert {k: v.shape for k, v in params.items()} == cfg.param_shapes()
-    statistics = sum(v.size for k, v in params.items() if k.endswith(("running_mean", "running_var")))
+    statistics = sum(
+        v.size for k, v in params.items() if k.endswith(("running_mean", "running_var"))
+    )
     assert sum(v.size for v in params.values()) - statistics == 61_932 and statistics == 452
 
 
@@ -94,12 +101,16 @@ def test_whole_scratch_model_matches_finite_differences(case):
     a fixed mask): directional derivatives along random directions."""
     model = scratch.create_model(case.config, seed=0)
     scratch.load_canonical(model, weights.load(parity.canonical_file(case)))
-    x, y = parity.inputs(case, case.batch if case.config.dropout else 2, "float64")  # a mask is (batch, width)
+    x, y = parity.inputs(
+        case, case.batch if case.config.dropout else 2, "float64"
+    )  # a mask is (batch, width)
     parity.supply_dropout_masks(case, "scratch", model, steps=1)
     analytic = scratch.forward_backward(model, x, y)
     rng, eps = np.random.default_rng(2), 1e-6
     loss = lambda: scratch.loss_fn(model.forward(x), y)[0]
-    tensors = {f"{p}.{k}": layer.params[k] for p, layer in model.layers().items() for k in layer.params} | {"input": x}
+    tensors = {
+        f"{p}.{k}": layer.params[k] for p, layer in model.layers().items() for k in layer.params
+    } | {"input": x}
     for name, value in tensors.items():
         direction = rng.normal(size=value.shape)
         value += eps * direction
@@ -108,7 +119,9 @@ def test_whole_scratch_model_matches_finite_differences(case):
         down = loss()
         value += eps * direction
         numeric = (up - down) / (2 * eps)
-        np.testing.assert_allclose(np.sum(analytic[f"grad.{name}"] * direction), numeric, rtol=1e-6, err_msg=name)
+        np.testing.assert_allclose(
+            np.sum(analytic[f"grad.{name}"] * direction), numeric, rtol=1e-6, err_msg=name
+        )
 
 
 def test_scratch_conv_matches_the_lesson_loop():
@@ -127,7 +140,9 @@ def test_col2im_equals_the_full_correlation_with_the_rotated_kernel():
     x = rng.normal(size=(2, 3, 12, 11))
     dy = rng.normal(size=conv.forward(x).shape)
     dx = conv.backward(dy)
-    w_rot = conv.params["weight"][:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (O, C, k, k) -> (C, O, k, k)
+    w_rot = conv.params["weight"][:, :, ::-1, ::-1].transpose(
+        1, 0, 2, 3
+    )  # (O, C, k, k) -> (C, O, k, k)
     padded = np.pad(dy, ((0, 0), (0, 0), (4, 4), (4, 4)))
     parity.assert_close(dx, conv2d_loop(padded, w_rot, np.zeros(3)), 1e-13, "conv input gradient")
 
@@ -156,11 +171,15 @@ def test_fc1_permutation_is_the_nchw_to_nhwc_flatten(framework):
     expected = features.reshape(3, -1) @ w.T  # canonical: (C, H, W) order
     nhwc = features.transpose(0, 2, 3, 1).reshape(3, -1)  # Keras/Flax: (H, W, C) order
     parity.assert_close(nhwc @ impl.to_native(cfg, "fc1.weight", w), expected, 1e-13, "fc1")
-    np.testing.assert_array_equal(impl.to_canonical(cfg, "fc1.weight", impl.to_native(cfg, "fc1.weight", w)), w)
+    np.testing.assert_array_equal(
+        impl.to_canonical(cfg, "fc1.weight", impl.to_native(cfg, "fc1.weight", w)), w
+    )
 
 
 @pytest.mark.parametrize("framework", ["tf_impl", "jax_impl"])
-@pytest.mark.parametrize("broken", ["fc1 rows not permuted", "conv kernel reshaped, not transposed"])
+@pytest.mark.parametrize(
+    "broken", ["fc1 rows not permuted", "conv kernel reshaped, not transposed"]
+)
 def test_a_converter_without_the_layout_change_is_caught(framework, broken):
     """The check can fail: weights loaded without the fc1 row permutation (only .T), or with the
     conv kernel reshaped to (kh, kw, in_c, out_c) instead of transposed, disagree with scratch."""
@@ -170,7 +189,10 @@ def test_a_converter_without_the_layout_change_is_caught(framework, broken):
     params = weights.load(parity.canonical_file(case))
     impl.load_canonical(model, params)
     if broken == "fc1 rows not permuted":
-        name, value = "fc1.weight", params["fc1.weight"].T  # (out, in) -> (in, out) with rows still in (C, H, W) order
+        name, value = (
+            "fc1.weight",
+            params["fc1.weight"].T,
+        )  # (out, in) -> (in, out) with rows still in (C, H, W) order
     else:
         name, value = "conv2.weight", params["conv2.weight"].reshape(5, 5, 6, 16)
     variable = model.variables_by_name()[name]
@@ -178,7 +200,9 @@ def test_a_converter_without_the_layout_change_is_caught(framework, broken):
     x, y = parity.inputs(case, case.batch, "float64")
     broken_out = impl.forward_backward(model, x, y)["output"]
     with pytest.raises(AssertionError):
-        parity.assert_close(broken_out, parity.compute(case, "scratch", "float64")["output"], 1e-10, "output")
+        parity.assert_close(
+            broken_out, parity.compute(case, "scratch", "float64")["output"], 1e-10, "output"
+        )
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
@@ -189,34 +213,53 @@ def test_load_rejects_bad_weights_and_leaves_model_unchanged(framework):
     good = weights.init_uniform(cfg.param_shapes(), 7)
     bad = dict(good)
     del bad["fc3.bias"]  # missing
-    bad["conv1.weight"] = np.zeros((5, 5, 1, 6))  # the Keras/Flax layout instead of the canonical one
+    bad["conv1.weight"] = np.zeros(
+        (5, 5, 1, 6)
+    )  # the Keras/Flax layout instead of the canonical one
     bad["fc1.weight"] = good["fc1.weight"].astype(np.float32)  # wrong dtype
     with pytest.raises(weights.CanonicalWeightsError) as info:
         impl.load_canonical(model, bad)
     message = str(info.value)
-    for expected in ("missing fc3.bias", "conv1.weight: expected shape (6, 1, 5, 5), got (5, 5, 1, 6)", "fc1.weight: expected dtype float64, got float32"):
+    for expected in (
+        "missing fc3.bias",
+        "conv1.weight: expected shape (6, 1, 5, 5), got (5, 5, 1, 6)",
+        "fc1.weight: expected dtype float64, got float32",
+    ):
         assert expected in message
     after = impl.export_canonical(model)
-    assert all(np.array_equal(before[k], after[k]) for k in before), "a failed load changed the model"
+    assert all(np.array_equal(before[k], after[k]) for k in before), (
+        "a failed load changed the model"
+    )
 
 
 # ----------------------------------------------------------------------------- data
 def test_digits32_is_a_deterministic_resampling_of_digits():
     small, big = digits(0), digits32(0)
-    assert big.x_train.shape == (len(small.x_train), 1, 32, 32) and big.x_test.shape[1:] == (1, 32, 32)
+    assert big.x_train.shape == (len(small.x_train), 1, 32, 32) and big.x_test.shape[1:] == (
+        1,
+        32,
+        32,
+    )
     np.testing.assert_array_equal(big.y_train, small.y_train)  # same images, same split
     np.testing.assert_array_equal(big.x_train, digits32(0).x_train)  # deterministic
     assert big.x_train.min() >= 0 and big.x_train.max() <= 1
-    assert not big.x_train[:, :, :2].any() and not big.x_train[:, :, :, -2:].any()  # the 2-pixel zero border
+    assert (
+        not big.x_train[:, :, :2].any() and not big.x_train[:, :, :, -2:].any()
+    )  # the 2-pixel zero border
     # bilinear resampling keeps a constant image constant and the mean of a smooth one
     np.testing.assert_allclose(resize_bilinear(np.full((1, 1, 8, 8), 0.25), 28), 0.25)
-    np.testing.assert_allclose(big.x_train[:, :, 2:30, 2:30].mean(), small.x_train.mean(), rtol=0.05)
+    np.testing.assert_allclose(
+        big.x_train[:, :, 2:30, 2:30].mean(), small.x_train.mean(), rtol=0.05
+    )
 
 
 def test_mnist_is_padded_to_32(tmp_path):
     rng = np.random.default_rng(0)
     for split, n in (("train", 6), ("t10k", 4)):
-        write_idx(tmp_path / f"{split}-images-idx3-ubyte", rng.integers(1, 256, (n, 28, 28)).astype(np.uint8))
+        write_idx(
+            tmp_path / f"{split}-images-idx3-ubyte",
+            rng.integers(1, 256, (n, 28, 28)).astype(np.uint8),
+        )
         write_idx(tmp_path / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, n).astype(np.uint8))
     data = train.prepare("lenet5", mnist(tmp_path))
     assert data.x_train.shape == (6, 1, 32, 32) and data.x_test.shape == (4, 1, 32, 32)
@@ -227,14 +270,25 @@ def test_mnist_is_padded_to_32(tmp_path):
 
 # ----------------------------------------------------------------------------- training
 def test_default_training_reaches_97_percent_in_every_framework():
-    """The registry's defaults on digits32: >= 97% test accuracy in all four, the same run in each."""
+    """The registry's defaults on digits32, float32: >= 97% test accuracy in all four and a falling
+    loss. No float32 lockstep bound: it depends on the CPU's kernels (parity_tests/test_training.py)."""
     result = train.run("lenet5", "digits32", list(FRAMEWORKS), train.TrainOptions())
     for row in result["results"]:
         assert row["test_accuracy"] >= 0.97, row
-        assert row["max_param_diff_vs_scratch"] < 1e-3, row  # float32 drift only: tanh + avg pooling has no kinks to flip
-    losses = [row["final_loss"] for row in result["results"]]
-    assert max(losses) - min(losses) < 1e-4, result["results"]
+        assert row["history"][-1] < 0.5 * row["history"][0], row
     assert result["config"]["activation"] == "tanh" and result["config"]["pooling"] == "avg"
+
+
+def test_default_training_is_lockstep_in_float64():
+    """The same defaults for 3 epochs in float64: the four end at scratch's parameters (measured
+    after 2 epochs: at most 3.3e-16)."""
+    result = train.run(
+        "lenet5", "digits32", list(FRAMEWORKS), train.TrainOptions(epochs=3, dtype="float64")
+    )
+    scratch = result["results"][0]
+    for row in result["results"]:
+        assert row["max_param_diff_vs_scratch"] <= 1e-10, row
+        assert abs(row["final_loss"] - scratch["final_loss"]) <= 1e-12, row
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -251,9 +305,21 @@ def test_cli_parity_json_all_passed():
     assert result.exit_code == 0, result.output[-2000:]
     records = json.loads(result.stdout)
     assert records and all(r["passed"] for r in records)
-    expected = {c.name for c in parity.CASES["lenet5"] + parity.OPTIMIZER_CASES["lenet5"]}  # forward/backward/SGD cases and trajectories
-    assert {r["case"] for r in records} == expected and {r["framework"] for r in records} == {"scratch", "torch_impl"}
-    assert max(r["rel_error"] for r in records if r["dtype"] == "float64" and not r["tensor"].startswith(("sgd.", "trajectory."))) <= 1e-10
+    expected = {
+        c.name for c in parity.CASES["lenet5"] + parity.OPTIMIZER_CASES["lenet5"]
+    }  # forward/backward/SGD cases and trajectories
+    assert {r["case"] for r in records} == expected and {r["framework"] for r in records} == {
+        "scratch",
+        "torch_impl",
+    }
+    assert (
+        max(
+            r["rel_error"]
+            for r in records
+            if r["dtype"] == "float64" and not r["tensor"].startswith(("sgd.", "trajectory."))
+        )
+        <= 1e-10
+    )
     assert max(r["rel_error"] for r in records if r["dtype"] == "float64") <= 1e-9
 
 
@@ -263,8 +329,19 @@ def test_cli_saliency_writes_one_png(tmp_path):
     from tasks.cli import app
 
     out = tmp_path / "saliency.png"
-    args = ["saliency", "lenet5", "--weights", str(parity.canonical_file(parity.CASES["lenet5"][1])), "--images", "3", "--out", str(out)]
+    args = [
+        "saliency",
+        "lenet5",
+        "--weights",
+        str(parity.canonical_file(parity.CASES["lenet5"][1])),
+        "--images",
+        "3",
+        "--out",
+        str(out),
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output[-2000:]
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "3 test images x 4 frameworks" in result.stdout and "jax_impl vs scratch" in result.stdout
+    assert (
+        "3 test images x 4 frameworks" in result.stdout and "jax_impl vs scratch" in result.stdout
+    )

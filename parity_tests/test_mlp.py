@@ -6,7 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from parity_tests.conftest import assert_frameworks_agree_pairwise, assert_matches_scratch, numeric_grad, star_params
+from parity_tests.conftest import (
+    assert_frameworks_agree_pairwise,
+    assert_matches_scratch,
+    numeric_grad,
+    star_params,
+)
 from tasks import parity, weights
 from tasks.configs import MLPConfig
 from tasks.registry import FRAMEWORKS, load_impl
@@ -38,7 +43,12 @@ def test_scratch_backward_matches_finite_differences(case):
     loss = lambda: impl.loss_fn(model.forward(x), y, case.config.head)[0]
     for prefix, layer in model.layers().items():
         for key, value in layer.params.items():
-            parity.assert_close(analytic[f"grad.{prefix}.{key}"], numeric_grad(loss, value, 1e-6), 1e-7, f"{prefix}.{key}")
+            parity.assert_close(
+                analytic[f"grad.{prefix}.{key}"],
+                numeric_grad(loss, value, 1e-6),
+                1e-7,
+                f"{prefix}.{key}",
+            )
     parity.assert_close(analytic["grad.input"], numeric_grad(loss, x, 1e-6), 1e-7, "input")
 
 
@@ -58,10 +68,17 @@ def test_load_rejects_bad_weights_and_leaves_model_unchanged(framework):
     with pytest.raises(weights.CanonicalWeightsError) as info:
         impl.load_canonical(model, bad)
     message = str(info.value)
-    for expected in ("missing head.bias", "hidden.0.weight: expected shape (4, 3), got (3, 4)", "hidden.0.bias: expected dtype float64, got float32", "extra fc9.weight"):
+    for expected in (
+        "missing head.bias",
+        "hidden.0.weight: expected shape (4, 3), got (3, 4)",
+        "hidden.0.bias: expected dtype float64, got float32",
+        "extra fc9.weight",
+    ):
         assert expected in message
     after = impl.export_canonical(model)
-    assert all(np.array_equal(before[k], after[k]) for k in before), "a failed load changed the model"
+    assert all(np.array_equal(before[k], after[k]) for k in before), (
+        "a failed load changed the model"
+    )
     impl.load_canonical(model, good)  # and a good load still works afterwards
     assert all(np.array_equal(good[k], v) for k, v in impl.export_canonical(model).items())
 
@@ -74,7 +91,11 @@ def test_batch_norm_replaces_the_hidden_biases(framework):
     impl = load_impl(framework, "mlp")
     params = impl.export_canonical(impl.create_model(cfg, seed=0, dtype="float64"))
     assert {k: v.shape for k, v in params.items()} == cfg.param_shapes()
-    assert "hidden.0.bias" not in params and "head.bias" in params and params["bn.1.running_var"].shape == (5,)
+    assert (
+        "hidden.0.bias" not in params
+        and "head.bias" in params
+        and params["bn.1.running_var"].shape == (5,)
+    )
 
 
 def test_safetensors_round_trip_is_exact(tmp_path):
@@ -82,7 +103,9 @@ def test_safetensors_round_trip_is_exact(tmp_path):
     weights.save(tmp_path / "w.safetensors", params)
     loaded = weights.load(tmp_path / "w.safetensors")
     assert loaded.keys() == params.keys()
-    assert all(np.array_equal(loaded[k], params[k]) and loaded[k].dtype == params[k].dtype for k in params)
+    assert all(
+        np.array_equal(loaded[k], params[k]) and loaded[k].dtype == params[k].dtype for k in params
+    )
 
 
 def test_a_dropped_transpose_is_caught():
@@ -93,7 +116,9 @@ def test_a_dropped_transpose_is_caught():
     params = weights.load(parity.canonical_file(case))
     impl.load_canonical(model, params)
     w = params["hidden.1.weight"]  # canonical (out, in) = (6, 7)
-    model.hidden[1].kernel.assign(w.reshape(w.shape[::-1]))  # the bug: reshape to (in, out), no transpose
+    model.hidden[1].kernel.assign(
+        w.reshape(w.shape[::-1])
+    )  # the bug: reshape to (in, out), no transpose
     x, y = parity.inputs(case, case.batch, "float64")
     broken = impl.forward_backward(model, x, y)["output"]
     reference = parity.compute(case, "scratch", "float64")["output"]

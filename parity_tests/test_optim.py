@@ -34,7 +34,9 @@ def test_trajectory_matches_scratch(case, framework):
     assert set(actual) == set(parity.expected_tensors(case))
     for tensor in parity.expected_tensors(case):
         assert actual[tensor].dtype == np.float64, f"{tensor} came back as {actual[tensor].dtype}"
-        parity.assert_close(actual[tensor], reference[tensor], 1e-9, f"{case.id} {framework} float64 {tensor}")
+        parity.assert_close(
+            actual[tensor], reference[tensor], 1e-9, f"{case.id} {framework} float64 {tensor}"
+        )
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
@@ -42,7 +44,9 @@ def test_trajectory_frameworks_agree_pairwise(case):
     results = {fw: parity.compute(case, fw, "float64") for fw in OTHERS}
     for a, b in [("torch_impl", "tf_impl"), ("torch_impl", "jax_impl"), ("tf_impl", "jax_impl")]:
         for tensor in parity.expected_tensors(case):
-            parity.assert_close(results[a][tensor], results[b][tensor], 1e-9, f"{case.id} {a} vs {b} {tensor}")
+            parity.assert_close(
+                results[a][tensor], results[b][tensor], 1e-9, f"{case.id} {a} vs {b} {tensor}"
+            )
 
 
 @pytest.mark.parametrize("model", list(parity.OPTIMIZER_CASES))
@@ -52,12 +56,18 @@ def test_trajectories_really_move(model):
     finals = {c.name: parity.compute(c, "scratch", "float64") for c in cases}
     for case in cases:
         start = parity.weights.load(parity.canonical_file(case))
-        moved = max(float(np.max(np.abs(finals[case.name][f"trajectory.{k}"] - v))) for k, v in start.items())
+        moved = max(
+            float(np.max(np.abs(finals[case.name][f"trajectory.{k}"] - v)))
+            for k, v in start.items()
+        )
         assert moved > 1e-2, f"{case.id} barely moved the weights ({moved:.1e})"
     names = list(finals)
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
-            gap = max(float(np.max(np.abs(finals[a][k] - finals[b][k]))) for k in set(finals[a]) & set(finals[b]))
+            gap = max(
+                float(np.max(np.abs(finals[a][k] - finals[b][k])))
+                for k in set(finals[a]) & set(finals[b])
+            )
             assert gap > 1e-4, f"{model}: {a} and {b} ended at the same weights"
 
 
@@ -128,9 +138,15 @@ def run_keras(spec, theta0, grads, lrs=None):
 
     step = [0]
     opt = optim.make_keras_optimizer(spec, "float64")
-    if lrs is not None:  # SGD with a given lr per step: eager apply_gradients calls the callable each step
+    if (
+        lrs is not None
+    ):  # SGD with a given lr per step: eager apply_gradients calls the callable each step
         lr = lambda: ops.convert_to_tensor(lrs[step[0]], dtype="float64")
-        opt = keras.optimizers.SGD(learning_rate=lr, momentum=optim.hyper(spec.momentum, "float64"), nesterov=spec.name == "nesterov")
+        opt = keras.optimizers.SGD(
+            learning_rate=lr,
+            momentum=optim.hyper(spec.momentum, "float64"),
+            nesterov=spec.name == "nesterov",
+        )
     v = keras.Variable(theta0, dtype="float64")
     for g in grads:
         opt.apply_gradients([(ops.convert_to_tensor(g), v)])
@@ -186,15 +202,21 @@ def test_keras_adam_epsilon_is_epsilon_hat():
     keras_run = run_keras(spec, theta0, grads)
     torch_run = run_torch(spec, theta0, grads)
     eps_hat = lambda t: spec.eps / np.sqrt(1 - spec.beta2**t)
-    parity.assert_close(run_torch(spec, theta0, grads, eps=eps_hat), keras_run, 1e-12, "torch with eps_t vs keras")
+    parity.assert_close(
+        run_torch(spec, theta0, grads, eps=eps_hat), keras_run, 1e-12, "torch with eps_t vs keras"
+    )
     predicted = sum(
         spec.lr * m_hat * (1 / (np.sqrt(v_hat) + spec.eps) - 1 / (np.sqrt(v_hat) + eps_hat(t)))
         for t, (m_hat, v_hat) in enumerate(adam_moments(spec, grads), start=1)
     )  # torch's update is the larger one (smaller eps), so keras - torch = sum of the update differences
     parity.assert_close(keras_run - torch_run, predicted, 1e-9, "keras - torch vs the closed form")
-    assert np.max(np.abs(keras_run - torch_run)) > 1e-3 * np.max(np.abs(torch_run - theta0)), "the gap is not real"
+    assert np.max(np.abs(keras_run - torch_run)) > 1e-3 * np.max(np.abs(torch_run - theta0)), (
+        "the gap is not real"
+    )
     parity.assert_close(run_optax(spec, theta0, grads), torch_run, 1e-12, "optax is torch's form")
-    parity.assert_close(run_scratch(spec, theta0, grads), torch_run, 1e-12, "scratch is torch's form")
+    parity.assert_close(
+        run_scratch(spec, theta0, grads), torch_run, 1e-12, "scratch is torch's form"
+    )
 
 
 def test_keras_adam_gap_at_default_eps_is_within_the_bound():
@@ -217,15 +239,26 @@ def test_rmsprop_epsilon_placement():
     exact = OptimizerConfig("rmsprop", lr=0.01, rho=0.9, eps=0.0)
     reference = run_torch(exact, theta0, grads)
     for name, run in (("keras", run_keras), ("optax", run_optax), ("scratch", run_scratch)):
-        parity.assert_close(run(exact, theta0, grads), reference, 1e-12, f"{name} vs torch, eps = 0")
+        parity.assert_close(
+            run(exact, theta0, grads), reference, 1e-12, f"{name} vs torch, eps = 0"
+        )
     spec = replace(exact, eps=1e-7)
     keras_run, torch_run = run_keras(spec, theta0, grads), run_torch(spec, theta0, grads)
-    parity.assert_close(run_optax(spec, theta0, grads, eps_in_sqrt=True), keras_run, 1e-12, "optax eps_in_sqrt=True is Keras")
-    parity.assert_close(run_optax(spec, theta0, grads), torch_run, 1e-12, "optax eps_in_sqrt=False is torch")
+    parity.assert_close(
+        run_optax(spec, theta0, grads, eps_in_sqrt=True),
+        keras_run,
+        1e-12,
+        "optax eps_in_sqrt=True is Keras",
+    )
+    parity.assert_close(
+        run_optax(spec, theta0, grads), torch_run, 1e-12, "optax eps_in_sqrt=False is torch"
+    )
     s, predicted = 0.0, 0.0
     for g in grads:
         s = spec.rho * s + (1 - spec.rho) * g * g
-        predicted = predicted + spec.lr * g * (1 / (np.sqrt(s) + spec.eps) - 1 / np.sqrt(s + spec.eps))
+        predicted = predicted + spec.lr * g * (
+            1 / (np.sqrt(s) + spec.eps) - 1 / np.sqrt(s + spec.eps)
+        )
     parity.assert_close(keras_run - torch_run, predicted, 1e-9, "keras - torch vs the closed form")
     assert np.max(np.abs(predicted)) > 1e-6, "eps should matter at these gradient sizes"
 
@@ -237,11 +270,28 @@ def test_rmsprop_and_adam_defaults_differ_as_documented():
     import torch
 
     default = lambda f, name: inspect.signature(f).parameters[name].default
-    assert (default(torch.optim.RMSprop, "alpha"), default(torch.optim.RMSprop, "eps")) == (0.99, 1e-8)
-    assert (default(keras.optimizers.RMSprop, "rho"), default(keras.optimizers.RMSprop, "epsilon")) == (0.9, 1e-7)
-    assert (default(optax.rmsprop, "decay"), default(optax.rmsprop, "eps"), default(optax.rmsprop, "eps_in_sqrt")) == (0.9, 1e-8, True)
-    assert default(torch.optim.Adam, "eps") == 1e-8 and default(keras.optimizers.Adam, "epsilon") == 1e-7 and default(optax.adam, "eps") == 1e-8
-    assert default(torch.optim.AdamW, "weight_decay") == 0.01 and default(keras.optimizers.AdamW, "weight_decay") == 0.004
+    assert (default(torch.optim.RMSprop, "alpha"), default(torch.optim.RMSprop, "eps")) == (
+        0.99,
+        1e-8,
+    )
+    assert (
+        default(keras.optimizers.RMSprop, "rho"),
+        default(keras.optimizers.RMSprop, "epsilon"),
+    ) == (0.9, 1e-7)
+    assert (
+        default(optax.rmsprop, "decay"),
+        default(optax.rmsprop, "eps"),
+        default(optax.rmsprop, "eps_in_sqrt"),
+    ) == (0.9, 1e-8, True)
+    assert (
+        default(torch.optim.Adam, "eps") == 1e-8
+        and default(keras.optimizers.Adam, "epsilon") == 1e-7
+        and default(optax.adam, "eps") == 1e-8
+    )
+    assert (
+        default(torch.optim.AdamW, "weight_decay") == 0.01
+        and default(keras.optimizers.AdamW, "weight_decay") == 0.004
+    )
     assert default(optax.adamw, "weight_decay") == 1e-4
 
 
@@ -253,7 +303,9 @@ def test_keras_momentum_matches_torch_only_at_constant_lr(name):
     the two closed forms predict."""
     spec = OptimizerConfig(name, lr=0.05, momentum=0.9)
     theta0, grads = gradient_sequence()
-    parity.assert_close(run_keras(spec, theta0, grads), run_torch(spec, theta0, grads), 1e-12, "constant lr")
+    parity.assert_close(
+        run_keras(spec, theta0, grads), run_torch(spec, theta0, grads), 1e-12, "constant lr"
+    )
     lrs = [0.05 * (t + 1) / STEPS for t in range(STEPS)]  # a warmup ramp
     keras_run, torch_run = run_keras(spec, theta0, grads, lrs), run_torch(spec, theta0, grads, lrs)
     mu, v_torch, v_keras = spec.momentum, 0.0, 0.0
@@ -297,18 +349,31 @@ def test_torch_clip_grad_norm_differs_by_its_epsilon():
         # Keras: one SGD step with lr 1 from zero weights leaves minus the clipped gradients
         keras_vars = [keras.Variable(np.zeros(g.shape), dtype="float64") for g in grads]
         one = lambda: keras.ops.convert_to_tensor(1.0, dtype="float64")
-        keras.optimizers.SGD(learning_rate=one, global_clipnorm=np.float64(max_norm)).apply_gradients(zip([keras.ops.convert_to_tensor(g) for g in grads], keras_vars))
+        keras.optimizers.SGD(
+            learning_rate=one, global_clipnorm=np.float64(max_norm)
+        ).apply_gradients(zip([keras.ops.convert_to_tensor(g) for g in grads], keras_vars))
         keras_clipped = [-v.numpy() for v in keras_vars]
-        optax_clipped, _ = optax.clip_by_global_norm(max_norm).update([jnp.asarray(g) for g in grads], None)
+        optax_clipped, _ = optax.clip_by_global_norm(max_norm).update(
+            [jnp.asarray(g) for g in grads], None
+        )
         for i, e in enumerate(expected):
-            parity.assert_close(scratch_optim.clip_by_global_norm(grads, max_norm)[i], e, 1e-15, "scratch")
+            parity.assert_close(
+                scratch_optim.clip_by_global_norm(grads, max_norm)[i], e, 1e-15, "scratch"
+            )
             parity.assert_close(params[i].grad.numpy(), e, 1e-15, "torch_impl.optim")
             parity.assert_close(np.asarray(keras_clipped[i]), e, 1e-15, "keras global_clipnorm")
             parity.assert_close(np.asarray(optax_clipped[i]), e, 1e-15, "optax")
             ratio = norm / (norm + 1e-6) if max_norm < norm else 1.0
-            parity.assert_close(stock_params[i].grad.numpy(), e * ratio, 1e-15, "clip_grad_norm_ = ours * norm / (norm + 1e-6)")
+            parity.assert_close(
+                stock_params[i].grad.numpy(),
+                e * ratio,
+                1e-15,
+                "clip_grad_norm_ = ours * norm / (norm + 1e-6)",
+            )
         if max_norm < norm:
-            assert not np.allclose(stock_params[0].grad.numpy(), expected[0], rtol=1e-9, atol=0), "the 1e-6 shows at 1e-9"
+            assert not np.allclose(stock_params[0].grad.numpy(), expected[0], rtol=1e-9, atol=0), (
+                "the 1e-6 shows at 1e-9"
+            )
 
 
 # ----------------------------------------------------------------------------- float32 leaks (the check can fail)
@@ -322,7 +387,9 @@ def test_keras_python_float_momentum_leaks_float32():
     theta0, grads = gradient_sequence()
     reference = run_torch(spec, theta0, grads)
     parity.assert_close(run_keras(spec, theta0, grads), reference, 1e-12, "np.float64 momentum")
-    leaky = keras.optimizers.SGD(learning_rate=lambda: ops.convert_to_tensor(0.05, dtype="float64"), momentum=0.9)
+    leaky = keras.optimizers.SGD(
+        learning_rate=lambda: ops.convert_to_tensor(0.05, dtype="float64"), momentum=0.9
+    )
     v = keras.Variable(theta0, dtype="float64")
     for g in grads:
         leaky.apply_gradients([(ops.convert_to_tensor(g), v)])
@@ -343,7 +410,9 @@ def test_optax_schedule_on_the_int32_count_leaks_float32():
     for t in range(40):
         count = jnp.asarray(t, jnp.int32)
         assert abs(float(ours(count)) - spec.learning_rate(t)) <= 1e-15 * spec.lr, t
-    worst = max(abs(float(bare(jnp.asarray(t, jnp.int32))) - spec.learning_rate(t)) for t in range(40))
+    worst = max(
+        abs(float(bare(jnp.asarray(t, jnp.int32))) - spec.learning_rate(t)) for t in range(40)
+    )
     assert worst > 1e-9 * spec.lr, worst
 
 
@@ -351,7 +420,9 @@ def test_optax_schedule_on_the_int32_count_leaks_float32():
 def test_schedules_follow_the_reference_formula(framework):
     """Each framework's lr at every step of both schedules equals OptimizerConfig.learning_rate."""
     specs = [
-        OptimizerConfig("sgd", lr=0.3, schedule="cosine", warmup_steps=7, decay_steps=20, min_lr_ratio=0.1),
+        OptimizerConfig(
+            "sgd", lr=0.3, schedule="cosine", warmup_steps=7, decay_steps=20, min_lr_ratio=0.1
+        ),
         OptimizerConfig("sgd", lr=0.3, schedule="cosine", decay_steps=20),
         OptimizerConfig("sgd", lr=0.3, schedule="step", warmup_steps=4, step_size=6, gamma=0.5),
         OptimizerConfig("sgd", lr=0.3, schedule="constant", warmup_steps=4),
@@ -373,7 +444,9 @@ def run_framework(framework, spec, theta0, grads):
 
         from torch_impl import optim
 
-        model = torch.nn.Linear(1, 1, bias=False, dtype=torch.float64)  # any module: the hooks need make_optimizer
+        model = torch.nn.Linear(
+            1, 1, bias=False, dtype=torch.float64
+        )  # any module: the hooks need make_optimizer
         with torch.no_grad():
             model.weight.copy_(torch.tensor(theta0).reshape(1, 1))
         opt = optim.make_optimizer(model, spec)
@@ -407,12 +480,28 @@ def test_train_flags_plot_early_stopping_and_ctrl_c(tmp_path):
     assert bad.exit_code == 2 and "unknown optimizer 'adagrad'" in bad.output
 
     # patience 1 at lr 2: the validation loss goes 0.315, 0.255, 0.466 and training stops there
-    stopped = train.run("mlp", "moons", ["scratch"], train.TrainOptions(epochs=30, lr=2.0, patience=1))["results"][0]
-    assert stopped["stopped"] == "early" and stopped["epochs_run"] < 30 and len(stopped["val_loss"]) == stopped["epochs_run"]
+    stopped = train.run(
+        "mlp", "moons", ["scratch"], train.TrainOptions(epochs=30, lr=2.0, patience=1)
+    )["results"][0]
+    assert (
+        stopped["stopped"] == "early"
+        and stopped["epochs_run"] < 30
+        and len(stopped["val_loss"]) == stopped["epochs_run"]
+    )
     # the reported model is the best epoch's (epoch 2), not the last one's: the same as training 2 epochs
-    assert stopped["best_epoch"] == int(np.argmin(stopped["val_loss"])) + 1 == 2 < stopped["epochs_run"]
-    two = train.run("mlp", "moons", ["scratch"], train.TrainOptions(epochs=2, lr=2.0, patience=5))["results"][0]
-    assert two["stopped"] is None and two["test_loss"] == stopped["test_loss"], (two["test_loss"], stopped["test_loss"])
+    assert (
+        stopped["best_epoch"]
+        == int(np.argmin(stopped["val_loss"])) + 1
+        == 2
+        < stopped["epochs_run"]
+    )
+    two = train.run("mlp", "moons", ["scratch"], train.TrainOptions(epochs=2, lr=2.0, patience=5))[
+        "results"
+    ][0]
+    assert two["stopped"] is None and two["test_loss"] == stopped["test_loss"], (
+        two["test_loss"],
+        stopped["test_loss"],
+    )
 
     class CtrlC:  # the progress reporter: Ctrl-C during the second framework's second epoch
         def start(self, framework, epochs):
@@ -422,9 +511,20 @@ def test_train_flags_plot_early_stopping_and_ctrl_c(tmp_path):
 
             return on_epoch
 
-    result = train.run("mlp", "moons", ["scratch", "torch_impl", "jax_impl"], train.TrainOptions(epochs=3), progress=CtrlC())
-    assert result["interrupted"] and [r["framework"] for r in result["results"]] == ["scratch", "torch_impl"]
-    assert result["results"][0]["epochs_run"] == 3 and result["results"][1]["stopped"] == "interrupted"
+    result = train.run(
+        "mlp",
+        "moons",
+        ["scratch", "torch_impl", "jax_impl"],
+        train.TrainOptions(epochs=3),
+        progress=CtrlC(),
+    )
+    assert result["interrupted"] and [r["framework"] for r in result["results"]] == [
+        "scratch",
+        "torch_impl",
+    ]
+    assert (
+        result["results"][0]["epochs_run"] == 3 and result["results"][1]["stopped"] == "interrupted"
+    )
 
 
 # ----------------------------------------------------------------------------- L2 in the loss vs decoupled decay
@@ -443,10 +543,23 @@ def test_l2_in_the_loss_and_decoupled_weight_decay_are_distinct():
     grads = mlp.forward_backward(model, x, y)  # the data loss's gradients, without the penalty
     mlp.train_step(model, mlp.make_optimizer(model, 0.1), x, y)
     for k, p in mlp.export_canonical(model).items():
-        parity.assert_close(p, params[k] - 0.1 * (grads[f"grad.{k}"] + 0.05 * params[k]), 1e-12, f"sgd + l2 {k}")
-    coupled = parity.OptimizerCase("mlp", "adam-l2", cfg, case.make_inputs, OptimizerConfig("adam", lr=0.01, eps=0.0))
-    decoupled = parity.OptimizerCase("mlp", "adamw", case.config, case.make_inputs, OptimizerConfig("adamw", lr=0.01, eps=0.0, weight_decay=0.05))
-    a, b = parity.compute(coupled, "scratch", "float64"), parity.compute(decoupled, "scratch", "float64")
+        parity.assert_close(
+            p, params[k] - 0.1 * (grads[f"grad.{k}"] + 0.05 * params[k]), 1e-12, f"sgd + l2 {k}"
+        )
+    coupled = parity.OptimizerCase(
+        "mlp", "adam-l2", cfg, case.make_inputs, OptimizerConfig("adam", lr=0.01, eps=0.0)
+    )
+    decoupled = parity.OptimizerCase(
+        "mlp",
+        "adamw",
+        case.config,
+        case.make_inputs,
+        OptimizerConfig("adamw", lr=0.01, eps=0.0, weight_decay=0.05),
+    )
+    a, b = (
+        parity.compute(coupled, "scratch", "float64"),
+        parity.compute(decoupled, "scratch", "float64"),
+    )
     assert max(float(np.max(np.abs(a[k] - b[k]))) for k in a) > 1e-2
 
 
@@ -458,26 +571,55 @@ def test_every_gradient_model_takes_the_optimiser_flags():
     from tasks import train
 
     def run(model, task, **options):
-        return train.run(model, task, ["scratch", "torch_impl"], train.TrainOptions(epochs=1, dtype="float64", **options))
+        return train.run(
+            model,
+            task,
+            ["scratch", "torch_impl"],
+            train.TrainOptions(epochs=1, dtype="float64", **options),
+        )
 
-    lenet = run("lenet5", "digits32", optimizer="adam", lr=0.002, schedule="cosine", init="he_uniform", batch_norm=True, l2=1e-4)
+    lenet = run(
+        "lenet5",
+        "digits32",
+        optimizer="adam",
+        lr=0.002,
+        schedule="cosine",
+        init="he_uniform",
+        batch_norm=True,
+        l2=1e-4,
+    )
     assert lenet["config"]["batch_norm"] and lenet["config"]["init"] == "he_uniform"
-    assert all(r["test_accuracy"] > 0.8 for r in lenet["results"]), [r["test_accuracy"] for r in lenet["results"]]
+    assert all(r["test_accuracy"] > 0.8 for r in lenet["results"]), [
+        r["test_accuracy"] for r in lenet["results"]
+    ]
     assert lenet["results"][1]["max_param_diff_vs_scratch"] < 1e-9
     gru = run("gru", "sign", optimizer="momentum", lr=0.05, clip_norm=0.5)
-    assert gru["config"]["clip_norm"] is None and gru["results"][1]["max_param_diff_vs_scratch"] < 1e-9  # one clip: the optimiser's
+    assert (
+        gru["config"]["clip_norm"] is None and gru["results"][1]["max_param_diff_vs_scratch"] < 1e-9
+    )  # one clip: the optimiser's
     attention = run("attention", "reverse", optimizer="sgd", lr=0.5, warmup_steps=10)
-    assert attention["config"]["optimizer"] == "sgd" and attention["results"][1]["max_param_diff_vs_scratch"] < 1e-9
-    for framework in FRAMEWORKS:  # the RNN's own clip and an OptimizerConfig's would clip twice: refused
+    assert (
+        attention["config"]["optimizer"] == "sgd"
+        and attention["results"][1]["max_param_diff_vs_scratch"] < 1e-9
+    )
+    for (
+        framework
+    ) in FRAMEWORKS:  # the RNN's own clip and an OptimizerConfig's would clip twice: refused
         impl = load_impl(framework, "gru")
         with pytest.raises(ValueError, match="clips at its own clip_norm"):
-            impl.make_optimizer(impl.create_model(parity.CASES["gru"][0].config, seed=0), OptimizerConfig("sgd", lr=0.1))
+            impl.make_optimizer(
+                impl.create_model(parity.CASES["gru"][0].config, seed=0),
+                OptimizerConfig("sgd", lr=0.1),
+            )
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["train", "gru", "--dropout", "0.1"], "--init, --dropout, --batch-norm and --l2 are for mlp and lenet5"),
+        (
+            ["train", "gru", "--dropout", "0.1"],
+            "--init, --dropout, --batch-norm and --l2 are for mlp and lenet5",
+        ),
         (["train", "perceptron", "--optimizer", "adam"], "mistake-driven rule"),
         (["train", "lenet5", "--optimizer", "adagrad"], "unknown optimizer 'adagrad'"),
     ],

@@ -125,7 +125,9 @@ def mask_stack_run(framework, x, masks, calls: int) -> list[np.ndarray]:
         layer = Dropout(P, seed=keras.random.SeedGenerator(0), dtype="float64")
         if masks is not None:
             set_mask(layer, masks)
-        step = tf.function(lambda x: layer(x, training=True))  # traced once: the step counter must be a variable
+        step = tf.function(
+            lambda x: layer(x, training=True)
+        )  # traced once: the step counter must be a variable
         return [step(tf.constant(x)).numpy() for _ in range(calls)]
     import jax.numpy as jnp
     from flax import nnx
@@ -135,7 +137,9 @@ def mask_stack_run(framework, x, masks, calls: int) -> list[np.ndarray]:
     layer = Dropout(P, rngs=nnx.Rngs(dropout=0))
     if masks is not None:
         set_mask(layer, masks)
-    step = nnx.jit(lambda layer, x: layer(x))  # the step counter is nnx state, carried out of the jit
+    step = nnx.jit(
+        lambda layer, x: layer(x)
+    )  # the step counter is nnx state, carried out of the jit
     return [np.asarray(step(layer, jnp.asarray(x))) for _ in range(calls)]
 
 
@@ -170,7 +174,9 @@ def batch_norm_run(framework, batches, gamma, beta, dy, *, training=True, stats=
     """Every batch but the last runs forward (updating the running statistics); the last also runs
     backward against dy. `stats` = (running_mean, running_var) to start from. Canonical layouts."""
     conv = batches[0].ndim == 4
-    to_native = (lambda a: a.transpose(0, 2, 3, 1)) if conv else (lambda a: a)  # (B, C, H, W) -> (B, H, W, C)
+    to_native = (
+        (lambda a: a.transpose(0, 2, 3, 1)) if conv else (lambda a: a)
+    )  # (B, C, H, W) -> (B, H, W, C)
     to_canonical = (lambda a: a.transpose(0, 3, 1, 2)) if conv else (lambda a: a)
     c = gamma.shape[0]
     if framework == "scratch":
@@ -184,7 +190,9 @@ def batch_norm_run(framework, batches, gamma, beta, dy, *, training=True, stats=
         for xb in batches:
             y = layer.forward(xb)
         dx = layer.backward(dy)
-        return dict(y=y, dx=dx, dgamma=layer.grads["weight"], dbeta=layer.grads["bias"], **layer.buffers)
+        return dict(
+            y=y, dx=dx, dgamma=layer.grads["weight"], dbeta=layer.grads["bias"], **layer.buffers
+        )
     if framework == "torch_impl":
         import torch
 
@@ -246,7 +254,9 @@ def batch_norm_run(framework, batches, gamma, beta, dy, *, training=True, stats=
         y = layer(x)
         return jnp.sum(y * to_native(dy)), y
 
-    (_, y), (grads, dx) = nnx.value_and_grad(loss, argnums=(0, 1), has_aux=True)(layer, jnp.asarray(to_native(batches[-1])))
+    (_, y), (grads, dx) = nnx.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+        layer, jnp.asarray(to_native(batches[-1]))
+    )
     return dict(y=to_canonical(np.asarray(y)), dx=to_canonical(np.asarray(dx)), dgamma=np.asarray(grads["scale"].get_value()),
                 dbeta=np.asarray(grads["bias"].get_value()), running_mean=np.asarray(layer.mean.get_value()),
                 running_var=np.asarray(layer.var.get_value()))  # fmt: skip
@@ -255,7 +265,9 @@ def batch_norm_run(framework, batches, gamma, beta, dy, *, training=True, stats=
 def batch_norm_inputs(layer: str, steps: int = 4, seed: int = 2):
     rng = np.random.default_rng(seed)
     shape = SHAPES[layer]
-    batches = [rng.normal(2.0, 3.0, size=shape) for _ in range(steps)]  # far from (0, 1): the stats matter
+    batches = [
+        rng.normal(2.0, 3.0, size=shape) for _ in range(steps)
+    ]  # far from (0, 1): the stats matter
     gamma, beta = rng.uniform(0.5, 1.5, shape[1]), rng.normal(size=shape[1])
     return batches, gamma, beta, rng.normal(size=shape)
 
@@ -265,11 +277,18 @@ def batch_norm_inputs(layer: str, steps: int = 4, seed: int = 2):
 def test_batch_norm_train_mode(framework, layer):
     """Outputs, input/gamma/beta gradients and the running mean after 4 batches, against scratch."""
     batches, gamma, beta, dy = batch_norm_inputs(layer)
-    actual, reference = batch_norm_run(framework, batches, gamma, beta, dy), batch_norm_run("scratch", batches, gamma, beta, dy)
+    actual, reference = (
+        batch_norm_run(framework, batches, gamma, beta, dy),
+        batch_norm_run("scratch", batches, gamma, beta, dy),
+    )
     for key in ("y", "dx", "dgamma", "dbeta", "running_mean"):
-        parity.assert_close(actual[key], reference[key], 1e-10, f"batch norm {layer} {framework} {key}")
+        parity.assert_close(
+            actual[key], reference[key], 1e-10, f"batch norm {layer} {framework} {key}"
+        )
     if framework == "torch_impl":  # torch's running variance is the unbiased one, like scratch's
-        parity.assert_close(actual["running_var"], reference["running_var"], 1e-10, f"{layer} torch running_var")
+        parity.assert_close(
+            actual["running_var"], reference["running_var"], 1e-10, f"{layer} torch running_var"
+        )
 
 
 @pytest.mark.parametrize("framework", ["tf_impl", "jax_impl"])
@@ -282,10 +301,20 @@ def test_running_variance_is_biased_in_keras_and_flax(framework, layer):
     shape = SHAPES[layer]
     n = shape[0] * int(np.prod(shape[2:]))
     decayed = (1 - M) ** len(batches)
-    actual, reference = batch_norm_run(framework, batches, gamma, beta, dy), batch_norm_run("scratch", batches, gamma, beta, dy)
-    parity.assert_close((actual["running_var"] - decayed) * n / (n - 1), reference["running_var"] - decayed, 1e-12, "unbiased = biased * n/(n-1)")
+    actual, reference = (
+        batch_norm_run(framework, batches, gamma, beta, dy),
+        batch_norm_run("scratch", batches, gamma, beta, dy),
+    )
+    parity.assert_close(
+        (actual["running_var"] - decayed) * n / (n - 1),
+        reference["running_var"] - decayed,
+        1e-12,
+        "unbiased = biased * n/(n-1)",
+    )
     with pytest.raises(AssertionError):
-        parity.assert_close(actual["running_var"], reference["running_var"], 1e-9, "biased vs unbiased")
+        parity.assert_close(
+            actual["running_var"], reference["running_var"], 1e-9, "biased vs unbiased"
+        )
 
 
 @pytest.mark.parametrize("framework", OTHERS)
@@ -297,8 +326,12 @@ def test_batch_norm_eval_mode_uses_the_running_statistics(framework, layer):
     actual = batch_norm_run(framework, batches[:1], gamma, beta, dy, training=False, stats=stats)
     reference = batch_norm_run("scratch", batches[:1], gamma, beta, dy, training=False, stats=stats)
     for key in ("y", "dx", "dgamma", "dbeta", "running_mean", "running_var"):
-        parity.assert_close(actual[key], reference[key], 1e-10, f"eval batch norm {layer} {framework} {key}")
-    parity.assert_close(actual["running_mean"], stats[0], 0.0, "eval mode leaves the statistics alone")
+        parity.assert_close(
+            actual[key], reference[key], 1e-10, f"eval batch norm {layer} {framework} {key}"
+        )
+    parity.assert_close(
+        actual["running_mean"], stats[0], 0.0, "eval mode leaves the statistics alone"
+    )
 
 
 def test_batch_norm_momentum_conventions_are_opposite():
@@ -313,8 +346,12 @@ def test_batch_norm_momentum_conventions_are_opposite():
     keras_bn = keras.layers.BatchNormalization(momentum=0.1, dtype="float64")
     keras_bn(x, training=True)
     mean = x.mean(axis=0)
-    parity.assert_close(torch_bn.running_mean.numpy(), 0.1 * mean, 1e-15, "torch: 0.1 of the new batch")
-    parity.assert_close(keras_bn.moving_mean.numpy(), 0.9 * mean, 1e-15, "keras momentum 0.1: 0.9 of the new batch")
+    parity.assert_close(
+        torch_bn.running_mean.numpy(), 0.1 * mean, 1e-15, "torch: 0.1 of the new batch"
+    )
+    parity.assert_close(
+        keras_bn.moving_mean.numpy(), 0.9 * mean, 1e-15, "keras momentum 0.1: 0.9 of the new batch"
+    )
 
 
 def test_batch_norm_defaults_differ_as_documented():
@@ -324,12 +361,20 @@ def test_batch_norm_defaults_differ_as_documented():
     from flax import nnx
 
     default = lambda cls, name: inspect.signature(cls.__init__).parameters[name].default
-    assert (default(torch.nn.BatchNorm1d, "eps"), default(torch.nn.BatchNorm1d, "momentum")) == (1e-5, 0.1)
-    assert (default(keras.layers.BatchNormalization, "epsilon"), default(keras.layers.BatchNormalization, "momentum")) == (1e-3, 0.99)
+    assert (default(torch.nn.BatchNorm1d, "eps"), default(torch.nn.BatchNorm1d, "momentum")) == (
+        1e-5,
+        0.1,
+    )
+    assert (
+        default(keras.layers.BatchNormalization, "epsilon"),
+        default(keras.layers.BatchNormalization, "momentum"),
+    ) == (1e-3, 0.99)
     assert (default(nnx.BatchNorm, "epsilon"), default(nnx.BatchNorm, "momentum")) == (1e-5, 0.99)
 
 
-@pytest.mark.filterwarnings("ignore:scatter inputs have incompatible types")  # the float32 stock layer, on purpose
+@pytest.mark.filterwarnings(
+    "ignore:scatter inputs have incompatible types"
+)  # the float32 stock layer, on purpose
 def test_flax_batch_norm_statistics_are_float32_unless_replaced():
     """nnx.BatchNorm(param_dtype=float64) still keeps float32 running statistics; jax_impl's
     make_batch_norm replaces them, and the float64 check above fails without that."""
@@ -339,11 +384,18 @@ def test_flax_batch_norm_statistics_are_float32_unless_replaced():
     from jax_impl.regularize import make_batch_norm
 
     stock = nnx.BatchNorm(3, dtype=jnp.float64, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
-    assert stock.mean.get_value().dtype == jnp.float32 and stock.scale.get_value().dtype == jnp.float64
+    assert (
+        stock.mean.get_value().dtype == jnp.float32 and stock.scale.get_value().dtype == jnp.float64
+    )
     ours = make_batch_norm(3, rngs=nnx.Rngs(0))
     assert ours.mean.get_value().dtype == jnp.float64 and ours.var.get_value().dtype == jnp.float64
     x = jnp.asarray(np.random.default_rng(0).normal(2.0, 3.0, size=(16, 3)))
     stock(x)
     ours(x)
     with pytest.raises(AssertionError):
-        parity.assert_close(np.asarray(stock.mean.get_value()), np.asarray(ours.mean.get_value()), 1e-10, "float32 running mean")
+        parity.assert_close(
+            np.asarray(stock.mean.get_value()),
+            np.asarray(ours.mean.get_value()),
+            1e-10,
+            "float32 running mean",
+        )

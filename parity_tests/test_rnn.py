@@ -10,10 +10,16 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from parity_tests.conftest import FRAMEWORK_IDS, assert_frameworks_agree_pairwise, assert_matches_scratch, numeric_grad, star_params
+from parity_tests.conftest import (
+    FRAMEWORK_IDS,
+    assert_frameworks_agree_pairwise,
+    assert_matches_scratch,
+    numeric_grad,
+    star_params,
+)
 from tasks import parity, train, weights
 from tasks.configs import RNNConfig
-from tasks.data import Dataset, batches, python_text, pytext
+from tasks.data import Dataset, batches, pytext, python_text
 from tasks.registry import FRAMEWORKS, load_impl
 
 CELLS = ("rnn", "lstm", "gru")
@@ -31,7 +37,9 @@ def case_params(case) -> dict:
     return weights.load(parity.canonical_file(case))
 
 
-@pytest.mark.parametrize("case, framework, dtype, tensor", [p for cell in CELLS for p in star_params(cell)])
+@pytest.mark.parametrize(
+    "case, framework, dtype, tensor", [p for cell in CELLS for p in star_params(cell)]
+)
 def test_matches_scratch(case, framework, dtype, tensor):
     """Each tensor of each framework against the scratch reference, at the stated tolerance."""
     assert_matches_scratch(case, framework, dtype, tensor)
@@ -54,7 +62,9 @@ def test_layer_and_step_by_hand_agree(case, framework):
     a, b = impl.forward_backward(fused, x, y), impl.forward_backward(by_hand, x, y)
     assert a.keys() == b.keys()
     for tensor in a:
-        parity.assert_close(b[tensor], a[tensor], 1e-12, f"{case.id} {framework} by hand vs layer: {tensor}")
+        parity.assert_close(
+            b[tensor], a[tensor], 1e-12, f"{case.id} {framework} by hand vs layer: {tensor}"
+        )
 
 
 # ----------------------------------------------------------------------------- scratch BPTT
@@ -67,7 +77,9 @@ def test_scratch_bptt_matches_finite_differences(case):
     loss = lambda: impl.loss_fn(model.forward(x)[0], y)[0]
     for layer in model.layers().values():
         for name, value in layer.params.items():
-            parity.assert_close(analytic[f"grad.{name}"], numeric_grad(loss, value), 1e-6, f"{case.id} {name}")
+            parity.assert_close(
+                analytic[f"grad.{name}"], numeric_grad(loss, value), 1e-6, f"{case.id} {name}"
+            )
     parity.assert_close(analytic["grad.input"], numeric_grad(loss, x), 1e-6, f"{case.id} input")
 
 
@@ -79,7 +91,11 @@ def test_trajectory_clips_some_steps_and_not_others(case):
     optimizer, norms = impl.make_optimizer(model, parity.TRAJECTORY_LR), []
     for idx in batches(len(x), case.batch, case.seed, 0):
         impl.forward_backward(model, x[idx], y[idx])
-        norms.append(np.sqrt(sum(np.sum(g**2) for layer in model.layers().values() for g in layer.grads.values())))
+        norms.append(
+            np.sqrt(
+                sum(np.sum(g**2) for layer in model.layers().values() for g in layer.grads.values())
+            )
+        )
         optimizer.step()
     norms = np.array(norms)
     assert (norms > case.config.clip_norm).any() and (norms < case.config.clip_norm).any(), norms
@@ -108,7 +124,12 @@ def permute_gates(params: dict, cfg: RNNConfig, order: list[int]) -> dict:
 
 @pytest.mark.parametrize(
     "framework, cell, order",
-    [("tf_impl", "gru", [1, 0, 2]), ("torch_impl", "gru", [1, 0, 2]), ("jax_impl", "lstm", [1, 0, 2, 3]), ("torch_impl", "lstm", [0, 1, 3, 2])],
+    [
+        ("tf_impl", "gru", [1, 0, 2]),
+        ("torch_impl", "gru", [1, 0, 2]),
+        ("jax_impl", "lstm", [1, 0, 2, 3]),
+        ("torch_impl", "lstm", [0, 1, 3, 2]),
+    ],
     ids=["keras-gru-z-r", "torch-gru-r-z", "flax-lstm-i-f", "torch-lstm-g-o"],
 )
 def test_a_swapped_gate_is_caught(framework, cell, order):
@@ -116,12 +137,16 @@ def test_a_swapped_gate_is_caught(framework, cell, order):
     two LSTM gates swapped, changes outputs and gradients far beyond the float64 tolerance."""
     case = parity.CASES[cell][0]
     x, y = parity.inputs(case, case.batch, "float64")
-    impl, model = loaded(framework, case.config, permute_gates(case_params(case), case.config, order))
+    impl, model = loaded(
+        framework, case.config, permute_gates(case_params(case), case.config, order)
+    )
     broken = impl.forward_backward(model, x, y)
     reference = parity.compute(case, "scratch", "float64")
     for tensor in ("output", "hidden", "grad.W_xh"):
         with pytest.raises(AssertionError):
-            parity.assert_close(broken[tensor], reference[tensor], parity.tolerance(tensor, "float64"), tensor)
+            parity.assert_close(
+                broken[tensor], reference[tensor], parity.tolerance(tensor, "float64"), tensor
+            )
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -137,10 +162,14 @@ def test_a_bias_written_twice_is_caught(cell):
         model.rnn.bias_hh_l0.copy_(model.rnn.bias_ih_l0)
     broken = impl.forward_backward(model, x, y)["output"]
     with pytest.raises(AssertionError):
-        parity.assert_close(broken, parity.compute(case, "scratch", "float64")["output"], 1e-10, "output")
+        parity.assert_close(
+            broken, parity.compute(case, "scratch", "float64")["output"], 1e-10, "output"
+        )
 
 
-def torch_trajectory_error(unmask_bias_hh: bool = False, stock_clipping: bool = False) -> dict[str, float]:
+def torch_trajectory_error(
+    unmask_bias_hh: bool = False, stock_clipping: bool = False
+) -> dict[str, float]:
     """Relative error of torch's 20-step clipped-SGD GRU trajectory against scratch, float64, with one
     rule of torch_impl/recurrent.py undone."""
     import torch
@@ -153,13 +182,25 @@ def torch_trajectory_error(unmask_bias_hh: bool = False, stock_clipping: bool = 
         model.rnn.bias_hh_l0._backward_hooks.clear()  # both bias copies train
     clip = impl.clip_by_global_norm
     if stock_clipping:
-        impl.clip_by_global_norm = lambda m: torch.nn.utils.clip_grad_norm_(m.parameters(), m.cfg.clip_norm)
+        impl.clip_by_global_norm = lambda m: torch.nn.utils.clip_grad_norm_(
+            m.parameters(), m.cfg.clip_norm
+        )
     try:
-        impl.train(model, Dataset("gru", x, y, x[:1], y[:1], 3), epochs=1, lr=parity.TRAJECTORY_LR, batch_size=case.batch, seed=case.seed)
+        impl.train(
+            model,
+            Dataset("gru", x, y, x[:1], y[:1], 3),
+            epochs=1,
+            lr=parity.TRAJECTORY_LR,
+            batch_size=case.batch,
+            seed=case.seed,
+        )
     finally:
         impl.clip_by_global_norm = clip
     reference = parity.compute(case, "scratch", "float64")
-    return {k: parity.rel_error(v, reference[f"sgd.{k}"])[1] for k, v in impl.export_canonical(model).items()}
+    return {
+        k: parity.rel_error(v, reference[f"sgd.{k}"])[1]
+        for k, v in impl.export_canonical(model).items()
+    }
 
 
 def test_torch_rules_for_training_are_needed():
@@ -180,7 +221,9 @@ def test_flax_gru_without_b_hn_is_caught():
     bias.set_value(bias.get_value() * 0)
     broken = impl.forward_backward(model, x, y)["output"]
     with pytest.raises(AssertionError):
-        parity.assert_close(broken, parity.compute(case, "scratch", "float64")["output"], 1e-10, "output")
+        parity.assert_close(
+            broken, parity.compute(case, "scratch", "float64")["output"], 1e-10, "output"
+        )
 
 
 # ----------------------------------------------------------------------------- canonical weights
@@ -199,10 +242,17 @@ def test_load_rejects_bad_weights_and_leaves_model_unchanged(framework):
     with pytest.raises(weights.CanonicalWeightsError) as info:
         impl.load_canonical(model, bad)
     message = str(info.value)
-    for expected in ("missing b_hn", "W_hh: expected shape (12, 4), got (4, 12)", "b_h: expected dtype float64, got float32", "extra bias_hh_l0"):
+    for expected in (
+        "missing b_hn",
+        "W_hh: expected shape (12, 4), got (4, 12)",
+        "b_h: expected dtype float64, got float32",
+        "extra bias_hh_l0",
+    ):
         assert expected in message
     after = impl.export_canonical(model)
-    assert all(np.array_equal(before[k], after[k]) for k in before), "a failed load changed the model"
+    assert all(np.array_equal(before[k], after[k]) for k in before), (
+        "a failed load changed the model"
+    )
     impl.load_canonical(model, good)
     assert all(np.array_equal(good[k], v) for k, v in impl.export_canonical(model).items())
 
@@ -211,10 +261,16 @@ def test_load_rejects_bad_weights_and_leaves_model_unchanged(framework):
 def test_pytext_split_and_baseline():
     d = pytext(seed=0)
     assert d.x_train.shape[1:] == (32, d.n_classes) and d.y_train.shape[1] == 32
-    assert np.array_equal(d.x_train.argmax(-1)[:, 1:], d.y_train[:, :-1]), "targets are the inputs shifted by one"
+    assert np.array_equal(d.x_train.argmax(-1)[:, 1:], d.y_train[:, :-1]), (
+        "targets are the inputs shifted by one"
+    )
     train_windows = {row.tobytes() for row in d.y_train}
-    assert not any(row.tobytes() in train_windows for row in d.y_test), "a validation window is also a training window"
-    assert python_text().startswith("The Zen of Python, by Tim Peters\n\nBeautiful is better than ugly.")
+    assert not any(row.tobytes() in train_windows for row in d.y_test), (
+        "a validation window is also a training window"
+    )
+    assert python_text().startswith(
+        "The Zen of Python, by Tim Peters\n\nBeautiful is better than ugly."
+    )
     assert 3.0 < d.meta["baselines"]["unigram_test_loss"] < 3.5
     again = pytext(seed=0)
     assert np.array_equal(again.y_test, d.y_test)
@@ -237,8 +293,24 @@ def test_sample_cli_trains_saves_loads_and_is_seeded(tmp_path):
     import sys
 
     path = tmp_path / "rnn.safetensors"
-    run = lambda *args: subprocess.run([sys.executable, "-m", "tasks.cli", "sample", "rnn", *args], capture_output=True, text=True, timeout=300)
-    common = ["--prompt", "Beautiful", "--temperature", "0.8", "--length", "60", "--epochs", "2", "--weights", str(path)]
+    run = lambda *args: subprocess.run(
+        [sys.executable, "-m", "tasks.cli", "sample", "rnn", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    common = [
+        "--prompt",
+        "Beautiful",
+        "--temperature",
+        "0.8",
+        "--length",
+        "60",
+        "--epochs",
+        "2",
+        "--weights",
+        str(path),
+    ]
     first = run("--framework", "scratch", *common)
     assert first.returncode == 0, first.stderr
     assert "trained and saved to" in first.stderr and path.exists()
@@ -248,7 +320,11 @@ def test_sample_cli_trains_saves_loads_and_is_seeded(tmp_path):
     assert second.returncode == 0, second.stderr
     assert "loaded from" in second.stderr and second.stdout.rstrip("\n") == text
     bad = run("--framework", "scratch", "--prompt", "naïve", "--weights", str(path))
-    assert bad.returncode == 2 and "never saw" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert (
+        bad.returncode == 2
+        and "never saw" in bad.stderr
+        and len(bad.stderr.strip().splitlines()) == 1
+    )
 
 
 def test_char_rnn_gets_well_below_the_unigram_baseline():

@@ -1,4 +1,12 @@
-"""A real training run in every framework: the default settings reach the issue's accuracy bars."""
+"""A real training run in every framework: the default settings reach the issue's accuracy bars.
+
+Lockstep (every framework's parameters equal to scratch's) is a property of the code only in
+float64: there the four runs agree to ~2e-15 after the full default run (measured, mlp moons and
+digits). In float32 the CPU's kernels (OpenBLAS core type, oneDNN, XLA) round differently, and 60
+epochs of ReLU training turn one flipped kink into another trajectory (2e-2 apart on an AVX-512
+machine, 1e-6 on another), so the float32 runs assert only what rounding cannot flip: the bar and
+a falling loss.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +20,22 @@ BARS = {("mlp", "moons"): 0.96, ("mlp", "digits"): 0.95}
 
 @pytest.mark.parametrize("model, task", list(BARS), ids=lambda v: str(v))
 def test_default_training_reaches_the_bar(model, task):
+    """float32, the default a user runs: every framework reaches the bar and its loss falls."""
     result = train.run(model, task, list(FRAMEWORKS), train.TrainOptions())
     for row in result["results"]:
         assert row["test_accuracy"] >= BARS[model, task], row
-        assert row["max_param_diff_vs_scratch"] < 1e-3, row  # float32 drift only, no divergence
-    losses = {row["framework"]: row["final_loss"] for row in result["results"]}
-    assert max(losses.values()) - min(losses.values()) < 1e-4, losses
+        assert row["history"][-1] < 0.5 * row["history"][0], row  # training, not drifting
+
+
+@pytest.mark.parametrize("model, task", list(BARS), ids=lambda v: str(v))
+def test_default_training_is_lockstep_in_float64(model, task):
+    """float64, the same default run: the four end at scratch's parameters and loss."""
+    result = train.run(model, task, list(FRAMEWORKS), train.TrainOptions(dtype="float64"))
+    scratch = result["results"][0]
+    for row in result["results"]:
+        assert row["max_param_diff_vs_scratch"] <= 1e-10, row  # measured: at most 2.2e-15
+        assert abs(row["final_loss"] - scratch["final_loss"]) <= 1e-12, row
+        assert row["test_accuracy"] >= BARS[model, task], row
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)

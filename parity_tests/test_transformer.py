@@ -28,7 +28,11 @@ def test_matches_scratch(case, framework, dtype, tensor):
 def test_cli_parity_records_all_pass(case):
     """What `rosetta parity transformer --json` reports, pairwise included: every record passed."""
     records = parity.records(case)
-    failed = [f"{r['framework']} vs {r['reference']} {r['dtype']} {r['tensor']}: {r['rel_error']:.1e}" for r in records if not r["passed"]]
+    failed = [
+        f"{r['framework']} vs {r['reference']} {r['dtype']} {r['tensor']}: {r['rel_error']:.1e}"
+        for r in records
+        if not r["passed"]
+    ]
     assert records and not failed, failed[:10]
 
 
@@ -74,7 +78,13 @@ def test_scratch_model_backward_matches_finite_differences(case):
     loss = lambda: impl.loss_fn(model.forward(x)[0], y)[0]
     for prefix, layer in model.layers().items():
         for key, value in layer.params.items():
-            parity.assert_close(analytic[f"grad.{prefix}.{key}"], numeric_grad(loss, value, 1e-5), 1e-7, f"{prefix}.{key}", scale)
+            parity.assert_close(
+                analytic[f"grad.{prefix}.{key}"],
+                numeric_grad(loss, value, 1e-5),
+                1e-7,
+                f"{prefix}.{key}",
+                scale,
+            )
 
 
 # ----------------------------------------------------------------------------- default differences
@@ -96,16 +106,27 @@ def test_framework_default_eps_and_gelu_would_break_parity():
     assert nnx.LayerNorm(4, rngs=nnx.Rngs(0)).epsilon == 1e-6
     x = np.linspace(-3, 3, 61)
     exact = torch.nn.functional.gelu(torch.as_tensor(x)).numpy()  # torch's default: erf
-    assert np.abs(np.asarray(__import__("jax").nn.gelu(jnp.asarray(x))) - exact).max() > 1e-4  # jax default: tanh
+    assert (
+        np.abs(np.asarray(__import__("jax").nn.gelu(jnp.asarray(x))) - exact).max() > 1e-4
+    )  # jax default: tanh
     tf_gelu = np.asarray(ops.gelu(x, approximate=False))
-    assert np.abs(tf_gelu - exact).max() / np.abs(exact).max() > 1e-10  # float32 constants in a float64 op
+    assert (
+        np.abs(tf_gelu - exact).max() / np.abs(exact).max() > 1e-10
+    )  # float32 constants in a float64 op
     from tf_impl.transformer import gelu
 
-    parity.assert_close(np.asarray(gelu(ops.convert_to_tensor(x), approximate=False)), exact, 1e-14, "keras.ops gelu")
+    parity.assert_close(
+        np.asarray(gelu(ops.convert_to_tensor(x), approximate=False)),
+        exact,
+        1e-14,
+        "keras.ops gelu",
+    )
 
 
 # ----------------------------------------------------------------------------- property tests
-@settings(max_examples=2, deadline=None, phases=(Phase.explicit, Phase.generate))  # no shrinking: each example compiles
+@settings(
+    max_examples=2, deadline=None, phases=(Phase.explicit, Phase.generate)
+)  # no shrinking: each example compiles
 @given(
     batch=st.integers(1, 3),
     length=st.integers(2, 5),
@@ -118,7 +139,16 @@ def test_framework_default_eps_and_gelu_would_break_parity():
 def test_random_shapes_match_scratch(batch, length, heads, head_size, norm, stock, seed):
     """Any (batch, length, heads, head size): one block, every framework matches scratch in float64."""
     assume(heads * head_size % 2 == 0)  # sinusoidal positions need an even d_model
-    cfg = TransformerConfig(vocab=6, d_model=heads * head_size, n_heads=heads, d_ff=5, n_layers=1, norm=norm, activation="gelu", stock=stock)
+    cfg = TransformerConfig(
+        vocab=6,
+        d_model=heads * head_size,
+        n_heads=heads,
+        d_ff=5,
+        n_layers=1,
+        norm=norm,
+        activation="gelu",
+        stock=stock,
+    )
     rng = np.random.default_rng(seed)
     x, y = parity._tokens(rng, cfg, batch, pad="right", steps=length)
     params = weights.init_uniform(cfg.param_shapes(), seed)
@@ -131,8 +161,14 @@ def test_random_shapes_match_scratch(batch, length, heads, head_size, norm, stoc
     reference = results["scratch"]
     for framework in OTHERS:
         for tensor, value in reference.items():
-            scale = float(np.abs(reference["grad.blocks.0.attn.v.weight"]).max()) if tensor.endswith("k.bias") else None
-            parity.assert_close(results[framework][tensor], value, 1e-10, f"{framework} {tensor} {cfg}", scale)
+            scale = (
+                float(np.abs(reference["grad.blocks.0.attn.v.weight"]).max())
+                if tensor.endswith("k.bias")
+                else None
+            )
+            parity.assert_close(
+                results[framework][tensor], value, 1e-10, f"{framework} {tensor} {cfg}", scale
+            )
 
 
 # ----------------------------------------------------------------------------- training

@@ -23,7 +23,9 @@ from tasks.data import Dataset, batches
 class Dense:
     """Fully connected layer on the last axis, weight (out, in)."""
 
-    def __init__(self, in_features: int, out_features: int, *, rng: np.random.Generator, dtype=np.float64):
+    def __init__(
+        self, in_features: int, out_features: int, *, rng: np.random.Generator, dtype=np.float64
+    ):
         bound = 1.0 / np.sqrt(in_features)  # torch's nn.Linear default range
         self.params = {
             "weight": rng.uniform(-bound, bound, (out_features, in_features)).astype(dtype),
@@ -39,7 +41,9 @@ class Dense:
     def backward(self, dy):
         x = self.cache["x"]
         n_in, n_out = x.shape[-1], dy.shape[-1]
-        self.grads["weight"] = dy.reshape(-1, n_out).T @ x.reshape(-1, n_in)  # (out, N) @ (N, in) -> (out, in)
+        self.grads["weight"] = dy.reshape(-1, n_out).T @ x.reshape(
+            -1, n_in
+        )  # (out, N) @ (N, in) -> (out, in)
         self.grads["bias"] = dy.reshape(-1, n_out).sum(axis=0)  # (N, out) -> (out,)
         return dy @ self.params["weight"]  # (..., out) @ (out, in) -> (..., in)
 
@@ -58,7 +62,9 @@ class Embedding:
     def backward(self, dy):
         weight, tokens = self.params["weight"], self.cache["tokens"]
         one_hot = np.eye(len(weight), dtype=weight.dtype)[tokens.reshape(-1)]  # (B*T, V)
-        self.grads["weight"] = one_hot.T @ dy.reshape(-1, weight.shape[1])  # (V, B*T) @ (B*T, E): a token used twice sums both
+        self.grads["weight"] = one_hot.T @ dy.reshape(
+            -1, weight.shape[1]
+        )  # (V, B*T) @ (B*T, E): a token used twice sums both
 
 
 class MaskedSoftmax:
@@ -67,7 +73,9 @@ class MaskedSoftmax:
     def forward(self, scores, allowed):
         shifted = np.where(allowed, scores, -np.inf)
         top = shifted.max(axis=-1, keepdims=True)
-        top = np.where(np.isfinite(top), top, 0.0)  # a fully masked row has max -inf: shift by 0 instead
+        top = np.where(
+            np.isfinite(top), top, 0.0
+        )  # a fully masked row has max -inf: shift by 0 instead
         e = np.exp(shifted - top)  # exp(-inf) = 0 on masked entries
         total = e.sum(axis=-1, keepdims=True)
         w = e / np.where(total > 0, total, 1.0)  # 0 / 1 = 0 on a fully masked row, not 0 / 0
@@ -76,7 +84,9 @@ class MaskedSoftmax:
 
     def backward(self, dw):
         w = self.cache["w"]
-        return w * (dw - (dw * w).sum(axis=-1, keepdims=True))  # Jacobian diag(w) - w w^T, row by row
+        return w * (
+            dw - (dw * w).sum(axis=-1, keepdims=True)
+        )  # Jacobian diag(w) - w w^T, row by row
 
 
 class ScaledDotProductAttention:
@@ -107,12 +117,16 @@ class MultiHeadAttention:
 
     def __init__(self, d_model: int, n_heads: int, *, rng: np.random.Generator, dtype=np.float64):
         self.n_heads = n_heads
-        self.q, self.k, self.v, self.o = (Dense(d_model, d_model, rng=rng, dtype=dtype) for _ in range(4))
+        self.q, self.k, self.v, self.o = (
+            Dense(d_model, d_model, rng=rng, dtype=dtype) for _ in range(4)
+        )
         self.attention = ScaledDotProductAttention()
 
     def split(self, x):
         B, T, E = x.shape
-        return x.reshape(B, T, self.n_heads, E // self.n_heads).transpose(0, 2, 1, 3)  # (B, T, E) -> (B, NH, T, HS)
+        return x.reshape(B, T, self.n_heads, E // self.n_heads).transpose(
+            0, 2, 1, 3
+        )  # (B, T, E) -> (B, NH, T, HS)
 
     def merge(self, x):
         B, NH, T, HS = x.shape
@@ -126,7 +140,11 @@ class MultiHeadAttention:
     def backward(self, dy):
         dq, dk, dv = self.attention.backward(self.split(self.o.backward(dy)))
         # x fed all three projections, so its gradient is the sum of the three
-        return self.q.backward(self.merge(dq)) + self.k.backward(self.merge(dk)) + self.v.backward(self.merge(dv))
+        return (
+            self.q.backward(self.merge(dq))
+            + self.k.backward(self.merge(dk))
+            + self.v.backward(self.merge(dv))
+        )
 
     def layers(self) -> dict[str, Dense]:
         return {"q": self.q, "k": self.k, "v": self.v, "o": self.o}
@@ -144,7 +162,9 @@ def positional_encoding(T: int, E: int, dtype=np.float64):
 
 def attention_mask(tokens, causal: bool):
     """The canonical mask: (B, 1, T, T) bool, True = may attend (key is not PAD, and s <= t if causal)."""
-    allowed = (tokens != PAD)[:, None, None, :]  # (B, T) -> (B, 1, 1, T): one row of keys per sequence
+    allowed = (tokens != PAD)[
+        :, None, None, :
+    ]  # (B, T) -> (B, 1, 1, T): one row of keys per sequence
     if causal:
         T = tokens.shape[1]
         allowed = allowed & np.tril(np.ones((T, T), dtype=bool))  # -> (B, 1, T, T)
@@ -180,7 +200,11 @@ class AttentionModel:
 
     def layers(self) -> dict:
         """Layers by canonical prefix (each has params and grads dicts)."""
-        return {"embed": self.embed, **{f"attn.{n}": d for n, d in self.attn.layers().items()}, "head": self.head}
+        return {
+            "embed": self.embed,
+            **{f"attn.{n}": d for n, d in self.attn.layers().items()},
+            "head": self.head,
+        }
 
 
 def create_model(cfg: AttentionConfig, *, seed: int, dtype: str = "float64") -> AttentionModel:
@@ -197,7 +221,11 @@ def load_canonical(model, params: dict[str, np.ndarray]) -> None:
 
 
 def export_canonical(model) -> dict[str, np.ndarray]:
-    return {f"{prefix}.{key}": value.copy() for prefix, layer in model.layers().items() for key, value in layer.params.items()}
+    return {
+        f"{prefix}.{key}": value.copy()
+        for prefix, layer in model.layers().items()
+        for key, value in layer.params.items()
+    }
 
 
 # ----------------------------------------------------------------------------- loss
@@ -210,7 +238,9 @@ def loss_fn(logits, y):
     n = valid.sum()
     loss = -(picked * valid).sum() / n
     dlogits = np.exp(log_probs)
-    np.put_along_axis(dlogits, y[..., None], np.take_along_axis(dlogits, y[..., None], axis=-1) - 1, axis=-1)
+    np.put_along_axis(
+        dlogits, y[..., None], np.take_along_axis(dlogits, y[..., None], axis=-1) - 1, axis=-1
+    )
     return loss, dlogits * (valid / n)[..., None]
 
 
@@ -219,7 +249,11 @@ def forward_backward(model, x, y) -> dict[str, np.ndarray]:
     logits, attn = model.forward(x)
     loss, dlogits = loss_fn(logits, y)
     dx = model.backward(dlogits)
-    grads = {f"grad.{prefix}.{k}": g for prefix, layer in model.layers().items() for k, g in layer.grads.items()}
+    grads = {
+        f"grad.{prefix}.{k}": g
+        for prefix, layer in model.layers().items()
+        for k, g in layer.grads.items()
+    }
     out = {"output": logits, "loss": np.asarray(loss), "grad.input": dx, **grads}
     return out | {f"attn_weights.{i}": w for i, w in enumerate(attn)}
 
@@ -242,7 +276,11 @@ class Adam:
 
     def __init__(self, model, lr: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
         self.model, self.lr, self.b1, self.b2, self.eps, self.t = model, lr, b1, b2, eps, 0
-        self.m = {(p, k): np.zeros_like(v) for p, layer in model.layers().items() for k, v in layer.params.items()}
+        self.m = {
+            (p, k): np.zeros_like(v)
+            for p, layer in model.layers().items()
+            for k, v in layer.params.items()
+        }
         self.v = {key: np.zeros_like(value) for key, value in self.m.items()}
 
     def step(self):
@@ -271,12 +309,24 @@ def train_step(model, optimizer, x, y) -> float:
     return float(loss)
 
 
-def train(model, data: Dataset, *, epochs: int, lr: float | OptimizerConfig, batch_size: int, seed: int, on_epoch=None) -> list[float]:
+def train(
+    model,
+    data: Dataset,
+    *,
+    epochs: int,
+    lr: float | OptimizerConfig,
+    batch_size: int,
+    seed: int,
+    on_epoch=None,
+) -> list[float]:
     """Mini-batches in the shared order; returns the mean training loss of each epoch."""
     x, y = data.x_train, data.y_train  # token ids (B, T): no dtype cast
     optimizer, history = make_optimizer(model, lr), []
     for epoch in range(epochs):
-        losses = [train_step(model, optimizer, x[idx], y[idx]) for idx in batches(len(x), batch_size, seed, epoch)]
+        losses = [
+            train_step(model, optimizer, x[idx], y[idx])
+            for idx in batches(len(x), batch_size, seed, epoch)
+        ]
         history.append(float(np.mean(losses)))
         if on_epoch:
             on_epoch(epoch, history[-1])

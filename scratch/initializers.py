@@ -33,7 +33,9 @@ def std_and_bound(name: str, shape: tuple[int, ...]) -> tuple[float, float]:
 
 
 # ----------------------------------------------------------------------------- sampling
-def initialize(name: str, shape: tuple[int, ...], *, rng: np.random.Generator, dtype=np.float64) -> np.ndarray:
+def initialize(
+    name: str, shape: tuple[int, ...], *, rng: np.random.Generator, dtype=np.float64
+) -> np.ndarray:
     """A weight of canonical `shape` drawn by the named rule (plain, untruncated normals)."""
     if name not in INITS:
         raise ValueError(f"unknown init {name!r}; choose from {', '.join(INITS)}")

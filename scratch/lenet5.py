@@ -31,25 +31,45 @@ def im2col(x, k: int):
     NumPy copies long contiguous runs rather than k-element pieces.
     """
     c = x.shape[1]
-    patches = sliding_window_view(x, (k, k), axis=(2, 3))  # (B, C, H, W) -> (B, C, OH, OW, k, k), a view
-    return patches.transpose(1, 4, 5, 0, 2, 3).reshape(c * k * k, -1)  # -> (C, k, k, B, OH, OW) -> (C*k*k, B*OH*OW)
+    patches = sliding_window_view(
+        x, (k, k), axis=(2, 3)
+    )  # (B, C, H, W) -> (B, C, OH, OW, k, k), a view
+    return patches.transpose(1, 4, 5, 0, 2, 3).reshape(
+        c * k * k, -1
+    )  # -> (C, k, k, B, OH, OW) -> (C*k*k, B*OH*OW)
 
 
-def init_params(shape: tuple[int, ...], *, rng: np.random.Generator, dtype, init: str, bias: bool) -> dict[str, np.ndarray]:
+def init_params(
+    shape: tuple[int, ...], *, rng: np.random.Generator, dtype, init: str, bias: bool
+) -> dict[str, np.ndarray]:
     """A weight of canonical `shape` and its bias: torch's default U(±1/sqrt(fan_in)) for both, or a
     named initialiser (He, Xavier) for the weight and a zero bias; no bias when a batch norm follows."""
     bound = 1.0 / np.sqrt(np.prod(shape[1:]))  # fan_in = in_c * kh * kw or in_features
-    weight = rng.uniform(-bound, bound, shape) if init == "uniform" else initialize(init, shape, rng=rng)
+    weight = (
+        rng.uniform(-bound, bound, shape) if init == "uniform" else initialize(init, shape, rng=rng)
+    )
     params = {"weight": weight.astype(dtype)}
     if bias:
-        params["bias"] = (rng.uniform(-bound, bound, shape[:1]) if init == "uniform" else np.zeros(shape[:1])).astype(dtype)
+        params["bias"] = (
+            rng.uniform(-bound, bound, shape[:1]) if init == "uniform" else np.zeros(shape[:1])
+        ).astype(dtype)
     return params
 
 
 class Conv2D:
     """2-D convolution (cross-correlation), stride 1, no padding, kernel (out_c, in_c, kh, kw)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, rng: np.random.Generator, dtype=np.float64, init: str = "uniform", bias: bool = True):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        *,
+        rng: np.random.Generator,
+        dtype=np.float64,
+        init: str = "uniform",
+        bias: bool = True,
+    ):
         shape = (out_channels, in_channels, kernel_size, kernel_size)
         self.params = init_params(shape, rng=rng, dtype=dtype, init=init, bias=bias)
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
@@ -70,7 +90,9 @@ class Conv2D:
         w = self.params["weight"]
         o, _, k, _ = w.shape
         dy_mat = dy.transpose(1, 0, 2, 3).reshape(o, -1)  # (B, O, OH, OW) -> (O, B*OH*OW)
-        self.grads["weight"] = (dy_mat @ self.cache["cols"].T).reshape(w.shape)  # (O, B*OH*OW) @ (B*OH*OW, C*k*k) -> (O, C, k, k)
+        self.grads["weight"] = (dy_mat @ self.cache["cols"].T).reshape(
+            w.shape
+        )  # (O, B*OH*OW) @ (B*OH*OW, C*k*k) -> (O, C, k, k)
         if "bias" in self.params:
             self.grads["bias"] = dy_mat.sum(axis=1)  # (O, B*OH*OW) -> (O,)
         if not input_grad:
@@ -94,14 +116,18 @@ def col2im(cols, x_shape, k: int):
     dx = np.zeros((c, b, h, w), cols.dtype)
     for i in range(k):
         for j in range(k):
-            dx[:, :, i : i + oh, j : j + ow] += cols[:, i, j]  # (C, B, OH, OW) onto the window at offset (i, j)
+            dx[:, :, i : i + oh, j : j + ow] += cols[
+                :, i, j
+            ]  # (C, B, OH, OW) onto the window at offset (i, j)
     return dx.transpose(1, 0, 2, 3)  # (C, B, H, W) -> (B, C, H, W)
 
 
 def pool_windows(x):
     """Non-overlapping 2x2 windows: (B, C, H, W) -> (B, C, H/2, 2, W/2, 2), a view; odd edges dropped."""
     b, c, h, w = x.shape
-    return x[:, :, : h // 2 * 2, : w // 2 * 2].reshape(b, c, h // 2, 2, w // 2, 2)  # floor, like "valid" pooling
+    return x[:, :, : h // 2 * 2, : w // 2 * 2].reshape(
+        b, c, h // 2, 2, w // 2, 2
+    )  # floor, like "valid" pooling
 
 
 def window_corners(x):
@@ -111,13 +137,17 @@ def window_corners(x):
     length-2 axes (slow); corner index 0..3 is row-major order within a window.
     """
     win = pool_windows(x)  # (B, C, H/2, 2, W/2, 2)
-    return win.transpose(3, 5, 0, 1, 2, 4).reshape(4, *win.shape[:3], win.shape[4])  # -> (2, 2, B, C, H/2, W/2) -> (4, ...)
+    return win.transpose(3, 5, 0, 1, 2, 4).reshape(
+        4, *win.shape[:3], win.shape[4]
+    )  # -> (2, 2, B, C, H/2, W/2) -> (4, ...)
 
 
 def scatter_corners(dcorners, x_shape):
     """The adjoint of window_corners: (4, B, C, H/2, W/2) -> (B, C, H, W), zeros at dropped edges."""
     dx = np.zeros(x_shape, dcorners.dtype)
-    pool_windows(dx)[...] = dcorners.reshape(2, 2, *dcorners.shape[1:]).transpose(2, 3, 4, 0, 5, 1)  # write through the view
+    pool_windows(dx)[...] = dcorners.reshape(2, 2, *dcorners.shape[1:]).transpose(
+        2, 3, 4, 0, 5, 1
+    )  # write through the view
     return dx
 
 
@@ -126,10 +156,14 @@ class AvgPool2D:
 
     def forward(self, x):
         self.cache = {"x_shape": x.shape}
-        return window_corners(x).mean(axis=0)  # (B, C, H, W) -> (4, B, C, H/2, W/2) -> (B, C, H/2, W/2)
+        return window_corners(x).mean(
+            axis=0
+        )  # (B, C, H, W) -> (4, B, C, H/2, W/2) -> (B, C, H/2, W/2)
 
     def backward(self, dy):
-        dcorners = np.broadcast_to(dy / 4, (4, *dy.shape))  # every input gets a quarter of its window's gradient
+        dcorners = np.broadcast_to(
+            dy / 4, (4, *dy.shape)
+        )  # every input gets a quarter of its window's gradient
         return scatter_corners(dcorners, self.cache["x_shape"])
 
 
@@ -143,7 +177,9 @@ class MaxPool2D:
         return np.take_along_axis(corners, arg[None], axis=0)[0]  # -> (B, C, H/2, W/2)
 
     def backward(self, dy):
-        winner = self.cache["arg"] == np.arange(4).reshape(4, 1, 1, 1, 1)  # (4, B, C, H/2, W/2): one True per window
+        winner = self.cache["arg"] == np.arange(4).reshape(
+            4, 1, 1, 1, 1
+        )  # (4, B, C, H/2, W/2): one True per window
         return scatter_corners(winner * dy, self.cache["x_shape"])
 
 
@@ -161,8 +197,19 @@ class Flatten:
 class Dense:
     """Fully connected layer, weight (out, in)."""
 
-    def __init__(self, in_features: int, out_features: int, *, rng: np.random.Generator, dtype=np.float64, init: str = "uniform", bias: bool = True):
-        self.params = init_params((out_features, in_features), rng=rng, dtype=dtype, init=init, bias=bias)
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        rng: np.random.Generator,
+        dtype=np.float64,
+        init: str = "uniform",
+        bias: bool = True,
+    ):
+        self.params = init_params(
+            (out_features, in_features), rng=rng, dtype=dtype, init=init, bias=bias
+        )
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
         self.cache: dict[str, np.ndarray] = {}
 
@@ -223,10 +270,14 @@ class LeNet5:
     def __init__(self, cfg: LeNet5Config, *, rng: np.random.Generator, dtype=np.float64):
         self.cfg = cfg
         (c1, c2), (h1, h2), k = cfg.channels, cfg.hidden, cfg.kernel_size
-        bias = not cfg.batch_norm  # a batch norm's mean subtraction cancels the bias of the layer before it
+        bias = (
+            not cfg.batch_norm
+        )  # a batch norm's mean subtraction cancels the bias of the layer before it
         self.conv1 = Conv2D(cfg.in_channels, c1, k, rng=rng, dtype=dtype, init=cfg.init, bias=bias)
         self.conv2 = Conv2D(c1, c2, k, rng=rng, dtype=dtype, init=cfg.init, bias=bias)
-        self.fc1 = Dense(cfg.flat_features, h1, rng=rng, dtype=dtype, init=cfg.init, bias=bias)  # 16 * 5 * 5 = 400 inputs by default
+        self.fc1 = Dense(
+            cfg.flat_features, h1, rng=rng, dtype=dtype, init=cfg.init, bias=bias
+        )  # 16 * 5 * 5 = 400 inputs by default
         self.fc2 = Dense(h1, h2, rng=rng, dtype=dtype, init=cfg.init, bias=bias)
         self.fc3 = Dense(h2, cfg.n_classes, rng=rng, dtype=dtype, init=cfg.init)
         # one activation object per use: each caches its own input for backward
@@ -234,16 +285,28 @@ class LeNet5:
         self.pool1, self.pool2 = make_pool(cfg), make_pool(cfg)
         self.flatten = Flatten()
         # optional regularisers: batch norm before each hidden activation, dropout after fc1's and fc2's
-        norm = lambda n: BatchNorm(n, dtype=dtype) if cfg.batch_norm else Identity()  # one class: it normalises (B, C, H, W) per channel
+        norm = lambda n: (
+            BatchNorm(n, dtype=dtype) if cfg.batch_norm else Identity()
+        )  # one class: it normalises (B, C, H, W) per channel
         self.bn1, self.bn2, self.bn3, self.bn4 = norm(c1), norm(c2), norm(h1), norm(h2)
-        self.drop1, self.drop2 = (Dropout(cfg.dropout, rng=rng) if cfg.dropout else Identity() for _ in range(2))
+        self.drop1, self.drop2 = (
+            Dropout(cfg.dropout, rng=rng) if cfg.dropout else Identity() for _ in range(2)
+        )
 
     def forward(self, x):
-        x = self.pool1.forward(self.act1.forward(self.bn1.forward(self.conv1.forward(x))))  # (B, 1, 32, 32) -> (B, 6, 28, 28) -> (B, 6, 14, 14)
-        x = self.pool2.forward(self.act2.forward(self.bn2.forward(self.conv2.forward(x))))  # -> (B, 16, 10, 10) -> (B, 16, 5, 5)
+        x = self.pool1.forward(
+            self.act1.forward(self.bn1.forward(self.conv1.forward(x)))
+        )  # (B, 1, 32, 32) -> (B, 6, 28, 28) -> (B, 6, 14, 14)
+        x = self.pool2.forward(
+            self.act2.forward(self.bn2.forward(self.conv2.forward(x)))
+        )  # -> (B, 16, 10, 10) -> (B, 16, 5, 5)
         x = self.flatten.forward(x)  # (B, 16, 5, 5) -> (B, 400)
-        x = self.drop1.forward(self.act3.forward(self.bn3.forward(self.fc1.forward(x))))  # (B, 400) -> (B, 120)
-        x = self.drop2.forward(self.act4.forward(self.bn4.forward(self.fc2.forward(x))))  # (B, 120) -> (B, 84)
+        x = self.drop1.forward(
+            self.act3.forward(self.bn3.forward(self.fc1.forward(x)))
+        )  # (B, 400) -> (B, 120)
+        x = self.drop2.forward(
+            self.act4.forward(self.bn4.forward(self.fc2.forward(x)))
+        )  # (B, 120) -> (B, 84)
         return self.fc3.forward(x)  # (B, 84) -> (B, C) logits
 
     def backward(self, dlogits, input_grad: bool = True):
@@ -261,8 +324,19 @@ class LeNet5:
 
     def layers(self) -> dict[str, Conv2D | Dense | BatchNorm]:
         """Layers with parameters, by canonical prefix."""
-        norms = {f"bn{i}": norm for i, norm in enumerate((self.bn1, self.bn2, self.bn3, self.bn4), 1) if isinstance(norm, BatchNorm)}
-        return {"conv1": self.conv1, "conv2": self.conv2, "fc1": self.fc1, "fc2": self.fc2, "fc3": self.fc3, **norms}
+        norms = {
+            f"bn{i}": norm
+            for i, norm in enumerate((self.bn1, self.bn2, self.bn3, self.bn4), 1)
+            if isinstance(norm, BatchNorm)
+        }
+        return {
+            "conv1": self.conv1,
+            "conv2": self.conv2,
+            "fc1": self.fc1,
+            "fc2": self.fc2,
+            "fc3": self.fc3,
+            **norms,
+        }
 
 
 def create_model(cfg: LeNet5Config, *, seed: int, dtype: str = "float64") -> LeNet5:
@@ -274,14 +348,21 @@ def load_canonical(model: LeNet5, params: dict[str, np.ndarray]) -> None:
     """Copy canonical weights in; scratch *is* the canonical layout, so no transform."""
     weights.check(params, model.cfg.param_shapes(), model.fc3.params["weight"].dtype)
     for prefix, layer in model.layers().items():
-        for store in (layer.params, getattr(layer, "buffers", {})):  # batch norm's running statistics are buffers
+        for store in (
+            layer.params,
+            getattr(layer, "buffers", {}),
+        ):  # batch norm's running statistics are buffers
             for key in store:
                 store[key] = np.array(params[f"{prefix}.{key}"])
 
 
 def export_canonical(model: LeNet5) -> dict[str, np.ndarray]:
     tensors = lambda layer: {**layer.params, **getattr(layer, "buffers", {})}
-    return {f"{prefix}.{key}": value.copy() for prefix, layer in model.layers().items() for key, value in tensors(layer).items()}
+    return {
+        f"{prefix}.{key}": value.copy()
+        for prefix, layer in model.layers().items()
+        for key, value in tensors(layer).items()
+    }
 
 
 # ----------------------------------------------------------------------------- loss
@@ -301,14 +382,20 @@ def forward_backward(model: LeNet5, x, y) -> dict[str, np.ndarray]:
     logits = model.forward(x)
     loss, dlogits = loss_fn(logits, y)
     dx = model.backward(dlogits)
-    grads = {f"grad.{prefix}.{k}": g for prefix, layer in model.layers().items() for k, g in layer.grads.items()}
+    grads = {
+        f"grad.{prefix}.{k}": g
+        for prefix, layer in model.layers().items()
+        for k, g in layer.grads.items()
+    }
     return {"output": logits, "loss": np.asarray(loss), "grad.input": dx, **grads}
 
 
 # ----------------------------------------------------------------------------- train step
 def make_optimizer(model: LeNet5, lr: float | OptimizerConfig) -> optim.Optimizer:
     """A learning rate gives plain SGD (p -= lr * g); an OptimizerConfig any of scratch/optim.py."""
-    return optim.make_optimizer(model, lr if isinstance(lr, OptimizerConfig) else OptimizerConfig("sgd", lr=lr))
+    return optim.make_optimizer(
+        model, lr if isinstance(lr, OptimizerConfig) else OptimizerConfig("sgd", lr=lr)
+    )
 
 
 def train_step(model: LeNet5, optimizer: optim.Optimizer, x, y) -> float:
@@ -322,14 +409,26 @@ def train_step(model: LeNet5, optimizer: optim.Optimizer, x, y) -> float:
     return float(loss)
 
 
-def train(model: LeNet5, data: Dataset, *, epochs: int, lr: float | OptimizerConfig, batch_size: int, seed: int, on_epoch=None) -> list[float]:
+def train(
+    model: LeNet5,
+    data: Dataset,
+    *,
+    epochs: int,
+    lr: float | OptimizerConfig,
+    batch_size: int,
+    seed: int,
+    on_epoch=None,
+) -> list[float]:
     """Mini-batches in the shared order, stepped by make_optimizer(model, lr); returns the mean training loss of each epoch."""
     dtype = model.fc3.params["weight"].dtype
     x, y = data.x_train.astype(dtype), data.y_train
     optimizer, history = make_optimizer(model, lr), []
     model.set_training(True)
     for epoch in range(epochs):
-        losses = [train_step(model, optimizer, x[idx], y[idx]) for idx in batches(len(x), batch_size, seed, epoch)]
+        losses = [
+            train_step(model, optimizer, x[idx], y[idx])
+            for idx in batches(len(x), batch_size, seed, epoch)
+        ]
         history.append(float(np.mean(losses)))
         if on_epoch:
             on_epoch(epoch, history[-1])

@@ -21,13 +21,30 @@ from tasks.data import Dataset, batches
 class Dense:
     """Fully connected layer, weight (out, in)."""
 
-    def __init__(self, in_features: int, out_features: int, *, rng: np.random.Generator, dtype=np.float64, init: str = "uniform", bias: bool = True):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        rng: np.random.Generator,
+        dtype=np.float64,
+        init: str = "uniform",
+        bias: bool = True,
+    ):
         bound = 1.0 / np.sqrt(in_features)  # torch's nn.Linear default range
         shape = (out_features, in_features)
-        weight = rng.uniform(-bound, bound, shape) if init == "uniform" else initialize(init, shape, rng=rng)
+        weight = (
+            rng.uniform(-bound, bound, shape)
+            if init == "uniform"
+            else initialize(init, shape, rng=rng)
+        )
         self.params = {"weight": weight.astype(dtype)}
         if bias:  # U(±bound) too, or zero with a named initialiser (He, Xavier); none in front of a batch norm
-            self.params["bias"] = (rng.uniform(-bound, bound, (out_features,)) if init == "uniform" else np.zeros(out_features)).astype(dtype)
+            self.params["bias"] = (
+                rng.uniform(-bound, bound, (out_features,))
+                if init == "uniform"
+                else np.zeros(out_features)
+            ).astype(dtype)
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
         self.cache: dict[str, np.ndarray] = {}
 
@@ -105,8 +122,13 @@ class MLP:
     def __init__(self, cfg: MLPConfig, *, rng: np.random.Generator, dtype=np.float64):
         self.cfg = cfg
         sizes = cfg.sizes
-        bias = not cfg.batch_norm  # a batch norm's mean subtraction cancels the bias of the layer before it
-        self.hidden = [Dense(i, o, rng=rng, dtype=dtype, init=cfg.init, bias=bias) for i, o in zip(sizes[:-2], sizes[1:-1])]
+        bias = (
+            not cfg.batch_norm
+        )  # a batch norm's mean subtraction cancels the bias of the layer before it
+        self.hidden = [
+            Dense(i, o, rng=rng, dtype=dtype, init=cfg.init, bias=bias)
+            for i, o in zip(sizes[:-2], sizes[1:-1])
+        ]
         # one activation object per hidden layer: each caches its own input for backward
         self.activations = [make_activation(cfg) for _ in self.hidden]
         self.head = Dense(sizes[-2], sizes[-1], rng=rng, dtype=dtype, init=cfg.init)
@@ -143,7 +165,11 @@ class MLP:
     def layers(self) -> dict[str, Dense]:
         """Layers by canonical prefix: hidden.0, hidden.1, ..., bn.0, ..., head."""
         bn = {f"bn.{i}": norm for i, norm in enumerate(self.bn)}
-        return {**{f"hidden.{i}": layer for i, layer in enumerate(self.hidden)}, **bn, "head": self.head}
+        return {
+            **{f"hidden.{i}": layer for i, layer in enumerate(self.hidden)},
+            **bn,
+            "head": self.head,
+        }
 
 
 def create_model(cfg: MLPConfig, *, seed: int, dtype: str = "float64") -> MLP:
@@ -155,14 +181,21 @@ def load_canonical(model: MLP, params: dict[str, np.ndarray]) -> None:
     """Copy canonical weights in; scratch *is* the canonical layout, so no transform."""
     weights.check(params, model.cfg.param_shapes(), model.head.params["weight"].dtype)
     for prefix, layer in model.layers().items():
-        for store in (layer.params, getattr(layer, "buffers", {})):  # batch norm's running statistics are buffers
+        for store in (
+            layer.params,
+            getattr(layer, "buffers", {}),
+        ):  # batch norm's running statistics are buffers
             for key in store:
                 store[key] = np.array(params[f"{prefix}.{key}"])
 
 
 def export_canonical(model: MLP) -> dict[str, np.ndarray]:
     tensors = lambda layer: {**layer.params, **getattr(layer, "buffers", {})}
-    return {f"{prefix}.{key}": value.copy() for prefix, layer in model.layers().items() for key, value in tensors(layer).items()}
+    return {
+        f"{prefix}.{key}": value.copy()
+        for prefix, layer in model.layers().items()
+        for key, value in tensors(layer).items()
+    }
 
 
 # ----------------------------------------------------------------------------- loss
@@ -194,14 +227,20 @@ def forward_backward(model: MLP, x, y) -> dict[str, np.ndarray]:
     logits = model.forward(x)
     loss, dlogits = loss_fn(logits, y, model.cfg.head)
     dx = model.backward(dlogits)
-    grads = {f"grad.{prefix}.{k}": g for prefix, layer in model.layers().items() for k, g in layer.grads.items()}
+    grads = {
+        f"grad.{prefix}.{k}": g
+        for prefix, layer in model.layers().items()
+        for k, g in layer.grads.items()
+    }
     return {"output": logits, "loss": np.asarray(loss), "grad.input": dx, **grads}
 
 
 # ----------------------------------------------------------------------------- train step
 def make_optimizer(model: MLP, lr: float | OptimizerConfig) -> optim.Optimizer:
     """A learning rate gives plain SGD (p -= lr * g); an OptimizerConfig any of scratch/optim.py."""
-    return optim.make_optimizer(model, lr if isinstance(lr, OptimizerConfig) else OptimizerConfig("sgd", lr=lr))
+    return optim.make_optimizer(
+        model, lr if isinstance(lr, OptimizerConfig) else OptimizerConfig("sgd", lr=lr)
+    )
 
 
 def train_step(model: MLP, optimizer: optim.Optimizer, x, y) -> float:
@@ -215,14 +254,26 @@ def train_step(model: MLP, optimizer: optim.Optimizer, x, y) -> float:
     return float(loss)
 
 
-def train(model: MLP, data: Dataset, *, epochs: int, lr: float | OptimizerConfig, batch_size: int, seed: int, on_epoch=None) -> list[float]:
+def train(
+    model: MLP,
+    data: Dataset,
+    *,
+    epochs: int,
+    lr: float | OptimizerConfig,
+    batch_size: int,
+    seed: int,
+    on_epoch=None,
+) -> list[float]:
     """Mini-batches in the shared order, stepped by make_optimizer(model, lr); returns the mean training loss of each epoch."""
     dtype = model.head.params["weight"].dtype
     x, y = data.x_train.astype(dtype), data.y_train
     optimizer, history = make_optimizer(model, lr), []
     model.set_training(True)
     for epoch in range(epochs):
-        losses = [train_step(model, optimizer, x[idx], y[idx]) for idx in batches(len(x), batch_size, seed, epoch)]
+        losses = [
+            train_step(model, optimizer, x[idx], y[idx])
+            for idx in batches(len(x), batch_size, seed, epoch)
+        ]
         history.append(float(np.mean(losses)))
         if on_epoch:
             on_epoch(epoch, history[-1])

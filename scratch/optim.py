@@ -19,7 +19,9 @@ from tasks.configs import OptimizerConfig
 # ----------------------------------------------------------------------------- clipping
 def clip_by_global_norm(grads: list[np.ndarray], max_norm: float) -> list[np.ndarray]:
     """Scale every gradient by min(1, max_norm / ||all gradients||): the direction is kept."""
-    norm = np.sqrt(sum(np.sum(g * g) for g in grads))  # one norm over every tensor, not one per tensor
+    norm = np.sqrt(
+        sum(np.sum(g * g) for g in grads)
+    )  # one norm over every tensor, not one per tensor
     scale = min(1.0, max_norm / norm) if norm > 0 else 1.0
     return [g * scale for g in grads]
 
@@ -31,7 +33,11 @@ class Optimizer:
     def __init__(self, model, spec: OptimizerConfig):
         self.spec = spec
         # (params dict, grads dict, key): the dicts are the layers' own, so loads and steps stay visible
-        self.slots = [(layer.params, layer.grads, key) for layer in model.layers().values() for key in layer.params]
+        self.slots = [
+            (layer.params, layer.grads, key)
+            for layer in model.layers().values()
+            for key in layer.params
+        ]
         self.state = [{} for _ in self.slots]
         self.t = 0  # updates done so far
 
@@ -55,7 +61,9 @@ class SGD(Optimizer):
         if self.spec.name == "sgd":
             return p - lr * g
         mu = self.spec.momentum
-        v = state["v"] = mu * state.get("v", 0.0) + g  # torch's form: v holds gradients, lr applied outside
+        v = state["v"] = (
+            mu * state.get("v", 0.0) + g
+        )  # torch's form: v holds gradients, lr applied outside
         return p - lr * (g + mu * v) if self.spec.name == "nesterov" else p - lr * v
 
 
@@ -83,7 +91,14 @@ class Adam(Optimizer):
         return p - lr * m_hat / (np.sqrt(v_hat) + self.spec.eps)
 
 
-OPTIMIZERS = {"sgd": SGD, "momentum": SGD, "nesterov": SGD, "rmsprop": RMSprop, "adam": Adam, "adamw": Adam}
+OPTIMIZERS = {
+    "sgd": SGD,
+    "momentum": SGD,
+    "nesterov": SGD,
+    "rmsprop": RMSprop,
+    "adam": Adam,
+    "adamw": Adam,
+}
 
 
 def make_optimizer(model, spec: OptimizerConfig) -> Optimizer:

@@ -19,7 +19,9 @@ from tasks.data import Dataset, epoch_order
 class Dense:
     """Fully connected layer, weight (out, in); forward only, since the rule needs no backward."""
 
-    def __init__(self, in_features: int, out_features: int, *, rng: np.random.Generator, dtype=np.float64):
+    def __init__(
+        self, in_features: int, out_features: int, *, rng: np.random.Generator, dtype=np.float64
+    ):
         bound = 1.0 / np.sqrt(in_features)  # torch's nn.Linear default range
         self.params = {
             "weight": rng.uniform(-bound, bound, (out_features, in_features)).astype(dtype),
@@ -72,7 +74,9 @@ def predict(model: Perceptron, x) -> np.ndarray:
 # ----------------------------------------------------------------------------- train step
 def train_step(model: Perceptron, x, y, lr) -> int:
     """One sample (x (D,), y 0.0 or 1.0): the perceptron rule in place. Returns 1 on a mistake."""
-    error = y - model.forward(x[None])[0]  # (1, D) -> (1,) -> (): +1 missed a 1, -1 missed a 0, 0 right
+    error = (
+        y - model.forward(x[None])[0]
+    )  # (1, D) -> (1,) -> (): +1 missed a 1, -1 missed a 0, 0 right
     # lr * x first: times error (+1, 0 or -1) it stays exact, so an FMA (XLA fuses one) rounds alike
     model.neuron.params["weight"] += error * (lr * x)  # (D,) broadcasts over (1, D)
     model.neuron.params["bias"] += lr * error  # () broadcasts over (1,)
@@ -84,7 +88,9 @@ def train_epoch(model: Perceptron, samples, lr) -> int:
     return sum(train_step(model, x, y, lr) for x, y in samples)
 
 
-def train(model: Perceptron, data: Dataset, *, epochs: int, lr: float, seed: int, on_epoch=None) -> list[int]:
+def train(
+    model: Perceptron, data: Dataset, *, epochs: int, lr: float, seed: int, on_epoch=None
+) -> list[int]:
     """Per-sample updates in the shared shuffled order; stops after the first epoch with no mistake.
 
     Returns the number of mistakes of each epoch run; a last entry of 0 means converged.

@@ -27,7 +27,10 @@ def sigmoid(x):
 def init_params(cfg: RNNConfig, rng: np.random.Generator, dtype) -> dict[str, np.ndarray]:
     """U(-1/sqrt(H), 1/sqrt(H)) for every tensor: torch's rule for recurrent layers (the head's fan-in is H too)."""
     bound = 1.0 / np.sqrt(cfg.hidden)
-    return {name: rng.uniform(-bound, bound, shape).astype(dtype) for name, shape in cfg.param_shapes().items()}
+    return {
+        name: rng.uniform(-bound, bound, shape).astype(dtype)
+        for name, shape in cfg.param_shapes().items()
+    }
 
 
 class RNNCell:
@@ -40,7 +43,9 @@ class RNNCell:
     def forward(self, x, state):
         (h,) = state
         p = self.params
-        h_new = np.tanh(x @ p["W_xh"].T + h @ p["W_hh"].T + p["b_h"])  # (B, D) @ (D, H) + (B, H) @ (H, H) -> (B, H)
+        h_new = np.tanh(
+            x @ p["W_xh"].T + h @ p["W_hh"].T + p["b_h"]
+        )  # (B, D) @ (D, H) + (B, H) @ (H, H) -> (B, H)
         return (h_new,), {"x": x, "h": h, "h_new": h_new}
 
     def backward(self, dstate, cache):
@@ -62,18 +67,31 @@ class LSTMCell:
     def forward(self, x, state):
         h, c = state
         p = self.params
-        a = x @ p["W_xh"].T + h @ p["W_hh"].T + p["b_h"]  # (B, D) @ (D, 4H) + (B, H) @ (H, 4H) -> (B, 4H)
+        a = (
+            x @ p["W_xh"].T + h @ p["W_hh"].T + p["b_h"]
+        )  # (B, D) @ (D, 4H) + (B, H) @ (H, 4H) -> (B, 4H)
         a_i, a_f, a_g, a_o = np.split(a, 4, axis=1)  # (B, 4H) -> 4 x (B, H)
         i, f, g, o = sigmoid(a_i), sigmoid(a_f), np.tanh(a_g), sigmoid(a_o)
         c_new = f * c + i * g
         tanh_c = np.tanh(c_new)
         h_new = o * tanh_c
-        return (h_new, c_new), {"x": x, "h": h, "c": c, "i": i, "f": f, "g": g, "o": o, "tanh_c": tanh_c}
+        return (h_new, c_new), {
+            "x": x,
+            "h": h,
+            "c": c,
+            "i": i,
+            "f": f,
+            "g": g,
+            "o": o,
+            "tanh_c": tanh_c,
+        }
 
     def backward(self, dstate, cache):
         dh_new, dc_new = dstate
         k = cache
-        dc = dc_new + dh_new * k["o"] * (1 - k["tanh_c"] ** 2)  # c' reaches the loss directly and through h'
+        dc = dc_new + dh_new * k["o"] * (
+            1 - k["tanh_c"] ** 2
+        )  # c' reaches the loss directly and through h'
         da = np.concatenate(
             [
                 dc * k["g"] * k["i"] * (1 - k["i"]),  # input gate
@@ -99,7 +117,9 @@ class GRUCell:
     def forward(self, x, state):
         (h,) = state
         p = self.params
-        x_r, x_z, x_n = np.split(x @ p["W_xh"].T + p["b_h"], 3, axis=1)  # (B, D) @ (D, 3H) -> 3 x (B, H)
+        x_r, x_z, x_n = np.split(
+            x @ p["W_xh"].T + p["b_h"], 3, axis=1
+        )  # (B, D) @ (D, 3H) -> 3 x (B, H)
         h_r, h_z, h_n = np.split(h @ p["W_hh"].T, 3, axis=1)  # (B, H) @ (H, 3H) -> 3 x (B, H)
         r, z = sigmoid(x_r + h_r), sigmoid(x_z + h_z)
         hn = h_n + p["b_hn"]  # b_hn sits inside the reset product, so it cannot merge into b_h
@@ -114,7 +134,9 @@ class GRUCell:
         da_r = da_n * k["hn"] * k["r"] * (1 - k["r"])
         da_z = dh_new * (k["h"] - k["n"]) * k["z"] * (1 - k["z"])
         dx_side = np.concatenate([da_r, da_z, da_n], axis=1)  # (B, 3H): gradient of x W_xh^T + b_h
-        dh_side = np.concatenate([da_r, da_z, da_n * k["r"]], axis=1)  # (B, 3H): gradient of h W_hh^T
+        dh_side = np.concatenate(
+            [da_r, da_z, da_n * k["r"]], axis=1
+        )  # (B, 3H): gradient of h W_hh^T
         self.grads["W_xh"] += dx_side.T @ k["x"]  # (3H, B) @ (B, D) -> (3H, D)
         self.grads["W_hh"] += dh_side.T @ k["h"]  # (3H, B) @ (B, H) -> (3H, H)
         self.grads["b_h"] += dx_side.sum(axis=0)
@@ -151,9 +173,14 @@ class Recurrent:
         for g in self.cell.grads.values():
             g[...] = 0  # the cell accumulates over steps
         dx = np.zeros(self.cache["x_shape"], dhidden.dtype)
-        dstate = self.initial_state(dhidden.shape[0], dhidden.dtype)  # nothing flows in after the last step
+        dstate = self.initial_state(
+            dhidden.shape[0], dhidden.dtype
+        )  # nothing flows in after the last step
         for t in reversed(range(dhidden.shape[1])):
-            dstate = (dstate[0] + dhidden[:, t], *dstate[1:])  # h_t feeds the output and the next step
+            dstate = (
+                dstate[0] + dhidden[:, t],
+                *dstate[1:],
+            )  # h_t feeds the output and the next step
             dx[:, t], dstate = self.cell.backward(dstate, self.cache["steps"][t])
         return dx  # (B, T, D)
 
@@ -172,7 +199,9 @@ class Readout:
 
     def backward(self, dy):
         h = self.cache["h"]
-        self.grads["W_hy"] = dy.reshape(-1, dy.shape[-1]).T @ h.reshape(-1, h.shape[-1])  # (C, N) @ (N, H) -> (C, H)
+        self.grads["W_hy"] = dy.reshape(-1, dy.shape[-1]).T @ h.reshape(
+            -1, h.shape[-1]
+        )  # (C, N) @ (N, H) -> (C, H)
         self.grads["b_y"] = dy.reshape(-1, dy.shape[-1]).sum(axis=0)
         return dy @ self.params["W_hy"]  # (..., C) @ (C, H) -> (..., H)
 
@@ -184,19 +213,26 @@ class RNN:
     def __init__(self, cfg: RNNConfig, *, rng: np.random.Generator, dtype=np.float64):
         self.cfg = cfg
         params = init_params(cfg, rng, dtype)
-        self.rnn = Recurrent(CELLS[cfg.cell]({k: v for k, v in params.items() if k not in ("W_hy", "b_y")}), cfg.hidden)
+        self.rnn = Recurrent(
+            CELLS[cfg.cell]({k: v for k, v in params.items() if k not in ("W_hy", "b_y")}),
+            cfg.hidden,
+        )
         self.head = Readout({"W_hy": params["W_hy"], "b_y": params["b_y"]})
 
     def forward(self, x):
         hidden, state = self.rnn.forward(x)  # (B, T, D) -> (B, T, H)
-        logits = self.head.forward(hidden if self.cfg.output == "sequence" else hidden[:, -1])  # (B, T, C) or (B, C)
+        logits = self.head.forward(
+            hidden if self.cfg.output == "sequence" else hidden[:, -1]
+        )  # (B, T, C) or (B, C)
         return logits, hidden, state
 
     def backward(self, dlogits):
         dh = self.head.backward(dlogits)
         if self.cfg.output == "last":
             steps = self.rnn.cache["x_shape"][1]
-            dh = np.concatenate([np.zeros((dh.shape[0], steps - 1, dh.shape[1]), dh.dtype), dh[:, None]], axis=1)  # (B, H) -> (B, T, H)
+            dh = np.concatenate(
+                [np.zeros((dh.shape[0], steps - 1, dh.shape[1]), dh.dtype), dh[:, None]], axis=1
+            )  # (B, H) -> (B, T, H)
         return self.rnn.backward(dh)  # (B, T, D): the gradient with respect to the input
 
     def layers(self) -> dict:
@@ -214,11 +250,17 @@ def load_canonical(model: RNN, params: dict[str, np.ndarray]) -> None:
     weights.check(params, model.cfg.param_shapes(), model.head.params["W_hy"].dtype)
     for layer in model.layers().values():
         for key in layer.params:
-            layer.params[key][...] = params[key]  # in place: the cell and the layer share these arrays
+            layer.params[key][...] = params[
+                key
+            ]  # in place: the cell and the layer share these arrays
 
 
 def export_canonical(model: RNN) -> dict[str, np.ndarray]:
-    return {key: value.copy() for layer in model.layers().values() for key, value in layer.params.items()}
+    return {
+        key: value.copy()
+        for layer in model.layers().values()
+        for key, value in layer.params.items()
+    }
 
 
 # ----------------------------------------------------------------------------- loss
@@ -242,7 +284,9 @@ def forward_backward(model: RNN, x, y) -> dict[str, np.ndarray]:
     out = {"output": logits, "loss": np.asarray(loss), "hidden": hidden, "h_n": state[0]}
     if model.cfg.cell == "lstm":
         out["c_n"] = state[1]
-    grads = {f"grad.{k}": g.copy() for layer in model.layers().values() for k, g in layer.grads.items()}
+    grads = {
+        f"grad.{k}": g.copy() for layer in model.layers().values() for k, g in layer.grads.items()
+    }
     return {**out, "grad.input": dx, **grads}
 
 
@@ -270,7 +314,9 @@ class SGD:
 
     def step(self):
         layers = list(self.model.layers().values())
-        clip_by_global_norm([g for layer in layers for g in layer.grads.values()], self.model.cfg.clip_norm)
+        clip_by_global_norm(
+            [g for layer in layers for g in layer.grads.values()], self.model.cfg.clip_norm
+        )
         for layer in layers:
             for key in layer.params:
                 layer.params[key] -= self.lr * layer.grads[key]
@@ -281,7 +327,9 @@ def make_optimizer(model: RNN, lr: float | OptimizerConfig) -> SGD | optim.Optim
     scratch/optim.py, clipped at the OptimizerConfig's own clip_norm."""
     if isinstance(lr, OptimizerConfig):
         if model.cfg.clip_norm is not None:  # one clipping rule, not two in a row
-            raise ValueError("an OptimizerConfig clips at its own clip_norm: build the RNNConfig with clip_norm=None")
+            raise ValueError(
+                "an OptimizerConfig clips at its own clip_norm: build the RNNConfig with clip_norm=None"
+            )
         return optim.make_optimizer(model, lr)
     return SGD(model, lr)
 
@@ -294,13 +342,25 @@ def train_step(model: RNN, optimizer: SGD, x, y) -> float:
     return float(loss)
 
 
-def train(model: RNN, data: Dataset, *, epochs: int, lr: float | OptimizerConfig, batch_size: int, seed: int, on_epoch=None) -> list[float]:
+def train(
+    model: RNN,
+    data: Dataset,
+    *,
+    epochs: int,
+    lr: float | OptimizerConfig,
+    batch_size: int,
+    seed: int,
+    on_epoch=None,
+) -> list[float]:
     """Mini-batches in the shared order, stepped by make_optimizer(model, lr); returns the mean training loss of each epoch."""
     dtype = model.head.params["W_hy"].dtype
     x, y = data.x_train.astype(dtype), data.y_train
     optimizer, history = make_optimizer(model, lr), []
     for epoch in range(epochs):
-        losses = [train_step(model, optimizer, x[idx], y[idx]) for idx in batches(len(x), batch_size, seed, epoch)]
+        losses = [
+            train_step(model, optimizer, x[idx], y[idx])
+            for idx in batches(len(x), batch_size, seed, epoch)
+        ]
         history.append(float(np.mean(losses)))
         if on_epoch:
             on_epoch(epoch, history[-1])

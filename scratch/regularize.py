@@ -47,11 +47,19 @@ class Dropout:
 class BatchNorm:
     """Batch normalisation of dense (B, D) input over B, or conv (B, C, H, W) input over B, H, W."""
 
-    def __init__(self, num_features: int, *, momentum: float = 0.1, eps: float = 1e-5, dtype=np.float64):
+    def __init__(
+        self, num_features: int, *, momentum: float = 0.1, eps: float = 1e-5, dtype=np.float64
+    ):
         self.momentum, self.eps = momentum, eps
-        self.params = {"weight": np.ones(num_features, dtype), "bias": np.zeros(num_features, dtype)}  # gamma, beta
+        self.params = {
+            "weight": np.ones(num_features, dtype),
+            "bias": np.zeros(num_features, dtype),
+        }  # gamma, beta
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
-        self.buffers = {"running_mean": np.zeros(num_features, dtype), "running_var": np.ones(num_features, dtype)}
+        self.buffers = {
+            "running_mean": np.zeros(num_features, dtype),
+            "running_var": np.ones(num_features, dtype),
+        }
         self.training = True
         self.cache: dict[str, np.ndarray] = {}
 
@@ -61,7 +69,9 @@ class BatchNorm:
 
     @staticmethod
     def per_feature(v, x):
-        return v if x.ndim == 2 else v[None, :, None, None]  # (C,) -> (1, C, 1, 1) against (B, C, H, W)
+        return (
+            v if x.ndim == 2 else v[None, :, None, None]
+        )  # (C,) -> (1, C, 1, 1) against (B, C, H, W)
 
     def forward(self, x):
         axes = self.axes(x)
@@ -70,13 +80,17 @@ class BatchNorm:
             n = x.size // mean.size
             m = self.momentum
             self.buffers["running_mean"] = (1 - m) * self.buffers["running_mean"] + m * mean
-            self.buffers["running_var"] = (1 - m) * self.buffers["running_var"] + m * var * n / (n - 1)  # unbiased
+            self.buffers["running_var"] = (1 - m) * self.buffers["running_var"] + m * var * n / (
+                n - 1
+            )  # unbiased
         else:
             mean, var = self.buffers["running_mean"], self.buffers["running_var"]
         inv_std = 1 / np.sqrt(var + self.eps)
         x_hat = (x - self.per_feature(mean, x)) * self.per_feature(inv_std, x)
         self.cache = {"x_hat": x_hat, "inv_std": inv_std}
-        return self.per_feature(self.params["weight"], x) * x_hat + self.per_feature(self.params["bias"], x)
+        return self.per_feature(self.params["weight"], x) * x_hat + self.per_feature(
+            self.params["bias"], x
+        )
 
     def backward(self, dy):
         x_hat, inv_std = self.cache["x_hat"], self.cache["inv_std"]
@@ -90,7 +104,9 @@ class BatchNorm:
         # the mean and variance depend on every x of the batch: d x = (n dx_hat - sum dx_hat - x_hat sum dx_hat x_hat) / (n std)
         sum_dx_hat = self.per_feature(dx_hat.sum(axis=axes), dy)
         sum_dx_hat_x_hat = self.per_feature((dx_hat * x_hat).sum(axis=axes), dy)
-        return (n * dx_hat - sum_dx_hat - x_hat * sum_dx_hat_x_hat) * self.per_feature(inv_std, dy) / n
+        return (
+            (n * dx_hat - sum_dx_hat - x_hat * sum_dx_hat_x_hat) * self.per_feature(inv_std, dy) / n
+        )
 
 
 def set_mask(layer: Dropout, mask) -> None:

@@ -46,11 +46,17 @@ class LayerNorm:
 
     def backward(self, dy):
         xhat, inv = self.cache["xhat"], self.cache["inv"]
-        self.grads["weight"] = (dy * xhat).reshape(-1, xhat.shape[-1]).sum(axis=0)  # (B, T, E) -> (E,)
+        self.grads["weight"] = (
+            (dy * xhat).reshape(-1, xhat.shape[-1]).sum(axis=0)
+        )  # (B, T, E) -> (E,)
         self.grads["bias"] = dy.reshape(-1, dy.shape[-1]).sum(axis=0)
         dxhat = dy * self.params["weight"]
         # d/dx of (x - mu) * inv, with mu and inv both depending on x
-        return inv * (dxhat - dxhat.mean(axis=-1, keepdims=True) - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True))
+        return inv * (
+            dxhat
+            - dxhat.mean(axis=-1, keepdims=True)
+            - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True)
+        )
 
 
 class ReLU:
@@ -78,8 +84,13 @@ class GELU:
         x = self.cache["x"]
         if self.approximate:
             t = np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3))
-            return dy * (0.5 * (1 + t) + 0.5 * x * (1 - t**2) * np.sqrt(2 / np.pi) * (1 + 3 * 0.044715 * x**2))
-        return dy * (0.5 * (1 + erf(x / np.sqrt(2))) + x * np.exp(-0.5 * x**2) / np.sqrt(2 * np.pi))  # Phi + x phi
+            return dy * (
+                0.5 * (1 + t)
+                + 0.5 * x * (1 - t**2) * np.sqrt(2 / np.pi) * (1 + 3 * 0.044715 * x**2)
+            )
+        return dy * (
+            0.5 * (1 + erf(x / np.sqrt(2))) + x * np.exp(-0.5 * x**2) / np.sqrt(2 * np.pi)
+        )  # Phi + x phi
 
 
 def make_activation(cfg: TransformerConfig):
@@ -99,7 +110,9 @@ class Block:
         self.ln2 = LayerNorm(cfg.d_model, cfg.ln_eps, dtype=dtype)
 
     def feed_forward(self, x):
-        return self.ff2.forward(self.activation.forward(self.ff1.forward(x)))  # (B, T, E) -> (B, T, d_ff) -> (B, T, E)
+        return self.ff2.forward(
+            self.activation.forward(self.ff1.forward(x))
+        )  # (B, T, E) -> (B, T, d_ff) -> (B, T, E)
 
     def feed_forward_backward(self, dy):
         return self.ff1.backward(self.activation.backward(self.ff2.backward(dy)))

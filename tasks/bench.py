@@ -51,9 +51,14 @@ def conv2d_loop(x, w, b):
 def limit_threads(n: int) -> None:
     """One thread pool size for every framework; must run before any framework is imported."""
     os.environ["OMP_NUM_THREADS"] = str(n)  # torch
-    os.environ["TF_NUM_INTRAOP_THREADS"] = os.environ["TF_NUM_INTEROP_THREADS"] = str(n)  # TensorFlow
+    os.environ["TF_NUM_INTRAOP_THREADS"] = os.environ["TF_NUM_INTEROP_THREADS"] = str(
+        n
+    )  # TensorFlow
     if n == 1:  # XLA's CPU backend reads its flags once, at import
-        os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "")
+            + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        )
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(n)  # NumPy's BLAS
@@ -74,7 +79,9 @@ def step_fn(framework: str, cfg: LeNet5Config, params, x, y, lr: float):
         import tensorflow as tf
 
         xt, yt = tf.constant(x), tf.constant(y)
-        return lambda: float(impl.train_step(model, optimizer, xt, yt))  # float() waits for the result
+        return lambda: float(
+            impl.train_step(model, optimizer, xt, yt)
+        )  # float() waits for the result
     if framework == "jax_impl":
         import jax.numpy as jnp
 
@@ -100,7 +107,9 @@ def summary(samples: list[tuple[float, float]]) -> dict[str, float]:
 def bench_lenet5(batch: int = 64, repeats: int = 20, loop_repeats: int = 1) -> dict:
     cfg = LeNet5Config()
     rng = np.random.default_rng(0)
-    x = rng.uniform(0, 1, (batch, 1, cfg.image_size, cfg.image_size)).astype(np.float32)  # (B, 1, 32, 32)
+    x = rng.uniform(0, 1, (batch, 1, cfg.image_size, cfg.image_size)).astype(
+        np.float32
+    )  # (B, 1, 32, 32)
     y = rng.integers(0, cfg.n_classes, batch)
     params = weights.cast(weights.init_uniform(cfg.param_shapes(), 0), "float32")
     steps = {fw: step_fn(fw, cfg, params, x, y, lr=0.01) for fw in FRAMEWORKS}
@@ -121,10 +130,14 @@ def bench_lenet5(batch: int = 64, repeats: int = 20, loop_repeats: int = 1) -> d
     xt, wt, bt = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(b)
     conv1 = {
         "scratch im2col": summary([timed(lambda: conv.forward(x)) for _ in range(repeats)]),
-        "torch F.conv2d": summary([timed(lambda: torch.nn.functional.conv2d(xt, wt, bt)) for _ in range(repeats)]),
+        "torch F.conv2d": summary(
+            [timed(lambda: torch.nn.functional.conv2d(xt, wt, bt)) for _ in range(repeats)]
+        ),
         "lesson loop": summary([timed(lambda: conv2d_loop(x, w, b)) for _ in range(loop_repeats)]),
     }
-    ratio = lambda table, a, b: {clock: table[a][clock] / table[b][clock] for clock in ("wall", "cpu")}
+    ratio = lambda table, a, b: {
+        clock: table[a][clock] / table[b][clock] for clock in ("wall", "cpu")
+    }
     return {
         "model": "lenet5",
         "batch": batch,
@@ -139,7 +152,9 @@ def bench_lenet5(batch: int = 64, repeats: int = 20, loop_repeats: int = 1) -> d
 
 
 def print_lenet5(r: dict) -> None:
-    print(f"LeNet-5, one training step (forward + backward + SGD), batch {r['batch']}, {r['dtype']}, median of {r['repeats']}, {r['threads']} thread(s)")
+    print(
+        f"LeNet-5, one training step (forward + backward + SGD), batch {r['batch']}, {r['dtype']}, median of {r['repeats']}, {r['threads']} thread(s)"
+    )
     print(f"  {'':<14} {'wall ms':>9} {'vs torch':>9} {'CPU ms':>9} {'vs torch':>9}")
     for fw, t in r["step_ms"].items():
         v = r["step_vs_torch"][fw]
@@ -148,23 +163,34 @@ def print_lenet5(r: dict) -> None:
     for name, t in r["conv1_forward_ms"].items():
         print(f"  {name:<14} {t['wall']:9.2f} {'':9} {t['cpu']:9.2f}")
     lv, lt = r["loop_vs_scratch"], r["loop_vs_torch"]
-    print(f"  lesson loop / scratch im2col: {lv['wall']:.0f}x wall, {lv['cpu']:.0f}x CPU;  lesson loop / torch: {lt['wall']:.0f}x wall, {lt['cpu']:.0f}x CPU")
-    print(f"load average while running: {r['load_average']:.2f} on {os.cpu_count()} cores (on a shared machine trust CPU time and ratios)")
+    print(
+        f"  lesson loop / scratch im2col: {lv['wall']:.0f}x wall, {lv['cpu']:.0f}x CPU;  lesson loop / torch: {lt['wall']:.0f}x wall, {lt['cpu']:.0f}x CPU"
+    )
+    print(
+        f"load average while running: {r['load_average']:.2f} on {os.cpu_count()} cores (on a shared machine trust CPU time and ratios)"
+    )
 
 
 BENCHMARKS = {"lenet5": (bench_lenet5, print_lenet5)}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tasks.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tasks.bench", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("model", help=f"one of: {', '.join(BENCHMARKS)}")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1, help="threads per framework (default 1)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object instead of the table"
+    )
     args = parser.parse_args(argv)
     if args.model not in BENCHMARKS:
-        print(f"error: no benchmark for model {args.model!r}; choose from: {', '.join(BENCHMARKS)}", file=sys.stderr)
+        print(
+            f"error: no benchmark for model {args.model!r}; choose from: {', '.join(BENCHMARKS)}",
+            file=sys.stderr,
+        )
         return 2
     if args.batch < 1 or args.repeats < 1 or args.threads < 1:
         print("error: --batch, --repeats and --threads must be positive integers", file=sys.stderr)

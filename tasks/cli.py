@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -24,7 +23,12 @@ from tasks import parity as parity_mod
 from tasks.data import DataFileError
 from tasks.registry import FRAMEWORK_ALIASES, MODELS, resolve_framework
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None, help=__doc__.split("\n")[0])
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help=__doc__.split("\n")[0],
+)
 out = Console(width=None if sys.stdout.isatty() else 140)  # tables go to stdout
 err = Console(stderr=True)  # progress and messages go to stderr, so --json output stays clean
 
@@ -45,7 +49,9 @@ def check_frameworks(name: str) -> list[str]:
     try:
         return resolve_framework(name)
     except KeyError:
-        fail(f"unknown framework {name!r}; choose from: all, {', '.join(sorted(set(FRAMEWORK_ALIASES)))}")
+        fail(
+            f"unknown framework {name!r}; choose from: all, {', '.join(sorted(set(FRAMEWORK_ALIASES)))}"
+        )
 
 
 class EpochProgress:
@@ -60,20 +66,36 @@ class EpochProgress:
 
 
 # what the per-epoch number of a progress bar is: a mean loss, or the perceptron's count of mistakes
-METRICS = {"loss": "loss {task.fields[loss]:.4f}", "mistakes": "mistakes {task.fields[loss]:.0f}", None: ""}
+METRICS = {
+    "loss": "loss {task.fields[loss]:.4f}",
+    "mistakes": "mistakes {task.fields[loss]:.0f}",
+    None: "",
+}
 
 
 def progress_bar(enabled: bool, metric: str | None = "loss") -> Progress:
-    columns = [TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TextColumn(METRICS[metric]), TimeElapsedColumn()]
+    columns = [
+        TextColumn("{task.description:<10}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(METRICS[metric]),
+        TimeElapsedColumn(),
+    ]
     return Progress(*columns, console=err, disable=not enabled, transient=False)
 
 
 def fmt(value, spec: str) -> str:
-    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+    return (
+        "—"
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else format(value, spec)
+    )
 
 
 # ----------------------------------------------------------------------------- train
-def train_model(model: str, task: str | None, frameworks: list[str], opts, show_progress: bool) -> dict:
+def train_model(
+    model: str, task: str | None, frameworks: list[str], opts, show_progress: bool
+) -> dict:
     import importlib
 
     entry = MODELS[model]
@@ -92,46 +114,85 @@ def print_train(result: dict) -> None:
     import importlib
 
     runner = importlib.import_module(MODELS[result["model"]].runner)
-    if hasattr(runner, "print_train"):  # a model with its own table (the perceptron: mistakes, not a loss)
+    if hasattr(
+        runner, "print_train"
+    ):  # a model with its own table (the perceptron: mistakes, not a loss)
         return runner.print_train(result, out)
-    table = Table(title=f"{result['model']} on {result['task']} ({result['n_train']} train / {result['n_test']} test)")
-    for col in ("framework", "final train loss", "test accuracy", "s / epoch", "max |Δparam| vs scratch"):
+    table = Table(
+        title=f"{result['model']} on {result['task']} ({result['n_train']} train / {result['n_test']} test)"
+    )
+    for col in (
+        "framework",
+        "final train loss",
+        "test accuracy",
+        "s / epoch",
+        "max |Δparam| vs scratch",
+    ):
         table.add_column(col, justify="left" if col == "framework" else "right")
     for r in result["results"]:
-        table.add_row(r["framework"], fmt(r["final_loss"], ".4f"), fmt(r["test_accuracy"], ".4f"), fmt(r["seconds_per_epoch"], ".3f"), fmt(r["max_param_diff_vs_scratch"], ".2e"))
+        table.add_row(
+            r["framework"],
+            fmt(r["final_loss"], ".4f"),
+            fmt(r["test_accuracy"], ".4f"),
+            fmt(r["seconds_per_epoch"], ".3f"),
+            fmt(r["max_param_diff_vs_scratch"], ".2e"),
+        )
     out.print(table)
     if "baselines" in result:  # a language model: its held-out loss against the unigram model's
         losses = ", ".join(f"{r['framework']} {r['test_loss']:.4f}" for r in result["results"])
-        out.print(f"test loss: {losses}; baselines: " + ", ".join(f"{k} {v:.4f}" for k, v in result["baselines"].items()), highlight=False)
+        out.print(
+            f"test loss: {losses}; baselines: "
+            + ", ".join(f"{k} {v:.4f}" for k, v in result["baselines"].items()),
+            highlight=False,
+        )
 
 
 @app.command()
 def train(
     model: str = typer.Argument(..., help=f"one of: {', '.join(MODELS)}"),
-    task: Optional[str] = typer.Option(None, help="task name (default: the model's first task)"),
+    task: str | None = typer.Option(None, help="task name (default: the model's first task)"),
     framework: str = typer.Option("all", help="scratch, torch, tf, jax, or all"),
-    epochs: Optional[int] = typer.Option(None, help="epochs (default: per task)"),
-    lr: Optional[float] = typer.Option(None, help="learning rate (default: per task)"),
-    batch_size: Optional[int] = typer.Option(None, help="mini-batch size (default: per task)"),
-    hidden: Optional[str] = typer.Option(None, help="hidden layer sizes, comma separated, e.g. 64,32"),
-    activation: Optional[str] = typer.Option(None, help="relu, tanh, sigmoid or leaky_relu"),
-    pooling: Optional[str] = typer.Option(None, help="lenet5: avg or max"),
+    epochs: int | None = typer.Option(None, help="epochs (default: per task)"),
+    lr: float | None = typer.Option(None, help="learning rate (default: per task)"),
+    batch_size: int | None = typer.Option(None, help="mini-batch size (default: per task)"),
+    hidden: str | None = typer.Option(None, help="hidden layer sizes, comma separated, e.g. 64,32"),
+    activation: str | None = typer.Option(None, help="relu, tanh, sigmoid or leaky_relu"),
+    pooling: str | None = typer.Option(None, help="lenet5: avg or max"),
     seed: int = typer.Option(0, help="seed for the split, the initial weights and the batch order"),
     dtype: str = typer.Option("float32", help="float32 or float64"),
-    data_dir: Optional[str] = typer.Option(None, help="folder with MNIST IDX files (task mnist)"),
+    data_dir: str | None = typer.Option(None, help="folder with MNIST IDX files (task mnist)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON document to stdout"),
-    optimizer: Optional[str] = typer.Option(None, help="sgd, momentum, nesterov, rmsprop, adam or adamw (default: the model's own, sgd; adam for attention and transformer)"),
+    optimizer: str | None = typer.Option(
+        None,
+        help="sgd, momentum, nesterov, rmsprop, adam or adamw (default: the model's own, sgd; adam for attention and transformer)",
+    ),
     momentum: float = typer.Option(0.9, help="momentum / nesterov coefficient"),
     weight_decay: float = typer.Option(0.0, help="decoupled weight decay (adamw)"),
-    schedule: str = typer.Option("constant", help="constant, cosine or step (over the whole run, after warmup)"),
+    schedule: str = typer.Option(
+        "constant", help="constant, cosine or step (over the whole run, after warmup)"
+    ),
     warmup_steps: int = typer.Option(0, help="linear learning-rate warmup, in updates"),
-    clip_norm: Optional[float] = typer.Option(None, help="clip the global gradient norm to this"),
-    init: Optional[str] = typer.Option(None, help="mlp, lenet5: uniform, he_normal, he_uniform, xavier_normal or xavier_uniform"),
-    dropout: Optional[float] = typer.Option(None, help="mlp, lenet5: dropout probability after each hidden dense activation"),
-    batch_norm: bool = typer.Option(False, "--batch-norm", help="mlp, lenet5: batch norm before each hidden activation (lenet5: after each conv too)"),
-    l2: Optional[float] = typer.Option(None, help="mlp, lenet5: L2 penalty (l2/2)·Σp² added to the loss (not decoupled decay)"),
-    patience: Optional[int] = typer.Option(None, help="early stopping: epochs without a better validation loss"),
-    plot: Optional[str] = typer.Option(None, help="write the four training-loss curves to this image file"),
+    clip_norm: float | None = typer.Option(None, help="clip the global gradient norm to this"),
+    init: str | None = typer.Option(
+        None, help="mlp, lenet5: uniform, he_normal, he_uniform, xavier_normal or xavier_uniform"
+    ),
+    dropout: float | None = typer.Option(
+        None, help="mlp, lenet5: dropout probability after each hidden dense activation"
+    ),
+    batch_norm: bool = typer.Option(
+        False,
+        "--batch-norm",
+        help="mlp, lenet5: batch norm before each hidden activation (lenet5: after each conv too)",
+    ),
+    l2: float | None = typer.Option(
+        None, help="mlp, lenet5: L2 penalty (l2/2)·Σp² added to the loss (not decoupled decay)"
+    ),
+    patience: int | None = typer.Option(
+        None, help="early stopping: epochs without a better validation loss"
+    ),
+    plot: str | None = typer.Option(
+        None, help="write the four training-loss curves to this image file"
+    ),
 ):
     """Train MODEL in one or all frameworks from the same initial weights and compare."""
     from tasks.configs import ACTIVATIONS, LENET_ACTIVATIONS, POOLINGS
@@ -150,11 +211,15 @@ def train(
     from tasks.configs import FF_ACTIVATIONS
 
     if model == "transformer" and activation is not None and activation not in FF_ACTIVATIONS:
-        fail(f"unknown activation {activation!r} for transformer; choose from: {', '.join(FF_ACTIVATIONS)}")
+        fail(
+            f"unknown activation {activation!r} for transformer; choose from: {', '.join(FF_ACTIVATIONS)}"
+        )
     if model != "transformer" and activation is not None and activation not in ACTIVATIONS:
         fail(f"unknown activation {activation!r}; choose from: {', '.join(ACTIVATIONS)}")
     if model == "lenet5" and activation is not None and activation not in LENET_ACTIVATIONS:
-        fail(f"unknown activation {activation!r} for lenet5; choose from: {', '.join(LENET_ACTIVATIONS)}")
+        fail(
+            f"unknown activation {activation!r} for lenet5; choose from: {', '.join(LENET_ACTIVATIONS)}"
+        )
     if pooling is not None and pooling not in POOLINGS:
         fail(f"unknown pooling {pooling!r}; choose from: {', '.join(POOLINGS)}")
     sizes = None
@@ -167,9 +232,35 @@ def train(
             fail(f"--hidden must be positive integers separated by commas, got {hidden!r}")
         if model in ("rnn", "lstm", "gru") and len(sizes) != 1:
             fail(f"--hidden: a recurrent network has one hidden size, got {hidden!r}")
-    regularised = check_training_options(model, optimizer, momentum, weight_decay, schedule, warmup_steps, clip_norm, init, dropout, batch_norm, patience, l2)
-    opts = TrainOptions(epochs=epochs, lr=lr, batch_size=batch_size, hidden=sizes, activation=activation, pooling=pooling, seed=seed, dtype=dtype, data_dir=data_dir, **regularised)
-    result = train_model(model, task, frameworks, opts, show_progress=sys.stderr.isatty() or not as_json)
+    regularised = check_training_options(
+        model,
+        optimizer,
+        momentum,
+        weight_decay,
+        schedule,
+        warmup_steps,
+        clip_norm,
+        init,
+        dropout,
+        batch_norm,
+        patience,
+        l2,
+    )
+    opts = TrainOptions(
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        hidden=sizes,
+        activation=activation,
+        pooling=pooling,
+        seed=seed,
+        dtype=dtype,
+        data_dir=data_dir,
+        **regularised,
+    )
+    result = train_model(
+        model, task, frameworks, opts, show_progress=sys.stderr.isatty() or not as_json
+    )
     if plot and result["results"]:
         from tasks.train import plot_curves
 
@@ -185,7 +276,20 @@ def train(
             err.print(f"loss curves written to {plot}")
 
 
-def check_training_options(model, optimizer, momentum, weight_decay, schedule, warmup_steps, clip_norm, init, dropout, batch_norm, patience, l2=None) -> dict:
+def check_training_options(
+    model,
+    optimizer,
+    momentum,
+    weight_decay,
+    schedule,
+    warmup_steps,
+    clip_norm,
+    init,
+    dropout,
+    batch_norm,
+    patience,
+    l2=None,
+) -> dict:
     """Validate the optimiser / regularisation flags (exit 2 with one line); the TrainOptions fields."""
     from tasks.configs import INITS, OPTIMIZER_NAMES, SCHEDULES
 
@@ -196,7 +300,9 @@ def check_training_options(model, optimizer, momentum, weight_decay, schedule, w
     if not 0 <= momentum < 1:
         fail(f"--momentum must be in [0, 1), got {momentum}")
     if weight_decay < 0 or (weight_decay and optimizer != "adamw"):
-        fail(f"--weight-decay (decoupled) needs --optimizer adamw and a value >= 0, got {weight_decay} with {optimizer}")
+        fail(
+            f"--weight-decay (decoupled) needs --optimizer adamw and a value >= 0, got {weight_decay} with {optimizer}"
+        )
     if warmup_steps < 0:
         fail(f"--warmup-steps must be >= 0, got {warmup_steps}")
     if clip_norm is not None and not (clip_norm > 0 and math.isfinite(clip_norm)):
@@ -211,10 +317,22 @@ def check_training_options(model, optimizer, momentum, weight_decay, schedule, w
         fail(f"--l2 must be a number >= 0, got {l2}")
     from tasks.train import REGULARISED
 
-    if model not in REGULARISED and (init is not None or dropout is not None or batch_norm or l2 is not None):
-        fail(f"--init, --dropout, --batch-norm and --l2 are for {' and '.join(REGULARISED)}, whose configs have those layers; not {model}")
-    if model == "perceptron" and (optimizer is not None or schedule != "constant" or warmup_steps or clip_norm is not None or patience is not None):
-        fail("the perceptron learns by its own mistake-driven rule: --optimizer, --schedule, --warmup-steps, --clip-norm and --patience do not apply")
+    if model not in REGULARISED and (
+        init is not None or dropout is not None or batch_norm or l2 is not None
+    ):
+        fail(
+            f"--init, --dropout, --batch-norm and --l2 are for {' and '.join(REGULARISED)}, whose configs have those layers; not {model}"
+        )
+    if model == "perceptron" and (
+        optimizer is not None
+        or schedule != "constant"
+        or warmup_steps
+        or clip_norm is not None
+        or patience is not None
+    ):
+        fail(
+            "the perceptron learns by its own mistake-driven rule: --optimizer, --schedule, --warmup-steps, --clip-norm and --patience do not apply"
+        )
     return dict(optimizer=optimizer, momentum=momentum, weight_decay=weight_decay, schedule=schedule, warmup_steps=warmup_steps,
                 clip_norm=clip_norm, init=init, dropout=dropout, batch_norm=batch_norm, patience=patience, l2=l2)  # fmt: skip
 
@@ -236,7 +354,11 @@ def print_parity(records: list[dict]) -> None:
     """The largest error per model, framework, reference, dtype and check kind."""
     groups: dict[tuple, dict] = {}
     for r in records:
-        check = r["tensor"].split(".")[0] if r["tensor"].split(".")[0] in ("grad", "roundtrip", "sgd", "rule", "trajectory") else "forward"
+        check = (
+            r["tensor"].split(".")[0]
+            if r["tensor"].split(".")[0] in ("grad", "roundtrip", "sgd", "rule", "trajectory")
+            else "forward"
+        )
         key = (r["model"], r["framework"], r["reference"], r["dtype"], check)
         g = groups.setdefault(key, {"worst": r, "n": 0, "failed": 0})
         g["n"] += 1
@@ -244,12 +366,32 @@ def print_parity(records: list[dict]) -> None:
         if r["rel_error"] > g["worst"]["rel_error"]:
             g["worst"] = r
     table = Table(title="parity: largest relative error per check")
-    for col in ("model", "framework", "vs", "dtype", "check", "worst tensor", "rel error", "tolerance", "ok"):
+    for col in (
+        "model",
+        "framework",
+        "vs",
+        "dtype",
+        "check",
+        "worst tensor",
+        "rel error",
+        "tolerance",
+        "ok",
+    ):
         table.add_column(col)
     for (model, fw, ref, dtype, check), g in groups.items():
         w = g["worst"]
         ok = "yes" if not g["failed"] else f"NO ({g['failed']}/{g['n']})"
-        table.add_row(model, fw, ref, dtype, check, f"{w['case']}:{w['tensor']}", f"{w['rel_error']:.1e}", f"{w['tolerance']:.0e}", ok)
+        table.add_row(
+            model,
+            fw,
+            ref,
+            dtype,
+            check,
+            f"{w['case']}:{w['tensor']}",
+            f"{w['rel_error']:.1e}",
+            f"{w['tolerance']:.0e}",
+            ok,
+        )
     out.print(table)
     failed = sum(not r["passed"] for r in records)
     out.print(f"{len(records) - failed} passed, {failed} failed")
@@ -257,7 +399,9 @@ def print_parity(records: list[dict]) -> None:
 
 @app.command()
 def parity(
-    models: Optional[list[str]] = typer.Argument(None, help=f"models to check (default: all): {', '.join(MODELS)}"),
+    models: list[str] | None = typer.Argument(
+        None, help=f"models to check (default: all): {', '.join(MODELS)}"
+    ),
     framework: str = typer.Option("all", help="frameworks to compare with scratch, or all"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON list of records to stdout"),
 ):
@@ -277,13 +421,21 @@ def parity(
 
 # ----------------------------------------------------------------------------- the main job
 @app.command(name="all")
-def all_models(as_json: bool = typer.Option(False, "--json", help="print one JSON document to stdout")):
+def all_models(
+    as_json: bool = typer.Option(False, "--json", help="print one JSON document to stdout"),
+):
     """The main job: train every model on its default task in all four frameworks, then run parity."""
     from tasks.train import TrainOptions
 
     trained = []
-    for model, entry in MODELS.items():
-        result = train_model(model, None, list(resolve_framework("all")), TrainOptions(), show_progress=not as_json or sys.stderr.isatty())
+    for model in MODELS:
+        result = train_model(
+            model,
+            None,
+            list(resolve_framework("all")),
+            TrainOptions(),
+            show_progress=not as_json or sys.stderr.isatty(),
+        )
         trained.append(result)
         if not as_json:
             print_train(result)
@@ -301,11 +453,23 @@ def all_models(as_json: bool = typer.Option(False, "--json", help="print one JSO
 def list_models():
     """List the models, their tasks and the frameworks."""
     for name, entry in MODELS.items():
-        out.print(f"{name:<12} tasks: {', '.join(entry.tasks):<28} {entry.summary}", highlight=False)
+        out.print(
+            f"{name:<12} tasks: {', '.join(entry.tasks):<28} {entry.summary}", highlight=False
+        )
 
 
 # ----------------------------------------------------------------------------- saliency
-def saliency_maps(model: str, task: str, frameworks: list[str], n_images: int, weights_path: str | None, epochs: int | None, seed: int, dtype: str, data_dir: str | None):
+def saliency_maps(
+    model: str,
+    task: str,
+    frameworks: list[str],
+    n_images: int,
+    weights_path: str | None,
+    epochs: int | None,
+    seed: int,
+    dtype: str,
+    data_dir: str | None,
+):
     """Test images, their labels, and each framework's d loss / d input for them, from one set of weights.
 
     The weights come from `weights_path` (canonical safetensors) or from training scratch with the
@@ -318,21 +482,31 @@ def saliency_maps(model: str, task: str, frameworks: list[str], n_images: int, w
     from tasks.registry import load_impl
     from tasks.train import TrainOptions, make_config, prepare
 
-    opts = TrainOptions(epochs=epochs, seed=seed, dtype=dtype, data_dir=data_dir).with_defaults(model, task)
+    opts = TrainOptions(epochs=epochs, seed=seed, dtype=dtype, data_dir=data_dir).with_defaults(
+        model, task
+    )
     data = prepare(model, load_task(task, seed=seed, data_dir=data_dir))
     if data.x_test.ndim != 4:
-        fail(f"saliency needs image inputs (B, C, H, W); model {model} on {task} takes {data.x_test.shape[1:]}")
+        fail(
+            f"saliency needs image inputs (B, C, H, W); model {model} on {task} takes {data.x_test.shape[1:]}"
+        )
     cfg = make_config(model, data, opts)
     if weights_path:
-        params = weights.cast(weights.load(weights_path), dtype)  # each load_canonical checks names and shapes
+        params = weights.cast(
+            weights.load(weights_path), dtype
+        )  # each load_canonical checks names and shapes
     else:
         # train in float32 (fast; the weights need to be good, not exact), then compare in `dtype`
         impl = load_impl("scratch", model)
         net = impl.create_model(cfg, seed=seed, dtype="float32")
-        impl.load_canonical(net, weights.cast(weights.init_uniform(cfg.param_shapes(), seed), "float32"))
+        impl.load_canonical(
+            net, weights.cast(weights.init_uniform(cfg.param_shapes(), seed), "float32")
+        )
         impl.train(net, data, epochs=opts.epochs, lr=opts.lr, batch_size=opts.batch_size, seed=seed)
         params = weights.cast(impl.export_canonical(net), dtype)
-    pick = [int(np.flatnonzero(data.y_test == c)[0]) for c in np.unique(data.y_test)][:n_images]  # one image per class
+    pick = [int(np.flatnonzero(data.y_test == c)[0]) for c in np.unique(data.y_test)][
+        :n_images
+    ]  # one image per class
     x, y = data.x_test[pick].astype(dtype), data.y_test[pick]
     maps = {}
     for fw in frameworks:
@@ -340,7 +514,9 @@ def saliency_maps(model: str, task: str, frameworks: list[str], n_images: int, w
         net = impl.create_model(cfg, seed=seed, dtype=dtype)
         impl.load_canonical(net, params)
         # the gradient of the *mean* loss is 1/B of each image's own: scale back to per image
-        maps[fw] = impl.forward_backward(net, x, y)["grad.input"][:, 0] * len(x)  # (B, 1, H, W) -> (B, H, W)
+        maps[fw] = impl.forward_backward(net, x, y)["grad.input"][:, 0] * len(
+            x
+        )  # (B, 1, H, W) -> (B, H, W)
     return x[:, 0], y, maps
 
 
@@ -348,14 +524,20 @@ def saliency_maps(model: str, task: str, frameworks: list[str], n_images: int, w
 def saliency(
     model: str = typer.Argument(..., help="an image model, e.g. lenet5"),
     framework: str = typer.Option("all", help="scratch, torch, tf, jax, or all"),
-    task: Optional[str] = typer.Option(None, help="task name (default: the model's first task)"),
+    task: str | None = typer.Option(None, help="task name (default: the model's first task)"),
     images: int = typer.Option(4, help="how many test images (rows)"),
-    weights_path: Optional[str] = typer.Option(None, "--weights", help="canonical safetensors weights (default: train scratch with the task's defaults)"),
-    epochs: Optional[int] = typer.Option(None, help="epochs of that scratch training (default: per task)"),
+    weights_path: str | None = typer.Option(
+        None,
+        "--weights",
+        help="canonical safetensors weights (default: train scratch with the task's defaults)",
+    ),
+    epochs: int | None = typer.Option(
+        None, help="epochs of that scratch training (default: per task)"
+    ),
     out_path: str = typer.Option("saliency.png", "--out", help="the PNG to write"),
     seed: int = typer.Option(0, help="seed for the split, the initial weights and the batch order"),
     dtype: str = typer.Option("float64", help="float64 or float32"),
-    data_dir: Optional[str] = typer.Option(None, help="folder with MNIST IDX files (task mnist)"),
+    data_dir: str | None = typer.Option(None, help="folder with MNIST IDX files (task mnist)"),
 ):
     """Write one PNG with the input-gradient (saliency) maps of each framework side by side."""
     check_model(model)
@@ -371,7 +553,9 @@ def saliency(
     from tasks.weights import CanonicalWeightsError
 
     try:
-        x, y, maps = saliency_maps(model, task, frameworks, images, weights_path, epochs, seed, dtype, data_dir)
+        x, y, maps = saliency_maps(
+            model, task, frameworks, images, weights_path, epochs, seed, dtype, data_dir
+        )
     except (DataFileError, FileNotFoundError, CanonicalWeightsError) as e:
         fail(str(e))
     import matplotlib
@@ -380,9 +564,13 @@ def saliency(
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, axes = plt.subplots(len(x), 1 + len(maps), figsize=(2 * (1 + len(maps)), 2 * len(x)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(x), 1 + len(maps), figsize=(2 * (1 + len(maps)), 2 * len(x)), squeeze=False
+    )
     for row in range(len(x)):
-        scale = max(float(np.abs(m[row]).max()) for m in maps.values()) or 1.0  # one colour scale per row
+        scale = (
+            max(float(np.abs(m[row]).max()) for m in maps.values()) or 1.0
+        )  # one colour scale per row
         axes[row, 0].imshow(x[row], cmap="gray")
         axes[row, 0].set_title(f"label {y[row]}" if row else f"input\nlabel {y[row]}", fontsize=9)
         for col, (fw, m) in enumerate(maps.items(), start=1):
@@ -392,12 +580,23 @@ def saliency(
     for ax in axes.flat:
         ax.set_xticks([]), ax.set_yticks([])
     reference = maps.get("scratch")
-    diffs = {fw: float(np.max(np.abs(m - reference)) / np.max(np.abs(reference))) for fw, m in maps.items() if reference is not None and fw != "scratch"}
-    fig.suptitle(f"{model}: d loss / d input ({dtype})" + (f"\nmax rel. diff vs scratch {max(diffs.values()):.1e}" if diffs else ""), fontsize=10)
+    diffs = {
+        fw: float(np.max(np.abs(m - reference)) / np.max(np.abs(reference)))
+        for fw, m in maps.items()
+        if reference is not None and fw != "scratch"
+    }
+    fig.suptitle(
+        f"{model}: d loss / d input ({dtype})"
+        + (f"\nmax rel. diff vs scratch {max(diffs.values()):.1e}" if diffs else ""),
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(out_path, dpi=100)
     plt.close(fig)
-    print(f"wrote {out_path}: {len(x)} test images x {len(maps)} frameworks" + "".join(f"; {fw} vs scratch {d:.1e}" for fw, d in diffs.items()))
+    print(
+        f"wrote {out_path}: {len(x)} test images x {len(maps)} frameworks"
+        + "".join(f"; {fw} vs scratch {d:.1e}" for fw, d in diffs.items())
+    )
 
 
 # ----------------------------------------------------------------------------- sample
@@ -408,10 +607,18 @@ def sample(
     prompt: str = typer.Option("Beautiful", help="the text to continue"),
     temperature: float = typer.Option(0.8, help="softmax temperature: < 1 is safer, > 1 wilder"),
     length: int = typer.Option(200, help="characters to generate"),
-    seed: int = typer.Option(0, help="seed for the split, the initial weights, the batch order and the sampling"),
-    epochs: Optional[int] = typer.Option(None, help="training epochs when no saved run exists (default: per model)"),
-    hidden: Optional[int] = typer.Option(None, help="hidden size H (default: per model)"),
-    weights_path: Optional[str] = typer.Option(None, "--weights", help="canonical safetensors file to load or to write (default: under runs/)"),
+    seed: int = typer.Option(
+        0, help="seed for the split, the initial weights, the batch order and the sampling"
+    ),
+    epochs: int | None = typer.Option(
+        None, help="training epochs when no saved run exists (default: per model)"
+    ),
+    hidden: int | None = typer.Option(None, help="hidden size H (default: per model)"),
+    weights_path: str | None = typer.Option(
+        None,
+        "--weights",
+        help="canonical safetensors file to load or to write (default: under runs/)",
+    ),
     retrain: bool = typer.Option(False, "--retrain", help="train even if the run file exists"),
 ):
     """Print seeded text from a character-level model trained on the Zen of Python and stdlib docstrings.
@@ -423,7 +630,7 @@ def sample(
     from tasks.train import TrainOptions
 
     if check_model(model) not in ("rnn", "lstm", "gru"):
-        fail(f"sample needs a character model; choose from: rnn, lstm, gru")
+        fail("sample needs a character model; choose from: rnn, lstm, gru")
     frameworks = check_frameworks(framework)
     if len(frameworks) != 1:
         fail("--framework: choose one of scratch, torch, tf, jax")
@@ -436,11 +643,26 @@ def sample(
     opts = TrainOptions(epochs=epochs, hidden=(hidden,) if hidden else None, seed=seed)
     with progress_bar(sys.stderr.isatty()) as bar:
         try:
-            result = sampling.sample(model, frameworks[0], prompt, temperature=temperature, length=length, opts=opts, path=weights_path, retrain=retrain, progress=EpochProgress(bar))
-        except ValueError as e:  # a prompt character outside the vocabulary, or weights of another shape
+            result = sampling.sample(
+                model,
+                frameworks[0],
+                prompt,
+                temperature=temperature,
+                length=length,
+                opts=opts,
+                path=weights_path,
+                retrain=retrain,
+                progress=EpochProgress(bar),
+            )
+        except (
+            ValueError
+        ) as e:  # a prompt character outside the vocabulary, or weights of another shape
             fail(str(e).splitlines()[0])
     how = "trained and saved to" if result["trained"] else "loaded from"
-    print(f"{model} ({frameworks[0]}) {how} {result['weights']}; validation loss {result['test_loss']:.4f}, unigram baseline {result['baselines']['unigram_test_loss']:.4f}", file=sys.stderr)
+    print(
+        f"{model} ({frameworks[0]}) {how} {result['weights']}; validation loss {result['test_loss']:.4f}, unigram baseline {result['baselines']['unigram_test_loss']:.4f}",
+        file=sys.stderr,
+    )
     print(result["text"])
 
 
@@ -450,7 +672,9 @@ def attention_map(
     model: str = typer.Option("attention", help="attention or transformer"),
     framework: str = typer.Option("all", help="scratch, torch, tf, jax, or all (side by side)"),
     out_path: str = typer.Option("attention-map.png", "--out", help="the PNG file to write"),
-    epochs: int = typer.Option(4, help="scratch training epochs on the reverse task first (0: the seeded initial weights)"),
+    epochs: int = typer.Option(
+        4, help="scratch training epochs on the reverse task first (0: the seeded initial weights)"
+    ),
     example: int = typer.Option(0, help="which held-out sequence to show"),
     layer: int = typer.Option(-1, help="which block's attention (transformer; -1 = the last)"),
     head: int = typer.Option(0, help="which head"),
@@ -468,7 +692,9 @@ def attention_map(
     from tasks.train import TrainOptions, initial_weights, make_config
 
     if model not in ("attention", "transformer"):
-        fail(f"attention-map draws an attention model; choose from: attention, transformer (got {model!r})")
+        fail(
+            f"attention-map draws an attention model; choose from: attention, transformer (got {model!r})"
+        )
     frameworks = check_frameworks(framework)
     if epochs < 0:
         fail(f"--epochs must be 0 or a positive integer, got {epochs}")
@@ -495,29 +721,41 @@ def attention_map(
         impl = load_impl(fw, model)
         net = impl.create_model(cfg, seed=seed, dtype="float64")
         impl.load_canonical(net, weights.cast(params, "float64"))
-        maps[fw] = impl.forward_backward(net, x, y)[f"attn_weights.{layer % n_maps}"][0, head]  # (T, T)
+        maps[fw] = impl.forward_backward(net, x, y)[f"attn_weights.{layer % n_maps}"][
+            0, head
+        ]  # (T, T)
 
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    labels = ["·" if t == 0 else str(t - 1) for t in x[0]]  # token t is digit t - 1; PAD shown as a dot
+    labels = [
+        "·" if t == 0 else str(t - 1) for t in x[0]
+    ]  # token t is digit t - 1; PAD shown as a dot
     fig, axes = plt.subplots(1, len(maps), figsize=(3.2 * len(maps), 3.6), squeeze=False)
     reference = maps.get("scratch", next(iter(maps.values())))
     for ax, (fw, w) in zip(axes[0], maps.items()):
         ax.imshow(w, vmin=0, vmax=1, cmap="viridis")
-        ax.set_title(f"{fw}\nmax |Δ| vs {'scratch' if 'scratch' in maps else frameworks[0]}: {np.abs(w - reference).max():.0e}", fontsize=9)
+        ax.set_title(
+            f"{fw}\nmax |Δ| vs {'scratch' if 'scratch' in maps else frameworks[0]}: {np.abs(w - reference).max():.0e}",
+            fontsize=9,
+        )
         ax.set_xticks(range(len(labels)), labels)
         ax.set_yticks(range(len(labels)), labels)
         ax.set_xlabel("key")
     axes[0][0].set_ylabel("query")
-    fig.suptitle(f"{model} on reverse, held-out example {example}, layer {layer % n_maps}, head {head}", fontsize=10)
+    fig.suptitle(
+        f"{model} on reverse, held-out example {example}, layer {layer % n_maps}, head {head}",
+        fontsize=10,
+    )
     fig.tight_layout(rect=(0, 0, 1, 0.92))  # leave room for the suptitle
     fig.savefig(out_path, dpi=120)
     plt.close(fig)
     worst = max(float(np.abs(w - reference).max()) for w in maps.values())
-    print(f"wrote {out_path}: {len(maps)} panel(s), largest difference between frameworks {worst:.1e}")
+    print(
+        f"wrote {out_path}: {len(maps)} panel(s), largest difference between frameworks {worst:.1e}"
+    )
 
 
 def main() -> None:

@@ -12,7 +12,12 @@ from dataclasses import dataclass
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "leaky_relu")
 # "uniform" is torch's nn.Linear default U(±1/sqrt(fan_in)); the others are the named initialisers
 INITS = ("uniform", "he_normal", "he_uniform", "xavier_normal", "xavier_uniform")
-BN_TENSORS = ("weight", "bias", "running_mean", "running_var")  # torch's BatchNorm names: gamma, beta, stats
+BN_TENSORS = (
+    "weight",
+    "bias",
+    "running_mean",
+    "running_var",
+)  # torch's BatchNorm names: gamma, beta, stats
 HEADS = ("sigmoid", "softmax")
 
 
@@ -31,11 +36,16 @@ class MLPConfig:
     """Multilayer perceptron: dense layers with one hidden activation and a classification head."""
 
     in_features: int = 2
-    hidden: tuple[int, ...] = (32, 32)  # one entry per hidden layer; () is logistic/softmax regression
+    hidden: tuple[int, ...] = (
+        32,
+        32,
+    )  # one entry per hidden layer; () is logistic/softmax regression
     n_classes: int = 2  # 2 with head="sigmoid" gives one logit; softmax gives n_classes logits
     activation: str = "relu"  # one of ACTIVATIONS
     head: str = "sigmoid"  # "sigmoid" + binary cross-entropy, or "softmax" + cross-entropy
-    leaky_slope: float = 0.01  # torch and jax default 0.01; Keras LeakyReLU defaults to 0.3, so pass it
+    leaky_slope: float = (
+        0.01  # torch and jax default 0.01; Keras LeakyReLU defaults to 0.3, so pass it
+    )
     dropout: float = 0.0  # drop probability after each hidden activation; 0 adds no layer at all
     batch_norm: bool = False  # BatchNorm between each hidden dense layer and its activation; the hidden layers then have no bias
     init: str = "uniform"  # one of INITS: the weight initialiser create_model uses (biases start at 0 except "uniform")
@@ -43,7 +53,9 @@ class MLPConfig:
 
     def __post_init__(self):
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {self.activation!r}; choose from {', '.join(ACTIVATIONS)}")
+            raise ValueError(
+                f"unknown activation {self.activation!r}; choose from {', '.join(ACTIVATIONS)}"
+            )
         if self.head not in HEADS:
             raise ValueError(f"unknown head {self.head!r}; choose from {', '.join(HEADS)}")
         if self.head == "sigmoid" and self.n_classes != 2:
@@ -65,7 +77,9 @@ class MLPConfig:
         shapes = {}
         for i, (n_in, n_out) in enumerate(zip(self.sizes[:-2], self.sizes[1:-1])):
             shapes[f"hidden.{i}.weight"] = (n_out, n_in)
-            if not self.batch_norm:  # a batch norm's mean subtraction would cancel the bias (its gradient is exactly 0)
+            if (
+                not self.batch_norm
+            ):  # a batch norm's mean subtraction would cancel the bias (its gradient is exactly 0)
                 shapes[f"hidden.{i}.bias"] = (n_out,)
         if self.batch_norm:  # gamma, beta and the running statistics of each hidden BatchNorm
             for i, n_out in enumerate(self.sizes[1:-1]):
@@ -99,16 +113,22 @@ class LeNet5Config:
     batch_norm: bool = False  # BatchNorm after conv1, conv2 (per channel), fc1, fc2 (per unit), before the activation
     dropout: float = 0.0  # drop probability after the activations of fc1 and fc2; 0 adds no layer
     init: str = "uniform"  # one of INITS, for every conv and dense weight (biases start at 0 except "uniform")
-    l2: float = 0.0  # L2 penalty (l2 / 2) * sum of every squared parameter, added to the training loss
+    l2: float = (
+        0.0  # L2 penalty (l2 / 2) * sum of every squared parameter, added to the training loss
+    )
 
     def __post_init__(self):
         check_regularisers(self)
         if self.activation not in LENET_ACTIVATIONS:
-            raise ValueError(f"unknown activation {self.activation!r} for lenet5; choose from {', '.join(LENET_ACTIVATIONS)}")
+            raise ValueError(
+                f"unknown activation {self.activation!r} for lenet5; choose from {', '.join(LENET_ACTIVATIONS)}"
+            )
         if self.pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {self.pooling!r}; choose from {', '.join(POOLINGS)}")
         if self.feature_size < 1:
-            raise ValueError(f"image_size {self.image_size} is too small for two {self.kernel_size}x{self.kernel_size} convs and 2x2 pools")
+            raise ValueError(
+                f"image_size {self.image_size} is too small for two {self.kernel_size}x{self.kernel_size} convs and 2x2 pools"
+            )
 
     @property
     def feature_size(self) -> int:
@@ -142,7 +162,10 @@ class LeNet5Config:
             "conv1.bias": (c1,),
             "conv2.weight": (c2, c1, k, k),
             "conv2.bias": (c2,),
-            "fc1.weight": (h1, self.flat_features),  # input rows in (C, H, W) order: the canonical flatten
+            "fc1.weight": (
+                h1,
+                self.flat_features,
+            ),  # input rows in (C, H, W) order: the canonical flatten
             "fc1.bias": (h1,),
             "fc2.weight": (h2, h1),
             "fc2.bias": (h2,),
@@ -160,7 +183,11 @@ class LeNet5Config:
 # ----------------------------------------------------------------------------- attention
 PAD = 0  # token id 0 is padding in every sequence task; a padded key is never attended to
 NORMS = ("post", "pre")
-FF_ACTIVATIONS = ("relu", "gelu", "gelu_tanh")  # gelu = exact erf form; gelu_tanh = the tanh approximation
+FF_ACTIVATIONS = (
+    "relu",
+    "gelu",
+    "gelu_tanh",
+)  # gelu = exact erf form; gelu_tanh = the tanh approximation
 OPTIMIZERS = ("sgd", "adam")
 
 
@@ -186,11 +213,15 @@ class AttentionConfig:
 
     def __post_init__(self):
         if self.d_model < 2 or self.n_heads < 1 or self.d_model % self.n_heads or self.d_model % 2:
-            raise ValueError(f"d_model must be an even multiple of n_heads (positions pair a sin and a cos): {self}")
+            raise ValueError(
+                f"d_model must be an even multiple of n_heads (positions pair a sin and a cos): {self}"
+            )
         if self.vocab < 2:
             raise ValueError(f"vocab must hold PAD and at least one token: {self}")
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+            raise ValueError(
+                f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}"
+            )
 
     @property
     def n_classes(self) -> int:
@@ -218,7 +249,9 @@ class TransformerConfig:
     n_heads: int = 4
     d_ff: int = 64  # hidden width of the position-wise feed-forward network
     n_layers: int = 2
-    norm: str = "post"  # "post": x = LN(x + f(x)) as in the paper; "pre": x = x + f(LN(x)), plus a final LN
+    norm: str = (
+        "post"  # "post": x = LN(x + f(x)) as in the paper; "pre": x = x + f(LN(x)), plus a final LN
+    )
     activation: str = "relu"  # one of FF_ACTIVATIONS, passed explicitly: torch/Keras GELU default to erf, jax.nn.gelu to tanh
     ln_eps: float = 1e-5  # passed explicitly: the defaults are torch 1e-5, Keras 1e-3, Flax 1e-6
     causal: bool = False
@@ -227,13 +260,19 @@ class TransformerConfig:
 
     def __post_init__(self):
         if self.d_model < 2 or self.n_heads < 1 or self.d_model % self.n_heads or self.d_model % 2:
-            raise ValueError(f"d_model must be an even multiple of n_heads (positions pair a sin and a cos): {self}")
+            raise ValueError(
+                f"d_model must be an even multiple of n_heads (positions pair a sin and a cos): {self}"
+            )
         if self.norm not in NORMS:
             raise ValueError(f"unknown norm {self.norm!r}; choose from {', '.join(NORMS)}")
         if self.activation not in FF_ACTIVATIONS:
-            raise ValueError(f"unknown activation {self.activation!r}; choose from {', '.join(FF_ACTIVATIONS)}")
+            raise ValueError(
+                f"unknown activation {self.activation!r}; choose from {', '.join(FF_ACTIVATIONS)}"
+            )
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+            raise ValueError(
+                f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}"
+            )
         if self.n_layers < 1 or self.d_ff < 1 or self.vocab < 2 or self.ln_eps <= 0:
             raise ValueError(f"sizes must be positive: {self}")
 
@@ -253,10 +292,19 @@ class TransformerConfig:
             p = f"blocks.{i}"
             shapes.update(attention_shapes(f"{p}.attn", E))
             shapes.update({f"{p}.ln1.weight": (E,), f"{p}.ln1.bias": (E,)})
-            shapes.update({f"{p}.ff1.weight": (F, E), f"{p}.ff1.bias": (F,), f"{p}.ff2.weight": (E, F), f"{p}.ff2.bias": (E,)})
+            shapes.update(
+                {
+                    f"{p}.ff1.weight": (F, E),
+                    f"{p}.ff1.bias": (F,),
+                    f"{p}.ff2.weight": (E, F),
+                    f"{p}.ff2.bias": (E,),
+                }
+            )
             shapes.update({f"{p}.ln2.weight": (E,), f"{p}.ln2.bias": (E,)})
         if self.norm == "pre":
-            shapes.update({"ln_f.weight": (E,), "ln_f.bias": (E,)})  # pre-LN leaves the residual stream unnormalised
+            shapes.update(
+                {"ln_f.weight": (E,), "ln_f.bias": (E,)}
+            )  # pre-LN leaves the residual stream unnormalised
         shapes.update({"head.weight": (self.vocab, E), "head.bias": (self.vocab,)})
         return shapes
 
@@ -313,16 +361,36 @@ class OptimizerConfig:
 
     def __post_init__(self):
         if self.name not in OPTIMIZER_NAMES:
-            raise ValueError(f"unknown optimizer {self.name!r}; choose from {', '.join(OPTIMIZER_NAMES)}")
+            raise ValueError(
+                f"unknown optimizer {self.name!r}; choose from {', '.join(OPTIMIZER_NAMES)}"
+            )
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {self.schedule!r}; choose from {', '.join(SCHEDULES)}")
-        if not (self.lr > 0 and 0 <= self.momentum < 1 and 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1 and 0 <= self.rho < 1):
+            raise ValueError(
+                f"unknown schedule {self.schedule!r}; choose from {', '.join(SCHEDULES)}"
+            )
+        if not (
+            self.lr > 0
+            and 0 <= self.momentum < 1
+            and 0 <= self.beta1 < 1
+            and 0 <= self.beta2 < 1
+            and 0 <= self.rho < 1
+        ):
             raise ValueError(f"need lr > 0 and momentum, beta1, beta2, rho in [0, 1): {self}")
-        if self.eps < 0 or self.weight_decay < 0 or self.warmup_steps < 0 or self.decay_steps < 1 or self.step_size < 1:
-            raise ValueError(f"need eps, weight_decay, warmup_steps >= 0 and decay_steps, step_size >= 1: {self}")
+        if (
+            self.eps < 0
+            or self.weight_decay < 0
+            or self.warmup_steps < 0
+            or self.decay_steps < 1
+            or self.step_size < 1
+        ):
+            raise ValueError(
+                f"need eps, weight_decay, warmup_steps >= 0 and decay_steps, step_size >= 1: {self}"
+            )
         if self.weight_decay and self.name != "adamw":
             # torch's SGD/Adam weight_decay is an L2 gradient term, Keras's is decoupled: refuse the ambiguity
-            raise ValueError(f"weight_decay (decoupled) is for adamw only, got optimizer {self.name!r}")
+            raise ValueError(
+                f"weight_decay (decoupled) is for adamw only, got optimizer {self.name!r}"
+            )
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise ValueError(f"clip_norm must be positive, got {self.clip_norm}")
 
@@ -339,7 +407,11 @@ class OptimizerConfig:
         return self.lr
 
 
-RNN_CELLS = {"rnn": 1, "lstm": 4, "gru": 3}  # cell -> number of gate blocks stacked in W_xh, W_hh, b_h
+RNN_CELLS = {
+    "rnn": 1,
+    "lstm": 4,
+    "gru": 3,
+}  # cell -> number of gate blocks stacked in W_xh, W_hh, b_h
 RNN_OUTPUTS = ("sequence", "last")
 
 
@@ -355,15 +427,21 @@ class RNNConfig:
     in_features: int = 1  # D: features per step (the vocabulary size for one-hot characters)
     hidden: int = 64  # H
     n_classes: int = 2  # C: logits per scored step
-    output: str = "sequence"  # "sequence": logits at every step (many-to-many); "last": at the last step only
-    clip_norm: float | None = 1.0  # train() rescales the gradients to this global L2 norm at most; None: no clipping
+    output: str = (
+        "sequence"  # "sequence": logits at every step (many-to-many); "last": at the last step only
+    )
+    clip_norm: float | None = (
+        1.0  # train() rescales the gradients to this global L2 norm at most; None: no clipping
+    )
     fused: bool = True  # torch/Keras/Flax: the framework's recurrent layer; False: the step written out by hand
 
     def __post_init__(self):
         if self.cell not in RNN_CELLS:
             raise ValueError(f"unknown cell {self.cell!r}; choose from {', '.join(RNN_CELLS)}")
         if self.output not in RNN_OUTPUTS:
-            raise ValueError(f"unknown output {self.output!r}; choose from {', '.join(RNN_OUTPUTS)}")
+            raise ValueError(
+                f"unknown output {self.output!r}; choose from {', '.join(RNN_OUTPUTS)}"
+            )
         if self.in_features < 1 or self.hidden < 1 or self.n_classes < 2:
             raise ValueError(f"layer sizes must be positive: {self}")
         if self.clip_norm is not None and not self.clip_norm > 0:

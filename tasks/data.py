@@ -99,7 +99,9 @@ def pad_to(images: np.ndarray, size: int) -> np.ndarray:
     """Zero-pad (B, C, H, W) images evenly to (B, C, size, size), as LeNet-5 pads 28x28 MNIST to 32x32."""
     ph, pw = size - images.shape[2], size - images.shape[3]
     if ph < 0 or pw < 0:
-        raise ValueError(f"images of {images.shape[2]}x{images.shape[3]} do not fit in {size}x{size}")
+        raise ValueError(
+            f"images of {images.shape[2]}x{images.shape[3]} do not fit in {size}x{size}"
+        )
     return np.pad(images, ((0, 0), (0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)))
 
 
@@ -110,12 +112,22 @@ def digits32(seed: int = 0) -> Dataset:
     every side (`pad_to`), like the paper's MNIST input. Same images, labels and split as `digits`.
     """
     d = digits(seed)
-    to32 = lambda a: pad_to(resize_bilinear(a.reshape(-1, 1, 8, 8), 28), 32)  # (B, 64) -> (B, 1, 32, 32)
-    return replace(d, name="digits32", x_train=to32(d.x_train), x_test=to32(d.x_test), meta={**d.meta, "image_shape": (32, 32)})
+    to32 = lambda a: pad_to(
+        resize_bilinear(a.reshape(-1, 1, 8, 8), 28), 32
+    )  # (B, 64) -> (B, 1, 32, 32)
+    return replace(
+        d,
+        name="digits32",
+        x_train=to32(d.x_train),
+        x_test=to32(d.x_test),
+        meta={**d.meta, "image_shape": (32, 32)},
+    )
 
 
 # ----------------------------------------------------------------------------- perceptron tasks
-GATE_INPUTS = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float64)  # (4, 2): the whole truth table
+GATE_INPUTS = np.array(
+    [[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float64
+)  # (4, 2): the whole truth table
 GATE_OUTPUTS = {"or": [0, 1, 1, 1], "and": [0, 0, 0, 1], "xor": [0, 1, 1, 0]}
 
 
@@ -150,7 +162,9 @@ def iris(seed: int = 0) -> Dataset:
     d = load_iris()
     keep = d.target < 2  # drop virginica, which overlaps versicolor
     x = d.data[keep].astype(np.float64)  # (100, 4)
-    return split("iris", x, d.target[keep].astype(np.int64), 2, seed, features=list(d.feature_names))
+    return split(
+        "iris", x, d.target[keep].astype(np.int64), 2, seed, features=list(d.feature_names)
+    )
 
 
 def blobs(seed: int = 0, n_samples: int = 200, margin: float = 0.5) -> Dataset:
@@ -165,7 +179,9 @@ def blobs(seed: int = 0, n_samples: int = 200, margin: float = 0.5) -> Dataset:
     while sum(len(y) for y in ys) < n_samples:
         y = rng.integers(0, 2, n_samples)
         x = rng.normal(size=(n_samples, 2)) + np.where(y[:, None] == 1, 2.0, -2.0)  # (B, 2)
-        keep = (2 * y - 1) * (x @ normal) >= margin  # signed distance to the line, >= margin on its own side
+        keep = (2 * y - 1) * (
+            x @ normal
+        ) >= margin  # signed distance to the line, >= margin on its own side
         xs.append(x[keep])
         ys.append(y[keep])
     x, y = np.concatenate(xs)[:n_samples], np.concatenate(ys)[:n_samples].astype(np.int64)
@@ -195,7 +211,9 @@ def read_idx(path: str | Path, expected_ndim: int | None = None) -> np.ndarray:
     with opener(path, "rb") as f:
         raw = f.read()
     if len(raw) < 4:
-        raise DataFileError(f"{path}: truncated: {len(raw)} bytes, expected at least a 4-byte IDX magic number")
+        raise DataFileError(
+            f"{path}: truncated: {len(raw)} bytes, expected at least a 4-byte IDX magic number"
+        )
     zero, code, ndim = struct.unpack(">HBB", raw[:4])
     if zero != 0 or code not in _IDX_DTYPES:
         raise DataFileError(f"{path}: not an IDX file (magic bytes {raw[:4].hex()})")
@@ -218,14 +236,18 @@ def _find(data_dir: Path, stem: str) -> Path:
     for name in (stem, stem + ".gz"):
         if (data_dir / name).exists():
             return data_dir / name
-    raise DataFileError(f"{data_dir / stem}: file not found (expected the MNIST IDX file {stem} or {stem}.gz)")
+    raise DataFileError(
+        f"{data_dir / stem}: file not found (expected the MNIST IDX file {stem} or {stem}.gz)"
+    )
 
 
 def mnist(data_dir: str | Path, seed: int = 0) -> Dataset:
     """MNIST from the four IDX files in `data_dir` (the official train/test split is kept)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise DataFileError(f"{data_dir}: not a directory (expected a folder with the four MNIST IDX files)")
+        raise DataFileError(
+            f"{data_dir}: not a directory (expected a folder with the four MNIST IDX files)"
+        )
     arrays = {}
     for key, stem in MNIST_FILES.items():
         arrays[key] = read_idx(_find(data_dir, stem), expected_ndim=3 if "images" in key else 1)
@@ -256,7 +278,9 @@ def write_idx(path: str | Path, array: np.ndarray) -> None:
 
 
 # ----------------------------------------------------------------------------- sequence tasks
-def reverse(seed: int = 0, n_samples: int = 4000, max_len: int = 10, min_len: int = 3, n_digits: int = 10) -> Dataset:
+def reverse(
+    seed: int = 0, n_samples: int = 4000, max_len: int = 10, min_len: int = 3, n_digits: int = 10
+) -> Dataset:
     """Reverse a sequence of digit tokens: left-padded input, the same row reversed as the answer.
 
     Tokens: 0 is PAD (tasks.configs.PAD), 1..n_digits are the digits. Lengths are drawn from
@@ -268,14 +292,22 @@ def reverse(seed: int = 0, n_samples: int = 4000, max_len: int = 10, min_len: in
     rng = np.random.default_rng(seed)
     lengths = rng.integers(min_len, max_len + 1, n_samples)  # (B,)
     digits = rng.integers(1, n_digits + 1, (n_samples, max_len))  # (B, T)
-    x = np.where(np.arange(max_len)[None, :] >= max_len - lengths[:, None], digits, 0).astype(np.int64)
+    x = np.where(np.arange(max_len)[None, :] >= max_len - lengths[:, None], digits, 0).astype(
+        np.int64
+    )
     x = np.unique(x, axis=0)  # sorted unique rows; split() shuffles them again
     y = x[:, ::-1].copy()  # (B, T): the reversed row; its PADs end up on the right
     return split("reverse", x, y, n_digits + 1, seed, max_len=max_len, min_len=min_len)
 
 
 # ----------------------------------------------------------------------------- recurrent tasks
-PYTEXT_MODULES = ("textwrap", "json", "collections", "functools", "contextlib")  # pure-Python stdlib modules
+PYTEXT_MODULES = (
+    "textwrap",
+    "json",
+    "collections",
+    "functools",
+    "contextlib",
+)  # pure-Python stdlib modules
 
 
 def python_text() -> str:
@@ -297,7 +329,11 @@ def python_text() -> str:
         module = importlib.import_module(name)
         parts.append(inspect.getdoc(module) or "")
         for attr, obj in vars(module).items():
-            if not attr.startswith("_") and (inspect.isfunction(obj) or inspect.isclass(obj)) and obj.__module__ == name:
+            if (
+                not attr.startswith("_")
+                and (inspect.isfunction(obj) or inspect.isclass(obj))
+                and obj.__module__ == name
+            ):
                 parts.append(inspect.getdoc(obj) or "")
     return "\n\n".join(p for p in parts if p)
 
@@ -316,7 +352,9 @@ def pytext(seed: int = 0, seq_len: int = 32) -> Dataset:
     ids = np.array([vocab.index(ch) for ch in text], dtype=np.int64)
     n = (len(ids) - 1) // seq_len
     inputs = ids[: n * seq_len].reshape(n, seq_len)  # (N, T) character ids
-    targets = ids[1 : n * seq_len + 1].reshape(n, seq_len)  # (N, T): the next character at every step
+    targets = ids[1 : n * seq_len + 1].reshape(
+        n, seq_len
+    )  # (N, T): the next character at every step
     x = np.eye(len(vocab))[inputs]  # (N, T) -> (N, T, V) one-hot
     d = split("pytext", x, targets, len(vocab), seed, vocab="".join(vocab), seq_len=seq_len)
     counts = np.bincount(d.y_train.ravel(), minlength=len(vocab)) + 1.0

@@ -13,16 +13,23 @@ from __future__ import annotations
 import functools
 import importlib
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from tasks import weights
-from tasks.configs import LeNet5Config
-from tasks.configs import AttentionConfig, TransformerConfig
-from tasks.configs import MLPConfig, OptimizerConfig, PerceptronConfig, RNNConfig
+from tasks.configs import (
+    AttentionConfig,
+    LeNet5Config,
+    MLPConfig,
+    OptimizerConfig,
+    PerceptronConfig,
+    RNNConfig,
+    TransformerConfig,
+)
 from tasks.data import Dataset, gate
 from tasks.registry import FRAMEWORKS, load_impl
 
@@ -46,15 +53,21 @@ class Case:
     make_inputs: Callable[[np.random.Generator, Any, int], tuple[np.ndarray, np.ndarray]]
     batch: int = 8
     seed: int = 1234
-    extra_outputs: tuple[str, ...] = ()  # more forward tensors, compared like `output` (an RNN's states)
+    extra_outputs: tuple[
+        str, ...
+    ] = ()  # more forward tensors, compared like `output` (an RNN's states)
     # (tensor, other): measure this tensor's error against the other's size; for a gradient that is zero in
     # exact arithmetic (attention's key bias), where its own size is rounding noise
     scale_from: tuple[tuple[str, str], ...] = ()
-    dtypes: tuple[str, ...] = DTYPES  # a case may skip float32 where another case of the model covers it
+    dtypes: tuple[str, ...] = (
+        DTYPES  # a case may skip float32 where another case of the model covers it
+    )
     # Optional, for a model the gradient checks do not fit (the perceptron has no gradient): a module
     # with compute(case, framework, dtype), expected_tensors(case) and tolerance(tensor, dtype).
     engine: str | None = None
-    init: Callable = weights.init_uniform  # (shapes, seed) -> the canonical weights of the case's file
+    init: Callable = (
+        weights.init_uniform
+    )  # (shapes, seed) -> the canonical weights of the case's file
 
     @property
     def id(self) -> str:
@@ -110,14 +123,42 @@ CASES: dict[str, list[Case]] = {
         Case("mlp", "sigmoid-sigmoid", MLPConfig(5, (6,), 2, "sigmoid", "sigmoid"), _tabular),
         Case("mlp", "softmax-linear", MLPConfig(5, (), 3, "relu", "softmax"), _tabular),
         # batch norm in train mode (the hidden layers lose their bias) and dropout with supplied masks
-        Case("mlp", "relu-batchnorm-dropout", MLPConfig(5, (7, 6), 4, "relu", "softmax", batch_norm=True, dropout=0.3), _tabular, init=_with_batch_norm),
+        Case(
+            "mlp",
+            "relu-batchnorm-dropout",
+            MLPConfig(5, (7, 6), 4, "relu", "softmax", batch_norm=True, dropout=0.3),
+            _tabular,
+            init=_with_batch_norm,
+        ),
     ],
     "perceptron": [
         # Rosenblatt's zero start on AND: w·x + b is exactly 0 at the first samples, so the tie rule decides
-        Case("perceptron", "and-zero-init", PerceptronConfig(2), _and_gate, batch=4, engine="tasks.perceptron_run", init=_zeros),
-        Case("perceptron", "separable-3d", PerceptronConfig(3), _separable, batch=40, engine="tasks.perceptron_run"),
+        Case(
+            "perceptron",
+            "and-zero-init",
+            PerceptronConfig(2),
+            _and_gate,
+            batch=4,
+            engine="tasks.perceptron_run",
+            init=_zeros,
+        ),
+        Case(
+            "perceptron",
+            "separable-3d",
+            PerceptronConfig(3),
+            _separable,
+            batch=40,
+            engine="tasks.perceptron_run",
+        ),
         # random labels: never separable, so every epoch updates and the run goes to the epoch cap
-        Case("perceptron", "noisy-5d", PerceptronConfig(5), _tabular, batch=40, engine="tasks.perceptron_run"),
+        Case(
+            "perceptron",
+            "noisy-5d",
+            PerceptronConfig(5),
+            _tabular,
+            batch=40,
+            engine="tasks.perceptron_run",
+        ),
     ],
 }
 
@@ -134,8 +175,22 @@ def _sequences(rng, cfg, n, steps=6):
 _RNN_STATES = {"rnn": ("hidden", "h_n"), "lstm": ("hidden", "h_n", "c_n"), "gru": ("hidden", "h_n")}
 for _cell, _states in _RNN_STATES.items():
     CASES[_cell] = [
-        Case(_cell, "sequence", RNNConfig(_cell, 4, 5, 3, "sequence", clip_norm=0.25), _sequences, batch=4, extra_outputs=_states),
-        Case(_cell, "last", RNNConfig(_cell, 3, 5, 2, "last", clip_norm=0.5), _sequences, batch=4, extra_outputs=_states),
+        Case(
+            _cell,
+            "sequence",
+            RNNConfig(_cell, 4, 5, 3, "sequence", clip_norm=0.25),
+            _sequences,
+            batch=4,
+            extra_outputs=_states,
+        ),
+        Case(
+            _cell,
+            "last",
+            RNNConfig(_cell, 3, 5, 2, "last", clip_norm=0.5),
+            _sequences,
+            batch=4,
+            extra_outputs=_states,
+        ),
     ]
 
 
@@ -183,7 +238,9 @@ def _tokens(rng, cfg, n, pad="right", steps=6):
 def _attention_case(model, name, config, pad, **kw):
     """A case whose analytically zero key-bias gradients are measured against the size of the same
     layer's value-weight gradients (the query/key gradients are themselves small near uniform attention)."""
-    prefixes = ["attn"] if model == "attention" else [f"blocks.{i}.attn" for i in range(config.n_layers)]
+    prefixes = (
+        ["attn"] if model == "attention" else [f"blocks.{i}.attn" for i in range(config.n_layers)]
+    )
     n_maps = 1 if model == "attention" else config.n_layers
     return Case(
         model, name, config, functools.partial(_tokens, pad=pad), batch=4,
@@ -198,15 +255,45 @@ def _attention_case(model, name, config, pad, **kw):
 _att = dict(vocab=7, d_model=8, n_heads=2, optimizer="sgd")
 _tf = dict(vocab=7, d_model=8, n_heads=2, d_ff=12, n_layers=2, optimizer="sgd")
 CASES["attention"] = [
-    _attention_case("attention", "hand-nomask", AttentionConfig(**_att), "none", dtypes=("float64",)),
+    _attention_case(
+        "attention", "hand-nomask", AttentionConfig(**_att), "none", dtypes=("float64",)
+    ),
     _attention_case("attention", "hand-padding", AttentionConfig(**_att), "right"),
-    _attention_case("attention", "hand-causal-fully-masked", AttentionConfig(**_att, causal=True), "left", dtypes=("float64",)),
-    _attention_case("attention", "stock-padding+causal", AttentionConfig(**_att, causal=True, stock=True), "right"),
+    _attention_case(
+        "attention",
+        "hand-causal-fully-masked",
+        AttentionConfig(**_att, causal=True),
+        "left",
+        dtypes=("float64",),
+    ),
+    _attention_case(
+        "attention",
+        "stock-padding+causal",
+        AttentionConfig(**_att, causal=True, stock=True),
+        "right",
+    ),
 ]
 CASES["transformer"] = [
-    _attention_case("transformer", "post-relu-padding", TransformerConfig(**_tf, norm="post", activation="relu"), "left"),
-    _attention_case("transformer", "pre-gelu-causal-fully-masked", TransformerConfig(**_tf, norm="pre", activation="gelu", causal=True), "left", dtypes=("float64",)),
-    _attention_case("transformer", "post-gelu_tanh-stock-causal", TransformerConfig(**_tf, norm="post", activation="gelu_tanh", causal=True, stock=True), "right", dtypes=("float64",)),
+    _attention_case(
+        "transformer",
+        "post-relu-padding",
+        TransformerConfig(**_tf, norm="post", activation="relu"),
+        "left",
+    ),
+    _attention_case(
+        "transformer",
+        "pre-gelu-causal-fully-masked",
+        TransformerConfig(**_tf, norm="pre", activation="gelu", causal=True),
+        "left",
+        dtypes=("float64",),
+    ),
+    _attention_case(
+        "transformer",
+        "post-gelu_tanh-stock-causal",
+        TransformerConfig(**_tf, norm="post", activation="gelu_tanh", causal=True, stock=True),
+        "right",
+        dtypes=("float64",),
+    ),
 ]
 
 
@@ -215,7 +302,9 @@ def kind(tensor: str) -> str:
     return "gradient" if tensor.startswith("grad.") else "output"
 
 
-def rel_error(actual: np.ndarray, reference: np.ndarray, scale: float | None = None) -> tuple[float, float]:
+def rel_error(
+    actual: np.ndarray, reference: np.ndarray, scale: float | None = None
+) -> tuple[float, float]:
     """(max abs error, relative error); `scale` replaces max|reference| where a case says so (scale_from)."""
     actual, reference = np.asarray(actual, np.float64), np.asarray(reference, np.float64)
     if actual.shape != reference.shape:
@@ -241,11 +330,15 @@ def scale_of(case, tensor: str, result: dict) -> float | None:
 
 
 # ----------------------------------------------------------------------------- computing
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def canonical_file(case: Case) -> Path:
     """Random non-zero weights *and biases* for the case, written once to a safetensors file."""
-    path = Path(tempfile.mkdtemp(prefix="rosetta-parity-")) / f"{case.model}-{case.name}.safetensors"
-    weights.save(path, getattr(case, "init", weights.init_uniform)(case.config.param_shapes(), case.seed))
+    path = (
+        Path(tempfile.mkdtemp(prefix="rosetta-parity-")) / f"{case.model}-{case.name}.safetensors"
+    )
+    weights.save(
+        path, getattr(case, "init", weights.init_uniform)(case.config.param_shapes(), case.seed)
+    )
     return path
 
 
@@ -254,7 +347,7 @@ def inputs(case: Case, n: int, dtype: str) -> tuple[np.ndarray, np.ndarray]:
     return (x.astype(dtype) if x.dtype.kind == "f" else x), y  # token ids stay integers
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def compute(case: Case, framework: str, dtype: str) -> dict[str, np.ndarray]:
     """Everything the checks compare, for one framework and dtype, in canonical names and layouts.
 
@@ -281,7 +374,9 @@ def compute(case: Case, framework: str, dtype: str) -> dict[str, np.ndarray]:
     data = Dataset(case.model, x, y, x[:1], y[:1], case.config.n_classes)
     supply_dropout_masks(case, framework, model, steps=TRAJECTORY_STEPS)
     impl.train(model, data, epochs=1, lr=TRAJECTORY_LR, batch_size=case.batch, seed=case.seed)
-    trained = running_var_as_torch(case, framework, impl.export_canonical(model), params, TRAJECTORY_STEPS)
+    trained = running_var_as_torch(
+        case, framework, impl.export_canonical(model), params, TRAJECTORY_STEPS
+    )
     out.update({f"sgd.{k}": v for k, v in trained.items()})
     return out
 
@@ -313,7 +408,10 @@ def running_var_as_torch(case, framework: str, params: dict, start: dict, steps:
     out = dict(params)
     for name, biased in params.items():
         if name.endswith("running_var"):
-            n, decayed = case.batch * positions.get(name.split(".")[0], 1), (1 - BN_MOMENTUM) ** steps * start[name]
+            n, decayed = (
+                case.batch * positions.get(name.split(".")[0], 1),
+                (1 - BN_MOMENTUM) ** steps * start[name],
+            )
             out[name] = decayed + (biased - decayed) * n / (n - 1)
     return out
 
@@ -325,8 +423,18 @@ def expected_tensors(case: Case) -> list[str]:
     names = list(case.config.param_shapes())
     if isinstance(case, OptimizerCase):
         return [f"trajectory.{n}" for n in names]
-    trainable = [n for n in names if not n.endswith(("running_mean", "running_var"))]  # batch norm statistics have no gradient
-    return ["output", "loss", *case.extra_outputs, "grad.input", *(f"grad.{n}" for n in trainable), *(f"roundtrip.{n}" for n in names), *(f"sgd.{n}" for n in names)]
+    trainable = [
+        n for n in names if not n.endswith(("running_mean", "running_var"))
+    ]  # batch norm statistics have no gradient
+    return [
+        "output",
+        "loss",
+        *case.extra_outputs,
+        "grad.input",
+        *(f"grad.{n}" for n in trainable),
+        *(f"roundtrip.{n}" for n in names),
+        *(f"sgd.{n}" for n in names),
+    ]
 
 
 def tolerance(tensor: str, dtype: str, case=None) -> float:
@@ -355,7 +463,9 @@ def records(case: Case, frameworks=FRAMEWORKS, dtypes=DTYPES, pairwise: bool = T
                 if fw == ref and not tensor.startswith("roundtrip."):
                     continue
                 if tensor.startswith("roundtrip.") and fw == ref:
-                    reference = weights.cast(weights.load(canonical_file(case)), dtype)[tensor.removeprefix("roundtrip.")]
+                    reference = weights.cast(weights.load(canonical_file(case)), dtype)[
+                        tensor.removeprefix("roundtrip.")
+                    ]
                 else:
                     reference = results[ref][tensor]
                 actual = results[fw].get(tensor)
@@ -363,10 +473,20 @@ def records(case: Case, frameworks=FRAMEWORKS, dtypes=DTYPES, pairwise: bool = T
                 if actual is None:
                     abs_err = rel = float("inf")
                 else:
-                    abs_err, rel = rel_error(actual, reference, scale_of(case, tensor, results[ref]) if fw != ref else None)
+                    abs_err, rel = rel_error(
+                        actual,
+                        reference,
+                        scale_of(case, tensor, results[ref]) if fw != ref else None,
+                    )
                 # floats come back in the run's dtype; integer results (labels, counts) as integers on both sides
-                integers = actual is not None and np.asarray(actual).dtype.kind in "iu" and np.asarray(reference).dtype.kind in "iu"
-                exact_dtype = integers or (actual is not None and np.asarray(actual).dtype == np.dtype(dtype))
+                integers = (
+                    actual is not None
+                    and np.asarray(actual).dtype.kind in "iu"
+                    and np.asarray(reference).dtype.kind in "iu"
+                )
+                exact_dtype = integers or (
+                    actual is not None and np.asarray(actual).dtype == np.dtype(dtype)
+                )
                 out.append(
                     {
                         "model": case.model,
@@ -399,7 +519,9 @@ class OptimizerCase:
     batch: int = 8
     seed: int = 1234
     dtypes: tuple[str, ...] = ("float64",)  # the issue's bar: float64 to 1e-9 after 50 steps
-    init: Callable = weights.init_uniform  # (shapes, seed) -> the canonical weights of the case's file
+    init: Callable = (
+        weights.init_uniform
+    )  # (shapes, seed) -> the canonical weights of the case's file
 
     @property
     def id(self) -> str:
@@ -412,12 +534,24 @@ _OPT_MLP = MLPConfig(5, (7, 6), 3, "tanh", "softmax")
 # LeNet-5 with batch norm after every conv and hidden dense layer, at reduced width (20x20 images,
 # 3 and 4 channels, dense 10 and 8) so 50 steps x 11 optimisers stay quick; the 2x2 map after conv2
 # still exercises the flatten permutation. Tanh and average pooling: again no exactly-zero gradient.
-_OPT_LENET = LeNet5Config(image_size=20, channels=(3, 4), hidden=(10, 8), n_classes=5, activation="tanh", pooling="avg", batch_norm=True)
+_OPT_LENET = LeNet5Config(
+    image_size=20,
+    channels=(3, 4),
+    hidden=(10, 8),
+    n_classes=5,
+    activation="tanh",
+    pooling="avg",
+    batch_norm=True,
+)
 
 
-def _optimizer_cases(model: str, cfg, make_inputs, init=weights.init_uniform) -> list[OptimizerCase]:
+def _optimizer_cases(
+    model: str, cfg, make_inputs, init=weights.init_uniform
+) -> list[OptimizerCase]:
     """Every optimiser, schedule, clipping and regulariser, on one model config."""
-    case = lambda name, spec, **changes: OptimizerCase(model, name, replace(cfg, **changes), make_inputs, spec, init=init)
+    case = lambda name, spec, **changes: OptimizerCase(
+        model, name, replace(cfg, **changes), make_inputs, spec, init=init
+    )
     return [
         case("optim-sgd", OptimizerConfig("sgd", lr=0.1)),
         case("optim-momentum", OptimizerConfig("momentum", lr=0.05, momentum=0.9)),
@@ -447,7 +581,7 @@ OPTIMIZER_CASES: dict[str, list[OptimizerCase]] = {
 BN_MOMENTUM = 0.1  # tasks' batch norm momentum, torch's convention (the weight of the new batch)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def optimizer_trajectory(case: OptimizerCase, framework: str, dtype: str) -> dict[str, np.ndarray]:
     """Parameters after `case.steps` updates (trajectory.*), from the canonical weights of the case."""
     impl = load_impl(framework, case.model)
@@ -456,7 +590,9 @@ def optimizer_trajectory(case: OptimizerCase, framework: str, dtype: str) -> dic
     impl.load_canonical(model, start)
     x, y = inputs(case, case.batch * case.steps, dtype)
     data = Dataset(case.model, x, y, x[:1], y[:1], case.config.n_classes)
-    supply_dropout_masks(case, framework, model, steps=case.steps)  # a new mask each step, the same in every framework
+    supply_dropout_masks(
+        case, framework, model, steps=case.steps
+    )  # a new mask each step, the same in every framework
     # `lr` takes an OptimizerConfig too: each framework builds its stock optimiser from it
     impl.train(model, data, epochs=1, lr=case.optimizer, batch_size=case.batch, seed=case.seed)
     out = running_var_as_torch(case, framework, impl.export_canonical(model), start, case.steps)

@@ -18,7 +18,9 @@ from tasks.data import Dataset, load_task
 from tasks.registry import load_impl
 
 # ----------------------------------------------------------------------------- parity
-PROGRESS_METRIC = "mistakes"  # what `rosetta train`'s progress bar shows per epoch (tasks.cli.METRICS)
+PROGRESS_METRIC = (
+    "mistakes"  # what `rosetta train`'s progress bar shows per epoch (tasks.cli.METRICS)
+)
 EPOCHS = 25  # a cap: the separable cases stop earlier, the noisy one runs all of them
 LR = 0.1
 # The issue's bar; measured: 0.0 in both dtypes. Each weight changes by one exact product and one
@@ -33,7 +35,13 @@ def expected_tensors(case: parity.Case) -> list[str]:
     E epochs run, so a framework that stops at a different epoch fails on the shape alone.
     """
     names = list(case.config.param_shapes())
-    return ["output", *(f"roundtrip.{n}" for n in names), "rule.mistakes", *(f"rule.{n}" for n in names), "rule.output"]
+    return [
+        "output",
+        *(f"roundtrip.{n}" for n in names),
+        "rule.mistakes",
+        *(f"rule.{n}" for n in names),
+        "rule.output",
+    ]
 
 
 def tolerance(tensor: str, dtype: str) -> float:
@@ -79,7 +87,9 @@ def run(model: str, task: str, frameworks: list[str], opts, progress=None) -> di
         impl.load_canonical(net, init)
         on_epoch = progress.start(framework, opts.epochs) if progress else None
         start = time.perf_counter()
-        mistakes = impl.train(net, data, epochs=opts.epochs, lr=opts.lr, seed=opts.seed, on_epoch=on_epoch)
+        mistakes = impl.train(
+            net, data, epochs=opts.epochs, lr=opts.lr, seed=opts.seed, on_epoch=on_epoch
+        )
         seconds = time.perf_counter() - start
         converged = mistakes[-1] == 0
         finals[framework] = impl.export_canonical(net)
@@ -89,7 +99,9 @@ def run(model: str, task: str, frameworks: list[str], opts, progress=None) -> di
                 "mistakes_per_epoch": [int(m) for m in mistakes],
                 "epochs_run": len(mistakes),
                 "converged": bool(converged),
-                "epochs_to_converge": len(mistakes) if converged else None,  # counts the clean epoch itself
+                "epochs_to_converge": len(mistakes)
+                if converged
+                else None,  # counts the clean epoch itself
                 "train_accuracy": impl.evaluate(net, data.x_train, data.y_train)[1],
                 "test_accuracy": impl.evaluate(net, data.x_test, data.y_test)[1],
                 "seconds_per_epoch": seconds / len(mistakes),
@@ -100,7 +112,9 @@ def run(model: str, task: str, frameworks: list[str], opts, progress=None) -> di
     if "scratch" in finals:
         for row in results:
             other = finals[row["framework"]]
-            row["max_param_diff_vs_scratch"] = max(float(np.max(np.abs(other[k] - finals["scratch"][k]))) for k in other)
+            row["max_param_diff_vs_scratch"] = max(
+                float(np.max(np.abs(other[k] - finals["scratch"][k]))) for k in other
+            )
     return {
         "model": model,
         "task": task,
@@ -126,11 +140,31 @@ def print_train(result: dict, console) -> None:
 
     sizes = f"{result['n_train']} train / {result['n_test']} test, at most {result['options']['epochs']} epochs"
     table = Table(title=f"{result['model']} on {result['task']} ({sizes})")
-    columns = ("framework", "mistakes per epoch", "epochs to converge", "train accuracy", "test accuracy", "s / epoch", "max |Δparam| vs scratch")
+    columns = (
+        "framework",
+        "mistakes per epoch",
+        "epochs to converge",
+        "train accuracy",
+        "test accuracy",
+        "s / epoch",
+        "max |Δparam| vs scratch",
+    )
     for col in columns:
         table.add_column(col, justify="left" if col in columns[:3] else "right")
     for r in result["results"]:
         converge = str(r["epochs_to_converge"]) if r["converged"] else "did not converge"
-        diff = "—" if r["max_param_diff_vs_scratch"] is None else f"{r['max_param_diff_vs_scratch']:.2e}"
-        table.add_row(r["framework"], format_mistakes(r["mistakes_per_epoch"]), converge, f"{r['train_accuracy']:.4f}", f"{r['test_accuracy']:.4f}", f"{r['seconds_per_epoch']:.3f}", diff)
+        diff = (
+            "—"
+            if r["max_param_diff_vs_scratch"] is None
+            else f"{r['max_param_diff_vs_scratch']:.2e}"
+        )
+        table.add_row(
+            r["framework"],
+            format_mistakes(r["mistakes_per_epoch"]),
+            converge,
+            f"{r['train_accuracy']:.4f}",
+            f"{r['test_accuracy']:.4f}",
+            f"{r['seconds_per_epoch']:.3f}",
+            diff,
+        )
     console.print(table)

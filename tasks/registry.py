@@ -67,9 +67,19 @@ MODELS: dict[str, ModelEntry] = {
             summary=summary,
         )
         for cell, lr, sign_lr, summary in (
-            ("rnn", 2.0, 0.2, "simple tanh RNN (Elman), backpropagation through time, gradient clipping"),
+            (
+                "rnn",
+                2.0,
+                0.2,
+                "simple tanh RNN (Elman), backpropagation through time, gradient clipping",
+            ),
             ("lstm", 4.0, 0.5, "LSTM: gates (i, f, g, o), cell state; torch/Keras/Flax converters"),
-            ("gru", 3.0, 0.2, "GRU: gates (r, z, n), reset after the matmul; torch/Keras/Flax converters"),  # sign at 0.5: Keras's float32 run ended at 88%
+            (
+                "gru",
+                3.0,
+                0.2,
+                "GRU: gates (r, z, n), reset after the matmul; torch/Keras/Flax converters",
+            ),  # sign at 0.5: Keras's float32 run ended at 88%
         )
     },
     "lenet5": ModelEntry(
@@ -88,13 +98,24 @@ MODELS: dict[str, ModelEntry] = {
     "attention": ModelEntry(
         name="attention",
         tasks=("reverse",),
-        defaults={"reverse": dict(epochs=8, lr=0.01, batch_size=64, config=dict(d_model=32, n_heads=4))},
+        defaults={
+            "reverse": dict(epochs=8, lr=0.01, batch_size=64, config=dict(d_model=32, n_heads=4))
+        },
         summary="one multi-head self-attention layer (hand-written softmax(QK^T/sqrt(d) + mask) V; or the stock layer)",
     ),
     "transformer": ModelEntry(
         name="transformer",
         tasks=("reverse",),
-        defaults={"reverse": dict(epochs=4, lr=0.005, batch_size=64, config=dict(d_model=32, n_heads=4, d_ff=64, n_layers=2, norm="post", activation="relu"))},
+        defaults={
+            "reverse": dict(
+                epochs=4,
+                lr=0.005,
+                batch_size=64,
+                config=dict(
+                    d_model=32, n_heads=4, d_ff=64, n_layers=2, norm="post", activation="relu"
+                ),
+            )
+        },
         summary="tiny Transformer encoder (sinusoidal positions, N blocks, pre-/post-LN, ReLU/GELU feed-forward)",
     ),
 }
@@ -109,4 +130,6 @@ def resolve_framework(name: str) -> list[str]:
 
 def load_impl(framework: str, model: str) -> ModuleType:
     """Import `{framework}.{model}` only now: nothing imports torch, tensorflow or jax before this."""
-    return importlib.import_module(f"{framework}.{MODELS[model].name if model in MODELS else model}")
+    return importlib.import_module(
+        f"{framework}.{MODELS[model].name if model in MODELS else model}"
+    )

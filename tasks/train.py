@@ -13,12 +13,15 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from tasks import weights
-from tasks.configs import LeNet5Config
-from tasks.data import pad_to
-from tasks.configs import MLPConfig
-from tasks.configs import RNNConfig
-from tasks.configs import FF_ACTIVATIONS, AttentionConfig, TransformerConfig
-from tasks.data import Dataset, load_task
+from tasks.configs import (
+    FF_ACTIVATIONS,
+    AttentionConfig,
+    LeNet5Config,
+    MLPConfig,
+    RNNConfig,
+    TransformerConfig,
+)
+from tasks.data import Dataset, load_task, pad_to
 from tasks.registry import MODELS, load_impl
 
 
@@ -36,7 +39,9 @@ class TrainOptions:
     dtype: str = "float32"
     data_dir: str | None = None
     # optimiser, schedule, regularisation, initialisation (issue 7); the defaults are plain SGD at `lr`
-    optimizer: str | None = None  # one of tasks.configs.OPTIMIZER_NAMES; None: the model's own (SGD; Adam for attention)
+    optimizer: str | None = (
+        None  # one of tasks.configs.OPTIMIZER_NAMES; None: the model's own (SGD; Adam for attention)
+    )
     momentum: float = 0.9  # momentum / nesterov
     weight_decay: float = 0.0  # decoupled (adamw)
     schedule: str = "constant"  # constant, cosine or step (decays over the whole run, after warmup)
@@ -47,11 +52,17 @@ class TrainOptions:
     dropout: float | None = None
     batch_norm: bool = False
     l2: float | None = None  # L2 penalty (l2 / 2) * sum p^2 in the loss
-    patience: int | None = None  # early stopping: stop after this many epochs without a better validation loss
+    patience: int | None = (
+        None  # early stopping: stop after this many epochs without a better validation loss
+    )
 
-    def with_defaults(self, model: str, task: str) -> "TrainOptions":
+    def with_defaults(self, model: str, task: str) -> TrainOptions:
         defaults = MODELS[model].defaults.get(task, {})
-        filled = {k: defaults.get(k) for k in ("epochs", "lr", "batch_size", "hidden", "activation", "pooling") if getattr(self, k) is None}
+        filled = {
+            k: defaults.get(k)
+            for k in ("epochs", "lr", "batch_size", "hidden", "activation", "pooling")
+            if getattr(self, k) is None
+        }
         return replace(self, **filled)
 
 
@@ -73,12 +84,16 @@ def make_config(model: str, data: Dataset, opts: TrainOptions):
             **model_options(model, opts),
         )  # fmt: skip
     if model in ("attention", "transformer"):
-        sizes = dict(MODELS[model].defaults.get(data.name, {}).get("config", {}))  # d_model, n_heads, ...
+        sizes = dict(
+            MODELS[model].defaults.get(data.name, {}).get("config", {})
+        )  # d_model, n_heads, ...
         if model == "transformer" and opts.activation in FF_ACTIVATIONS:
             sizes["activation"] = opts.activation
         if opts.optimizer in ("sgd", "adam"):  # the config records the optimiser the run uses
             sizes["optimizer"] = opts.optimizer
-        return (AttentionConfig if model == "attention" else TransformerConfig)(vocab=data.n_classes, **sizes)
+        return (AttentionConfig if model == "attention" else TransformerConfig)(
+            vocab=data.n_classes, **sizes
+        )
     if model in ("rnn", "lstm", "gru"):
         if len(opts.hidden) != 1:
             raise ValueError(f"a recurrent network has one hidden size, got {opts.hidden}")
@@ -87,7 +102,9 @@ def make_config(model: str, data: Dataset, opts: TrainOptions):
             in_features=data.x_train.shape[-1],  # (B, T, D): features per step
             hidden=opts.hidden[0],
             n_classes=data.n_classes,
-            output="sequence" if data.y_train.ndim == 2 else "last",  # a label per step, or one per sequence
+            output="sequence"
+            if data.y_train.ndim == 2
+            else "last",  # a label per step, or one per sequence
             # an OptimizerConfig clips by its own clip_norm (optimizer_config moves the RNN's default there)
             **({} if plain_sgd(opts) else {"clip_norm": None}),
         )
@@ -103,8 +120,16 @@ def initial_weights(cfg, seed: int) -> dict[str, np.ndarray]:
     params = weights.init_uniform(cfg.param_shapes(), seed)
     if isinstance(cfg, TransformerConfig):
         for name in params:
-            if name.split(".")[-2] in ("ln1", "ln2", "ln_f"):  # gain 1, shift 0, as every framework initialises them
-                params[name] = np.ones_like(params[name]) if name.endswith(".weight") else np.zeros_like(params[name])
+            if name.split(".")[-2] in (
+                "ln1",
+                "ln2",
+                "ln_f",
+            ):  # gain 1, shift 0, as every framework initialises them
+                params[name] = (
+                    np.ones_like(params[name])
+                    if name.endswith(".weight")
+                    else np.zeros_like(params[name])
+                )
     return params
 
 
@@ -114,7 +139,9 @@ def prepare(model: str, data: Dataset) -> Dataset:
         flat = lambda a: a.reshape(len(a), -1)  # (B, C, H, W) -> (B, C*H*W)
         return replace(data, x_train=flat(data.x_train), x_test=flat(data.x_test))
     if model == "lenet5" and data.x_train.shape[2:] != (32, 32):
-        to32 = lambda a: pad_to(a, 32)  # MNIST (B, 1, 28, 28) -> (B, 1, 32, 32), zero border as in the paper
+        to32 = lambda a: pad_to(
+            a, 32
+        )  # MNIST (B, 1, 28, 28) -> (B, 1, 32, 32), zero border as in the paper
         return replace(data, x_train=to32(data.x_train), x_test=to32(data.x_test))
     return data
 
@@ -128,16 +155,34 @@ def run(model: str, task: str, frameworks: list[str], opts: TrainOptions, progre
     data, validation = validation_split(data, opts)
     cfg = make_config(model, data, opts)
     init = weights.cast(initial_weights(cfg, opts.seed), opts.dtype)
-    lr = optimizer_config(opts, n_train=len(data.x_train), default_clip=RNNConfig.clip_norm if model in ("rnn", "lstm", "gru") else None)
+    lr = optimizer_config(
+        opts,
+        n_train=len(data.x_train),
+        default_clip=RNNConfig.clip_norm if model in ("rnn", "lstm", "gru") else None,
+    )
     results, finals, interrupted = [], {}, False
     for framework in frameworks:
         impl = load_impl(framework, model)
         net = impl.create_model(cfg, seed=opts.seed, dtype=opts.dtype)
         impl.load_canonical(net, init)
-        monitor = EpochMonitor(impl, net, validation, opts.patience, progress.start(framework, opts.epochs) if progress else None)
+        monitor = EpochMonitor(
+            impl,
+            net,
+            validation,
+            opts.patience,
+            progress.start(framework, opts.epochs) if progress else None,
+        )
         start = time.perf_counter()
         try:
-            history = impl.train(net, data, epochs=opts.epochs, lr=lr, batch_size=opts.batch_size, seed=opts.seed, on_epoch=monitor)
+            history = impl.train(
+                net,
+                data,
+                epochs=opts.epochs,
+                lr=lr,
+                batch_size=opts.batch_size,
+                seed=opts.seed,
+                on_epoch=monitor,
+            )
         except EarlyStop:
             history = monitor.history
         except KeyboardInterrupt:
@@ -145,7 +190,9 @@ def run(model: str, task: str, frameworks: list[str], opts: TrainOptions, progre
         seconds = time.perf_counter() - start
         if not history:  # interrupted inside the first epoch: nothing to report for this framework
             break
-        if monitor.best_weights is not None:  # early stopping: evaluate and export the best validation epoch's weights
+        if (
+            monitor.best_weights is not None
+        ):  # early stopping: evaluate and export the best validation epoch's weights
             impl.load_canonical(net, monitor.best_weights)
         test_loss, test_acc = impl.evaluate(net, data.x_test, data.y_test)
         finals[framework] = impl.export_canonical(net)
@@ -171,8 +218,14 @@ def run(model: str, task: str, frameworks: list[str], opts: TrainOptions, progre
         for row in results:
             # trainable parameters only: Keras and Flax export batch norm's running variance in their own
             # (biased) convention, off by about n/(n-1) from the canonical one (docs/PORTING.md)
-            other = {k: v for k, v in finals[row["framework"]].items() if not k.endswith(("running_mean", "running_var"))}
-            row["max_param_diff_vs_scratch"] = max(float(np.max(np.abs(other[k] - finals["scratch"][k]))) for k in other)
+            other = {
+                k: v
+                for k, v in finals[row["framework"]].items()
+                if not k.endswith(("running_mean", "running_var"))
+            }
+            row["max_param_diff_vs_scratch"] = max(
+                float(np.max(np.abs(other[k] - finals["scratch"][k]))) for k in other
+            )
     return {
         "model": model,
         "task": task,
@@ -182,7 +235,9 @@ def run(model: str, task: str, frameworks: list[str], opts: TrainOptions, progre
         "n_test": int(len(data.x_test)),
         "results": results,
         "interrupted": interrupted,
-        **({"baselines": data.meta["baselines"]} if "baselines" in data.meta else {}),  # e.g. a language model's unigram loss
+        **(
+            {"baselines": data.meta["baselines"]} if "baselines" in data.meta else {}
+        ),  # e.g. a language model's unigram loss
     }
 
 
@@ -193,7 +248,12 @@ REGULARISED = ("mlp", "lenet5")  # the models whose configs take init, dropout, 
 def plain_sgd(opts: TrainOptions) -> bool:
     """No optimiser option given: every model's train then takes the plain lr and its own default
     optimiser (SGD; Adam for attention and the Transformer; SGD clipped at 1 for the recurrent nets)."""
-    return opts.optimizer is None and opts.schedule == "constant" and not opts.warmup_steps and opts.clip_norm is None
+    return (
+        opts.optimizer is None
+        and opts.schedule == "constant"
+        and not opts.warmup_steps
+        and opts.clip_norm is None
+    )
 
 
 def optimizer_config(opts: TrainOptions, n_train: int, default_clip: float | None = None):
@@ -204,7 +264,9 @@ def optimizer_config(opts: TrainOptions, n_train: int, default_clip: float | Non
 
     if plain_sgd(opts):
         return opts.lr
-    total = opts.epochs * -(-n_train // opts.batch_size)  # updates in the run: ceil(n / B) per epoch
+    total = opts.epochs * -(
+        -n_train // opts.batch_size
+    )  # updates in the run: ceil(n / B) per epoch
     after_warmup = max(total - opts.warmup_steps, 1)
     return OptimizerConfig(
         opts.optimizer or "sgd", lr=opts.lr, momentum=opts.momentum, weight_decay=opts.weight_decay, schedule=opts.schedule,
@@ -215,7 +277,12 @@ def optimizer_config(opts: TrainOptions, n_train: int, default_clip: float | Non
 
 def model_options(model: str, opts: TrainOptions) -> dict:
     """Regularisation and initialisation fields for a config that has them (REGULARISED)."""
-    chosen = {"init": opts.init, "dropout": opts.dropout, "batch_norm": opts.batch_norm or None, "l2": opts.l2}
+    chosen = {
+        "init": opts.init,
+        "dropout": opts.dropout,
+        "batch_norm": opts.batch_norm or None,
+        "l2": opts.l2,
+    }
     return {k: v for k, v in chosen.items() if v is not None} if model in REGULARISED else {}
 
 
@@ -229,7 +296,13 @@ class EpochMonitor:
     EarlyStopping(restore_best_weights=True), so the run reports the model it would keep."""
 
     def __init__(self, impl, net, validation, patience: int | None, progress=None):
-        self.impl, self.net, self.validation, self.patience, self.progress = impl, net, validation, patience, progress
+        self.impl, self.net, self.validation, self.patience, self.progress = (
+            impl,
+            net,
+            validation,
+            patience,
+            progress,
+        )
         self.history: list[float] = []
         self.val_losses: list[float] = []
         self.stopped = False
@@ -268,9 +341,20 @@ def plot_curves(result: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    styles = ["-", "--", "-.", ":"]  # the curves often coincide: a line style each keeps all four visible
+    styles = [
+        "-",
+        "--",
+        "-.",
+        ":",
+    ]  # the curves often coincide: a line style each keeps all four visible
     for i, row in enumerate(result["results"]):
-        ax.plot(range(1, len(row["history"]) + 1), row["history"], styles[i % 4], label=row["framework"], linewidth=2 - 0.3 * i)
+        ax.plot(
+            range(1, len(row["history"]) + 1),
+            row["history"],
+            styles[i % 4],
+            label=row["framework"],
+            linewidth=2 - 0.3 * i,
+        )
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # whole epochs only
     ax.set_ylabel("mean training loss")

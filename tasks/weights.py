@@ -7,8 +7,8 @@ transforms are tabulated in docs/PORTING.md.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
@@ -27,7 +27,9 @@ def check(params: Mapping[str, np.ndarray], shapes: Shapes, dtype) -> None:
     for name in sorted(set(shapes) - set(params)):
         problems.append(f"missing {name}: expected shape {tuple(shapes[name])} {dtype}")
     for name in sorted(set(params) - set(shapes)):
-        problems.append(f"extra {name}: shape {tuple(np.shape(params[name]))}, not a parameter of this model")
+        problems.append(
+            f"extra {name}: shape {tuple(np.shape(params[name]))}, not a parameter of this model"
+        )
     for name in sorted(set(params) & set(shapes)):
         value = params[name]
         actual_shape, actual_dtype = tuple(np.shape(value)), np.asarray(value).dtype
@@ -36,7 +38,9 @@ def check(params: Mapping[str, np.ndarray], shapes: Shapes, dtype) -> None:
         if actual_dtype != dtype:
             problems.append(f"{name}: expected dtype {dtype}, got {actual_dtype}")
     if problems:
-        raise CanonicalWeightsError(f"{len(problems)} problem(s) in canonical weights: " + "; ".join(problems))
+        raise CanonicalWeightsError(
+            f"{len(problems)} problem(s) in canonical weights: " + "; ".join(problems)
+        )
 
 
 def save(path: str | Path, params: Mapping[str, np.ndarray]) -> None:

@@ -30,7 +30,9 @@ from tf_impl import optim
 def masked_softmax(scores, allowed):
     """Softmax over the last axis where `allowed`; masked entries and fully masked rows give exactly 0."""
     shifted = ops.where(allowed, scores, -math.inf)
-    top = ops.stop_gradient(ops.max(shifted, axis=-1, keepdims=True))  # the shift cancels out: no gradient through it
+    top = ops.stop_gradient(
+        ops.max(shifted, axis=-1, keepdims=True)
+    )  # the shift cancels out: no gradient through it
     top = ops.where(ops.isfinite(top), top, ops.zeros_like(top))  # a fully masked row: shift by 0
     e = ops.exp(shifted - top)  # exp(-inf) = 0 on masked entries
     total = ops.sum(e, axis=-1, keepdims=True)
@@ -39,34 +41,52 @@ def masked_softmax(scores, allowed):
 
 def scaled_dot_product_attention(q, k, v, allowed):
     """softmax(Q K^T / sqrt(HS) + mask) V, returning the output and the weights."""
-    scores = ops.matmul(q, ops.swapaxes(k, -1, -2)) / math.sqrt(q.shape[-1])  # (B, NH, T, HS) @ (B, NH, HS, T) -> (B, NH, T, T)
+    scores = ops.matmul(q, ops.swapaxes(k, -1, -2)) / math.sqrt(
+        q.shape[-1]
+    )  # (B, NH, T, HS) @ (B, NH, HS, T) -> (B, NH, T, T)
     w = masked_softmax(scores, allowed)
     return ops.matmul(w, v), w  # (B, NH, T, T) @ (B, NH, T, HS) -> (B, NH, T, HS)
 
 
-def make_dense(in_features: int, out_features: int, *, seed: keras.random.SeedGenerator, dtype: str, name: str):
-    bound = 1.0 / np.sqrt(in_features)  # torch's nn.Linear default range, so every framework starts alike
+def make_dense(
+    in_features: int, out_features: int, *, seed: keras.random.SeedGenerator, dtype: str, name: str
+):
+    bound = 1.0 / np.sqrt(
+        in_features
+    )  # torch's nn.Linear default range, so every framework starts alike
     init = keras.initializers.RandomUniform(-bound, bound, seed=seed)
-    layer = keras.layers.Dense(out_features, kernel_initializer=init, bias_initializer=init, dtype=dtype, name=name)
-    layer.build((None, in_features))  # create the variables now, so canonical weights can load before a call
+    layer = keras.layers.Dense(
+        out_features, kernel_initializer=init, bias_initializer=init, dtype=dtype, name=name
+    )
+    layer.build(
+        (None, in_features)
+    )  # create the variables now, so canonical weights can load before a call
     return layer
 
 
 class MultiHeadAttention(keras.layers.Layer):
     """Self-attention with NH heads: project to Q, K, V, attend per head, concatenate, project out."""
 
-    def __init__(self, d_model: int, n_heads: int, *, seed: keras.random.SeedGenerator, dtype: str, name: str):
+    def __init__(
+        self, d_model: int, n_heads: int, *, seed: keras.random.SeedGenerator, dtype: str, name: str
+    ):
         super().__init__(dtype=dtype, name=name)
         self.n_heads = n_heads
-        self.q, self.k, self.v, self.o = (make_dense(d_model, d_model, seed=seed, dtype=dtype, name=p) for p in "qkvo")
+        self.q, self.k, self.v, self.o = (
+            make_dense(d_model, d_model, seed=seed, dtype=dtype, name=p) for p in "qkvo"
+        )
 
     def split(self, x):
         T, E = x.shape[1], x.shape[2]
-        return ops.transpose(ops.reshape(x, (-1, T, self.n_heads, E // self.n_heads)), (0, 2, 1, 3))  # (B, T, E) -> (B, NH, T, HS)
+        return ops.transpose(
+            ops.reshape(x, (-1, T, self.n_heads, E // self.n_heads)), (0, 2, 1, 3)
+        )  # (B, T, E) -> (B, NH, T, HS)
 
     def merge(self, x):
         NH, T, HS = x.shape[1], x.shape[2], x.shape[3]
-        return ops.reshape(ops.transpose(x, (0, 2, 1, 3)), (-1, T, NH * HS))  # (B, NH, T, HS) -> (B, T, E)
+        return ops.reshape(
+            ops.transpose(x, (0, 2, 1, 3)), (-1, T, NH * HS)
+        )  # (B, NH, T, HS) -> (B, T, E)
 
     def call(self, x, allowed):
         q, k, v = self.split(self.q(x)), self.split(self.k(x)), self.split(self.v(x))
@@ -77,10 +97,16 @@ class MultiHeadAttention(keras.layers.Layer):
 class StockMultiHeadAttention(keras.layers.Layer):
     """keras.layers.MultiHeadAttention behind the same call: (x, allowed) -> (output, weights)."""
 
-    def __init__(self, d_model: int, n_heads: int, *, seed: keras.random.SeedGenerator, dtype: str, name: str):
+    def __init__(
+        self, d_model: int, n_heads: int, *, seed: keras.random.SeedGenerator, dtype: str, name: str
+    ):
         super().__init__(dtype=dtype, name=name)
-        init = keras.initializers.GlorotUniform(seed=seed)  # Keras's default initialiser, seeded from the generator we were given
-        self.mha = keras.layers.MultiHeadAttention(n_heads, d_model // n_heads, kernel_initializer=init, dtype=dtype, name="mha")
+        init = keras.initializers.GlorotUniform(
+            seed=seed
+        )  # Keras's default initialiser, seeded from the generator we were given
+        self.mha = keras.layers.MultiHeadAttention(
+            n_heads, d_model // n_heads, kernel_initializer=init, dtype=dtype, name="mha"
+        )
         self.mha.build((None, None, d_model), (None, None, d_model))
         # Keras scales the query by ops.cast(1 / sqrt(HS), dtype); on the TF backend that Python float becomes
         # a float32 tensor first, so a float64 run would use a float32-rounded scale (~1e-8 off unless
@@ -97,25 +123,39 @@ def positional_encoding(T: int, E: int, dtype="float64"):
     position = ops.arange(T, dtype="float64")[:, None]  # (T, 1)
     freq = ops.exp(-math.log(10000.0) * ops.arange(0, E, 2, dtype="float64") / E)  # (E/2,)
     angles = position * freq  # (T, 1) * (E/2,) -> (T, E/2)
-    pe = ops.reshape(ops.stack([ops.sin(angles), ops.cos(angles)], axis=-1), (T, E))  # interleave: sin at 2i, cos at 2i+1
+    pe = ops.reshape(
+        ops.stack([ops.sin(angles), ops.cos(angles)], axis=-1), (T, E)
+    )  # interleave: sin at 2i, cos at 2i+1
     return ops.cast(pe, dtype)
 
 
 def attention_mask(tokens, causal: bool):
     """The canonical mask: (B, 1, T, T) bool, True = may attend (key is not PAD, and s <= t if causal)."""
     T = tokens.shape[1]
-    allowed = (tokens != PAD)[:, None, None, :]  # (B, T) -> (B, 1, 1, T): one row of keys per sequence
+    allowed = (tokens != PAD)[
+        :, None, None, :
+    ]  # (B, T) -> (B, 1, 1, T): one row of keys per sequence
     if causal:
-        allowed = ops.logical_and(allowed, ops.tril(ops.ones((T, T), dtype="bool")))  # -> (B, 1, T, T)
+        allowed = ops.logical_and(
+            allowed, ops.tril(ops.ones((T, T), dtype="bool"))
+        )  # -> (B, 1, T, T)
     return ops.broadcast_to(allowed, (ops.shape(tokens)[0], 1, T, T))
 
 
 def make_attention(cfg, *, seed, dtype: str, name: str) -> keras.layers.Layer:
-    return (StockMultiHeadAttention if cfg.stock else MultiHeadAttention)(cfg.d_model, cfg.n_heads, seed=seed, dtype=dtype, name=name)
+    return (StockMultiHeadAttention if cfg.stock else MultiHeadAttention)(
+        cfg.d_model, cfg.n_heads, seed=seed, dtype=dtype, name=name
+    )
 
 
 def make_embedding(cfg, *, seed: keras.random.SeedGenerator, dtype: str) -> keras.layers.Embedding:
-    layer = keras.layers.Embedding(cfg.vocab, cfg.d_model, embeddings_initializer=keras.initializers.RandomNormal(seed=seed), dtype=dtype, name="embed")
+    layer = keras.layers.Embedding(
+        cfg.vocab,
+        cfg.d_model,
+        embeddings_initializer=keras.initializers.RandomNormal(seed=seed),
+        dtype=dtype,
+        name="embed",
+    )
     layer.build((None, None))
     return layer
 
@@ -124,7 +164,9 @@ def make_embedding(cfg, *, seed: keras.random.SeedGenerator, dtype: str) -> kera
 class AttentionModel(keras.Model):
     """Embedding * sqrt(E) + positions, one self-attention layer with a residual, a per-token head."""
 
-    def __init__(self, cfg: AttentionConfig, *, seed: keras.random.SeedGenerator, dtype: str = "float64"):
+    def __init__(
+        self, cfg: AttentionConfig, *, seed: keras.random.SeedGenerator, dtype: str = "float64"
+    ):
         super().__init__(dtype=dtype)
         self.cfg = cfg
         self.embed = make_embedding(cfg, seed=seed, dtype=dtype)
@@ -160,18 +202,33 @@ def canonical_variables(model) -> dict[str, tuple[keras.Variable, str]]:
         if isinstance(layer, MultiHeadAttention):
             for p in "qkvo":
                 dense = getattr(layer, p)
-                out[f"{prefix}.{p}.weight"], out[f"{prefix}.{p}.bias"] = (dense.kernel, "dense"), (dense.bias, "as is")
+                out[f"{prefix}.{p}.weight"], out[f"{prefix}.{p}.bias"] = (
+                    (dense.kernel, "dense"),
+                    (dense.bias, "as is"),
+                )
         elif isinstance(layer, StockMultiHeadAttention):
             mha = layer.mha
             for p, dense in zip("qkv", (mha.query_dense, mha.key_dense, mha.value_dense)):
-                out[f"{prefix}.{p}.weight"], out[f"{prefix}.{p}.bias"] = (dense.kernel, "heads in"), (dense.bias, "heads bias")
-            out[f"{prefix}.o.weight"], out[f"{prefix}.o.bias"] = (mha.output_dense.kernel, "heads out"), (mha.output_dense.bias, "as is")
+                out[f"{prefix}.{p}.weight"], out[f"{prefix}.{p}.bias"] = (
+                    (dense.kernel, "heads in"),
+                    (dense.bias, "heads bias"),
+                )
+            out[f"{prefix}.o.weight"], out[f"{prefix}.o.bias"] = (
+                (mha.output_dense.kernel, "heads out"),
+                (mha.output_dense.bias, "as is"),
+            )
         elif isinstance(layer, keras.layers.Dense):
-            out[f"{prefix}.weight"], out[f"{prefix}.bias"] = (layer.kernel, "dense"), (layer.bias, "as is")
+            out[f"{prefix}.weight"], out[f"{prefix}.bias"] = (
+                (layer.kernel, "dense"),
+                (layer.bias, "as is"),
+            )
         elif isinstance(layer, keras.layers.Embedding):
             out[f"{prefix}.weight"] = (layer.embeddings, "as is")  # (V, E) both
         elif isinstance(layer, keras.layers.LayerNormalization):
-            out[f"{prefix}.weight"], out[f"{prefix}.bias"] = (layer.gamma, "as is"), (layer.beta, "as is")
+            out[f"{prefix}.weight"], out[f"{prefix}.bias"] = (
+                (layer.gamma, "as is"),
+                (layer.beta, "as is"),
+            )
     return out
 
 
@@ -180,7 +237,9 @@ def to_canonical(value: np.ndarray, layout: str) -> np.ndarray:
         return value.T  # Keras (in, out) -> canonical (out, in)
     if layout in ("heads in", "heads out"):
         # (E, NH, HS) or (NH, HS, E) -> (E_in, E_out) -> canonical (out, in); head n, dim h is row n*HS + h
-        return value.reshape(-1, value.shape[-1] if layout == "heads out" else value.shape[1] * value.shape[2]).T
+        return value.reshape(
+            -1, value.shape[-1] if layout == "heads out" else value.shape[1] * value.shape[2]
+        ).T
     if layout == "heads bias":
         return value.reshape(-1)  # (NH, HS) -> (E,)
     return value
@@ -188,7 +247,9 @@ def to_canonical(value: np.ndarray, layout: str) -> np.ndarray:
 
 def to_native(value: np.ndarray, layout: str, shape) -> np.ndarray:
     if layout in ("dense", "heads in", "heads out"):
-        return value.T.reshape(shape)  # canonical (out, in) -> (in, out), then split a head axis where Keras has one
+        return value.T.reshape(
+            shape
+        )  # canonical (out, in) -> (in, out), then split a head axis where Keras has one
     return value.reshape(shape)
 
 
@@ -199,7 +260,10 @@ def load_canonical(model, params: dict[str, np.ndarray]) -> None:
 
 
 def export_canonical(model) -> dict[str, np.ndarray]:
-    return {name: np.array(to_canonical(v.numpy(), layout)) for name, (v, layout) in canonical_variables(model).items()}
+    return {
+        name: np.array(to_canonical(v.numpy(), layout))
+        for name, (v, layout) in canonical_variables(model).items()
+    }
 
 
 # ----------------------------------------------------------------------------- loss
@@ -221,8 +285,13 @@ def forward_backward(model, x, y) -> dict[str, np.ndarray]:
         loss = loss_fn(logits, y)
     grads = tape.gradient(loss, {"input": dx, **{k: v for k, (v, _) in variables.items()}})
     # the embedding gradient comes back as IndexedSlices (rows touched): densify it
-    out = {f"grad.{k}": np.array(to_canonical(tf.convert_to_tensor(grads[k]).numpy(), layout)) for k, (_, layout) in variables.items()}
-    out.update({"output": logits.numpy(), "loss": loss.numpy(), "grad.input": grads["input"].numpy()})
+    out = {
+        f"grad.{k}": np.array(to_canonical(tf.convert_to_tensor(grads[k]).numpy(), layout))
+        for k, (_, layout) in variables.items()
+    }
+    out.update(
+        {"output": logits.numpy(), "loss": loss.numpy(), "grad.input": grads["input"].numpy()}
+    )
     return out | {f"attn_weights.{i}": w.numpy() for i, w in enumerate(attn)}
 
 
@@ -234,7 +303,9 @@ def make_optimizer(model, lr: float | OptimizerConfig) -> keras.optimizers.Optim
     # a callable learning rate keeps it in the model's dtype (a float becomes a float32 variable)
     learning_rate = lambda: ops.convert_to_tensor(lr, dtype=model.dtype)
     if model.cfg.optimizer == "adam":
-        optimizer = keras.optimizers.Adam(learning_rate=learning_rate, epsilon=1e-8)  # Keras's "epsilon hat" form
+        optimizer = keras.optimizers.Adam(
+            learning_rate=learning_rate, epsilon=1e-8
+        )  # Keras's "epsilon hat" form
     else:
         optimizer = keras.optimizers.SGD(learning_rate=learning_rate)
     # create Adam's slots now: train_step is one tf.function for every model, and variables may only be
@@ -252,7 +323,16 @@ def train_step(model, optimizer: keras.optimizers.Optimizer, x, y):
     return loss
 
 
-def train(model, data: Dataset, *, epochs: int, lr: float | OptimizerConfig, batch_size: int, seed: int, on_epoch=None) -> list[float]:
+def train(
+    model,
+    data: Dataset,
+    *,
+    epochs: int,
+    lr: float | OptimizerConfig,
+    batch_size: int,
+    seed: int,
+    on_epoch=None,
+) -> list[float]:
     """Mini-batches in the shared order; returns the mean training loss of each epoch."""
     x, y = data.x_train, data.y_train  # token ids (B, T): no dtype cast
     optimizer, history = make_optimizer(model, lr), []

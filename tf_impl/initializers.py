@@ -19,7 +19,9 @@ INITIALIZERS = {
 
 
 # ----------------------------------------------------------------------------- sampling
-def make_initializer(name: str, *, seed: keras.random.SeedGenerator, fan_in: int) -> keras.initializers.Initializer:
+def make_initializer(
+    name: str, *, seed: keras.random.SeedGenerator, fan_in: int
+) -> keras.initializers.Initializer:
     """The named initializer; "uniform" is torch's nn.Linear rule U(±1/sqrt(fan_in))."""
     if name == "uniform":
         bound = 1.0 / fan_in**0.5

@@ -23,40 +23,93 @@ from tf_impl.regularize import Dropout, canonical_variables, l2_penalty, make_ba
 
 
 # ----------------------------------------------------------------------------- layers
-def make_conv(in_channels: int, out_channels: int, kernel_size: int, *, seed: keras.random.SeedGenerator, dtype: str, name: str, init: str = "uniform", bias: bool = True):
-    kernel_init = initializers.make_initializer(init, seed=seed, fan_in=in_channels * kernel_size**2)  # "uniform": torch's nn.Conv2d range
-    bias_init = kernel_init if init == "uniform" else "zeros"  # a named initialiser (He, Xavier): zero bias
+def make_conv(
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int,
+    *,
+    seed: keras.random.SeedGenerator,
+    dtype: str,
+    name: str,
+    init: str = "uniform",
+    bias: bool = True,
+):
+    kernel_init = initializers.make_initializer(
+        init, seed=seed, fan_in=in_channels * kernel_size**2
+    )  # "uniform": torch's nn.Conv2d range
+    bias_init = (
+        kernel_init if init == "uniform" else "zeros"
+    )  # a named initialiser (He, Xavier): zero bias
     layer = keras.layers.Conv2D(
-        out_channels, kernel_size, padding="valid", use_bias=bias, kernel_initializer=kernel_init, bias_initializer=bias_init, dtype=dtype, name=name
+        out_channels,
+        kernel_size,
+        padding="valid",
+        use_bias=bias,
+        kernel_initializer=kernel_init,
+        bias_initializer=bias_init,
+        dtype=dtype,
+        name=name,
     )
-    layer.build((None, None, None, in_channels))  # create the variables now, so canonical weights can load before a call
+    layer.build(
+        (None, None, None, in_channels)
+    )  # create the variables now, so canonical weights can load before a call
     return layer
 
 
-def make_dense(in_features: int, out_features: int, *, seed: keras.random.SeedGenerator, dtype: str, name: str, init: str = "uniform", bias: bool = True):
-    kernel_init = initializers.make_initializer(init, seed=seed, fan_in=in_features)  # "uniform": torch's nn.Linear range
+def make_dense(
+    in_features: int,
+    out_features: int,
+    *,
+    seed: keras.random.SeedGenerator,
+    dtype: str,
+    name: str,
+    init: str = "uniform",
+    bias: bool = True,
+):
+    kernel_init = initializers.make_initializer(
+        init, seed=seed, fan_in=in_features
+    )  # "uniform": torch's nn.Linear range
     bias_init = kernel_init if init == "uniform" else "zeros"
-    layer = keras.layers.Dense(out_features, use_bias=bias, kernel_initializer=kernel_init, bias_initializer=bias_init, dtype=dtype, name=name)
+    layer = keras.layers.Dense(
+        out_features,
+        use_bias=bias,
+        kernel_initializer=kernel_init,
+        bias_initializer=bias_init,
+        dtype=dtype,
+        name=name,
+    )
     layer.build((None, in_features))
     return layer
 
 
 def make_pool(cfg: LeNet5Config, dtype: str) -> keras.layers.Layer:
-    return {"avg": keras.layers.AveragePooling2D, "max": keras.layers.MaxPooling2D}[cfg.pooling](pool_size=2, dtype=dtype)
+    return {"avg": keras.layers.AveragePooling2D, "max": keras.layers.MaxPooling2D}[cfg.pooling](
+        pool_size=2, dtype=dtype
+    )
 
 
 # ----------------------------------------------------------------------------- model
 class LeNet5(keras.Model):
     """Two conv + pool stages, a flatten, two hidden dense layers and a linear head (logits)."""
 
-    def __init__(self, cfg: LeNet5Config, *, seed: keras.random.SeedGenerator, dtype: str = "float64"):
+    def __init__(
+        self, cfg: LeNet5Config, *, seed: keras.random.SeedGenerator, dtype: str = "float64"
+    ):
         super().__init__(dtype=dtype)
         self.cfg = cfg
         (c1, c2), (h1, h2), k = cfg.channels, cfg.hidden, cfg.kernel_size
-        bias = not cfg.batch_norm  # a batch norm's mean subtraction cancels the bias of the layer before it
-        self.conv1 = make_conv(cfg.in_channels, c1, k, seed=seed, dtype=dtype, name="conv1", init=cfg.init, bias=bias)
-        self.conv2 = make_conv(c1, c2, k, seed=seed, dtype=dtype, name="conv2", init=cfg.init, bias=bias)
-        self.fc1 = make_dense(cfg.flat_features, h1, seed=seed, dtype=dtype, name="fc1", init=cfg.init, bias=bias)  # 16 * 5 * 5 = 400 inputs by default
+        bias = (
+            not cfg.batch_norm
+        )  # a batch norm's mean subtraction cancels the bias of the layer before it
+        self.conv1 = make_conv(
+            cfg.in_channels, c1, k, seed=seed, dtype=dtype, name="conv1", init=cfg.init, bias=bias
+        )
+        self.conv2 = make_conv(
+            c1, c2, k, seed=seed, dtype=dtype, name="conv2", init=cfg.init, bias=bias
+        )
+        self.fc1 = make_dense(
+            cfg.flat_features, h1, seed=seed, dtype=dtype, name="fc1", init=cfg.init, bias=bias
+        )  # 16 * 5 * 5 = 400 inputs by default
         self.fc2 = make_dense(h1, h2, seed=seed, dtype=dtype, name="fc2", init=cfg.init, bias=bias)
         self.fc3 = make_dense(h2, cfg.n_classes, seed=seed, dtype=dtype, name="fc3", init=cfg.init)
         # the activation and the pooling hold no state, so one layer of each serves every use
@@ -64,25 +117,71 @@ class LeNet5(keras.Model):
         self.pool = make_pool(cfg, dtype)
         self.flatten = keras.layers.Flatten(dtype=dtype)
         # optional regularisers: batch norm before each hidden activation, dropout after fc1's and fc2's
-        norm = lambda n, conv: make_batch_norm(n, conv=conv, dtype=dtype) if cfg.batch_norm else keras.layers.Identity(dtype=dtype)
-        self.bn1, self.bn2, self.bn3, self.bn4 = norm(c1, True), norm(c2, True), norm(h1, False), norm(h2, False)
-        self.drop1, self.drop2 = (Dropout(cfg.dropout, seed=seed, dtype=dtype) if cfg.dropout else keras.layers.Identity(dtype=dtype) for _ in range(2))
+        norm = lambda n, conv: (
+            make_batch_norm(n, conv=conv, dtype=dtype)
+            if cfg.batch_norm
+            else keras.layers.Identity(dtype=dtype)
+        )
+        self.bn1, self.bn2, self.bn3, self.bn4 = (
+            norm(c1, True),
+            norm(c2, True),
+            norm(h1, False),
+            norm(h2, False),
+        )
+        self.drop1, self.drop2 = (
+            Dropout(cfg.dropout, seed=seed, dtype=dtype)
+            if cfg.dropout
+            else keras.layers.Identity(dtype=dtype)
+            for _ in range(2)
+        )
 
     def call(self, x, training=False):
-        x = ops.transpose(x, (0, 2, 3, 1))  # (B, C, H, W) -> (B, H, W, C): Keras convolves channel-last
-        x = self.pool(self.activation(self.bn1(self.conv1(x), training=training)))  # (B, 32, 32, 1) -> (B, 28, 28, 6) -> (B, 14, 14, 6)
-        x = self.pool(self.activation(self.bn2(self.conv2(x), training=training)))  # -> (B, 10, 10, 16) -> (B, 5, 5, 16)
+        x = ops.transpose(
+            x, (0, 2, 3, 1)
+        )  # (B, C, H, W) -> (B, H, W, C): Keras convolves channel-last
+        x = self.pool(
+            self.activation(self.bn1(self.conv1(x), training=training))
+        )  # (B, 32, 32, 1) -> (B, 28, 28, 6) -> (B, 14, 14, 6)
+        x = self.pool(
+            self.activation(self.bn2(self.conv2(x), training=training))
+        )  # -> (B, 10, 10, 16) -> (B, 5, 5, 16)
         x = self.flatten(x)  # (B, 5, 5, 16) -> (B, 400) in (H, W, C) order, not torch's (C, H, W)
-        x = self.drop1(self.activation(self.bn3(self.fc1(x), training=training)), training=training)  # (B, 400) -> (B, 120)
-        x = self.drop2(self.activation(self.bn4(self.fc2(x), training=training)), training=training)  # (B, 120) -> (B, 84)
+        x = self.drop1(
+            self.activation(self.bn3(self.fc1(x), training=training)), training=training
+        )  # (B, 400) -> (B, 120)
+        x = self.drop2(
+            self.activation(self.bn4(self.fc2(x), training=training)), training=training
+        )  # (B, 120) -> (B, 84)
         return self.fc3(x)  # (B, 84) -> (B, C) logits
 
     def variables_by_name(self) -> dict[str, keras.Variable]:
         """Each canonical tensor by its canonical name, in the Keras layout (batch norms' statistics too)."""
-        layers = {"conv1": self.conv1, "conv2": self.conv2, "fc1": self.fc1, "fc2": self.fc2, "fc3": self.fc3}
-        out = {f"{p}.{k}": v for p, layer in layers.items() for k, v in (("weight", layer.kernel), ("bias", layer.bias)) if v is not None}
-        norms = {"bn1": self.bn1, "bn2": self.bn2, "bn3": self.bn3, "bn4": self.bn4} if self.cfg.batch_norm else {}
-        return {**out, **{f"{p}.{k}": v for p, norm in norms.items() for k, v in canonical_variables(norm).items()}}
+        layers = {
+            "conv1": self.conv1,
+            "conv2": self.conv2,
+            "fc1": self.fc1,
+            "fc2": self.fc2,
+            "fc3": self.fc3,
+        }
+        out = {
+            f"{p}.{k}": v
+            for p, layer in layers.items()
+            for k, v in (("weight", layer.kernel), ("bias", layer.bias))
+            if v is not None
+        }
+        norms = (
+            {"bn1": self.bn1, "bn2": self.bn2, "bn3": self.bn3, "bn4": self.bn4}
+            if self.cfg.batch_norm
+            else {}
+        )
+        return {
+            **out,
+            **{
+                f"{p}.{k}": v
+                for p, norm in norms.items()
+                for k, v in canonical_variables(norm).items()
+            },
+        }
 
 
 def create_model(cfg: LeNet5Config, *, seed: int, dtype: str = "float64") -> LeNet5:
@@ -97,7 +196,9 @@ def to_native(cfg: LeNet5Config, name: str, value: np.ndarray) -> np.ndarray:
         return value.transpose(2, 3, 1, 0)  # (out_c, in_c, kh, kw) -> (kh, kw, in_c, out_c)
     if name == "fc1.weight":
         # input rows from (C, H, W) order to Keras' (H, W, C) flatten order, then (out, in) -> (in, out)
-        return value.reshape(-1, c, s, s).transpose(2, 3, 1, 0).reshape(c * s * s, -1)  # (out, C, H, W) -> (H, W, C, out)
+        return (
+            value.reshape(-1, c, s, s).transpose(2, 3, 1, 0).reshape(c * s * s, -1)
+        )  # (out, C, H, W) -> (H, W, C, out)
     if name.endswith(".weight"):
         return value.T  # (out, in) -> (in, out)
     return value
@@ -109,7 +210,9 @@ def to_canonical(cfg: LeNet5Config, name: str, value: np.ndarray) -> np.ndarray:
     if name.startswith("conv") and name.endswith(".weight"):
         return value.transpose(3, 2, 0, 1)  # (kh, kw, in_c, out_c) -> (out_c, in_c, kh, kw)
     if name == "fc1.weight":
-        return value.reshape(s, s, c, -1).transpose(3, 2, 0, 1).reshape(-1, c * s * s)  # (H, W, C, out) -> (out, C, H, W)
+        return (
+            value.reshape(s, s, c, -1).transpose(3, 2, 0, 1).reshape(-1, c * s * s)
+        )  # (H, W, C, out) -> (out, C, H, W)
     if name.endswith(".weight"):
         return value.T  # (in, out) -> (out, in)
     return value
@@ -122,7 +225,10 @@ def load_canonical(model: LeNet5, params: dict[str, np.ndarray]) -> None:
 
 
 def export_canonical(model: LeNet5) -> dict[str, np.ndarray]:
-    return {name: np.array(to_canonical(model.cfg, name, v.numpy())) for name, v in model.variables_by_name().items()}
+    return {
+        name: np.array(to_canonical(model.cfg, name, v.numpy()))
+        for name, v in model.variables_by_name().items()
+    }
 
 
 # ----------------------------------------------------------------------------- loss
@@ -134,10 +240,14 @@ def loss_fn(logits, y):
 def forward_backward(model: LeNet5, x, y) -> dict[str, np.ndarray]:
     """Outputs, loss and every gradient in the canonical layout (what the parity tests compare)."""
     x, y = tf.constant(x), tf.constant(y)
-    variables = {k: v for k, v in model.variables_by_name().items() if v.trainable}  # not the running statistics
+    variables = {
+        k: v for k, v in model.variables_by_name().items() if v.trainable
+    }  # not the running statistics
     with tf.GradientTape() as tape:
         tape.watch(x)
-        logits = model(x, training=True)  # batch statistics and dropout, as torch's and Flax's default train mode
+        logits = model(
+            x, training=True
+        )  # batch statistics and dropout, as torch's and Flax's default train mode
         loss = loss_fn(logits, y)
     grads, dx = tape.gradient(loss, (variables, x))
     # a gradient has its parameter's Keras layout: the same converter brings it to canonical
@@ -150,7 +260,9 @@ def make_optimizer(model: LeNet5, lr: float | OptimizerConfig) -> keras.optimize
     """A learning rate gives keras.optimizers.SGD; an OptimizerConfig any optimizer of tf_impl/optim.py.
 
     A float learning rate would become a float32 variable, inexact in float64 runs (docs/PORTING.md)."""
-    return optim.make_optimizer(model, lr if isinstance(lr, OptimizerConfig) else OptimizerConfig("sgd", lr=lr))
+    return optim.make_optimizer(
+        model, lr if isinstance(lr, OptimizerConfig) else OptimizerConfig("sgd", lr=lr)
+    )
 
 
 @tf.function(reduce_retracing=True)
@@ -164,7 +276,16 @@ def train_step(model: LeNet5, optimizer: keras.optimizers.Optimizer, x, y):
     return loss
 
 
-def train(model: LeNet5, data: Dataset, *, epochs: int, lr: float | OptimizerConfig, batch_size: int, seed: int, on_epoch=None) -> list[float]:
+def train(
+    model: LeNet5,
+    data: Dataset,
+    *,
+    epochs: int,
+    lr: float | OptimizerConfig,
+    batch_size: int,
+    seed: int,
+    on_epoch=None,
+) -> list[float]:
     """Mini-batches in the shared order, stepped by make_optimizer(model, lr); returns the mean training loss of each epoch."""
     x, y = data.x_train.astype(model.fc3.kernel.dtype), data.y_train
     optimizer, history = make_optimizer(model, lr), []

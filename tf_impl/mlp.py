@@ -14,9 +14,9 @@ from keras import ops
 
 from tasks import weights
 from tasks.configs import MLPConfig, OptimizerConfig
+from tasks.data import Dataset, epoch_order
 from tf_impl import initializers, optim
 from tf_impl.regularize import Dropout, canonical_variables, l2_penalty, make_batch_norm
-from tasks.data import Dataset, epoch_order
 
 
 # ----------------------------------------------------------------------------- layers
@@ -29,11 +29,33 @@ def make_activation(cfg: MLPConfig, dtype: str) -> keras.layers.Layer:
     return keras.layers.Activation(cfg.activation, dtype=dtype)
 
 
-def make_dense(in_features: int, out_features: int, *, seed: keras.random.SeedGenerator, dtype: str, name: str, init: str = "uniform", bias: bool = True):
-    kernel_init = initializers.make_initializer(init, seed=seed, fan_in=in_features)  # "uniform": torch's nn.Linear range
-    bias_init = kernel_init if init == "uniform" else "zeros"  # a named initialiser (He, Xavier): zero bias
-    layer = keras.layers.Dense(out_features, use_bias=bias, kernel_initializer=kernel_init, bias_initializer=bias_init, dtype=dtype, name=name)
-    layer.build((None, in_features))  # create the variables now, so canonical weights can load before a call
+def make_dense(
+    in_features: int,
+    out_features: int,
+    *,
+    seed: keras.random.SeedGenerator,
+    dtype: str,
+    name: str,
+    init: str = "uniform",
+    bias: bool = True,
+):
+    kernel_init = initializers.make_initializer(
+        init, seed=seed, fan_in=in_features
+    )  # "uniform": torch's nn.Linear range
+    bias_init = (
+        kernel_init if init == "uniform" else "zeros"
+    )  # a named initialiser (He, Xavier): zero bias
+    layer = keras.layers.Dense(
+        out_features,
+        use_bias=bias,
+        kernel_initializer=kernel_init,
+        bias_initializer=bias_init,
+        dtype=dtype,
+        name=name,
+    )
+    layer.build(
+        (None, in_features)
+    )  # create the variables now, so canonical weights can load before a call
     return layer
 
 
@@ -45,16 +67,25 @@ class MLP(keras.Model):
         super().__init__(dtype=dtype)
         self.cfg = cfg
         sizes = cfg.sizes
-        bias = not cfg.batch_norm  # a batch norm's mean subtraction cancels the bias of the layer before it
+        bias = (
+            not cfg.batch_norm
+        )  # a batch norm's mean subtraction cancels the bias of the layer before it
         self.hidden = [
-            make_dense(i, o, seed=seed, dtype=dtype, name=f"hidden_{n}", init=cfg.init, bias=bias) for n, (i, o) in enumerate(zip(sizes[:-2], sizes[1:-1]))
+            make_dense(i, o, seed=seed, dtype=dtype, name=f"hidden_{n}", init=cfg.init, bias=bias)
+            for n, (i, o) in enumerate(zip(sizes[:-2], sizes[1:-1]))
         ]
         # the activation holds no state, so one layer serves every hidden layer
         self.activation = make_activation(cfg, dtype)
-        self.head = make_dense(sizes[-2], sizes[-1], seed=seed, dtype=dtype, name="head", init=cfg.init)
+        self.head = make_dense(
+            sizes[-2], sizes[-1], seed=seed, dtype=dtype, name="head", init=cfg.init
+        )
         # optional regularisers: batch norm before each hidden activation, dropout after it
         self.bn = [make_batch_norm(o, dtype=dtype) for o in sizes[1:-1]] if cfg.batch_norm else []
-        self.dropouts = [Dropout(cfg.dropout, seed=seed, dtype=dtype) for _ in self.hidden] if cfg.dropout else []
+        self.dropouts = (
+            [Dropout(cfg.dropout, seed=seed, dtype=dtype) for _ in self.hidden]
+            if cfg.dropout
+            else []
+        )
 
     def call(self, x, training=False):
         for i, layer in enumerate(self.hidden):
@@ -90,11 +121,18 @@ def load_canonical(model: MLP, params: dict[str, np.ndarray]) -> None:
 def export_canonical(model: MLP) -> dict[str, np.ndarray]:
     out = {}
     for prefix, layer in model.layers_by_name().items():
-        out[f"{prefix}.weight"] = np.array(layer.kernel.numpy().T)  # Keras (in, out) -> canonical (out, in)
+        out[f"{prefix}.weight"] = np.array(
+            layer.kernel.numpy().T
+        )  # Keras (in, out) -> canonical (out, in)
         if layer.bias is not None:
             out[f"{prefix}.bias"] = np.array(layer.bias.numpy())
     for i, norm in enumerate(model.bn):
-        out.update({f"bn.{i}.{key}": np.array(variable.numpy()) for key, variable in canonical_variables(norm).items()})
+        out.update(
+            {
+                f"bn.{i}.{key}": np.array(variable.numpy())
+                for key, variable in canonical_variables(norm).items()
+            }
+        )
     return out
 
 
@@ -102,7 +140,9 @@ def export_canonical(model: MLP) -> dict[str, np.ndarray]:
 def loss_fn(logits, y, head: str):
     """Mean loss computed from logits (the fused, numerically stable forms)."""
     if head == "sigmoid":
-        return ops.mean(ops.binary_crossentropy(ops.cast(y, logits.dtype), logits[:, 0], from_logits=True))
+        return ops.mean(
+            ops.binary_crossentropy(ops.cast(y, logits.dtype), logits[:, 0], from_logits=True)
+        )
     return ops.mean(ops.sparse_categorical_crossentropy(y, logits, from_logits=True))
 
 
@@ -122,11 +162,15 @@ def forward_backward(model: MLP, x, y) -> dict[str, np.ndarray]:
         variables[f"bn.{i}.weight"], variables[f"bn.{i}.bias"] = norm.gamma, norm.beta
     with tf.GradientTape() as tape:
         tape.watch(x)
-        logits = model(x, training=True)  # batch statistics and dropout, as torch's and Flax's default train mode
+        logits = model(
+            x, training=True
+        )  # batch statistics and dropout, as torch's and Flax's default train mode
         loss = loss_fn(logits, y, model.cfg.head)
     grads = tape.gradient(loss, variables)
     # dense kernel gradients come out (in, out) like the kernel: transpose to canonical (out, in)
-    grads = {f"grad.{k}": (g.numpy().T if k.endswith(".weight") else g.numpy()) for k, g in grads.items()}
+    grads = {
+        f"grad.{k}": (g.numpy().T if k.endswith(".weight") else g.numpy()) for k, g in grads.items()
+    }
     return {"output": logits.numpy(), "loss": loss.numpy(), **grads}
 
 
@@ -136,7 +180,9 @@ def make_optimizer(model: MLP, lr: float | OptimizerConfig) -> keras.optimizers.
 
     A float learning rate would become a float32 (floatx) variable, which rounds 0.1 to 0.10000000149
     in a float64 run; optim.make_schedule passes a callable returning the model's dtype instead."""
-    return optim.make_optimizer(model, lr if isinstance(lr, OptimizerConfig) else OptimizerConfig("sgd", lr=lr))
+    return optim.make_optimizer(
+        model, lr if isinstance(lr, OptimizerConfig) else OptimizerConfig("sgd", lr=lr)
+    )
 
 
 @tf.function(reduce_retracing=True)
@@ -150,7 +196,16 @@ def train_step(model: MLP, optimizer: keras.optimizers.Optimizer, x, y):
     return loss
 
 
-def train(model: MLP, data: Dataset, *, epochs: int, lr: float | OptimizerConfig, batch_size: int, seed: int, on_epoch=None) -> list[float]:
+def train(
+    model: MLP,
+    data: Dataset,
+    *,
+    epochs: int,
+    lr: float | OptimizerConfig,
+    batch_size: int,
+    seed: int,
+    on_epoch=None,
+) -> list[float]:
     """Mini-batches in the shared order, stepped by make_optimizer(model, lr); returns the mean training loss of each epoch."""
     x, y = data.x_train.astype(model.head.kernel.dtype), data.y_train
     optimizer, history = make_optimizer(model, lr), []

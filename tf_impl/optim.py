@@ -35,23 +35,35 @@ class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
     def __init__(self, spec: OptimizerConfig, dtype: str):
         super().__init__()
         self.lr, self.warmup_steps, self.dtype = hyper(spec.lr, dtype), spec.warmup_steps, dtype
-        gamma = spec.gamma if spec.schedule == "step" else 1.0  # warmup then a constant lr: never decays
-        self.decay = keras.optimizers.schedules.ExponentialDecay(self.lr, spec.step_size, hyper(gamma, dtype), staircase=True)
+        gamma = (
+            spec.gamma if spec.schedule == "step" else 1.0
+        )  # warmup then a constant lr: never decays
+        self.decay = keras.optimizers.schedules.ExponentialDecay(
+            self.lr, spec.step_size, hyper(gamma, dtype), staircase=True
+        )
 
     def __call__(self, step):
         step = ops.cast(step, self.dtype)
         warmup = ops.cast(self.warmup_steps, self.dtype)
-        ramp = step * self.lr / max(self.warmup_steps, 1)  # tensor first: a NumPy scalar first would try to convert it
+        ramp = (
+            step * self.lr / max(self.warmup_steps, 1)
+        )  # tensor first: a NumPy scalar first would try to convert it
         return ops.where(step < warmup, ramp, self.decay(step - warmup))
 
 
 def make_schedule(spec: OptimizerConfig, dtype: str):
     if spec.schedule == "cosine":
         if not spec.warmup_steps:
-            return keras.optimizers.schedules.CosineDecay(hyper(spec.lr, dtype), spec.decay_steps, alpha=spec.min_lr_ratio)
+            return keras.optimizers.schedules.CosineDecay(
+                hyper(spec.lr, dtype), spec.decay_steps, alpha=spec.min_lr_ratio
+            )
         # warmup from initial_learning_rate (0) to warmup_target, then cosine from warmup_target
         return keras.optimizers.schedules.CosineDecay(
-            hyper(0.0, dtype), spec.decay_steps, alpha=spec.min_lr_ratio, warmup_target=hyper(spec.lr, dtype), warmup_steps=spec.warmup_steps
+            hyper(0.0, dtype),
+            spec.decay_steps,
+            alpha=spec.min_lr_ratio,
+            warmup_target=hyper(spec.lr, dtype),
+            warmup_steps=spec.warmup_steps,
         )
     if spec.schedule == "step" or spec.warmup_steps:
         return WarmupStepDecay(spec, dtype)
@@ -75,10 +87,23 @@ def make_keras_optimizer(spec: OptimizerConfig, dtype: str) -> keras.optimizers.
         return keras.optimizers.SGD(learning_rate=lr, **clip)
     if spec.name in ("momentum", "nesterov"):
         # Keras keeps v = mu v - lr g and adds it: the same as torch's only while lr is constant
-        return keras.optimizers.SGD(learning_rate=lr, momentum=hyper(spec.momentum, dtype), nesterov=spec.name == "nesterov", **clip)
+        return keras.optimizers.SGD(
+            learning_rate=lr,
+            momentum=hyper(spec.momentum, dtype),
+            nesterov=spec.name == "nesterov",
+            **clip,
+        )
     if spec.name == "rmsprop":
-        return keras.optimizers.RMSprop(learning_rate=lr, rho=hyper(spec.rho, dtype), epsilon=hyper(spec.eps, dtype), **clip)
-    betas = {"beta_1": hyper(spec.beta1, dtype), "beta_2": hyper(spec.beta2, dtype), "epsilon": hyper(spec.eps, dtype)}
+        return keras.optimizers.RMSprop(
+            learning_rate=lr, rho=hyper(spec.rho, dtype), epsilon=hyper(spec.eps, dtype), **clip
+        )
+    betas = {
+        "beta_1": hyper(spec.beta1, dtype),
+        "beta_2": hyper(spec.beta2, dtype),
+        "epsilon": hyper(spec.eps, dtype),
+    }
     if spec.name == "adam":
         return keras.optimizers.Adam(learning_rate=lr, **betas, **clip)
-    return keras.optimizers.AdamW(learning_rate=lr, weight_decay=hyper(spec.weight_decay, dtype), **betas, **clip)
+    return keras.optimizers.AdamW(
+        learning_rate=lr, weight_decay=hyper(spec.weight_decay, dtype), **betas, **clip
+    )

@@ -30,16 +30,26 @@ def step(z):
 class Perceptron(keras.Model):
     """One neuron: a weighted sum, then a step."""
 
-    def __init__(self, cfg: PerceptronConfig, *, seed: keras.random.SeedGenerator, dtype: str = "float64"):
+    def __init__(
+        self, cfg: PerceptronConfig, *, seed: keras.random.SeedGenerator, dtype: str = "float64"
+    ):
         super().__init__(dtype=dtype)
         self.cfg = cfg
-        bound = 1.0 / np.sqrt(cfg.in_features)  # torch's nn.Linear default range, so every framework starts alike
+        bound = 1.0 / np.sqrt(
+            cfg.in_features
+        )  # torch's nn.Linear default range, so every framework starts alike
         init = keras.initializers.RandomUniform(-bound, bound, seed=seed)
-        self.neuron = keras.layers.Dense(1, kernel_initializer=init, bias_initializer=init, dtype=dtype, name="neuron")
-        self.neuron.build((None, cfg.in_features))  # create the variables now, so canonical weights can load before a call
+        self.neuron = keras.layers.Dense(
+            1, kernel_initializer=init, bias_initializer=init, dtype=dtype, name="neuron"
+        )
+        self.neuron.build(
+            (None, cfg.in_features)
+        )  # create the variables now, so canonical weights can load before a call
 
     def call(self, x, training=False):
-        return step(self.neuron(x))[:, 0]  # (B, D) -> (B, 1) -> (B,): 0.0 or 1.0 in the model's dtype
+        return step(self.neuron(x))[
+            :, 0
+        ]  # (B, D) -> (B, 1) -> (B,): 0.0 or 1.0 in the model's dtype
 
 
 def create_model(cfg: PerceptronConfig, *, seed: int, dtype: str = "float64") -> Perceptron:
@@ -55,7 +65,9 @@ def load_canonical(model: Perceptron, params: dict[str, np.ndarray]) -> None:
 
 def export_canonical(model: Perceptron) -> dict[str, np.ndarray]:
     return {
-        "neuron.weight": np.array(model.neuron.kernel.numpy().T),  # Keras (in, 1) -> canonical (1, in)
+        "neuron.weight": np.array(
+            model.neuron.kernel.numpy().T
+        ),  # Keras (in, 1) -> canonical (1, in)
         "neuron.bias": np.array(model.neuron.bias.numpy()),
     }
 
@@ -67,13 +79,17 @@ def predict(model: Perceptron, x) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- train step
-@tf.function(reduce_retracing=True)  # no GradientTape and no loss: the variables are assigned directly
+@tf.function(
+    reduce_retracing=True
+)  # no GradientTape and no loss: the variables are assigned directly
 def train_step(model: Perceptron, x, y, lr):
     """One sample (x (D,), y 0.0 or 1.0): the perceptron rule in place. Returns 1 on a mistake."""
     error = y - model(x[None])[0]  # (1, D) -> (1,) -> (): +1 missed a 1, -1 missed a 0, 0 right
     kernel, bias = model.neuron.kernel, model.neuron.bias
     # lr * x first: times error (+1, 0 or -1) it stays exact, so an FMA (XLA fuses one) rounds alike
-    kernel.assign(ops.add(kernel, ops.expand_dims(error * (lr * x), 1)))  # (D,) -> (D, 1), the kernel's (in, out)
+    kernel.assign(
+        ops.add(kernel, ops.expand_dims(error * (lr * x), 1))
+    )  # (D,) -> (D, 1), the kernel's (in, out)
     bias.assign(ops.add(bias, lr * error))  # () broadcasts over (1,)
     return ops.cast(ops.not_equal(error, 0), "int32")
 
@@ -83,18 +99,24 @@ def train_epoch(model: Perceptron, samples, lr) -> int:
     return sum(int(train_step(model, x, y, lr)) for x, y in samples)
 
 
-def train(model: Perceptron, data: Dataset, *, epochs: int, lr: float, seed: int, on_epoch=None) -> list[int]:
+def train(
+    model: Perceptron, data: Dataset, *, epochs: int, lr: float, seed: int, on_epoch=None
+) -> list[int]:
     """Per-sample updates in the shared shuffled order; stops after the first epoch with no mistake.
 
     Returns the number of mistakes of each epoch run; a last entry of 0 means converged.
     """
     dtype = model.neuron.kernel.dtype
     x, y = data.x_train.astype(dtype), data.y_train.astype(dtype)
-    lr = ops.convert_to_tensor(lr, dtype=dtype)  # a Python float would become a float32 tensor in a float64 run
+    lr = ops.convert_to_tensor(
+        lr, dtype=dtype
+    )  # a Python float would become a float32 tensor in a float64 run
     history = []
     for epoch in range(epochs):
         order = epoch_order(len(x), seed, epoch)
-        samples = tf.data.Dataset.from_tensor_slices((x[order], y[order]))  # unbatched: one sample per element
+        samples = tf.data.Dataset.from_tensor_slices(
+            (x[order], y[order])
+        )  # unbatched: one sample per element
         history.append(train_epoch(model, samples, lr))
         if on_epoch:
             on_epoch(epoch, history[-1])

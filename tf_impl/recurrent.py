@@ -24,39 +24,66 @@ from tf_impl import optim
 def rnn_step(cell, x, state):
     """The lesson's step, h' = tanh(W_xh x + W_hh h + b_h), on SimpleRNN's own weights."""
     (h,) = state
-    a = ops.matmul(x, cell.kernel) + ops.matmul(h, cell.recurrent_kernel) + cell.bias  # (B, D) @ (D, H) + (B, H) @ (H, H) -> (B, H)
+    a = (
+        ops.matmul(x, cell.kernel) + ops.matmul(h, cell.recurrent_kernel) + cell.bias
+    )  # (B, D) @ (D, H) + (B, H) @ (H, H) -> (B, H)
     return (ops.tanh(a),)
 
 
 def lstm_step(cell, x, state):
     h, c = state
-    a = ops.matmul(x, cell.kernel) + ops.matmul(h, cell.recurrent_kernel) + cell.bias  # (B, D) @ (D, 4H) -> (B, 4H)
-    a_i, a_f, a_c, a_o = ops.split(a, 4, axis=1)  # (B, 4H) -> 4 x (B, H), Keras's order (i, f, c, o)
+    a = (
+        ops.matmul(x, cell.kernel) + ops.matmul(h, cell.recurrent_kernel) + cell.bias
+    )  # (B, D) @ (D, 4H) -> (B, 4H)
+    a_i, a_f, a_c, a_o = ops.split(
+        a, 4, axis=1
+    )  # (B, 4H) -> 4 x (B, H), Keras's order (i, f, c, o)
     c = ops.sigmoid(a_f) * c + ops.sigmoid(a_i) * ops.tanh(a_c)
     return ops.sigmoid(a_o) * ops.tanh(c), c
 
 
 def gru_step(cell, x, state):
     (h,) = state
-    x_z, x_r, x_h = ops.split(ops.matmul(x, cell.kernel) + cell.bias[0], 3, axis=1)  # (B, D) @ (D, 3H) -> 3 x (B, H), order (z, r, h)
-    h_z, h_r, h_h = ops.split(ops.matmul(h, cell.recurrent_kernel) + cell.bias[1], 3, axis=1)  # (B, H) @ (H, 3H) -> 3 x (B, H)
+    x_z, x_r, x_h = ops.split(
+        ops.matmul(x, cell.kernel) + cell.bias[0], 3, axis=1
+    )  # (B, D) @ (D, 3H) -> 3 x (B, H), order (z, r, h)
+    h_z, h_r, h_h = ops.split(
+        ops.matmul(h, cell.recurrent_kernel) + cell.bias[1], 3, axis=1
+    )  # (B, H) @ (H, 3H) -> 3 x (B, H)
     z, r = ops.sigmoid(x_z + h_z), ops.sigmoid(x_r + h_r)
-    n = ops.tanh(x_h + r * h_h)  # reset_after=True: the reset gate scales W_hn h + b_hn, after the matmul
+    n = ops.tanh(
+        x_h + r * h_h
+    )  # reset_after=True: the reset gate scales W_hn h + b_hn, after the matmul
     return (z * h + (1 - z) * n,)
 
 
-LAYERS = {"rnn": (keras.layers.SimpleRNN, rnn_step), "lstm": (keras.layers.LSTM, lstm_step), "gru": (keras.layers.GRU, gru_step)}
+LAYERS = {
+    "rnn": (keras.layers.SimpleRNN, rnn_step),
+    "lstm": (keras.layers.LSTM, lstm_step),
+    "gru": (keras.layers.GRU, gru_step),
+}
 
 
 def make_recurrent(cfg: RNNConfig, *, seed: keras.random.SeedGenerator, dtype: str):
     layer, _ = LAYERS[cfg.cell]
     bound = 1.0 / np.sqrt(cfg.hidden)  # torch's rule, so every framework starts alike
     init = lambda: keras.initializers.RandomUniform(-bound, bound, seed=seed)
-    kwargs = dict(kernel_initializer=init(), recurrent_initializer=init(), bias_initializer=init(), return_sequences=True, return_state=True, dtype=dtype)
+    kwargs = dict(
+        kernel_initializer=init(),
+        recurrent_initializer=init(),
+        bias_initializer=init(),
+        return_sequences=True,
+        return_state=True,
+        dtype=dtype,
+    )
     if cfg.cell == "lstm":
-        kwargs["unit_forget_bias"] = False  # True (the default) would add 1 to the initial forget bias
+        kwargs["unit_forget_bias"] = (
+            False  # True (the default) would add 1 to the initial forget bias
+        )
     rnn = layer(cfg.hidden, name="rnn", **kwargs)
-    rnn.build((None, None, cfg.in_features))  # create the weights now, so canonical weights can load before a call
+    rnn.build(
+        (None, None, cfg.in_features)
+    )  # create the weights now, so canonical weights can load before a call
     return rnn
 
 
@@ -71,18 +98,39 @@ class RNN(keras.Model):
         self.step = LAYERS[cfg.cell][1]
         bound = 1.0 / np.sqrt(cfg.hidden)
         init = keras.initializers.RandomUniform(-bound, bound, seed=seed)
-        self.head = keras.layers.Dense(cfg.n_classes, kernel_initializer=init, bias_initializer=init, dtype=dtype, name="head")
+        self.head = keras.layers.Dense(
+            cfg.n_classes, kernel_initializer=init, bias_initializer=init, dtype=dtype, name="head"
+        )
         self.head.build((None, cfg.hidden))
         # the GRU's recurrent bias row duplicates the input row except in its candidate block: zero the
         # duplicate's gradient, or the bias learns at twice the rate and counts twice in the clipping norm
         if cfg.cell == "gru":
-            self.rnn.cell.bias.assign(ops.stack([self.rnn.cell.bias[0], ops.concatenate([ops.zeros(2 * cfg.hidden, dtype), self.rnn.cell.bias[1, 2 * cfg.hidden :]])]))
-            self.grad_masks = {self.rnn.cell.bias.path: np.concatenate([np.ones((1, 3 * cfg.hidden)), np.repeat([[0.0, 0.0, 1.0]], cfg.hidden, axis=1)]).astype(dtype)}
+            self.rnn.cell.bias.assign(
+                ops.stack(
+                    [
+                        self.rnn.cell.bias[0],
+                        ops.concatenate(
+                            [
+                                ops.zeros(2 * cfg.hidden, dtype),
+                                self.rnn.cell.bias[1, 2 * cfg.hidden :],
+                            ]
+                        ),
+                    ]
+                )
+            )
+            self.grad_masks = {
+                self.rnn.cell.bias.path: np.concatenate(
+                    [np.ones((1, 3 * cfg.hidden)), np.repeat([[0.0, 0.0, 1.0]], cfg.hidden, axis=1)]
+                ).astype(dtype)
+            }
         else:
             self.grad_masks = {}
 
     def by_hand(self, x):
-        state = tuple(ops.zeros((ops.shape(x)[0], self.cfg.hidden), self.dtype) for _ in range(2 if self.cfg.cell == "lstm" else 1))
+        state = tuple(
+            ops.zeros((ops.shape(x)[0], self.cfg.hidden), self.dtype)
+            for _ in range(2 if self.cfg.cell == "lstm" else 1)
+        )
         hs = []
         for t in range(x.shape[1]):
             state = self.step(self.rnn.cell, x[:, t], state)  # (B, D) -> (B, H)
@@ -91,10 +139,14 @@ class RNN(keras.Model):
 
     def call(self, x, training=False):
         if self.cfg.fused:
-            hidden, *state = self.rnn(x)  # (B, T, D) -> (B, T, H); then h (and c for the LSTM), each (B, H)
+            hidden, *state = self.rnn(
+                x
+            )  # (B, T, D) -> (B, T, H); then h (and c for the LSTM), each (B, H)
         else:
             hidden, state = self.by_hand(x)
-        logits = self.head(hidden if self.cfg.output == "sequence" else hidden[:, -1])  # (B, T, C) or (B, C)
+        logits = self.head(
+            hidden if self.cfg.output == "sequence" else hidden[:, -1]
+        )  # (B, T, C) or (B, C)
         return logits, hidden, tuple(state)
 
 
@@ -103,22 +155,32 @@ def create_model(cfg: RNNConfig, *, seed: int, dtype: str = "float64") -> RNN:
 
 
 # ----------------------------------------------------------------------------- canonical weights
-GRU_ORDER = [1, 0, 2]  # canonical blocks (r, z, n) -> Keras (z, r, h), and back: the permutation is its own inverse
+GRU_ORDER = [
+    1,
+    0,
+    2,
+]  # canonical blocks (r, z, n) -> Keras (z, r, h), and back: the permutation is its own inverse
 
 
 def blocks(w, cfg: RNNConfig):
     """Reorder gate blocks along the first axis (only the GRU's order differs from canonical)."""
     if cfg.cell != "gru":
         return w
-    return w.reshape(3, cfg.hidden, *w.shape[1:])[GRU_ORDER].reshape(w.shape)  # (3H, ...) -> (3, H, ...) -> permuted
+    return w.reshape(3, cfg.hidden, *w.shape[1:])[GRU_ORDER].reshape(
+        w.shape
+    )  # (3H, ...) -> (3, H, ...) -> permuted
 
 
 def load_canonical(model: RNN, params: dict[str, np.ndarray]) -> None:
     cfg, cell = model.cfg, model.rnn.cell
     weights.check(params, cfg.param_shapes(), model.head.kernel.dtype)
     cell.kernel.assign(blocks(params["W_xh"], cfg).T)  # canonical (G*H, D) -> Keras (D, G*H)
-    cell.recurrent_kernel.assign(blocks(params["W_hh"], cfg).T)  # canonical (G*H, H) -> Keras (H, G*H)
-    if cfg.cell == "gru":  # rows: input bias, recurrent bias; b_hn only in the recurrent row's candidate block
+    cell.recurrent_kernel.assign(
+        blocks(params["W_hh"], cfg).T
+    )  # canonical (G*H, H) -> Keras (H, G*H)
+    if (
+        cfg.cell == "gru"
+    ):  # rows: input bias, recurrent bias; b_hn only in the recurrent row's candidate block
         recurrent = np.concatenate([np.zeros(2 * cfg.hidden, params["b_hn"].dtype), params["b_hn"]])
         cell.bias.assign(np.stack([blocks(params["b_h"], cfg), recurrent]))
     else:
@@ -127,11 +189,16 @@ def load_canonical(model: RNN, params: dict[str, np.ndarray]) -> None:
     model.head.bias.assign(params["b_y"])
 
 
-def to_canonical(model: RNN, kernel, recurrent_kernel, bias, head_kernel, head_bias, grads: bool = False) -> dict[str, np.ndarray]:
+def to_canonical(
+    model: RNN, kernel, recurrent_kernel, bias, head_kernel, head_bias, grads: bool = False
+) -> dict[str, np.ndarray]:
     """Keras weights (or their gradients) -> canonical. The GRU's b_h is the sum of the two bias rows
     outside the candidate block; the gradient of that sum is the gradient of the input row."""
     cfg = model.cfg
-    out = {"W_xh": blocks(np.array(kernel).T, cfg), "W_hh": blocks(np.array(recurrent_kernel).T, cfg)}  # (D, G*H) -> (G*H, D)
+    out = {
+        "W_xh": blocks(np.array(kernel).T, cfg),
+        "W_hh": blocks(np.array(recurrent_kernel).T, cfg),
+    }  # (D, G*H) -> (G*H, D)
     bias = np.array(bias)
     if cfg.cell == "gru":
         b_h = bias[0].copy()
@@ -185,11 +252,16 @@ def make_optimizer(model: RNN, lr: float | OptimizerConfig) -> keras.optimizers.
     tf_impl/optim.py, clipped at the OptimizerConfig's own clip_norm."""
     if isinstance(lr, OptimizerConfig):
         if model.cfg.clip_norm is not None:  # one clipping rule, not two in a row
-            raise ValueError("an OptimizerConfig clips at its own clip_norm: build the RNNConfig with clip_norm=None")
+            raise ValueError(
+                "an OptimizerConfig clips at its own clip_norm: build the RNNConfig with clip_norm=None"
+            )
         return optim.make_optimizer(model, lr)
     # lr as a tensor of the model's dtype (a float would be a float32 variable); global_clipnorm
     # scales every gradient by clip_norm * min(1 / norm, 1 / clip_norm): no epsilon, like scratch
-    return keras.optimizers.SGD(learning_rate=lambda: ops.convert_to_tensor(lr, dtype=model.dtype), global_clipnorm=model.cfg.clip_norm)
+    return keras.optimizers.SGD(
+        learning_rate=lambda: ops.convert_to_tensor(lr, dtype=model.dtype),
+        global_clipnorm=model.cfg.clip_norm,
+    )
 
 
 @tf.function(reduce_retracing=True)
@@ -198,12 +270,24 @@ def train_step(model: RNN, optimizer: keras.optimizers.Optimizer, x, y):
         logits, _, _ = model(x, training=True)
         loss = loss_fn(logits, y)
     grads = tape.gradient(loss, model.trainable_variables)
-    grads = [g * model.grad_masks[v.path] if v.path in model.grad_masks else g for g, v in zip(grads, model.trainable_variables)]
+    grads = [
+        g * model.grad_masks[v.path] if v.path in model.grad_masks else g
+        for g, v in zip(grads, model.trainable_variables)
+    ]
     optimizer.apply_gradients(zip(grads, model.trainable_variables))
     return loss
 
 
-def train(model: RNN, data: Dataset, *, epochs: int, lr: float | OptimizerConfig, batch_size: int, seed: int, on_epoch=None) -> list[float]:
+def train(
+    model: RNN,
+    data: Dataset,
+    *,
+    epochs: int,
+    lr: float | OptimizerConfig,
+    batch_size: int,
+    seed: int,
+    on_epoch=None,
+) -> list[float]:
     """Mini-batches in the shared order, stepped by make_optimizer(model, lr); returns the mean training loss of each epoch."""
     x, y = data.x_train.astype(model.head.kernel.dtype), data.y_train
     optimizer, history = make_optimizer(model, lr), []
@@ -221,4 +305,6 @@ def train(model: RNN, data: Dataset, *, epochs: int, lr: float | OptimizerConfig
 def evaluate(model: RNN, x, y) -> tuple[float, float]:
     """(mean loss, accuracy) on a whole split; a language model scores every position."""
     logits, _, _ = model(x.astype(model.head.kernel.dtype))
-    return float(loss_fn(logits, y)), float(ops.mean(ops.cast(ops.argmax(logits, axis=-1) == y, "float64")))
+    return float(loss_fn(logits, y)), float(
+        ops.mean(ops.cast(ops.argmax(logits, axis=-1) == y, "float64"))
+    )

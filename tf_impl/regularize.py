@@ -24,13 +24,17 @@ class Dropout(keras.layers.Layer):
         super().__init__(**kwargs)
         self.p, self.seed_generator = p, seed
         self.mask = None
-        self.step = keras.Variable(0, dtype="int64", trainable=False, name="step")  # training calls made with a supplied stack
+        self.step = keras.Variable(
+            0, dtype="int64", trainable=False, name="step"
+        )  # training calls made with a supplied stack
 
     def call(self, x, training=False):
         if not training or self.p == 0:
             return x
         if self.mask is None:
-            return keras.random.dropout(x, self.p, seed=self.seed_generator)  # the stock draw, scaled by 1 / (1 - p)
+            return keras.random.dropout(
+                x, self.p, seed=self.seed_generator
+            )  # the stock draw, scaled by 1 / (1 - p)
         keep = self.mask
         if keep.ndim == 3:  # one mask per training step
             keep = ops.take(keep, self.step % keep.shape[0], axis=0)
@@ -39,16 +43,30 @@ class Dropout(keras.layers.Layer):
 
 
 # ----------------------------------------------------------------------------- batch norm
-def make_batch_norm(num_features: int, *, momentum: float = 0.1, eps: float = 1e-5, conv: bool = False, dtype: str = "float64"):
+def make_batch_norm(
+    num_features: int,
+    *,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    conv: bool = False,
+    dtype: str = "float64",
+):
     """The stock layer on channels-last input, (B, D) or (B, H, W, C); `momentum` in torch's sense."""
-    layer = keras.layers.BatchNormalization(axis=-1, momentum=1 - momentum, epsilon=eps, dtype=dtype)
+    layer = keras.layers.BatchNormalization(
+        axis=-1, momentum=1 - momentum, epsilon=eps, dtype=dtype
+    )
     layer.build((None, num_features) if not conv else (None, None, None, num_features))
     return layer
 
 
 def canonical_variables(layer: keras.layers.BatchNormalization) -> dict:
     """The layer's variables under the canonical (torch) names: gamma, beta and the moving statistics."""
-    return {"weight": layer.gamma, "bias": layer.beta, "running_mean": layer.moving_mean, "running_var": layer.moving_variance}
+    return {
+        "weight": layer.gamma,
+        "bias": layer.beta,
+        "running_mean": layer.moving_mean,
+        "running_var": layer.moving_variance,
+    }
 
 
 def set_mask(layer: Dropout, mask) -> None:

@@ -44,12 +44,18 @@ def gelu(x, approximate: bool):
 def make_activation(cfg: TransformerConfig):
     if cfg.activation == "relu":
         return ops.relu
-    approximate = cfg.activation == "gelu_tanh"  # Keras's ops.gelu default is approximate=False (erf)
+    approximate = (
+        cfg.activation == "gelu_tanh"
+    )  # Keras's ops.gelu default is approximate=False (erf)
     return lambda x: gelu(x, approximate)
 
 
-def make_layer_norm(cfg: TransformerConfig, *, dtype: str, name: str) -> keras.layers.LayerNormalization:
-    layer = keras.layers.LayerNormalization(epsilon=cfg.ln_eps, dtype=dtype, name=name)  # Keras's default eps is 1e-3
+def make_layer_norm(
+    cfg: TransformerConfig, *, dtype: str, name: str
+) -> keras.layers.LayerNormalization:
+    layer = keras.layers.LayerNormalization(
+        epsilon=cfg.ln_eps, dtype=dtype, name=name
+    )  # Keras's default eps is 1e-3
     layer.build((None, None, cfg.d_model))
     return layer
 
@@ -57,7 +63,9 @@ def make_layer_norm(cfg: TransformerConfig, *, dtype: str, name: str) -> keras.l
 class Block(keras.layers.Layer):
     """Self-attention and feed-forward, each with a residual; LayerNorm after (post) or before (pre)."""
 
-    def __init__(self, cfg: TransformerConfig, *, seed: keras.random.SeedGenerator, dtype: str, name: str):
+    def __init__(
+        self, cfg: TransformerConfig, *, seed: keras.random.SeedGenerator, dtype: str, name: str
+    ):
         super().__init__(dtype=dtype, name=name)
         self.norm = cfg.norm
         self.attn = make_attention(cfg, seed=seed, dtype=dtype, name="attn")
@@ -84,11 +92,15 @@ class Block(keras.layers.Layer):
 class Transformer(keras.Model):
     """Embedding * sqrt(E) + positions, N blocks, (a final LayerNorm if pre-LN), a per-token head."""
 
-    def __init__(self, cfg: TransformerConfig, *, seed: keras.random.SeedGenerator, dtype: str = "float64"):
+    def __init__(
+        self, cfg: TransformerConfig, *, seed: keras.random.SeedGenerator, dtype: str = "float64"
+    ):
         super().__init__(dtype=dtype)
         self.cfg = cfg
         self.embed = make_embedding(cfg, seed=seed, dtype=dtype)
-        self.blocks = [Block(cfg, seed=seed, dtype=dtype, name=f"blocks_{i}") for i in range(cfg.n_layers)]
+        self.blocks = [
+            Block(cfg, seed=seed, dtype=dtype, name=f"blocks_{i}") for i in range(cfg.n_layers)
+        ]
         self.ln_f = make_layer_norm(cfg, dtype=dtype, name="ln_f") if cfg.norm == "pre" else None
         self.head = make_dense(cfg.d_model, cfg.vocab, seed=seed, dtype=dtype, name="head")
 
@@ -113,7 +125,15 @@ class Transformer(keras.Model):
         """Layers by canonical prefix."""
         out = {"embed": self.embed}
         for i, b in enumerate(self.blocks):
-            out.update({f"blocks.{i}.attn": b.attn, f"blocks.{i}.ln1": b.ln1, f"blocks.{i}.ff1": b.ff1, f"blocks.{i}.ff2": b.ff2, f"blocks.{i}.ln2": b.ln2})
+            out.update(
+                {
+                    f"blocks.{i}.attn": b.attn,
+                    f"blocks.{i}.ln1": b.ln1,
+                    f"blocks.{i}.ff1": b.ff1,
+                    f"blocks.{i}.ff2": b.ff2,
+                    f"blocks.{i}.ln2": b.ln2,
+                }
+            )
         if self.ln_f is not None:
             out["ln_f"] = self.ln_f
         return out | {"head": self.head}

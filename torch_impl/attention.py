@@ -30,16 +30,24 @@ from torch_impl import optim
 def masked_softmax(scores, allowed):
     """Softmax over the last axis where `allowed`; masked entries and fully masked rows give exactly 0."""
     shifted = scores.masked_fill(~allowed, -math.inf)
-    top = shifted.amax(dim=-1, keepdim=True).detach()  # the shift cancels out: no gradient through it
-    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # a fully masked row: shift by 0
+    top = shifted.amax(
+        dim=-1, keepdim=True
+    ).detach()  # the shift cancels out: no gradient through it
+    top = torch.where(
+        torch.isfinite(top), top, torch.zeros_like(top)
+    )  # a fully masked row: shift by 0
     e = torch.exp(shifted - top)  # exp(-inf) = 0 on masked entries
     total = e.sum(dim=-1, keepdim=True)
-    return e / torch.where(total > 0, total, torch.ones_like(total))  # 0 / 1 = 0 on a fully masked row
+    return e / torch.where(
+        total > 0, total, torch.ones_like(total)
+    )  # 0 / 1 = 0 on a fully masked row
 
 
 def scaled_dot_product_attention(q, k, v, allowed):
     """softmax(Q K^T / sqrt(HS) + mask) V, returning the output and the weights."""
-    scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, NH, T, HS) @ (B, NH, HS, T) -> (B, NH, T, T)
+    scores = (
+        q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    )  # (B, NH, T, HS) @ (B, NH, HS, T) -> (B, NH, T, T)
     w = masked_softmax(scores, allowed)
     return w @ v, w  # (B, NH, T, T) @ (B, NH, T, HS) -> (B, NH, T, HS)
 
@@ -50,11 +58,15 @@ class MultiHeadAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int, *, dtype=torch.float64):
         super().__init__()
         self.n_heads = n_heads
-        self.q, self.k, self.v, self.o = (nn.Linear(d_model, d_model, dtype=dtype) for _ in range(4))
+        self.q, self.k, self.v, self.o = (
+            nn.Linear(d_model, d_model, dtype=dtype) for _ in range(4)
+        )
 
     def split(self, x):
         B, T, E = x.shape
-        return x.view(B, T, self.n_heads, E // self.n_heads).transpose(1, 2)  # (B, T, E) -> (B, NH, T, HS)
+        return x.view(B, T, self.n_heads, E // self.n_heads).transpose(
+            1, 2
+        )  # (B, T, E) -> (B, NH, T, HS)
 
     def merge(self, x):
         B, NH, T, HS = x.shape
@@ -76,8 +88,12 @@ class StockMultiHeadAttention(nn.Module):
     def forward(self, x, allowed):
         B, T, NH = x.shape[0], x.shape[1], self.mha.num_heads
         # torch's polarity is the opposite: attn_mask True = not allowed, one (T, T) mask per batch x head
-        attn_mask = ~allowed.expand(B, NH, T, T).reshape(B * NH, T, T)  # (B, 1, T, T) -> (B*NH, T, T)
-        out, w = self.mha(x, x, x, attn_mask=attn_mask, need_weights=True, average_attn_weights=False)
+        attn_mask = ~allowed.expand(B, NH, T, T).reshape(
+            B * NH, T, T
+        )  # (B, 1, T, T) -> (B*NH, T, T)
+        out, w = self.mha(
+            x, x, x, attn_mask=attn_mask, need_weights=True, average_attn_weights=False
+        )
         return out, w  # (B, T, E), (B, NH, T, T)
 
 
@@ -94,14 +110,18 @@ def positional_encoding(T: int, E: int, dtype=torch.float64):
 def attention_mask(tokens, causal: bool):
     """The canonical mask: (B, 1, T, T) bool, True = may attend (key is not PAD, and s <= t if causal)."""
     B, T = tokens.shape
-    allowed = (tokens != PAD)[:, None, None, :]  # (B, T) -> (B, 1, 1, T): one row of keys per sequence
+    allowed = (tokens != PAD)[
+        :, None, None, :
+    ]  # (B, T) -> (B, 1, 1, T): one row of keys per sequence
     if causal:
         allowed = allowed & torch.ones(T, T, dtype=torch.bool).tril()  # -> (B, 1, T, T)
     return allowed.expand(B, 1, T, T)
 
 
 def make_attention(cfg, dtype) -> nn.Module:
-    return (StockMultiHeadAttention if cfg.stock else MultiHeadAttention)(cfg.d_model, cfg.n_heads, dtype=dtype)
+    return (StockMultiHeadAttention if cfg.stock else MultiHeadAttention)(
+        cfg.d_model, cfg.n_heads, dtype=dtype
+    )
 
 
 def init_from(model: nn.Module, generator: torch.Generator) -> None:
@@ -138,7 +158,9 @@ class AttentionModel(nn.Module):
 
 
 def create_model(cfg: AttentionConfig, *, seed: int, dtype: str = "float64") -> AttentionModel:
-    return AttentionModel(cfg, generator=torch.Generator().manual_seed(seed), dtype=getattr(torch, dtype))
+    return AttentionModel(
+        cfg, generator=torch.Generator().manual_seed(seed), dtype=getattr(torch, dtype)
+    )
 
 
 # ----------------------------------------------------------------------------- canonical weights
@@ -154,7 +176,10 @@ def canonical_slices(model: nn.Module) -> dict[str, tuple[nn.Parameter, slice]]:
         if name.endswith("in_proj_weight") or name.endswith("in_proj_bias"):
             kind = "weight" if name.endswith("weight") else "bias"
             for i, proj in enumerate(("q", "k", "v")):
-                out[f"{prefix}.{proj}.{kind}"] = (p, slice(i * E, (i + 1) * E))  # packed (3E, ...) -> rows of one (E, ...)
+                out[f"{prefix}.{proj}.{kind}"] = (
+                    p,
+                    slice(i * E, (i + 1) * E),
+                )  # packed (3E, ...) -> rows of one (E, ...)
         else:  # out_proj is an nn.Linear: (out, in) as is
             out[f"{prefix}.o.{name.rsplit('.', 1)[1]}"] = (p, slice(None))
     return out
@@ -168,13 +193,17 @@ def load_canonical(model: nn.Module, params: dict[str, np.ndarray]) -> None:
 
 
 def export_canonical(model: nn.Module) -> dict[str, np.ndarray]:
-    return {name: p.detach()[rows].numpy().copy() for name, (p, rows) in canonical_slices(model).items()}
+    return {
+        name: p.detach()[rows].numpy().copy() for name, (p, rows) in canonical_slices(model).items()
+    }
 
 
 # ----------------------------------------------------------------------------- loss
 def loss_fn(logits, y):
     """Cross-entropy averaged over the non-PAD targets (ignore_index skips them)."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=PAD)  # (B*T, V)
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=PAD
+    )  # (B*T, V)
 
 
 def forward_backward(model: nn.Module, x, y) -> dict[str, np.ndarray]:
@@ -182,12 +211,22 @@ def forward_backward(model: nn.Module, x, y) -> dict[str, np.ndarray]:
     model.zero_grad()
     model.train()  # nn.MultiheadAttention's fused fast path runs only in eval mode without grad
     tokens = torch.as_tensor(x)
-    dx = torch.zeros(*tokens.shape, model.cfg.d_model, dtype=model.head.weight.dtype, requires_grad=True)  # (B, T, E)
+    dx = torch.zeros(
+        *tokens.shape, model.cfg.d_model, dtype=model.head.weight.dtype, requires_grad=True
+    )  # (B, T, E)
     logits, attn = model(tokens, dx)
     loss = loss_fn(logits, torch.as_tensor(y))
     loss.backward()
-    grads = {f"grad.{name}": p.grad[rows].numpy().copy() for name, (p, rows) in canonical_slices(model).items()}
-    out = {"output": logits.detach().numpy(), "loss": loss.detach().numpy(), "grad.input": dx.grad.numpy(), **grads}
+    grads = {
+        f"grad.{name}": p.grad[rows].numpy().copy()
+        for name, (p, rows) in canonical_slices(model).items()
+    }
+    out = {
+        "output": logits.detach().numpy(),
+        "loss": loss.detach().numpy(),
+        "grad.input": dx.grad.numpy(),
+        **grads,
+    }
     return out | {f"attn_weights.{i}": w.detach().numpy() for i, w in enumerate(attn)}
 
 
@@ -209,9 +248,20 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x, y) -> floa
     return loss.item()
 
 
-def train(model: nn.Module, data: Dataset, *, epochs: int, lr: float | OptimizerConfig, batch_size: int, seed: int, on_epoch=None) -> list[float]:
+def train(
+    model: nn.Module,
+    data: Dataset,
+    *,
+    epochs: int,
+    lr: float | OptimizerConfig,
+    batch_size: int,
+    seed: int,
+    on_epoch=None,
+) -> list[float]:
     """Mini-batches in the shared order; returns the mean training loss of each epoch."""
-    dataset = TensorDataset(torch.as_tensor(data.x_train), torch.as_tensor(data.y_train))  # token ids: no dtype cast
+    dataset = TensorDataset(
+        torch.as_tensor(data.x_train), torch.as_tensor(data.y_train)
+    )  # token ids: no dtype cast
     optimizer, history = make_optimizer(model, lr), []
     model.train()
     for epoch in range(epochs):
@@ -232,4 +282,6 @@ def evaluate(model: nn.Module, x, y) -> tuple[float, float]:
     logits, _ = model(torch.as_tensor(x))
     y = torch.as_tensor(y)
     valid = y != PAD
-    return loss_fn(logits, y).item(), (((logits.argmax(dim=-1) == y) & valid).sum() / valid.sum()).item()
+    return loss_fn(logits, y).item(), (
+        ((logits.argmax(dim=-1) == y) & valid).sum() / valid.sum()
+    ).item()

@@ -16,9 +16,13 @@ from torch import nn
 def initialize_(weight: torch.Tensor, name: str, *, generator: torch.Generator) -> torch.Tensor:
     """Fill `weight` in place by the named rule, drawing from `generator` (not the global RNG)."""
     if name == "he_normal":
-        return nn.init.kaiming_normal_(weight, mode="fan_in", nonlinearity="relu", generator=generator)
+        return nn.init.kaiming_normal_(
+            weight, mode="fan_in", nonlinearity="relu", generator=generator
+        )
     if name == "he_uniform":
-        return nn.init.kaiming_uniform_(weight, mode="fan_in", nonlinearity="relu", generator=generator)
+        return nn.init.kaiming_uniform_(
+            weight, mode="fan_in", nonlinearity="relu", generator=generator
+        )
     if name == "xavier_normal":
         return nn.init.xavier_normal_(weight, generator=generator)
     if name == "xavier_uniform":

@@ -29,7 +29,9 @@ def make_activation(cfg: LeNet5Config) -> nn.Module:
 
 
 def make_pool(cfg: LeNet5Config) -> nn.Module:
-    return {"avg": nn.AvgPool2d, "max": nn.MaxPool2d}[cfg.pooling](kernel_size=2)  # stride defaults to the kernel size
+    return {"avg": nn.AvgPool2d, "max": nn.MaxPool2d}[cfg.pooling](
+        kernel_size=2
+    )  # stride defaults to the kernel size
 
 
 # ----------------------------------------------------------------------------- model
@@ -40,10 +42,14 @@ class LeNet5(nn.Module):
         super().__init__()
         self.cfg = cfg
         (c1, c2), (h1, h2), k = cfg.channels, cfg.hidden, cfg.kernel_size
-        bias = not cfg.batch_norm  # a batch norm's mean subtraction cancels the bias of the layer before it
+        bias = (
+            not cfg.batch_norm
+        )  # a batch norm's mean subtraction cancels the bias of the layer before it
         self.conv1 = nn.Conv2d(cfg.in_channels, c1, k, bias=bias, dtype=dtype)
         self.conv2 = nn.Conv2d(c1, c2, k, bias=bias, dtype=dtype)
-        self.fc1 = nn.Linear(cfg.flat_features, h1, bias=bias, dtype=dtype)  # 16 * 5 * 5 = 400 inputs by default
+        self.fc1 = nn.Linear(
+            cfg.flat_features, h1, bias=bias, dtype=dtype
+        )  # 16 * 5 * 5 = 400 inputs by default
         self.fc2 = nn.Linear(h1, h2, bias=bias, dtype=dtype)
         self.fc3 = nn.Linear(h2, cfg.n_classes, dtype=dtype)
         # the activation and the pooling hold no state, so one module of each serves every use
@@ -53,20 +59,38 @@ class LeNet5(nn.Module):
         # layers draw from torch's global RNG; redraw from the generator we were given
         with torch.no_grad():
             for layer in [self.conv1, self.conv2, self.fc1, self.fc2, self.fc3]:
-                bound = 1.0 / np.sqrt(layer.weight[0].numel())  # fan_in = in_c * kh * kw or in_features
+                bound = 1.0 / np.sqrt(
+                    layer.weight[0].numel()
+                )  # fan_in = in_c * kh * kw or in_features
                 initializers.initialize_(layer.weight, cfg.init, generator=generator)
                 if layer.bias is not None and cfg.init == "uniform":
                     layer.bias.uniform_(-bound, bound, generator=generator)
-                elif layer.bias is not None:  # a named initialiser (He, Xavier) for the weight, zero bias
+                elif (
+                    layer.bias is not None
+                ):  # a named initialiser (He, Xavier) for the weight, zero bias
                     layer.bias.zero_()
         # optional regularisers: batch norm before each hidden activation, dropout after fc1's and fc2's
-        norm = lambda n, conv: make_batch_norm(n, conv=conv, dtype=dtype) if cfg.batch_norm else nn.Identity()
-        self.bn1, self.bn2, self.bn3, self.bn4 = norm(c1, True), norm(c2, True), norm(h1, False), norm(h2, False)
-        self.drop1, self.drop2 = (Dropout(cfg.dropout, generator=generator) if cfg.dropout else nn.Identity() for _ in range(2))
+        norm = lambda n, conv: (
+            make_batch_norm(n, conv=conv, dtype=dtype) if cfg.batch_norm else nn.Identity()
+        )
+        self.bn1, self.bn2, self.bn3, self.bn4 = (
+            norm(c1, True),
+            norm(c2, True),
+            norm(h1, False),
+            norm(h2, False),
+        )
+        self.drop1, self.drop2 = (
+            Dropout(cfg.dropout, generator=generator) if cfg.dropout else nn.Identity()
+            for _ in range(2)
+        )
 
     def forward(self, x):
-        x = self.pool(self.activation(self.bn1(self.conv1(x))))  # (B, 1, 32, 32) -> (B, 6, 28, 28) -> (B, 6, 14, 14)
-        x = self.pool(self.activation(self.bn2(self.conv2(x))))  # -> (B, 16, 10, 10) -> (B, 16, 5, 5)
+        x = self.pool(
+            self.activation(self.bn1(self.conv1(x)))
+        )  # (B, 1, 32, 32) -> (B, 6, 28, 28) -> (B, 6, 14, 14)
+        x = self.pool(
+            self.activation(self.bn2(self.conv2(x)))
+        )  # -> (B, 16, 10, 10) -> (B, 16, 5, 5)
         x = self.flatten(x)  # (B, 16, 5, 5) -> (B, 400)
         x = self.drop1(self.activation(self.bn3(self.fc1(x))))  # (B, 400) -> (B, 120)
         x = self.drop2(self.activation(self.bn4(self.fc2(x))))  # (B, 120) -> (B, 84)
@@ -88,7 +112,11 @@ def load_canonical(model: LeNet5, params: dict[str, np.ndarray]) -> None:
 
 
 def export_canonical(model: LeNet5) -> dict[str, np.ndarray]:
-    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    return {
+        k: v.detach().cpu().numpy().copy()
+        for k, v in model.state_dict().items()
+        if not k.endswith("num_batches_tracked")
+    }
 
 
 # ----------------------------------------------------------------------------- loss
@@ -105,13 +133,20 @@ def forward_backward(model: LeNet5, x, y) -> dict[str, np.ndarray]:
     loss = loss_fn(logits, torch.as_tensor(y))
     loss.backward()
     grads = {f"grad.{k}": p.grad.numpy().copy() for k, p in model.named_parameters()}
-    return {"output": logits.detach().numpy(), "loss": loss.detach().numpy(), "grad.input": x.grad.numpy(), **grads}
+    return {
+        "output": logits.detach().numpy(),
+        "loss": loss.detach().numpy(),
+        "grad.input": x.grad.numpy(),
+        **grads,
+    }
 
 
 # ----------------------------------------------------------------------------- train step
 def make_optimizer(model: LeNet5, lr: float | OptimizerConfig) -> torch.optim.Optimizer:
     """A learning rate gives torch.optim.SGD; an OptimizerConfig any optimizer of torch_impl/optim.py."""
-    return optim.make_optimizer(model, lr if isinstance(lr, OptimizerConfig) else OptimizerConfig("sgd", lr=lr))
+    return optim.make_optimizer(
+        model, lr if isinstance(lr, OptimizerConfig) else OptimizerConfig("sgd", lr=lr)
+    )
 
 
 def train_step(model: LeNet5, optimizer: torch.optim.Optimizer, x, y) -> float:
@@ -124,10 +159,21 @@ def train_step(model: LeNet5, optimizer: torch.optim.Optimizer, x, y) -> float:
     return loss.item()
 
 
-def train(model: LeNet5, data: Dataset, *, epochs: int, lr: float | OptimizerConfig, batch_size: int, seed: int, on_epoch=None) -> list[float]:
+def train(
+    model: LeNet5,
+    data: Dataset,
+    *,
+    epochs: int,
+    lr: float | OptimizerConfig,
+    batch_size: int,
+    seed: int,
+    on_epoch=None,
+) -> list[float]:
     """Mini-batches in the shared order, stepped by make_optimizer(model, lr); returns the mean training loss of each epoch."""
     dtype = model.fc3.weight.dtype
-    dataset = TensorDataset(torch.as_tensor(data.x_train, dtype=dtype), torch.as_tensor(data.y_train))
+    dataset = TensorDataset(
+        torch.as_tensor(data.x_train, dtype=dtype), torch.as_tensor(data.y_train)
+    )
     optimizer, history = make_optimizer(model, lr), []
     model.train()
     for epoch in range(epochs):

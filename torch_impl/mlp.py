@@ -14,9 +14,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from tasks import weights
 from tasks.configs import MLPConfig, OptimizerConfig
+from tasks.data import Dataset, batches
 from torch_impl import initializers, optim
 from torch_impl.regularize import Dropout, l2_penalty, make_batch_norm
-from tasks.data import Dataset, batches
 
 
 # ----------------------------------------------------------------------------- layers
@@ -34,8 +34,12 @@ class MLP(nn.Module):
         super().__init__()
         self.cfg = cfg
         sizes = cfg.sizes
-        bias = not cfg.batch_norm  # a batch norm's mean subtraction cancels the bias of the layer before it
-        self.hidden = nn.ModuleList(nn.Linear(i, o, bias=bias, dtype=dtype) for i, o in zip(sizes[:-2], sizes[1:-1]))
+        bias = (
+            not cfg.batch_norm
+        )  # a batch norm's mean subtraction cancels the bias of the layer before it
+        self.hidden = nn.ModuleList(
+            nn.Linear(i, o, bias=bias, dtype=dtype) for i, o in zip(sizes[:-2], sizes[1:-1])
+        )
         # the activation holds no state, so one module serves every hidden layer
         self.activation = make_activation(cfg)
         self.head = nn.Linear(sizes[-2], sizes[-1], dtype=dtype)
@@ -46,11 +50,21 @@ class MLP(nn.Module):
                 initializers.initialize_(layer.weight, cfg.init, generator=generator)
                 if layer.bias is not None and cfg.init == "uniform":
                     layer.bias.uniform_(-bound, bound, generator=generator)
-                elif layer.bias is not None:  # a named initialiser (He, Xavier) for the weight, zero bias
+                elif (
+                    layer.bias is not None
+                ):  # a named initialiser (He, Xavier) for the weight, zero bias
                     layer.bias.zero_()
         # optional regularisers: batch norm before each hidden activation, dropout after it
-        self.bn = nn.ModuleList(make_batch_norm(o, dtype=dtype) for o in sizes[1:-1]) if cfg.batch_norm else None
-        self.dropouts = nn.ModuleList(Dropout(cfg.dropout, generator=generator) for _ in self.hidden) if cfg.dropout else None
+        self.bn = (
+            nn.ModuleList(make_batch_norm(o, dtype=dtype) for o in sizes[1:-1])
+            if cfg.batch_norm
+            else None
+        )
+        self.dropouts = (
+            nn.ModuleList(Dropout(cfg.dropout, generator=generator) for _ in self.hidden)
+            if cfg.dropout
+            else None
+        )
 
     def forward(self, x):
         for i, layer in enumerate(self.hidden):
@@ -78,14 +92,20 @@ def load_canonical(model: MLP, params: dict[str, np.ndarray]) -> None:
 
 
 def export_canonical(model: MLP) -> dict[str, np.ndarray]:
-    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
+    return {
+        k: v.detach().cpu().numpy().copy()
+        for k, v in model.state_dict().items()
+        if not k.endswith("num_batches_tracked")
+    }
 
 
 # ----------------------------------------------------------------------------- loss
 def loss_fn(logits, y, head: str):
     """Mean loss computed from logits (the fused, numerically stable forms)."""
     if head == "sigmoid":
-        return F.binary_cross_entropy_with_logits(logits[:, 0], y.to(logits.dtype))  # (B, 1) -> (B,)
+        return F.binary_cross_entropy_with_logits(
+            logits[:, 0], y.to(logits.dtype)
+        )  # (B, 1) -> (B,)
     return F.cross_entropy(logits, y)
 
 
@@ -101,13 +121,20 @@ def forward_backward(model: MLP, x, y) -> dict[str, np.ndarray]:
     loss = loss_fn(logits, torch.as_tensor(y), model.cfg.head)
     loss.backward()
     grads = {f"grad.{k}": p.grad.numpy().copy() for k, p in model.named_parameters()}
-    return {"output": logits.detach().numpy(), "loss": loss.detach().numpy(), "grad.input": x.grad.numpy(), **grads}
+    return {
+        "output": logits.detach().numpy(),
+        "loss": loss.detach().numpy(),
+        "grad.input": x.grad.numpy(),
+        **grads,
+    }
 
 
 # ----------------------------------------------------------------------------- train step
 def make_optimizer(model: MLP, lr: float | OptimizerConfig) -> torch.optim.Optimizer:
     """A learning rate gives torch.optim.SGD; an OptimizerConfig any optimizer of torch_impl/optim.py."""
-    return optim.make_optimizer(model, lr if isinstance(lr, OptimizerConfig) else OptimizerConfig("sgd", lr=lr))
+    return optim.make_optimizer(
+        model, lr if isinstance(lr, OptimizerConfig) else OptimizerConfig("sgd", lr=lr)
+    )
 
 
 def train_step(model: MLP, optimizer: torch.optim.Optimizer, x, y) -> float:
@@ -120,10 +147,21 @@ def train_step(model: MLP, optimizer: torch.optim.Optimizer, x, y) -> float:
     return loss.item()
 
 
-def train(model: MLP, data: Dataset, *, epochs: int, lr: float | OptimizerConfig, batch_size: int, seed: int, on_epoch=None) -> list[float]:
+def train(
+    model: MLP,
+    data: Dataset,
+    *,
+    epochs: int,
+    lr: float | OptimizerConfig,
+    batch_size: int,
+    seed: int,
+    on_epoch=None,
+) -> list[float]:
     """Mini-batches in the shared order, stepped by make_optimizer(model, lr); returns the mean training loss of each epoch."""
     dtype = model.head.weight.dtype
-    dataset = TensorDataset(torch.as_tensor(data.x_train, dtype=dtype), torch.as_tensor(data.y_train))
+    dataset = TensorDataset(
+        torch.as_tensor(data.x_train, dtype=dtype), torch.as_tensor(data.y_train)
+    )
     optimizer, history = make_optimizer(model, lr), []
     model.train()
     for epoch in range(epochs):
@@ -143,4 +181,6 @@ def evaluate(model: MLP, x, y) -> tuple[float, float]:
     model.eval()
     logits = model(torch.as_tensor(x, dtype=model.head.weight.dtype))
     y = torch.as_tensor(y)
-    return loss_fn(logits, y, model.cfg.head).item(), (predict(logits, model.cfg.head) == y).double().mean().item()
+    return loss_fn(logits, y, model.cfg.head).item(), (
+        predict(logits, model.cfg.head) == y
+    ).double().mean().item()

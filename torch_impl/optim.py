@@ -30,27 +30,43 @@ def clip_by_global_norm(parameters: list[nn.Parameter], max_norm: float) -> None
 
 
 # ----------------------------------------------------------------------------- optimisers
-def make_torch_optimizer(parameters: list[nn.Parameter], spec: OptimizerConfig) -> torch.optim.Optimizer:
+def make_torch_optimizer(
+    parameters: list[nn.Parameter], spec: OptimizerConfig
+) -> torch.optim.Optimizer:
     """The stock optimizer, every hyperparameter passed (torch's RMSprop alpha is the decay rho)."""
     if spec.name == "sgd":
         return torch.optim.SGD(parameters, lr=spec.lr)
     if spec.name in ("momentum", "nesterov"):
-        return torch.optim.SGD(parameters, lr=spec.lr, momentum=spec.momentum, nesterov=spec.name == "nesterov")
+        return torch.optim.SGD(
+            parameters, lr=spec.lr, momentum=spec.momentum, nesterov=spec.name == "nesterov"
+        )
     if spec.name == "rmsprop":
         return torch.optim.RMSprop(parameters, lr=spec.lr, alpha=spec.rho, eps=spec.eps)
     if spec.name == "adam":
-        return torch.optim.Adam(parameters, lr=spec.lr, betas=(spec.beta1, spec.beta2), eps=spec.eps)
+        return torch.optim.Adam(
+            parameters, lr=spec.lr, betas=(spec.beta1, spec.beta2), eps=spec.eps
+        )
     # AdamW's weight_decay is decoupled: p *= 1 - lr * wd; Adam's and SGD's would be an L2 gradient term
-    return torch.optim.AdamW(parameters, lr=spec.lr, betas=(spec.beta1, spec.beta2), eps=spec.eps, weight_decay=spec.weight_decay)
+    return torch.optim.AdamW(
+        parameters,
+        lr=spec.lr,
+        betas=(spec.beta1, spec.beta2),
+        eps=spec.eps,
+        weight_decay=spec.weight_decay,
+    )
 
 
 def make_optimizer(model: nn.Module, spec: OptimizerConfig) -> torch.optim.Optimizer:
     parameters = list(model.parameters())
     optimizer = make_torch_optimizer(parameters, spec)
     if spec.clip_norm is not None:
-        optimizer.register_step_pre_hook(lambda opt, args, kwargs: clip_by_global_norm(parameters, spec.clip_norm))
+        optimizer.register_step_pre_hook(
+            lambda opt, args, kwargs: clip_by_global_norm(parameters, spec.clip_norm)
+        )
     if spec.schedule != "constant" or spec.warmup_steps:
         # LambdaLR sets lr = spec.lr * factor(t) now for t = 0, and again after every step
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: spec.learning_rate(t) / spec.lr)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda t: spec.learning_rate(t) / spec.lr
+        )
         optimizer.register_step_post_hook(lambda opt, args, kwargs: scheduler.step())
     return optimizer

@@ -40,11 +40,15 @@ class Perceptron(nn.Module):
                 p.uniform_(-bound, bound, generator=generator)
 
     def forward(self, x):
-        return step(self.neuron(x))[:, 0]  # (B, D) -> (B, 1) -> (B,): 0.0 or 1.0 in the model's dtype
+        return step(self.neuron(x))[
+            :, 0
+        ]  # (B, D) -> (B, 1) -> (B,): 0.0 or 1.0 in the model's dtype
 
 
 def create_model(cfg: PerceptronConfig, *, seed: int, dtype: str = "float64") -> Perceptron:
-    return Perceptron(cfg, generator=torch.Generator().manual_seed(seed), dtype=getattr(torch, dtype))
+    return Perceptron(
+        cfg, generator=torch.Generator().manual_seed(seed), dtype=getattr(torch, dtype)
+    )
 
 
 # ----------------------------------------------------------------------------- canonical weights
@@ -81,18 +85,26 @@ def train_epoch(model: Perceptron, samples, lr) -> int:
     return sum(train_step(model, x, y, lr) for x, y in samples)
 
 
-def train(model: Perceptron, data: Dataset, *, epochs: int, lr: float, seed: int, on_epoch=None) -> list[int]:
+def train(
+    model: Perceptron, data: Dataset, *, epochs: int, lr: float, seed: int, on_epoch=None
+) -> list[int]:
     """Per-sample updates in the shared shuffled order; stops after the first epoch with no mistake.
 
     Returns the number of mistakes of each epoch run; a last entry of 0 means converged.
     """
     dtype = model.neuron.weight.dtype
-    dataset = TensorDataset(torch.as_tensor(data.x_train, dtype=dtype), torch.as_tensor(data.y_train, dtype=dtype))
-    lr = torch.tensor(lr, dtype=dtype)  # the step size in the model's dtype, as in the other three files
+    dataset = TensorDataset(
+        torch.as_tensor(data.x_train, dtype=dtype), torch.as_tensor(data.y_train, dtype=dtype)
+    )
+    lr = torch.tensor(
+        lr, dtype=dtype
+    )  # the step size in the model's dtype, as in the other three files
     history = []
     for epoch in range(epochs):
         # sampler = the shared order; batch_size=None hands out single samples, not batches of one
-        samples = DataLoader(dataset, sampler=epoch_order(len(dataset), seed, epoch), batch_size=None)
+        samples = DataLoader(
+            dataset, sampler=epoch_order(len(dataset), seed, epoch), batch_size=None
+        )
         history.append(train_epoch(model, samples, lr))
         if on_epoch:
             on_epoch(epoch, history[-1])

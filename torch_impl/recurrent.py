@@ -25,13 +25,17 @@ from torch_impl import optim
 def rnn_step(layer: nn.RNN, x, state):
     """The lesson's step, h' = tanh(W_xh x + W_hh h + b_h), on nn.RNN's own parameters."""
     (h,) = state
-    a = x @ layer.weight_ih_l0.T + layer.bias_ih_l0 + h @ layer.weight_hh_l0.T + layer.bias_hh_l0  # (B, D) @ (D, H) + (B, H) @ (H, H) -> (B, H)
+    a = (
+        x @ layer.weight_ih_l0.T + layer.bias_ih_l0 + h @ layer.weight_hh_l0.T + layer.bias_hh_l0
+    )  # (B, D) @ (D, H) + (B, H) @ (H, H) -> (B, H)
     return (torch.tanh(a),)
 
 
 def lstm_step(layer: nn.LSTM, x, state):
     h, c = state
-    a = x @ layer.weight_ih_l0.T + layer.bias_ih_l0 + h @ layer.weight_hh_l0.T + layer.bias_hh_l0  # (B, D) @ (D, 4H) -> (B, 4H)
+    a = (
+        x @ layer.weight_ih_l0.T + layer.bias_ih_l0 + h @ layer.weight_hh_l0.T + layer.bias_hh_l0
+    )  # (B, D) @ (D, 4H) -> (B, 4H)
     a_i, a_f, a_g, a_o = a.chunk(4, dim=1)  # (B, 4H) -> 4 x (B, H), torch's order (i, f, g, o)
     c = torch.sigmoid(a_f) * c + torch.sigmoid(a_i) * torch.tanh(a_g)
     return torch.sigmoid(a_o) * torch.tanh(c), c
@@ -39,8 +43,12 @@ def lstm_step(layer: nn.LSTM, x, state):
 
 def gru_step(layer: nn.GRU, x, state):
     (h,) = state
-    x_r, x_z, x_n = (x @ layer.weight_ih_l0.T + layer.bias_ih_l0).chunk(3, dim=1)  # (B, D) @ (D, 3H) -> 3 x (B, H)
-    h_r, h_z, h_n = (h @ layer.weight_hh_l0.T + layer.bias_hh_l0).chunk(3, dim=1)  # (B, H) @ (H, 3H) -> 3 x (B, H)
+    x_r, x_z, x_n = (x @ layer.weight_ih_l0.T + layer.bias_ih_l0).chunk(
+        3, dim=1
+    )  # (B, D) @ (D, 3H) -> 3 x (B, H)
+    h_r, h_z, h_n = (h @ layer.weight_hh_l0.T + layer.bias_hh_l0).chunk(
+        3, dim=1
+    )  # (B, H) @ (H, 3H) -> 3 x (B, H)
     r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
     n = torch.tanh(x_n + r * h_n)  # the reset gate scales W_hn h + b_hn, after the matmul
     return ((1 - z) * n + z * h,)
@@ -76,7 +84,10 @@ class RNN(nn.Module):
         return 2 * self.cfg.hidden if self.cfg.cell == "gru" else self.rnn.bias_hh_l0.shape[0]
 
     def by_hand(self, x):
-        state = tuple(x.new_zeros(x.shape[0], self.cfg.hidden) for _ in range(2 if self.cfg.cell == "lstm" else 1))
+        state = tuple(
+            x.new_zeros(x.shape[0], self.cfg.hidden)
+            for _ in range(2 if self.cfg.cell == "lstm" else 1)
+        )
         hs = []
         for t in range(x.shape[1]):
             state = self.step(self.rnn, x[:, t], state)  # (B, D) -> (B, H)
@@ -85,11 +96,17 @@ class RNN(nn.Module):
 
     def forward(self, x):
         if self.cfg.fused:
-            hidden, state = self.rnn(x)  # (B, T, D) -> (B, T, H); state: (1, B, H), a pair of them for the LSTM
-            state = tuple(s[0] for s in state) if self.cfg.cell == "lstm" else (state[0],)  # drop the layer axis
+            hidden, state = self.rnn(
+                x
+            )  # (B, T, D) -> (B, T, H); state: (1, B, H), a pair of them for the LSTM
+            state = (
+                tuple(s[0] for s in state) if self.cfg.cell == "lstm" else (state[0],)
+            )  # drop the layer axis
         else:
             hidden, state = self.by_hand(x)
-        logits = self.head(hidden if self.cfg.output == "sequence" else hidden[:, -1])  # (B, T, C) or (B, C)
+        logits = self.head(
+            hidden if self.cfg.output == "sequence" else hidden[:, -1]
+        )  # (B, T, C) or (B, C)
         return logits, hidden, state
 
 
@@ -104,12 +121,21 @@ def load_canonical(model: RNN, params: dict[str, np.ndarray]) -> None:
     t = lambda name: torch.from_numpy(np.array(params[name]))
     bias_hh = torch.zeros_like(model.rnn.bias_hh_l0)
     if model.cfg.cell == "gru":
-        bias_hh[2 * model.cfg.hidden :] = t("b_hn")  # (r, z, n): only the candidate block is not a duplicate
-    state = {"rnn.weight_ih_l0": t("W_xh"), "rnn.weight_hh_l0": t("W_hh"), "rnn.bias_ih_l0": t("b_h"), "rnn.bias_hh_l0": bias_hh}
+        bias_hh[2 * model.cfg.hidden :] = t(
+            "b_hn"
+        )  # (r, z, n): only the candidate block is not a duplicate
+    state = {
+        "rnn.weight_ih_l0": t("W_xh"),
+        "rnn.weight_hh_l0": t("W_hh"),
+        "rnn.bias_ih_l0": t("b_h"),
+        "rnn.bias_hh_l0": bias_hh,
+    }
     model.load_state_dict({**state, "head.weight": t("W_hy"), "head.bias": t("b_y")})
 
 
-def to_canonical(model: RNN, tensors: dict[str, torch.Tensor], grads: bool = False) -> dict[str, np.ndarray]:
+def to_canonical(
+    model: RNN, tensors: dict[str, torch.Tensor], grads: bool = False
+) -> dict[str, np.ndarray]:
     """torch names -> canonical. Weights: b_h = bias_ih + bias_hh (their sum acts). Gradients: the
     gradient of that sum is the gradient of either copy, so grad b_h = grad bias_ih (not the sum)."""
     n = lambda name: tensors[name].detach().cpu().numpy().copy()
@@ -130,7 +156,9 @@ def export_canonical(model: RNN) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------- loss
 def loss_fn(logits, y):
     """Mean cross-entropy from logits over every scored position."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))  # (B, T, C) -> (B*T, C)
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), y.reshape(-1)
+    )  # (B, T, C) -> (B*T, C)
 
 
 def forward_backward(model: RNN, x, y) -> dict[str, np.ndarray]:
@@ -161,7 +189,9 @@ def make_optimizer(model: RNN, lr: float | OptimizerConfig) -> torch.optim.Optim
     optimizer of torch_impl/optim.py, clipped at the OptimizerConfig's own clip_norm."""
     if isinstance(lr, OptimizerConfig):
         if model.cfg.clip_norm is not None:  # one clipping rule, not two in a row
-            raise ValueError("an OptimizerConfig clips at its own clip_norm: build the RNNConfig with clip_norm=None")
+            raise ValueError(
+                "an OptimizerConfig clips at its own clip_norm: build the RNNConfig with clip_norm=None"
+            )
         return optim.make_optimizer(model, lr)
     return torch.optim.SGD(model.parameters(), lr=lr)
 
@@ -187,10 +217,21 @@ def train_step(model: RNN, optimizer: torch.optim.Optimizer, x, y) -> float:
     return loss.item()
 
 
-def train(model: RNN, data: Dataset, *, epochs: int, lr: float | OptimizerConfig, batch_size: int, seed: int, on_epoch=None) -> list[float]:
+def train(
+    model: RNN,
+    data: Dataset,
+    *,
+    epochs: int,
+    lr: float | OptimizerConfig,
+    batch_size: int,
+    seed: int,
+    on_epoch=None,
+) -> list[float]:
     """Mini-batches in the shared order, stepped by make_optimizer(model, lr); returns the mean training loss of each epoch."""
     dtype = model.head.weight.dtype
-    dataset = TensorDataset(torch.as_tensor(data.x_train, dtype=dtype), torch.as_tensor(data.y_train))
+    dataset = TensorDataset(
+        torch.as_tensor(data.x_train, dtype=dtype), torch.as_tensor(data.y_train)
+    )
     optimizer, history = make_optimizer(model, lr), []
     model.train()
     # One intra-op thread: a step is a chain of tiny matmuls whose OpenMP fork/join costs more than it
@@ -200,7 +241,9 @@ def train(model: RNN, data: Dataset, *, epochs: int, lr: float | OptimizerConfig
     try:
         for epoch in range(epochs):
             # batch_sampler = the shared index arrays, so torch sees the same batches as everyone else
-            loader = DataLoader(dataset, batch_sampler=batches(len(dataset), batch_size, seed, epoch))
+            loader = DataLoader(
+                dataset, batch_sampler=batches(len(dataset), batch_size, seed, epoch)
+            )
             losses = [train_step(model, optimizer, xb, yb) for xb, yb in loader]
             history.append(float(np.mean(losses)))
             if on_epoch:

@@ -38,7 +38,14 @@ class Dropout(nn.Module):
 
 
 # ----------------------------------------------------------------------------- batch norm
-def make_batch_norm(num_features: int, *, momentum: float = 0.1, eps: float = 1e-5, conv: bool = False, dtype=torch.float64):
+def make_batch_norm(
+    num_features: int,
+    *,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    conv: bool = False,
+    dtype=torch.float64,
+):
     """The stock layer: BatchNorm1d on (B, D), BatchNorm2d on (B, C, H, W); momentum as torch means it."""
     layer = nn.BatchNorm2d if conv else nn.BatchNorm1d
     return layer(num_features, eps=eps, momentum=momentum, dtype=dtype)

@@ -35,7 +35,9 @@ from torch_impl.attention import (  # noqa: F401  (loss, training and evaluation
 def make_activation(cfg: TransformerConfig):
     if cfg.activation == "relu":
         return F.relu
-    approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"  # torch's default is "none" (erf)
+    approximate = (
+        "tanh" if cfg.activation == "gelu_tanh" else "none"
+    )  # torch's default is "none" (erf)
     return lambda x: F.gelu(x, approximate=approximate)
 
 
@@ -74,7 +76,9 @@ class Transformer(nn.Module):
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab, cfg.d_model, dtype=dtype)
         self.blocks = nn.ModuleList(Block(cfg, dtype=dtype) for _ in range(cfg.n_layers))
-        self.ln_f = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps, dtype=dtype) if cfg.norm == "pre" else None
+        self.ln_f = (
+            nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps, dtype=dtype) if cfg.norm == "pre" else None
+        )
         self.head = nn.Linear(cfg.d_model, cfg.vocab, dtype=dtype)
         init_from(self, generator)
 
@@ -97,4 +101,6 @@ class Transformer(nn.Module):
 
 
 def create_model(cfg: TransformerConfig, *, seed: int, dtype: str = "float64") -> Transformer:
-    return Transformer(cfg, generator=torch.Generator().manual_seed(seed), dtype=getattr(torch, dtype))
+    return Transformer(
+        cfg, generator=torch.Generator().manual_seed(seed), dtype=getattr(torch, dtype)
+    )
