@@ -83,7 +83,9 @@ def make_pool(cfg: LeNet5Config):
 class LeNet5(nnx.Module):
     """Two conv + pool stages, a flatten, two hidden dense layers and a linear head (logits)."""
 
-    def __init__(self, cfg: LeNet5Config, *, rngs: nnx.Rngs, dtype=jnp.float64):
+    def __init__(
+        self, cfg: LeNet5Config, *, rngs: nnx.Rngs, dtype=jnp.float64, dropout_layer=Dropout
+    ):
         self.cfg = cfg
         (c1, c2), (h1, h2), k = cfg.channels, cfg.hidden, cfg.kernel_size
         bias = (
@@ -114,7 +116,7 @@ class LeNet5(nnx.Module):
             norm(h2, False),
         )
         self.drop1, self.drop2 = (
-            Dropout(cfg.dropout, rngs=rngs) if cfg.dropout else nnx.identity for _ in range(2)
+            dropout_layer(cfg.dropout, rngs=rngs) if cfg.dropout else nnx.identity for _ in range(2)
         )
 
     def __call__(self, x):
@@ -164,8 +166,16 @@ class LeNet5(nnx.Module):
         }
 
 
-def create_model(cfg: LeNet5Config, *, seed: int, dtype: str = "float64") -> LeNet5:
-    return LeNet5(cfg, rngs=nnx.Rngs(params=seed, dropout=seed), dtype=jnp.dtype(dtype))
+def create_model(
+    cfg: LeNet5Config, *, seed: int, dtype: str = "float64", dropout_layer=Dropout
+) -> LeNet5:
+    """dropout_layer: the parity tests pass a mask-replaying layer (tasks/replay/)."""
+    return LeNet5(
+        cfg,
+        rngs=nnx.Rngs(params=seed, dropout=seed),
+        dtype=jnp.dtype(dtype),
+        dropout_layer=dropout_layer,
+    )
 
 
 # ----------------------------------------------------------------------------- canonical weights

@@ -58,7 +58,7 @@ def make_dense(
 class MLP(nnx.Module):
     """Dense layers with one hidden activation, then a linear head that outputs logits."""
 
-    def __init__(self, cfg: MLPConfig, *, rngs: nnx.Rngs, dtype=jnp.float64):
+    def __init__(self, cfg: MLPConfig, *, rngs: nnx.Rngs, dtype=jnp.float64, dropout_layer=Dropout):
         self.cfg = cfg
         sizes = cfg.sizes
         bias = (
@@ -80,7 +80,7 @@ class MLP(nnx.Module):
             else []
         )
         self.dropouts = nnx.List(
-            [Dropout(cfg.dropout, rngs=rngs) for _ in self.hidden] if cfg.dropout else []
+            [dropout_layer(cfg.dropout, rngs=rngs) for _ in self.hidden] if cfg.dropout else []
         )
 
     def __call__(self, x):
@@ -98,8 +98,16 @@ class MLP(nnx.Module):
         return {**{f"hidden.{i}": layer for i, layer in enumerate(self.hidden)}, "head": self.head}
 
 
-def create_model(cfg: MLPConfig, *, seed: int, dtype: str = "float64") -> MLP:
-    return MLP(cfg, rngs=nnx.Rngs(params=seed, dropout=seed), dtype=jnp.dtype(dtype))
+def create_model(
+    cfg: MLPConfig, *, seed: int, dtype: str = "float64", dropout_layer=Dropout
+) -> MLP:
+    """dropout_layer: the parity tests pass a mask-replaying layer (tasks/replay/)."""
+    return MLP(
+        cfg,
+        rngs=nnx.Rngs(params=seed, dropout=seed),
+        dtype=jnp.dtype(dtype),
+        dropout_layer=dropout_layer,
+    )
 
 
 # ----------------------------------------------------------------------------- canonical weights

@@ -267,7 +267,14 @@ def make_pool(cfg: LeNet5Config):
 class LeNet5:
     """Two conv + pool stages, a flatten, two hidden dense layers and a linear head (logits)."""
 
-    def __init__(self, cfg: LeNet5Config, *, rng: np.random.Generator, dtype=np.float64):
+    def __init__(
+        self,
+        cfg: LeNet5Config,
+        *,
+        rng: np.random.Generator,
+        dtype=np.float64,
+        dropout_layer=Dropout,
+    ):
         self.cfg = cfg
         (c1, c2), (h1, h2), k = cfg.channels, cfg.hidden, cfg.kernel_size
         bias = (
@@ -290,7 +297,7 @@ class LeNet5:
         )  # one class: it normalises (B, C, H, W) per channel
         self.bn1, self.bn2, self.bn3, self.bn4 = norm(c1), norm(c2), norm(h1), norm(h2)
         self.drop1, self.drop2 = (
-            Dropout(cfg.dropout, rng=rng) if cfg.dropout else Identity() for _ in range(2)
+            dropout_layer(cfg.dropout, rng=rng) if cfg.dropout else Identity() for _ in range(2)
         )
 
     def forward(self, x):
@@ -339,8 +346,13 @@ class LeNet5:
         }
 
 
-def create_model(cfg: LeNet5Config, *, seed: int, dtype: str = "float64") -> LeNet5:
-    return LeNet5(cfg, rng=np.random.default_rng(seed), dtype=np.dtype(dtype))
+def create_model(
+    cfg: LeNet5Config, *, seed: int, dtype: str = "float64", dropout_layer=Dropout
+) -> LeNet5:
+    """dropout_layer: the parity tests pass a mask-replaying layer (tasks/replay/)."""
+    return LeNet5(
+        cfg, rng=np.random.default_rng(seed), dtype=np.dtype(dtype), dropout_layer=dropout_layer
+    )
 
 
 # ----------------------------------------------------------------------------- canonical weights

@@ -119,7 +119,9 @@ def make_activation(cfg: MLPConfig):
 class MLP:
     """Dense layers with one hidden activation, then a linear head that outputs logits."""
 
-    def __init__(self, cfg: MLPConfig, *, rng: np.random.Generator, dtype=np.float64):
+    def __init__(
+        self, cfg: MLPConfig, *, rng: np.random.Generator, dtype=np.float64, dropout_layer=Dropout
+    ):
         self.cfg = cfg
         sizes = cfg.sizes
         bias = (
@@ -134,7 +136,9 @@ class MLP:
         self.head = Dense(sizes[-2], sizes[-1], rng=rng, dtype=dtype, init=cfg.init)
         # optional regularisers: batch norm before each hidden activation, dropout after it
         self.bn = [BatchNorm(o, dtype=dtype) for o in sizes[1:-1]] if cfg.batch_norm else []
-        self.dropouts = [Dropout(cfg.dropout, rng=rng) for _ in self.hidden] if cfg.dropout else []
+        self.dropouts = (
+            [dropout_layer(cfg.dropout, rng=rng) for _ in self.hidden] if cfg.dropout else []
+        )
 
     def forward(self, x):
         for i, (layer, activation) in enumerate(zip(self.hidden, self.activations)):
@@ -172,8 +176,13 @@ class MLP:
         }
 
 
-def create_model(cfg: MLPConfig, *, seed: int, dtype: str = "float64") -> MLP:
-    return MLP(cfg, rng=np.random.default_rng(seed), dtype=np.dtype(dtype))
+def create_model(
+    cfg: MLPConfig, *, seed: int, dtype: str = "float64", dropout_layer=Dropout
+) -> MLP:
+    """dropout_layer: the parity tests pass a mask-replaying layer (tasks/replay/)."""
+    return MLP(
+        cfg, rng=np.random.default_rng(seed), dtype=np.dtype(dtype), dropout_layer=dropout_layer
+    )
 
 
 # ----------------------------------------------------------------------------- canonical weights

@@ -361,14 +361,14 @@ def compute(case: Case, framework: str, dtype: str) -> dict[str, np.ndarray]:
         return engine(case).compute(case, framework, dtype)
     impl = load_impl(framework, case.model)
     params = weights.cast(weights.load(canonical_file(case)), dtype)
-    model = impl.create_model(case.config, seed=0, dtype=dtype)
+    model = create(impl, case, framework, dtype)
     impl.load_canonical(model, params)
     out = {f"roundtrip.{k}": v for k, v in impl.export_canonical(model).items()}
     x, y = inputs(case, case.batch, dtype)
     supply_dropout_masks(case, framework, model, steps=1)
     out.update(impl.forward_backward(model, x, y))
     # trajectory: a fresh model, the same weights, TRAJECTORY_STEPS mini-batches in the shared order
-    model = impl.create_model(case.config, seed=0, dtype=dtype)
+    model = create(impl, case, framework, dtype)
     impl.load_canonical(model, params)
     x, y = inputs(case, case.batch * TRAJECTORY_STEPS, dtype)
     data = Dataset(case.model, x, y, x[:1], y[:1], case.config.n_classes)
@@ -381,6 +381,15 @@ def compute(case: Case, framework: str, dtype: str) -> dict[str, np.ndarray]:
     return out
 
 
+def create(impl, case, framework: str, dtype: str):
+    """The case's model; with dropout, its dropout layers are the framework's mask-replaying
+    ReplayDropout (tasks/replay/), injected through create_model, so supply_dropout_masks can set them."""
+    if not getattr(case.config, "dropout", 0):
+        return impl.create_model(case.config, seed=0, dtype=dtype)
+    replay = importlib.import_module(f"tasks.replay.{framework}")
+    return impl.create_model(case.config, seed=0, dtype=dtype, dropout_layer=replay.ReplayDropout)
+
+
 def dropout_layers(model) -> list:
     """A model's dropout layers: the MLP keeps a list, LeNet-5 names them drop1 and drop2."""
     return list(model.dropouts) if hasattr(model, "dropouts") else [model.drop1, model.drop2]
@@ -391,10 +400,11 @@ def supply_dropout_masks(case, framework: str, model, steps: int) -> None:
     (steps, B, D) stack per dropout layer, one mask per training step; (B, D) for a single step."""
     if not getattr(case.config, "dropout", 0):
         return
-    regularize, rng = load_impl(framework, "regularize"), np.random.default_rng(case.seed + 2)
+    replay = importlib.import_module(f"tasks.replay.{framework}")
+    rng = np.random.default_rng(case.seed + 2)
     for layer, width in zip(dropout_layers(model), case.config.hidden):
         masks = rng.random((steps, case.batch, width)) >= case.config.dropout
-        regularize.set_mask(layer, masks[0] if steps == 1 else masks)
+        replay.set_mask(layer, masks[0] if steps == 1 else masks)
 
 
 def running_var_as_torch(case, framework: str, params: dict, start: dict, steps: int) -> dict:
@@ -585,7 +595,7 @@ BN_MOMENTUM = 0.1  # tasks' batch norm momentum, torch's convention (the weight 
 def optimizer_trajectory(case: OptimizerCase, framework: str, dtype: str) -> dict[str, np.ndarray]:
     """Parameters after `case.steps` updates (trajectory.*), from the canonical weights of the case."""
     impl = load_impl(framework, case.model)
-    model = impl.create_model(case.config, seed=0, dtype=dtype)
+    model = create(impl, case, framework, dtype)
     start = weights.cast(weights.load(canonical_file(case)), dtype)
     impl.load_canonical(model, start)
     x, y = inputs(case, case.batch * case.steps, dtype)

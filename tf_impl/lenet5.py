@@ -93,7 +93,12 @@ class LeNet5(keras.Model):
     """Two conv + pool stages, a flatten, two hidden dense layers and a linear head (logits)."""
 
     def __init__(
-        self, cfg: LeNet5Config, *, seed: keras.random.SeedGenerator, dtype: str = "float64"
+        self,
+        cfg: LeNet5Config,
+        *,
+        seed: keras.random.SeedGenerator,
+        dtype: str = "float64",
+        dropout_layer=Dropout,
     ):
         super().__init__(dtype=dtype)
         self.cfg = cfg
@@ -129,7 +134,7 @@ class LeNet5(keras.Model):
             norm(h2, False),
         )
         self.drop1, self.drop2 = (
-            Dropout(cfg.dropout, seed=seed, dtype=dtype)
+            dropout_layer(cfg.dropout, seed=seed, dtype=dtype)
             if cfg.dropout
             else keras.layers.Identity(dtype=dtype)
             for _ in range(2)
@@ -184,8 +189,13 @@ class LeNet5(keras.Model):
         }
 
 
-def create_model(cfg: LeNet5Config, *, seed: int, dtype: str = "float64") -> LeNet5:
-    return LeNet5(cfg, seed=keras.random.SeedGenerator(seed), dtype=dtype)
+def create_model(
+    cfg: LeNet5Config, *, seed: int, dtype: str = "float64", dropout_layer=Dropout
+) -> LeNet5:
+    """dropout_layer: the parity tests pass a mask-replaying layer (tasks/replay/)."""
+    return LeNet5(
+        cfg, seed=keras.random.SeedGenerator(seed), dtype=dtype, dropout_layer=dropout_layer
+    )
 
 
 # ----------------------------------------------------------------------------- canonical weights

@@ -63,7 +63,14 @@ def make_dense(
 class MLP(keras.Model):
     """Dense layers with one hidden activation, then a linear head that outputs logits."""
 
-    def __init__(self, cfg: MLPConfig, *, seed: keras.random.SeedGenerator, dtype: str = "float64"):
+    def __init__(
+        self,
+        cfg: MLPConfig,
+        *,
+        seed: keras.random.SeedGenerator,
+        dtype: str = "float64",
+        dropout_layer=Dropout,
+    ):
         super().__init__(dtype=dtype)
         self.cfg = cfg
         sizes = cfg.sizes
@@ -82,7 +89,7 @@ class MLP(keras.Model):
         # optional regularisers: batch norm before each hidden activation, dropout after it
         self.bn = [make_batch_norm(o, dtype=dtype) for o in sizes[1:-1]] if cfg.batch_norm else []
         self.dropouts = (
-            [Dropout(cfg.dropout, seed=seed, dtype=dtype) for _ in self.hidden]
+            [dropout_layer(cfg.dropout, seed=seed, dtype=dtype) for _ in self.hidden]
             if cfg.dropout
             else []
         )
@@ -102,8 +109,11 @@ class MLP(keras.Model):
         return {**{f"hidden.{i}": layer for i, layer in enumerate(self.hidden)}, "head": self.head}
 
 
-def create_model(cfg: MLPConfig, *, seed: int, dtype: str = "float64") -> MLP:
-    return MLP(cfg, seed=keras.random.SeedGenerator(seed), dtype=dtype)
+def create_model(
+    cfg: MLPConfig, *, seed: int, dtype: str = "float64", dropout_layer=Dropout
+) -> MLP:
+    """dropout_layer: the parity tests pass a mask-replaying layer (tasks/replay/)."""
+    return MLP(cfg, seed=keras.random.SeedGenerator(seed), dtype=dtype, dropout_layer=dropout_layer)
 
 
 # ----------------------------------------------------------------------------- canonical weights

@@ -38,7 +38,14 @@ def make_pool(cfg: LeNet5Config) -> nn.Module:
 class LeNet5(nn.Module):
     """Two conv + pool stages, a flatten, two hidden dense layers and a linear head (logits)."""
 
-    def __init__(self, cfg: LeNet5Config, *, generator: torch.Generator, dtype=torch.float64):
+    def __init__(
+        self,
+        cfg: LeNet5Config,
+        *,
+        generator: torch.Generator,
+        dtype=torch.float64,
+        dropout_layer=Dropout,
+    ):
         super().__init__()
         self.cfg = cfg
         (c1, c2), (h1, h2), k = cfg.channels, cfg.hidden, cfg.kernel_size
@@ -80,7 +87,7 @@ class LeNet5(nn.Module):
             norm(h2, False),
         )
         self.drop1, self.drop2 = (
-            Dropout(cfg.dropout, generator=generator) if cfg.dropout else nn.Identity()
+            dropout_layer(cfg.dropout, generator=generator) if cfg.dropout else nn.Identity()
             for _ in range(2)
         )
 
@@ -97,8 +104,16 @@ class LeNet5(nn.Module):
         return self.fc3(x)  # (B, 84) -> (B, C) logits
 
 
-def create_model(cfg: LeNet5Config, *, seed: int, dtype: str = "float64") -> LeNet5:
-    return LeNet5(cfg, generator=torch.Generator().manual_seed(seed), dtype=getattr(torch, dtype))
+def create_model(
+    cfg: LeNet5Config, *, seed: int, dtype: str = "float64", dropout_layer=Dropout
+) -> LeNet5:
+    """dropout_layer: the parity tests pass a mask-replaying layer (tasks/replay/)."""
+    return LeNet5(
+        cfg,
+        generator=torch.Generator().manual_seed(seed),
+        dtype=getattr(torch, dtype),
+        dropout_layer=dropout_layer,
+    )
 
 
 # ----------------------------------------------------------------------------- canonical weights

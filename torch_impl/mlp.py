@@ -30,7 +30,14 @@ def make_activation(cfg: MLPConfig) -> nn.Module:
 class MLP(nn.Module):
     """Dense layers with one hidden activation, then a linear head that outputs logits."""
 
-    def __init__(self, cfg: MLPConfig, *, generator: torch.Generator, dtype=torch.float64):
+    def __init__(
+        self,
+        cfg: MLPConfig,
+        *,
+        generator: torch.Generator,
+        dtype=torch.float64,
+        dropout_layer=Dropout,
+    ):
         super().__init__()
         self.cfg = cfg
         sizes = cfg.sizes
@@ -61,7 +68,7 @@ class MLP(nn.Module):
             else None
         )
         self.dropouts = (
-            nn.ModuleList(Dropout(cfg.dropout, generator=generator) for _ in self.hidden)
+            nn.ModuleList(dropout_layer(cfg.dropout, generator=generator) for _ in self.hidden)
             if cfg.dropout
             else None
         )
@@ -77,8 +84,16 @@ class MLP(nn.Module):
         return self.head(x)  # (B, D_hidden) -> (B, C) logits; C = 1 for a sigmoid head
 
 
-def create_model(cfg: MLPConfig, *, seed: int, dtype: str = "float64") -> MLP:
-    return MLP(cfg, generator=torch.Generator().manual_seed(seed), dtype=getattr(torch, dtype))
+def create_model(
+    cfg: MLPConfig, *, seed: int, dtype: str = "float64", dropout_layer=Dropout
+) -> MLP:
+    """dropout_layer: the parity tests pass a mask-replaying layer (tasks/replay/)."""
+    return MLP(
+        cfg,
+        generator=torch.Generator().manual_seed(seed),
+        dtype=getattr(torch, dtype),
+        dropout_layer=dropout_layer,
+    )
 
 
 # ----------------------------------------------------------------------------- canonical weights
