@@ -39,6 +39,21 @@ def fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+# --seed: every framework draws from it (NumPy, scikit-learn's random_state, torch.Generator.manual_seed,
+# keras.random.SeedGenerator, jax.random.key / nnx.Rngs). Measured: scikit-learn takes 0 .. 2**32 - 1 and
+# NumPy no negatives; torch takes -2**63 .. 2**64 - 1, Keras and JAX -2**63 .. 2**63 - 1. The intersection:
+SEED_RANGE = (0, 2**32 - 1)
+
+
+def check_seed(seed: int) -> int:
+    if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        fail(
+            f"--seed must be an integer in {SEED_RANGE[0]}..{SEED_RANGE[1]} (2**32 - 1, the range "
+            f"NumPy, scikit-learn, torch, Keras and JAX all accept), got {seed}"
+        )
+    return seed
+
+
 def check_model(model: str) -> str:
     if model not in MODELS:
         fail(f"unknown model {model!r}; choose from: {', '.join(MODELS)}")
@@ -200,6 +215,17 @@ def train(
 
     check_model(model)
     frameworks = check_frameworks(framework)
+    check_seed(seed)
+    task = task or MODELS[model].default_task
+    if task not in MODELS[model].tasks:
+        fail(
+            f"unknown task {task!r} for model {model}; choose from: {', '.join(MODELS[model].tasks)}"
+        )
+    given = {"--batch-size": batch_size, "--hidden": hidden, "--activation": activation, "--pooling": pooling,
+             "--optimizer": optimizer, "--schedule": schedule != "constant" or None, "--warmup-steps": warmup_steps or None,
+             "--clip-norm": clip_norm, "--patience": patience, "--init": init, "--dropout": dropout,
+             "--batch-norm": batch_norm or None, "--l2": l2, "--plot": plot, "--data-dir": data_dir}  # fmt: skip
+    check_flags(model, task, {flag: value is not None for flag, value in given.items()})
     if epochs is not None and epochs < 1:
         fail(f"--epochs must be a positive integer, got {epochs}")
     if lr is not None and not (lr > 0 and math.isfinite(lr)):
@@ -276,6 +302,51 @@ def train(
             err.print(f"loss curves written to {plot}")
 
 
+# ----------------------------------------------------------------------------- which flag applies to which model
+# `rosetta train` refuses a flag that the chosen model would ignore (exit 2) instead of recording it in the
+# JSON options as if used. One table, used by check_flags; the README's "Errors" section shows it.
+GRADIENT_MODELS = ("mlp", "lenet5", "rnn", "lstm", "gru", "attention", "transformer")
+PERCEPTRON_RULE = "the perceptron learns by its own mistake-driven rule, one sample at a time"
+REGULARISER_RULE = "--init, --dropout, --batch-norm and --l2 are for mlp and lenet5, whose configs have those layers"
+FLAG_MODELS: dict[str, tuple[tuple[str, ...], str]] = {
+    # flag: (the models it applies to, why the others ignore it)
+    "--batch-size": (GRADIENT_MODELS, PERCEPTRON_RULE),
+    "--hidden": (
+        ("mlp", "rnn", "lstm", "gru"),
+        "LeNet-5's sizes are the paper's, attention's and the Transformer's the registry's, "
+        "and the perceptron has no hidden layer",
+    ),
+    "--activation": (
+        ("mlp", "lenet5", "transformer"),
+        "the recurrent cells' nonlinearities are fixed (tanh, the gates' sigmoid), attention has no "
+        "hidden activation, the perceptron steps",
+    ),
+    "--pooling": (("lenet5",), "only LeNet-5 pools"),
+    **{
+        flag: (GRADIENT_MODELS, PERCEPTRON_RULE)
+        for flag in ("--optimizer", "--schedule", "--warmup-steps", "--clip-norm", "--patience")
+    },
+    **{
+        flag: (("mlp", "lenet5"), REGULARISER_RULE)
+        for flag in ("--init", "--dropout", "--batch-norm", "--l2")
+    },
+    "--plot": (GRADIENT_MODELS, "the perceptron's rows count mistakes and have no loss curve"),
+}
+FILE_TASKS = ("mnist",)  # the tasks that read --data-dir; every other task is built in memory
+
+
+def check_flags(model: str, task: str, given: dict[str, bool]) -> None:
+    """Exit 2 naming the first flag given that `model` (or `task`, for --data-dir) does not use."""
+    for flag, used in given.items():
+        if flag == "--data-dir" and used and task not in FILE_TASKS:
+            fail(
+                f"--data-dir does not apply to task {task}: it reads no files (only {', '.join(FILE_TASKS)} does)"
+            )
+        if flag in FLAG_MODELS and used and model not in FLAG_MODELS[flag][0]:
+            models, why = FLAG_MODELS[flag]
+            fail(f"{flag} does not apply to {model} (only to {', '.join(models)}): {why}")
+
+
 def check_training_options(
     model,
     optimizer,
@@ -315,24 +386,7 @@ def check_training_options(
         fail(f"--dropout must be in [0, 1), got {dropout}")
     if l2 is not None and not (l2 >= 0 and math.isfinite(l2)):
         fail(f"--l2 must be a number >= 0, got {l2}")
-    from tasks.train import REGULARISED
-
-    if model not in REGULARISED and (
-        init is not None or dropout is not None or batch_norm or l2 is not None
-    ):
-        fail(
-            f"--init, --dropout, --batch-norm and --l2 are for {' and '.join(REGULARISED)}, whose configs have those layers; not {model}"
-        )
-    if model == "perceptron" and (
-        optimizer is not None
-        or schedule != "constant"
-        or warmup_steps
-        or clip_norm is not None
-        or patience is not None
-    ):
-        fail(
-            "the perceptron learns by its own mistake-driven rule: --optimizer, --schedule, --warmup-steps, --clip-norm and --patience do not apply"
-        )
+    # which model takes which flag: FLAG_MODELS, checked by check_flags before this
     return dict(optimizer=optimizer, momentum=momentum, weight_decay=weight_decay, schedule=schedule, warmup_steps=warmup_steps,
                 clip_norm=clip_norm, init=init, dropout=dropout, batch_norm=batch_norm, patience=patience, l2=l2)  # fmt: skip
 
@@ -542,10 +596,12 @@ def saliency(
     """Write one PNG with the input-gradient (saliency) maps of each framework side by side."""
     check_model(model)
     frameworks = check_frameworks(framework)
+    check_seed(seed)
     entry = MODELS[model]
     task = task or entry.default_task
     if task not in entry.tasks:
         fail(f"unknown task {task!r} for model {model}; choose from: {', '.join(entry.tasks)}")
+    check_flags(model, task, {"--data-dir": data_dir is not None})
     if images < 1 or (epochs is not None and epochs < 1):
         fail("--images and --epochs must be positive integers")
     if dtype not in ("float32", "float64"):
@@ -640,6 +696,7 @@ def sample(
         fail("--length, --epochs and --hidden must be positive integers")
     if not prompt:
         fail("--prompt must not be empty")
+    check_seed(seed)
     opts = TrainOptions(epochs=epochs, hidden=(hidden,) if hidden else None, seed=seed)
     with progress_bar(sys.stderr.isatty()) as bar:
         try:
@@ -696,6 +753,7 @@ def attention_map(
             f"attention-map draws an attention model; choose from: attention, transformer (got {model!r})"
         )
     frameworks = check_frameworks(framework)
+    check_seed(seed)
     if epochs < 0:
         fail(f"--epochs must be 0 or a positive integer, got {epochs}")
     opts = TrainOptions(seed=seed).with_defaults(model, "reverse")
