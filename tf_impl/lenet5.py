@@ -1,4 +1,4 @@
-"""LeNet-5 in Keras 3 (TensorFlow backend): keras.Model.call, keras.ops, Conv2D/pooling/Dense layers, tf.data.
+"""LeNet-5 in Keras 3 (TensorFlow backend): keras.Model, keras.ops, Conv2D/pooling/Dense layers, fit.
 
 LeCun, Bottou, Bengio & Haffner (1998), "Gradient-based learning applied to document recognition".
 Keras convolves channel-last: `call` turns the canonical (B, C, H, W) images into (B, H, W, C) in
@@ -17,9 +17,9 @@ from keras import ops
 
 from tasks import weights
 from tasks.configs import LeNet5Config, OptimizerConfig
-from tasks.data import Dataset, epoch_order
-from tf_impl import initializers, optim
-from tf_impl.regularize import Dropout, canonical_variables, l2_penalty, make_batch_norm
+from tasks.data import Dataset
+from tf_impl import compat, initializers, optim, training
+from tf_impl.regularize import canonical_variables, l2_regularizer, make_batch_norm
 
 
 # ----------------------------------------------------------------------------- layers
@@ -33,26 +33,25 @@ def make_conv(
     name: str,
     init: str = "uniform",
     bias: bool = True,
+    regularizer: keras.regularizers.Regularizer | None = None,
 ):
+    # "uniform": torch's nn.Conv2d range; a named initialiser (He, Xavier) has a zero bias
     kernel_init = initializers.make_initializer(
         init, seed=seed, fan_in=in_channels * kernel_size**2
-    )  # "uniform": torch's nn.Conv2d range
-    bias_init = (
-        kernel_init if init == "uniform" else "zeros"
-    )  # a named initialiser (He, Xavier): zero bias
+    )
     layer = keras.layers.Conv2D(
         out_channels,
         kernel_size,
         padding="valid",
         use_bias=bias,
         kernel_initializer=kernel_init,
-        bias_initializer=bias_init,
+        bias_initializer=kernel_init if init == "uniform" else "zeros",
+        kernel_regularizer=regularizer,
+        bias_regularizer=regularizer,
         dtype=dtype,
         name=name,
     )
-    layer.build(
-        (None, None, None, in_channels)
-    )  # create the variables now, so canonical weights can load before a call
+    layer.build((None, None, None, in_channels))  # the variables now, so weights load before a call
     return layer
 
 
@@ -65,16 +64,16 @@ def make_dense(
     name: str,
     init: str = "uniform",
     bias: bool = True,
+    regularizer: keras.regularizers.Regularizer | None = None,
 ):
-    kernel_init = initializers.make_initializer(
-        init, seed=seed, fan_in=in_features
-    )  # "uniform": torch's nn.Linear range
-    bias_init = kernel_init if init == "uniform" else "zeros"
+    kernel_init = initializers.make_initializer(init, seed=seed, fan_in=in_features)
     layer = keras.layers.Dense(
         out_features,
         use_bias=bias,
         kernel_initializer=kernel_init,
-        bias_initializer=bias_init,
+        bias_initializer=kernel_init if init == "uniform" else "zeros",
+        kernel_regularizer=regularizer,
+        bias_regularizer=regularizer,
         dtype=dtype,
         name=name,
     )
@@ -96,34 +95,31 @@ class LeNet5(keras.Model):
         self,
         cfg: LeNet5Config,
         *,
-        seed: keras.random.SeedGenerator,
+        seed: int,
         dtype: str = "float64",
-        dropout_layer=Dropout,
+        dropout_layer=keras.layers.Dropout,
     ):
         super().__init__(dtype=dtype)
         self.cfg = cfg
         (c1, c2), (h1, h2), k = cfg.channels, cfg.hidden, cfg.kernel_size
-        bias = (
-            not cfg.batch_norm
-        )  # a batch norm's mean subtraction cancels the bias of the layer before it
-        self.conv1 = make_conv(
-            cfg.in_channels, c1, k, seed=seed, dtype=dtype, name="conv1", init=cfg.init, bias=bias
-        )
-        self.conv2 = make_conv(
-            c1, c2, k, seed=seed, dtype=dtype, name="conv2", init=cfg.init, bias=bias
-        )
-        self.fc1 = make_dense(
-            cfg.flat_features, h1, seed=seed, dtype=dtype, name="fc1", init=cfg.init, bias=bias
-        )  # 16 * 5 * 5 = 400 inputs by default
-        self.fc2 = make_dense(h1, h2, seed=seed, dtype=dtype, name="fc2", init=cfg.init, bias=bias)
-        self.fc3 = make_dense(h2, cfg.n_classes, seed=seed, dtype=dtype, name="fc3", init=cfg.init)
+        init = keras.random.SeedGenerator(seed)
+        # a batch norm's mean subtraction cancels the bias of the layer before it; the L2 penalty
+        # (l2 / 2) * sum p^2 is each variable's regularizer
+        kw = dict(dtype=dtype, init=cfg.init, regularizer=l2_regularizer(cfg.l2))
+        bias = not cfg.batch_norm
+        self.conv1 = make_conv(cfg.in_channels, c1, k, seed=init, name="conv1", bias=bias, **kw)
+        self.conv2 = make_conv(c1, c2, k, seed=init, name="conv2", bias=bias, **kw)
+        # 16 * 5 * 5 = 400 inputs by default
+        self.fc1 = make_dense(cfg.flat_features, h1, seed=init, name="fc1", bias=bias, **kw)
+        self.fc2 = make_dense(h1, h2, seed=init, name="fc2", bias=bias, **kw)
+        self.fc3 = make_dense(h2, cfg.n_classes, seed=init, name="fc3", **kw)
         # the activation and the pooling hold no state, so one layer of each serves every use
         self.activation = keras.layers.Activation(cfg.activation, dtype=dtype)
         self.pool = make_pool(cfg, dtype)
         self.flatten = keras.layers.Flatten(dtype=dtype)
         # optional regularisers: batch norm before each hidden activation, dropout after fc1's and fc2's
         norm = lambda n, conv: (
-            make_batch_norm(n, conv=conv, dtype=dtype)
+            make_batch_norm(n, conv=conv, dtype=dtype, regularizer=kw["regularizer"])
             if cfg.batch_norm
             else keras.layers.Identity(dtype=dtype)
         )
@@ -134,11 +130,12 @@ class LeNet5(keras.Model):
             norm(h2, False),
         )
         self.drop1, self.drop2 = (
-            dropout_layer(cfg.dropout, seed=seed, dtype=dtype)
+            dropout_layer(cfg.dropout, seed=seed + n, dtype=dtype)
             if cfg.dropout
             else keras.layers.Identity(dtype=dtype)
-            for _ in range(2)
+            for n in (1, 2)
         )
+        self.batch_loss = training.BatchMeanLoss(dtype)  # what train reports per epoch
 
     def call(self, x, training=False):
         x = ops.transpose(
@@ -158,6 +155,11 @@ class LeNet5(keras.Model):
             self.activation(self.bn4(self.fc2(x), training=training)), training=training
         )  # (B, 120) -> (B, 84)
         return self.fc3(x)  # (B, 84) -> (B, C) logits
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        loss = super().compute_loss(x, y, y_pred, sample_weight, training)  # data loss + L2
+        self.batch_loss.update_state(loss)
+        return loss
 
     def variables_by_name(self) -> dict[str, keras.Variable]:
         """Each canonical tensor by its canonical name, in the Keras layout (batch norms' statistics too)."""
@@ -190,12 +192,10 @@ class LeNet5(keras.Model):
 
 
 def create_model(
-    cfg: LeNet5Config, *, seed: int, dtype: str = "float64", dropout_layer=Dropout
+    cfg: LeNet5Config, *, seed: int, dtype: str = "float64", dropout_layer=keras.layers.Dropout
 ) -> LeNet5:
     """dropout_layer: the parity tests pass a mask-replaying layer (tasks/replay/)."""
-    return LeNet5(
-        cfg, seed=keras.random.SeedGenerator(seed), dtype=dtype, dropout_layer=dropout_layer
-    )
+    return LeNet5(cfg, seed=seed, dtype=dtype, dropout_layer=dropout_layer)
 
 
 # ----------------------------------------------------------------------------- canonical weights
@@ -242,23 +242,19 @@ def export_canonical(model: LeNet5) -> dict[str, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- loss
-def loss_fn(logits, y):
-    """Mean softmax cross-entropy computed from logits (the fused, numerically stable form)."""
-    return ops.mean(ops.sparse_categorical_crossentropy(y, logits, from_logits=True))
+def make_loss(dtype: str) -> keras.losses.Loss:
+    """Mean softmax cross-entropy from logits (the fused, numerically stable form), in `dtype`."""
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype=dtype)
 
 
 def forward_backward(model: LeNet5, x, y) -> dict[str, np.ndarray]:
     """Outputs, loss and every gradient in the canonical layout (what the parity tests compare)."""
     x, y = tf.constant(x), tf.constant(y)
-    variables = {
-        k: v for k, v in model.variables_by_name().items() if v.trainable
-    }  # not the running statistics
+    variables = {k: v for k, v in model.variables_by_name().items() if v.trainable}  # no statistics
     with tf.GradientTape() as tape:
         tape.watch(x)
-        logits = model(
-            x, training=True
-        )  # batch statistics and dropout, as torch's and Flax's default train mode
-        loss = loss_fn(logits, y)
+        logits = model(x, training=True)  # batch statistics and dropout, as in training
+        loss = make_loss(model.dtype)(y, logits)
     grads, dx = tape.gradient(loss, (variables, x))
     # a gradient has its parameter's Keras layout: the same converter brings it to canonical
     grads = {f"grad.{k}": np.array(to_canonical(model.cfg, k, g.numpy())) for k, g in grads.items()}
@@ -267,23 +263,22 @@ def forward_backward(model: LeNet5, x, y) -> dict[str, np.ndarray]:
 
 # ----------------------------------------------------------------------------- train step
 def make_optimizer(model: LeNet5, lr: float | OptimizerConfig) -> keras.optimizers.Optimizer:
-    """A learning rate gives keras.optimizers.SGD; an OptimizerConfig any optimizer of tf_impl/optim.py.
-
-    A float learning rate would become a float32 variable, inexact in float64 runs (docs/PORTING.md)."""
+    """A learning rate gives keras.optimizers.SGD; an OptimizerConfig any optimizer of tf_impl/optim.py."""
     return optim.make_optimizer(
         model, lr if isinstance(lr, OptimizerConfig) else OptimizerConfig("sgd", lr=lr)
     )
 
 
-@tf.function(reduce_retracing=True)
-def train_step(model: LeNet5, optimizer: keras.optimizers.Optimizer, x, y):
-    with tf.GradientTape() as tape:
-        loss = loss_fn(model(x, training=True), y)
-        if model.cfg.l2:  # the penalty (l2 / 2) * sum p^2 is part of the loss
-            loss = loss + l2_penalty(model.trainable_variables, model.cfg.l2)
-    grads = tape.gradient(loss, model.trainable_variables)
-    optimizer.apply_gradients(zip(grads, model.trainable_variables))
-    return loss
+def compile_model(model: LeNet5, optimizer: keras.optimizers.Optimizer) -> None:
+    with compat.floatx(model.dtype):  # the compiled loss and its tracker in the model's dtype
+        model.compile(optimizer=optimizer, loss=make_loss(model.dtype))
+
+
+def train_step(model: LeNet5, optimizer: keras.optimizers.Optimizer, x, y) -> float:
+    """One step of fit's compiled train function on one batch (tasks.bench times it)."""
+    if model.optimizer is not optimizer:
+        compile_model(model, optimizer)
+    return model.train_on_batch(x, y, return_dict=True)["batch_loss"]
 
 
 def train(
@@ -296,22 +291,23 @@ def train(
     seed: int,
     on_epoch=None,
 ) -> list[float]:
-    """Mini-batches in the shared order, stepped by make_optimizer(model, lr); returns the mean training loss of each epoch."""
-    x, y = data.x_train.astype(model.fc3.kernel.dtype), data.y_train
-    optimizer, history = make_optimizer(model, lr), []
-    for epoch in range(epochs):
-        order = epoch_order(len(x), seed, epoch)  # consecutive slices of it are the shared batches
-        dataset = tf.data.Dataset.from_tensor_slices((x[order], y[order])).batch(batch_size)
-        losses = [float(train_step(model, optimizer, xb, yb)) for xb, yb in dataset]
-        history.append(float(np.mean(losses)))
-        if on_epoch:
-            on_epoch(epoch, history[-1])
-    return history
+    """compile and fit on the shared mini-batches; returns the mean training loss of each epoch."""
+    compile_model(model, make_optimizer(model, lr))
+    x = data.x_train.astype(model.dtype)  # a float64 pipeline for a float64 model
+    history = model.fit(
+        training.shared_batches(x, data.y_train, batch_size=batch_size, seed=seed, epochs=epochs),
+        epochs=epochs,
+        steps_per_epoch=training.steps_per_epoch(len(x), batch_size),
+        callbacks=[training.OnEpochEnd(on_epoch)],  # on_epoch(epoch, loss); it may stop the fit
+        shuffle=False,  # the batches come in the shared order
+        verbose=0,
+    )
+    return history.history["batch_loss"]
 
 
 # ----------------------------------------------------------------------------- evaluation
 def evaluate(model: LeNet5, x, y) -> tuple[float, float]:
     """(mean loss, accuracy) on a whole split."""
-    logits = model(x.astype(model.fc3.kernel.dtype))
-    loss = loss_fn(logits, y)
+    logits = model(x.astype(model.dtype))
+    loss = make_loss(model.dtype)(y, logits)
     return float(loss), float(ops.mean(ops.cast(ops.argmax(logits, axis=1) == y, "float64")))

@@ -1,4 +1,4 @@
-"""Multilayer perceptron in Keras 3 (TensorFlow backend): keras.Model.call, keras.ops, tf.data.
+"""Multilayer perceptron in Keras 3 (TensorFlow backend): keras.Model, keras.ops, compile and fit.
 
 Rumelhart, Hinton & Williams (1986), "Learning representations by back-propagating errors".
 keras.layers.Dense stores its kernel (in, out): the converters transpose to and from the
@@ -14,18 +14,15 @@ from keras import ops
 
 from tasks import weights
 from tasks.configs import MLPConfig, OptimizerConfig
-from tasks.data import Dataset, epoch_order
-from tf_impl import initializers, optim
-from tf_impl.regularize import Dropout, canonical_variables, l2_penalty, make_batch_norm
+from tasks.data import Dataset
+from tf_impl import compat, initializers, optim, training
+from tf_impl.regularize import canonical_variables, l2_regularizer, make_batch_norm
 
 
 # ----------------------------------------------------------------------------- layers
 def make_activation(cfg: MLPConfig, dtype: str) -> keras.layers.Layer:
     if cfg.activation == "leaky_relu":
-        # Not keras.layers.LeakyReLU: it runs TF's LeakyRelu op, whose alpha is a float32 attribute,
-        # so in float64 the slope 0.01 becomes 0.009999999776 (docs/PORTING.md, "Activations").
-        slope = cfg.leaky_slope
-        return keras.layers.Activation(lambda x: ops.where(x > 0, x, slope * x), dtype=dtype)
+        return compat.LeakyReLU(cfg.leaky_slope, dtype=dtype)  # float64-exact slope
     return keras.layers.Activation(cfg.activation, dtype=dtype)
 
 
@@ -38,24 +35,21 @@ def make_dense(
     name: str,
     init: str = "uniform",
     bias: bool = True,
+    regularizer: keras.regularizers.Regularizer | None = None,
 ):
-    kernel_init = initializers.make_initializer(
-        init, seed=seed, fan_in=in_features
-    )  # "uniform": torch's nn.Linear range
-    bias_init = (
-        kernel_init if init == "uniform" else "zeros"
-    )  # a named initialiser (He, Xavier): zero bias
+    # "uniform": torch's nn.Linear range; a named initialiser (He, Xavier) has a zero bias
+    kernel_init = initializers.make_initializer(init, seed=seed, fan_in=in_features)
     layer = keras.layers.Dense(
         out_features,
         use_bias=bias,
         kernel_initializer=kernel_init,
-        bias_initializer=bias_init,
+        bias_initializer=kernel_init if init == "uniform" else "zeros",
+        kernel_regularizer=regularizer,
+        bias_regularizer=regularizer,
         dtype=dtype,
         name=name,
     )
-    layer.build(
-        (None, in_features)
-    )  # create the variables now, so canonical weights can load before a call
+    layer.build((None, in_features))  # the variables now, so canonical weights load before a call
     return layer
 
 
@@ -67,32 +61,36 @@ class MLP(keras.Model):
         self,
         cfg: MLPConfig,
         *,
-        seed: keras.random.SeedGenerator,
+        seed: int,
         dtype: str = "float64",
-        dropout_layer=Dropout,
+        dropout_layer=keras.layers.Dropout,
     ):
         super().__init__(dtype=dtype)
         self.cfg = cfg
-        sizes = cfg.sizes
-        bias = (
-            not cfg.batch_norm
-        )  # a batch norm's mean subtraction cancels the bias of the layer before it
+        sizes, init = cfg.sizes, keras.random.SeedGenerator(seed)
+        l2 = l2_regularizer(cfg.l2)  # (l2 / 2) * sum p^2 on every trainable variable
+        bias = not cfg.batch_norm  # a batch norm's mean subtraction cancels the bias before it
         self.hidden = [
-            make_dense(i, o, seed=seed, dtype=dtype, name=f"hidden_{n}", init=cfg.init, bias=bias)
+            make_dense(i, o, seed=init, dtype=dtype, name=f"hidden_{n}", init=cfg.init, bias=bias, regularizer=l2)
             for n, (i, o) in enumerate(zip(sizes[:-2], sizes[1:-1]))
-        ]
+        ]  # fmt: skip
         # the activation holds no state, so one layer serves every hidden layer
         self.activation = make_activation(cfg, dtype)
         self.head = make_dense(
-            sizes[-2], sizes[-1], seed=seed, dtype=dtype, name="head", init=cfg.init
+            sizes[-2], sizes[-1], seed=init, dtype=dtype, name="head", init=cfg.init, regularizer=l2
         )
         # optional regularisers: batch norm before each hidden activation, dropout after it
-        self.bn = [make_batch_norm(o, dtype=dtype) for o in sizes[1:-1]] if cfg.batch_norm else []
-        self.dropouts = (
-            [dropout_layer(cfg.dropout, seed=seed, dtype=dtype) for _ in self.hidden]
-            if cfg.dropout
+        self.bn = (
+            [make_batch_norm(o, dtype=dtype, regularizer=l2) for o in sizes[1:-1]]
+            if cfg.batch_norm
             else []
         )
+        self.dropouts = (
+            [dropout_layer(cfg.dropout, seed=seed + 1 + n, dtype=dtype) for n in range(len(self.hidden))]
+            if cfg.dropout
+            else []
+        )  # fmt: skip
+        self.batch_loss = training.BatchMeanLoss(dtype)  # what train reports per epoch
 
     def call(self, x, training=False):
         for i, layer in enumerate(self.hidden):
@@ -104,16 +102,21 @@ class MLP(keras.Model):
                 x = self.dropouts[i](x, training=training)
         return self.head(x)  # (B, D_hidden) -> (B, C) logits; C = 1 for a sigmoid head
 
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        loss = super().compute_loss(x, y, y_pred, sample_weight, training)  # data loss + L2
+        self.batch_loss.update_state(loss)
+        return loss
+
     def layers_by_name(self) -> dict[str, keras.layers.Dense]:
         """Layers by canonical prefix: hidden.0, hidden.1, ..., head."""
         return {**{f"hidden.{i}": layer for i, layer in enumerate(self.hidden)}, "head": self.head}
 
 
 def create_model(
-    cfg: MLPConfig, *, seed: int, dtype: str = "float64", dropout_layer=Dropout
+    cfg: MLPConfig, *, seed: int, dtype: str = "float64", dropout_layer=keras.layers.Dropout
 ) -> MLP:
     """dropout_layer: the parity tests pass a mask-replaying layer (tasks/replay/)."""
-    return MLP(cfg, seed=keras.random.SeedGenerator(seed), dtype=dtype, dropout_layer=dropout_layer)
+    return MLP(cfg, seed=seed, dtype=dtype, dropout_layer=dropout_layer)
 
 
 # ----------------------------------------------------------------------------- canonical weights
@@ -131,29 +134,21 @@ def load_canonical(model: MLP, params: dict[str, np.ndarray]) -> None:
 def export_canonical(model: MLP) -> dict[str, np.ndarray]:
     out = {}
     for prefix, layer in model.layers_by_name().items():
-        out[f"{prefix}.weight"] = np.array(
-            layer.kernel.numpy().T
-        )  # Keras (in, out) -> canonical (out, in)
+        out[f"{prefix}.weight"] = np.array(layer.kernel.numpy().T)  # (in, out) -> (out, in)
         if layer.bias is not None:
             out[f"{prefix}.bias"] = np.array(layer.bias.numpy())
     for i, norm in enumerate(model.bn):
-        out.update(
-            {
-                f"bn.{i}.{key}": np.array(variable.numpy())
-                for key, variable in canonical_variables(norm).items()
-            }
-        )
+        for key, variable in canonical_variables(norm).items():
+            out[f"bn.{i}.{key}"] = np.array(variable.numpy())
     return out
 
 
 # ----------------------------------------------------------------------------- loss
-def loss_fn(logits, y, head: str):
-    """Mean loss computed from logits (the fused, numerically stable forms)."""
-    if head == "sigmoid":
-        return ops.mean(
-            ops.binary_crossentropy(ops.cast(y, logits.dtype), logits[:, 0], from_logits=True)
-        )
-    return ops.mean(ops.sparse_categorical_crossentropy(y, logits, from_logits=True))
+def make_loss(cfg: MLPConfig, dtype: str) -> keras.losses.Loss:
+    """Mean loss computed from logits (the fused, numerically stable forms), in the model's dtype."""
+    if cfg.head == "sigmoid":  # y (B,) against logits (B, 1)
+        return keras.losses.BinaryCrossentropy(from_logits=True, dtype=dtype)
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype=dtype)
 
 
 def predict(logits, head: str):
@@ -172,10 +167,8 @@ def forward_backward(model: MLP, x, y) -> dict[str, np.ndarray]:
         variables[f"bn.{i}.weight"], variables[f"bn.{i}.bias"] = norm.gamma, norm.beta
     with tf.GradientTape() as tape:
         tape.watch(x)
-        logits = model(
-            x, training=True
-        )  # batch statistics and dropout, as torch's and Flax's default train mode
-        loss = loss_fn(logits, y, model.cfg.head)
+        logits = model(x, training=True)  # batch statistics and dropout, as in training
+        loss = make_loss(model.cfg, model.dtype)(y, logits)
     grads = tape.gradient(loss, variables)
     # dense kernel gradients come out (in, out) like the kernel: transpose to canonical (out, in)
     grads = {
@@ -186,24 +179,22 @@ def forward_backward(model: MLP, x, y) -> dict[str, np.ndarray]:
 
 # ----------------------------------------------------------------------------- train step
 def make_optimizer(model: MLP, lr: float | OptimizerConfig) -> keras.optimizers.Optimizer:
-    """A learning rate gives keras.optimizers.SGD; an OptimizerConfig any optimizer of tf_impl/optim.py.
-
-    A float learning rate would become a float32 (floatx) variable, which rounds 0.1 to 0.10000000149
-    in a float64 run; optim.make_schedule passes a callable returning the model's dtype instead."""
+    """A learning rate gives keras.optimizers.SGD; an OptimizerConfig any optimizer of tf_impl/optim.py."""
     return optim.make_optimizer(
         model, lr if isinstance(lr, OptimizerConfig) else OptimizerConfig("sgd", lr=lr)
     )
 
 
-@tf.function(reduce_retracing=True)
-def train_step(model: MLP, optimizer: keras.optimizers.Optimizer, x, y):
-    with tf.GradientTape() as tape:
-        loss = loss_fn(model(x, training=True), y, model.cfg.head)
-        if model.cfg.l2:  # the penalty (l2 / 2) * sum p^2 is part of the loss
-            loss = loss + l2_penalty(model.trainable_variables, model.cfg.l2)
-    grads = tape.gradient(loss, model.trainable_variables)
-    optimizer.apply_gradients(zip(grads, model.trainable_variables))
-    return loss
+def compile_model(model: MLP, optimizer: keras.optimizers.Optimizer) -> None:
+    with compat.floatx(model.dtype):  # the compiled loss and its tracker in the model's dtype
+        model.compile(optimizer=optimizer, loss=make_loss(model.cfg, model.dtype))
+
+
+def train_step(model: MLP, optimizer: keras.optimizers.Optimizer, x, y) -> float:
+    """One step of fit's compiled train function on one batch (tasks.bench times it)."""
+    if model.optimizer is not optimizer:
+        compile_model(model, optimizer)
+    return model.train_on_batch(x, y, return_dict=True)["batch_loss"]
 
 
 def train(
@@ -216,22 +207,23 @@ def train(
     seed: int,
     on_epoch=None,
 ) -> list[float]:
-    """Mini-batches in the shared order, stepped by make_optimizer(model, lr); returns the mean training loss of each epoch."""
-    x, y = data.x_train.astype(model.head.kernel.dtype), data.y_train
-    optimizer, history = make_optimizer(model, lr), []
-    for epoch in range(epochs):
-        order = epoch_order(len(x), seed, epoch)  # consecutive slices of it are the shared batches
-        dataset = tf.data.Dataset.from_tensor_slices((x[order], y[order])).batch(batch_size)
-        losses = [float(train_step(model, optimizer, xb, yb)) for xb, yb in dataset]
-        history.append(float(np.mean(losses)))
-        if on_epoch:
-            on_epoch(epoch, history[-1])
-    return history
+    """compile and fit on the shared mini-batches; returns the mean training loss of each epoch."""
+    compile_model(model, make_optimizer(model, lr))
+    x = data.x_train.astype(model.dtype)  # a float64 pipeline for a float64 model
+    history = model.fit(
+        training.shared_batches(x, data.y_train, batch_size=batch_size, seed=seed, epochs=epochs),
+        epochs=epochs,
+        steps_per_epoch=training.steps_per_epoch(len(x), batch_size),
+        callbacks=[training.OnEpochEnd(on_epoch)],  # on_epoch(epoch, loss); it may stop the fit
+        shuffle=False,  # the batches come in the shared order
+        verbose=0,
+    )
+    return history.history["batch_loss"]
 
 
 # ----------------------------------------------------------------------------- evaluation
 def evaluate(model: MLP, x, y) -> tuple[float, float]:
     """(mean loss, accuracy) on a whole split."""
-    logits = model(x.astype(model.head.kernel.dtype))
-    loss = loss_fn(logits, y, model.cfg.head)
+    logits = model(x.astype(model.dtype))
+    loss = make_loss(model.cfg, model.dtype)(y, logits)
     return float(loss), float(ops.mean(ops.cast(predict(logits, model.cfg.head) == y, "float64")))

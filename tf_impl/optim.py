@@ -12,20 +12,10 @@ eps = 0 both are the same algorithm as torch's.
 from __future__ import annotations
 
 import keras
-import numpy as np
 from keras import ops
 
 from tasks.configs import OptimizerConfig
-
-
-# ----------------------------------------------------------------------------- hyperparameters
-def hyper(value: float, dtype: str):
-    """A hyperparameter Keras keeps exact in a float64 run.
-
-    Keras casts float hyperparameters with `ops.cast(value, dtype)`, and the TF backend turns a
-    Python float into a float32 tensor first: momentum 0.9 becomes 0.8999999762. A NumPy float64
-    is still a Python float (SGD checks `isinstance(momentum, float)`) and casts exactly."""
-    return np.float64(value) if dtype == "float64" else value
+from tf_impl.compat import floatx, hyper  # float64-exact hyperparameters and learning rate
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -67,20 +57,22 @@ def make_schedule(spec: OptimizerConfig, dtype: str):
         )
     if spec.schedule == "step" or spec.warmup_steps:
         return WarmupStepDecay(spec, dtype)
-    # a float learning rate would become a float32 variable: a callable returning the model's dtype is exact
-    return lambda: ops.convert_to_tensor(spec.lr, dtype=dtype)
+    return spec.lr  # a floatx variable: make_keras_optimizer builds it under compat.floatx(dtype)
 
 
 # ----------------------------------------------------------------------------- optimisers
 def make_optimizer(model: keras.Model, spec: OptimizerConfig) -> keras.optimizers.Optimizer:
-    optimizer = make_keras_optimizer(spec, model.dtype)
-    # create the slot variables (momenta, moments) now: a tf.function may not create them on a retrace
-    optimizer.build(model.trainable_variables)
-    return optimizer
+    return make_keras_optimizer(spec, model.dtype)
 
 
 def make_keras_optimizer(spec: OptimizerConfig, dtype: str) -> keras.optimizers.Optimizer:
-    """The stock optimizer, every hyperparameter passed (Keras's defaults differ from torch's)."""
+    """The stock optimizer, every hyperparameter passed (Keras's defaults differ from torch's); its
+    learning-rate variable in `dtype` (compat.floatx)."""
+    with floatx(dtype):
+        return stock_optimizer(spec, dtype)
+
+
+def stock_optimizer(spec: OptimizerConfig, dtype: str) -> keras.optimizers.Optimizer:
     lr = make_schedule(spec, dtype)
     clip = {"global_clipnorm": hyper(spec.clip_norm, dtype)} if spec.clip_norm is not None else {}
     if spec.name == "sgd":

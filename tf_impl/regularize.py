@@ -1,8 +1,8 @@
-"""Dropout and batch normalisation in Keras 3: a dropout layer whose mask can be supplied (else the
-stock keras.random.dropout with a SeedGenerator), and the stock keras.layers.BatchNormalization
-(`training=True` / `False` in call switches the mode).
+"""Batch normalisation and the L2 penalty in Keras 3: the stock keras.layers.BatchNormalization
+(`training=True` / `False` in call switches the mode) and keras.regularizers.L2. Dropout is the
+stock keras.layers.Dropout, built by the models themselves.
 
-Srivastava et al. (2014) inverted dropout; Ioffe & Szegedy (2015) batch normalisation.
+Ioffe & Szegedy (2015) batch normalisation; Srivastava et al. (2014) dropout.
 Keras's BatchNormalization `momentum` weights the *old* average (default 0.99), so torch's 0.1 is
 Keras's 0.9, and its running variance takes the biased batch variance (docs/PORTING.md).
 """
@@ -10,36 +10,8 @@ Keras's 0.9, and its running variance takes the biased batch variance (docs/PORT
 from __future__ import annotations
 
 import keras
-import numpy as np
-from keras import ops
 
-
-# ----------------------------------------------------------------------------- dropout
-class Dropout(keras.layers.Layer):
-    """Inverted dropout; `mask` (True = keep), when set, replaces the random draw (for parity tests):
-    one (B, D) mask for every training call, or a (S, B, D) stack whose mask `step % S` the next call
-    uses. A tf.function keeps the mask it saw when it traced; the step is a variable, so it counts."""
-
-    def __init__(self, p: float, *, seed: keras.random.SeedGenerator, **kwargs):
-        super().__init__(**kwargs)
-        self.p, self.seed_generator = p, seed
-        self.mask = None
-        self.step = keras.Variable(
-            0, dtype="int64", trainable=False, name="step"
-        )  # training calls made with a supplied stack
-
-    def call(self, x, training=False):
-        if not training or self.p == 0:
-            return x
-        if self.mask is None:
-            return keras.random.dropout(
-                x, self.p, seed=self.seed_generator
-            )  # the stock draw, scaled by 1 / (1 - p)
-        keep = self.mask
-        if keep.ndim == 3:  # one mask per training step
-            keep = ops.take(keep, self.step % keep.shape[0], axis=0)
-            self.step.assign_add(1)
-        return x * ops.cast(keep, x.dtype) / (1 - self.p)  # (B, D) kept units scaled by 1 / (1 - p)
+from tf_impl import compat
 
 
 # ----------------------------------------------------------------------------- batch norm
@@ -50,10 +22,16 @@ def make_batch_norm(
     eps: float = 1e-5,
     conv: bool = False,
     dtype: str = "float64",
+    regularizer: keras.regularizers.Regularizer | None = None,
 ):
     """The stock layer on channels-last input, (B, D) or (B, H, W, C); `momentum` in torch's sense."""
     layer = keras.layers.BatchNormalization(
-        axis=-1, momentum=1 - momentum, epsilon=eps, dtype=dtype
+        axis=-1,
+        momentum=1 - momentum,
+        epsilon=eps,
+        gamma_regularizer=regularizer,
+        beta_regularizer=regularizer,
+        dtype=dtype,
     )
     layer.build((None, num_features) if not conv else (None, None, None, num_features))
     return layer
@@ -69,16 +47,9 @@ def canonical_variables(layer: keras.layers.BatchNormalization) -> dict:
     }
 
 
-def set_mask(layer: Dropout, mask) -> None:
-    """Supply a dropout mask (True = keep): (B, D), or (S, B, D) per step; a traced train step keeps
-    the one it saw when it traced."""
-    layer.mask = np.asarray(mask)
-    layer.step.assign(0)
-
-
 # ----------------------------------------------------------------------------- L2 penalty
-def l2_penalty(variables, l2: float):
-    """(l2 / 2) * the sum of every squared trainable variable: a term of the loss.
-
-    Not keras.regularizers.L2(l2), which adds l2 * sum(w^2) without the 1/2, and only per layer."""
-    return 0.5 * l2 * sum(ops.sum(ops.square(v)) for v in variables)
+def l2_regularizer(l2: float | None) -> keras.regularizers.Regularizer | None:
+    """The penalty (l2 / 2) * sum p^2 as the stock regularizer of every trainable variable; Keras
+    adds each layer's to the loss that fit minimises. keras.regularizers.L2(l) is l * sum p^2: no 1/2.
+    compat.L2 is the stock one with a float64-exact factor."""
+    return compat.L2(l2 / 2) if l2 else None

@@ -1,0 +1,60 @@
+"""What every Keras model's `train` shares: the shared batch order as one tf.data pipeline for
+`model.fit`, and the callback that hands each epoch's loss to the caller's `on_epoch`.
+
+The four frameworks step through the same mini-batches (tasks.data.batches: a new order each
+epoch, the last batch of an epoch possibly smaller) and report the mean of an epoch's batch losses.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tasks.data import batches
+from tasks.train import EarlyStop
+
+
+# ----------------------------------------------------------------------------- data
+def shared_batches(x, y, *, batch_size: int, seed: int, epochs: int) -> tf.data.Dataset:
+    """Every epoch's mini-batches, one epoch after the other: fit(..., steps_per_epoch=
+    steps_per_epoch(len(x), batch_size)) cuts the stream back into epochs. x keeps its dtype."""
+    index = [i for epoch in range(epochs) for i in batches(len(x), batch_size, seed, epoch)]
+    rows = tf.RaggedTensor.from_row_lengths(np.concatenate(index), [len(i) for i in index])
+    x, y = tf.constant(x), tf.constant(y)  # eager tensors: captured by reference, not as constants
+    return tf.data.Dataset.from_tensor_slices(rows).map(
+        lambda i: (tf.gather(x, i), tf.gather(y, i))  # (B,) indices -> (B, ...) examples
+    )
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return -(-n // batch_size)  # ceil(n / B): a partial last batch is kept
+
+
+# ----------------------------------------------------------------------------- epoch reports
+class BatchMeanLoss(keras.metrics.Mean):
+    """The mean of the batch losses since the last reset (each epoch), unweighted.
+
+    Keras's own "loss" weights each batch by its size (the mean over the epoch's samples); the other
+    three frameworks report the mean of the batch losses, which differs when the last batch is
+    smaller. A model updates it in `compute_loss`."""
+
+    def __init__(self, dtype: str):
+        super().__init__(name="batch_loss", dtype=dtype)
+
+
+class OnEpochEnd(keras.callbacks.Callback):
+    """Calls on_epoch(epoch, mean batch loss) at each epoch end; an EarlyStop it raises ends fit
+    there, keeping the history."""
+
+    def __init__(self, on_epoch=None):
+        super().__init__()
+        self.on_epoch = on_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.on_epoch is None:
+            return
+        try:
+            self.on_epoch(epoch, float(logs["batch_loss"]))
+        except EarlyStop:
+            self.model.stop_training = True
