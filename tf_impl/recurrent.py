@@ -1,4 +1,5 @@
-"""Recurrent networks (tanh RNN, LSTM, GRU) in Keras 3 (TensorFlow backend): SimpleRNN / LSTM / GRU, and the step by hand.
+"""Recurrent networks (tanh RNN, LSTM, GRU) in Keras 3 (TensorFlow backend): SimpleRNN / LSTM / GRU
+and the step by hand; compile and fit, with the train step written out (the GRU's bias).
 
 Elman (1990), "Finding structure in time"; Hochreiter & Schmidhuber (1997), "Long short-term memory";
 Cho et al. (2014), "Learning phrase representations using RNN encoder-decoder" (the GRU).
@@ -16,8 +17,8 @@ from keras import ops
 
 from tasks import weights
 from tasks.configs import OptimizerConfig, RNNConfig
-from tasks.data import Dataset, epoch_order
-from tf_impl import optim
+from tasks.data import Dataset
+from tf_impl import compat, optim, training
 
 
 # ----------------------------------------------------------------------------- layers
@@ -35,26 +36,22 @@ def lstm_step(cell, x, state):
     a = (
         ops.matmul(x, cell.kernel) + ops.matmul(h, cell.recurrent_kernel) + cell.bias
     )  # (B, D) @ (D, 4H) -> (B, 4H)
-    a_i, a_f, a_c, a_o = ops.split(
-        a, 4, axis=1
-    )  # (B, 4H) -> 4 x (B, H), Keras's order (i, f, c, o)
-    c = ops.sigmoid(a_f) * c + ops.sigmoid(a_i) * ops.tanh(a_c)
+    a_i, a_f, a_g, a_o = ops.split(a, 4, axis=1)  # (B, 4H) -> 4 x (B, H), Keras's (i, f, c, o)
+    c = ops.sigmoid(a_f) * c + ops.sigmoid(a_i) * ops.tanh(a_g)
     return ops.sigmoid(a_o) * ops.tanh(c), c
 
 
 def gru_step(cell, x, state):
     (h,) = state
-    x_z, x_r, x_h = ops.split(
+    x_z, x_r, x_n = ops.split(
         ops.matmul(x, cell.kernel) + cell.bias[0], 3, axis=1
-    )  # (B, D) @ (D, 3H) -> 3 x (B, H), order (z, r, h)
-    h_z, h_r, h_h = ops.split(
+    )  # (B, D) @ (D, 3H) -> 3 x (B, H), Keras's order (z, r, h)
+    h_z, h_r, h_n = ops.split(
         ops.matmul(h, cell.recurrent_kernel) + cell.bias[1], 3, axis=1
     )  # (B, H) @ (H, 3H) -> 3 x (B, H)
-    z, r = ops.sigmoid(x_z + h_z), ops.sigmoid(x_r + h_r)
-    n = ops.tanh(
-        x_h + r * h_h
-    )  # reset_after=True: the reset gate scales W_hn h + b_hn, after the matmul
-    return (z * h + (1 - z) * n,)
+    r, z = ops.sigmoid(x_r + h_r), ops.sigmoid(x_z + h_z)
+    n = ops.tanh(x_n + r * h_n)  # the reset gate scales W_hn h + b_hn, after the matmul
+    return ((1 - z) * n + z * h,)
 
 
 LAYERS = {
@@ -125,6 +122,7 @@ class RNN(keras.Model):
             }
         else:
             self.grad_masks = {}
+        self.batch_loss = training.BatchMeanLoss(dtype)  # what train reports per epoch
 
     def by_hand(self, x):
         state = tuple(
@@ -137,17 +135,36 @@ class RNN(keras.Model):
             hs.append(state[0])
         return ops.stack(hs, axis=1), state  # T x (B, H) -> (B, T, H)
 
-    def call(self, x, training=False):
+    def logits_and_states(self, x):
+        """Logits, every step's hidden state (B, T, H) and the final state: (h,), or (h, c)."""
         if self.cfg.fused:
-            hidden, *state = self.rnn(
-                x
-            )  # (B, T, D) -> (B, T, H); then h (and c for the LSTM), each (B, H)
+            hidden, *state = self.rnn(x)  # (B, T, D) -> (B, T, H); then h (and c), each (B, H)
         else:
             hidden, state = self.by_hand(x)
-        logits = self.head(
-            hidden if self.cfg.output == "sequence" else hidden[:, -1]
-        )  # (B, T, C) or (B, C)
-        return logits, hidden, tuple(state)
+        logits = self.head(hidden if self.cfg.output == "sequence" else hidden[:, -1])
+        return logits, hidden, tuple(state)  # logits (B, T, C) or (B, C)
+
+    def call(self, x, training=False):
+        return self.logits_and_states(x)[0]
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        loss = super().compute_loss(x, y, y_pred, sample_weight, training)
+        self.batch_loss.update_state(loss)
+        return loss
+
+    def train_step(self, data):
+        """fit's step, written out for the GRU: its duplicate bias row gets no gradient (grad_masks),
+        before the optimizer clips the global gradient norm (global_clipnorm) and steps."""
+        x, y = data
+        with tf.GradientTape() as tape:
+            loss = self.compute_loss(x, y, self(x, training=True))
+        grads = tape.gradient(loss, self.trainable_variables)
+        grads = [
+            g * self.grad_masks[v.path] if v.path in self.grad_masks else g
+            for g, v in zip(grads, self.trainable_variables)
+        ]
+        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+        return {"batch_loss": self.batch_loss.result()}
 
 
 def create_model(cfg: RNNConfig, *, seed: int, dtype: str = "float64") -> RNN:
@@ -220,9 +237,9 @@ def export_canonical(model: RNN) -> dict[str, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- loss
-def loss_fn(logits, y):
-    """Mean cross-entropy from logits over every scored position."""
-    return ops.mean(ops.sparse_categorical_crossentropy(y, logits, from_logits=True))
+def make_loss(dtype: str) -> keras.losses.Loss:
+    """Mean cross-entropy from logits over every scored position, in `dtype`."""
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype=dtype)
 
 
 def forward_backward(model: RNN, x, y) -> dict[str, np.ndarray]:
@@ -230,8 +247,8 @@ def forward_backward(model: RNN, x, y) -> dict[str, np.ndarray]:
     x, y = tf.constant(x), tf.constant(y)
     with tf.GradientTape() as tape:
         tape.watch(x)
-        logits, hidden, state = model(x)
-        loss = loss_fn(logits, y)
+        logits, hidden, state = model.logits_and_states(x)
+        loss = make_loss(model.dtype)(y, logits)
     dx, *grads = tape.gradient(loss, [x, *variables(model)])
     out = {"output": logits, "loss": loss, "hidden": hidden, "h_n": state[0]}
     if model.cfg.cell == "lstm":
@@ -243,39 +260,33 @@ def forward_backward(model: RNN, x, y) -> dict[str, np.ndarray]:
 
 def predict_logits(model: RNN, x) -> np.ndarray:
     """Logits for a batch, as NumPy (what `rosetta sample` draws from)."""
-    return np.asarray(model(x.astype(model.head.kernel.dtype))[0])
+    return np.asarray(model(x.astype(model.dtype)))
 
 
 # ----------------------------------------------------------------------------- train step
 def make_optimizer(model: RNN, lr: float | OptimizerConfig) -> keras.optimizers.Optimizer:
     """A learning rate gives SGD clipped at cfg.clip_norm; an OptimizerConfig any optimizer of
-    tf_impl/optim.py, clipped at the OptimizerConfig's own clip_norm."""
+    tf_impl/optim.py, clipped at the OptimizerConfig's own clip_norm. Keras's global_clipnorm scales
+    every gradient by clip_norm * min(1 / norm, 1 / clip_norm): no epsilon, like scratch."""
     if isinstance(lr, OptimizerConfig):
         if model.cfg.clip_norm is not None:  # one clipping rule, not two in a row
             raise ValueError(
                 "an OptimizerConfig clips at its own clip_norm: build the RNNConfig with clip_norm=None"
             )
         return optim.make_optimizer(model, lr)
-    # lr as a tensor of the model's dtype (a float would be a float32 variable); global_clipnorm
-    # scales every gradient by clip_norm * min(1 / norm, 1 / clip_norm): no epsilon, like scratch
-    return keras.optimizers.SGD(
-        learning_rate=lambda: ops.convert_to_tensor(lr, dtype=model.dtype),
-        global_clipnorm=model.cfg.clip_norm,
-    )
+    return optim.make_optimizer(model, OptimizerConfig("sgd", lr=lr, clip_norm=model.cfg.clip_norm))
 
 
-@tf.function(reduce_retracing=True)
-def train_step(model: RNN, optimizer: keras.optimizers.Optimizer, x, y):
-    with tf.GradientTape() as tape:
-        logits, _, _ = model(x, training=True)
-        loss = loss_fn(logits, y)
-    grads = tape.gradient(loss, model.trainable_variables)
-    grads = [
-        g * model.grad_masks[v.path] if v.path in model.grad_masks else g
-        for g, v in zip(grads, model.trainable_variables)
-    ]
-    optimizer.apply_gradients(zip(grads, model.trainable_variables))
-    return loss
+def compile_model(model: RNN, optimizer: keras.optimizers.Optimizer) -> None:
+    with compat.floatx(model.dtype):  # the compiled loss in the model's dtype
+        model.compile(optimizer=optimizer, loss=make_loss(model.dtype))
+
+
+def train_step(model: RNN, optimizer: keras.optimizers.Optimizer, x, y) -> float:
+    """One step of fit's compiled train function on one batch (tasks.bench times it)."""
+    if model.optimizer is not optimizer:
+        compile_model(model, optimizer)
+    return model.train_on_batch(x, y, return_dict=True)["batch_loss"]
 
 
 def train(
@@ -288,23 +299,23 @@ def train(
     seed: int,
     on_epoch=None,
 ) -> list[float]:
-    """Mini-batches in the shared order, stepped by make_optimizer(model, lr); returns the mean training loss of each epoch."""
-    x, y = data.x_train.astype(model.head.kernel.dtype), data.y_train
-    optimizer, history = make_optimizer(model, lr), []
-    for epoch in range(epochs):
-        order = epoch_order(len(x), seed, epoch)  # consecutive slices of it are the shared batches
-        dataset = tf.data.Dataset.from_tensor_slices((x[order], y[order])).batch(batch_size)
-        losses = [float(train_step(model, optimizer, xb, yb)) for xb, yb in dataset]
-        history.append(float(np.mean(losses)))
-        if on_epoch:
-            on_epoch(epoch, history[-1])
-    return history
+    """compile and fit on the shared mini-batches; returns the mean training loss of each epoch."""
+    compile_model(model, make_optimizer(model, lr))
+    x = data.x_train.astype(model.dtype)  # a float64 pipeline for a float64 model
+    history = model.fit(
+        training.shared_batches(x, data.y_train, batch_size=batch_size, seed=seed, epochs=epochs),
+        epochs=epochs,
+        steps_per_epoch=training.steps_per_epoch(len(x), batch_size),
+        callbacks=[training.OnEpochEnd(on_epoch)],  # on_epoch(epoch, loss); it may stop the fit
+        shuffle=False,  # the batches come in the shared order
+        verbose=0,
+    )
+    return history.history["batch_loss"]
 
 
 # ----------------------------------------------------------------------------- evaluation
 def evaluate(model: RNN, x, y) -> tuple[float, float]:
     """(mean loss, accuracy) on a whole split; a language model scores every position."""
-    logits, _, _ = model(x.astype(model.head.kernel.dtype))
-    return float(loss_fn(logits, y)), float(
-        ops.mean(ops.cast(ops.argmax(logits, axis=-1) == y, "float64"))
-    )
+    logits = model(x.astype(model.dtype))
+    accuracy = ops.mean(ops.cast(ops.argmax(logits, axis=-1) == y, "float64"))
+    return float(make_loss(model.dtype)(y, logits)), float(accuracy)
