@@ -13,6 +13,7 @@ from parity_tests.conftest import (
     numeric_grad,
     star_params,
 )
+from scratch import layers
 from tasks import parity, train, weights
 from tasks.bench import conv2d_loop
 from tasks.configs import LeNet5Config
@@ -69,13 +70,13 @@ def test_frameworks_agree_pairwise(case):
 def layer_cases():
     rng = np.random.default_rng(0)
     return {
-        "conv2d": (scratch.Conv2D(2, 3, 3, rng=rng), (2, 2, 7, 6)),  # non-square input
-        "avgpool": (scratch.AvgPool2D(), (2, 3, 7, 6)),  # odd height: the last row is dropped
-        "maxpool": (scratch.MaxPool2D(), (2, 3, 7, 6)),
-        "flatten": (scratch.Flatten(), (2, 3, 4, 5)),
-        "dense": (scratch.Dense(5, 4, rng=rng), (3, 5)),
-        "tanh": (scratch.Tanh(), (3, 5)),
-        "relu": (scratch.ReLU(), (3, 5)),
+        "conv2d": (layers.Conv2d(2, 3, 3, rng=rng), (2, 2, 7, 6)),  # non-square input
+        "avgpool": (layers.AvgPool2d(), (2, 3, 7, 6)),  # odd height: the last row is dropped
+        "maxpool": (layers.MaxPool2d(), (2, 3, 7, 6)),
+        "flatten": (layers.Flatten(), (2, 3, 4, 5)),
+        "dense": (layers.Dense(5, 4, rng=rng), (3, 5)),
+        "tanh": (layers.Tanh(), (3, 5)),
+        "relu": (layers.ReLU(), (3, 5)),
     }
 
 
@@ -99,7 +100,7 @@ def test_scratch_layer_backward_matches_finite_differences(name):
 def test_whole_scratch_model_matches_finite_differences(case):
     """The assembled LeNet-5 (relu + max pooling; then with batch norm in train mode and dropout with
     a fixed mask): directional derivatives along random directions."""
-    model = scratch.create_model(case.config, seed=0)
+    model = parity.create(scratch, case, "scratch", "float64")  # dropout: the mask-replaying layer
     scratch.load_canonical(model, weights.load(parity.canonical_file(case)))
     x, y = parity.inputs(
         case, case.batch if case.config.dropout else 2, "float64"
@@ -128,7 +129,7 @@ def test_scratch_conv_matches_the_lesson_loop():
     """im2col + matmul gives the loop convolution's numbers (the loop is only an oracle)."""
     rng = np.random.default_rng(3)
     x, w, b = rng.normal(size=(3, 2, 9, 8)), rng.normal(size=(4, 2, 5, 5)), rng.normal(size=4)
-    conv = scratch.Conv2D(2, 4, 5, rng=rng)
+    conv = layers.Conv2d(2, 4, 5, rng=rng)
     conv.params.update(weight=w, bias=b)
     parity.assert_close(conv.forward(x), conv2d_loop(x, w, b), 1e-13, "conv forward")
 
@@ -136,7 +137,7 @@ def test_scratch_conv_matches_the_lesson_loop():
 def test_col2im_equals_the_full_correlation_with_the_rotated_kernel():
     """The conv input gradient two ways: col2im of dcols, and pad(dy) correlated with rot180(W)^T."""
     rng = np.random.default_rng(4)
-    conv = scratch.Conv2D(3, 4, 5, rng=rng)
+    conv = layers.Conv2d(3, 4, 5, rng=rng)
     x = rng.normal(size=(2, 3, 12, 11))
     dy = rng.normal(size=conv.forward(x).shape)
     dx = conv.backward(dy)
@@ -151,7 +152,7 @@ def test_max_pool_sends_the_gradient_to_the_first_maximum_like_torch():
     import torch
 
     x = np.array([[[[1.0, 1.0], [0.5, 1.0]]]])  # a three-way tie
-    pool = scratch.MaxPool2D()
+    pool = layers.MaxPool2d()
     pool.forward(x)
     dx = pool.backward(np.ones((1, 1, 1, 1)))
     xt = torch.tensor(x, requires_grad=True)

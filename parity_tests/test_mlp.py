@@ -35,7 +35,7 @@ def test_scratch_backward_matches_finite_differences(case):
     """Central differences in float64 on every parameter entry and every input entry (batch norm in
     train mode, dropout with a fixed supplied mask)."""
     impl = load_impl("scratch", "mlp")
-    model = impl.create_model(case.config, seed=0)
+    model = parity.create(impl, case, "scratch", "float64")  # dropout: the mask-replaying layer
     impl.load_canonical(model, weights.load(parity.canonical_file(case)))
     x, y = parity.inputs(case, case.batch, "float64")
     parity.supply_dropout_masks(case, "scratch", model, steps=1)

@@ -10,109 +10,28 @@ from __future__ import annotations
 import numpy as np
 
 from scratch import optim
-from scratch.initializers import initialize
-from scratch.regularize import BatchNorm, Dropout, add_l2_gradient, l2_penalty
+from scratch.layers import (
+    ACTIVATIONS,
+    BatchNorm,
+    Dense,
+    Dropout,
+    LeakyReLU,
+    add_l2_gradient,
+    binary_cross_entropy_with_logits,
+    cross_entropy,
+    l2_penalty,
+    zero_grad,
+)
 from tasks import weights
 from tasks.configs import MLPConfig, OptimizerConfig
 from tasks.data import Dataset, batches
 
 
 # ----------------------------------------------------------------------------- layers
-class Dense:
-    """Fully connected layer, weight (out, in)."""
-
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        *,
-        rng: np.random.Generator,
-        dtype=np.float64,
-        init: str = "uniform",
-        bias: bool = True,
-    ):
-        bound = 1.0 / np.sqrt(in_features)  # torch's nn.Linear default range
-        shape = (out_features, in_features)
-        weight = (
-            rng.uniform(-bound, bound, shape)
-            if init == "uniform"
-            else initialize(init, shape, rng=rng)
-        )
-        self.params = {"weight": weight.astype(dtype)}
-        if bias:  # U(±bound) too, or zero with a named initialiser (He, Xavier); none in front of a batch norm
-            self.params["bias"] = (
-                rng.uniform(-bound, bound, (out_features,))
-                if init == "uniform"
-                else np.zeros(out_features)
-            ).astype(dtype)
-        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
-        self.cache: dict[str, np.ndarray] = {}
-
-    def forward(self, x):
-        self.cache = {"x": x}
-        y = x @ self.params["weight"].T  # (B, in) -> (B, out)
-        return y + self.params["bias"] if "bias" in self.params else y
-
-    def backward(self, dy):
-        x = self.cache["x"]
-        self.grads["weight"] = dy.T @ x  # (out, B) @ (B, in) -> (out, in)
-        if "bias" in self.params:
-            self.grads["bias"] = dy.sum(axis=0)  # (B, out) -> (out,)
-        return dy @ self.params["weight"]  # (B, out) @ (out, in) -> (B, in)
-
-
-class ReLU:
-    def forward(self, x):
-        self.cache = {"x": x}
-        return np.maximum(x, 0)
-
-    def backward(self, dy):
-        return dy * (self.cache["x"] > 0)
-
-
-class LeakyReLU:
-    def __init__(self, negative_slope: float):
-        self.negative_slope = negative_slope
-
-    def forward(self, x):
-        self.cache = {"x": x}
-        return np.where(x > 0, x, self.negative_slope * x)
-
-    def backward(self, dy):
-        return dy * np.where(self.cache["x"] > 0, 1.0, self.negative_slope)
-
-
-class Tanh:
-    def forward(self, x):
-        y = np.tanh(x)
-        self.cache = {"y": y}  # the derivative is cheapest from the output: 1 - y^2
-        return y
-
-    def backward(self, dy):
-        return dy * (1 - self.cache["y"] ** 2)
-
-
-class Sigmoid:
-    def forward(self, x):
-        y = sigmoid(x)
-        self.cache = {"y": y}
-        return y
-
-    def backward(self, dy):
-        y = self.cache["y"]
-        return dy * y * (1 - y)
-
-
-def sigmoid(x):
-    """Logistic function without overflow for large |x|."""
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
-
-
 def make_activation(cfg: MLPConfig):
     if cfg.activation == "leaky_relu":
         return LeakyReLU(cfg.leaky_slope)
-    return {"relu": ReLU, "tanh": Tanh, "sigmoid": Sigmoid}[cfg.activation]()
+    return ACTIVATIONS[cfg.activation]()
 
 
 # ----------------------------------------------------------------------------- model
@@ -124,9 +43,8 @@ class MLP:
     ):
         self.cfg = cfg
         sizes = cfg.sizes
-        bias = (
-            not cfg.batch_norm
-        )  # a batch norm's mean subtraction cancels the bias of the layer before it
+        # a batch norm's mean subtraction cancels the bias of the layer before it
+        bias = not cfg.batch_norm
         self.hidden = [
             Dense(i, o, rng=rng, dtype=dtype, init=cfg.init, bias=bias)
             for i, o in zip(sizes[:-2], sizes[1:-1])
@@ -190,10 +108,7 @@ def load_canonical(model: MLP, params: dict[str, np.ndarray]) -> None:
     """Copy canonical weights in; scratch *is* the canonical layout, so no transform."""
     weights.check(params, model.cfg.param_shapes(), model.head.params["weight"].dtype)
     for prefix, layer in model.layers().items():
-        for store in (
-            layer.params,
-            getattr(layer, "buffers", {}),
-        ):  # batch norm's running statistics are buffers
+        for store in (layer.params, getattr(layer, "buffers", {})):  # batch norm's running stats
             for key in store:
                 store[key] = np.array(params[f"{prefix}.{key}"])
 
@@ -210,21 +125,10 @@ def export_canonical(model: MLP) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------- loss
 def loss_fn(logits, y, head: str):
     """Mean loss from logits and its gradient d loss / d logits."""
-    batch = logits.shape[0]
     if head == "sigmoid":
-        z = logits[:, 0]  # (B, 1) -> (B,)
-        t = y.astype(logits.dtype)
-        # BCE with logits, stable form: max(z, 0) - z t + log(1 + exp(-|z|))
-        loss = np.mean(np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z))))
-        dlogits = ((sigmoid(z) - t) / batch)[:, None]  # (B,) -> (B, 1)
-    else:
-        shifted = logits - logits.max(axis=1, keepdims=True)  # log-softmax without overflow
-        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))  # (B, C)
-        loss = -np.mean(log_probs[np.arange(batch), y])
-        dlogits = np.exp(log_probs)
-        dlogits[np.arange(batch), y] -= 1
-        dlogits /= batch
-    return loss, dlogits
+        loss, dz = binary_cross_entropy_with_logits(logits[:, 0], y)  # (B, 1) -> (B,)
+        return loss, dz[:, None]  # (B,) -> (B, 1)
+    return cross_entropy(logits, y)
 
 
 def predict(logits, head: str):
@@ -233,11 +137,12 @@ def predict(logits, head: str):
 
 def forward_backward(model: MLP, x, y) -> dict[str, np.ndarray]:
     """Outputs, loss and every gradient in the canonical layout (what the parity tests compare)."""
+    zero_grad(model.layers().values())
     logits = model.forward(x)
     loss, dlogits = loss_fn(logits, y, model.cfg.head)
     dx = model.backward(dlogits)
     grads = {
-        f"grad.{prefix}.{k}": g
+        f"grad.{prefix}.{k}": g.copy()
         for prefix, layer in model.layers().items()
         for k, g in layer.grads.items()
     }
@@ -253,6 +158,7 @@ def make_optimizer(model: MLP, lr: float | OptimizerConfig) -> optim.Optimizer:
 
 
 def train_step(model: MLP, optimizer: optim.Optimizer, x, y) -> float:
+    optimizer.zero_grad()
     logits = model.forward(x)
     loss, dlogits = loss_fn(logits, y, model.cfg.head)
     model.backward(dlogits)
@@ -277,8 +183,8 @@ def train(
     dtype = model.head.params["weight"].dtype
     x, y = data.x_train.astype(dtype), data.y_train
     optimizer, history = make_optimizer(model, lr), []
-    model.set_training(True)
     for epoch in range(epochs):
+        model.set_training(True)  # every epoch: an on_epoch evaluation switches to eval mode
         losses = [
             train_step(model, optimizer, x[idx], y[idx])
             for idx in batches(len(x), batch_size, seed, epoch)

@@ -6,22 +6,23 @@ Tieleman & Hinton (2012) RMSprop; Kingma & Ba (2015) Adam; Loshchilov & Hutter (
 (2017) cosine annealing; Goyal et al. (2017) warmup; Pascanu et al. (2013) norm clipping.
 The formulas are torch's (the `torch.optim` docs), the reference the other three frameworks are
 configured to match; where a stock optimiser cannot match, docs/PORTING.md says by how much.
-A model exposes `layers()`: layer objects with `params` and `grads` dicts, updated in place.
+A model exposes `layers()`: layer objects with `params` and `grads` dicts (scratch/layers.py);
+the optimiser reads the gradients, writes new parameters into the same dicts, and `zero_grad()`
+resets the gradients before the next backward, which adds to them (torch's optimizer API).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from scratch.layers import zero_grad
 from tasks.configs import OptimizerConfig
 
 
 # ----------------------------------------------------------------------------- clipping
 def clip_by_global_norm(grads: list[np.ndarray], max_norm: float) -> list[np.ndarray]:
     """Scale every gradient by min(1, max_norm / ||all gradients||): the direction is kept."""
-    norm = np.sqrt(
-        sum(np.sum(g * g) for g in grads)
-    )  # one norm over every tensor, not one per tensor
+    norm = np.sqrt(sum(np.sum(g * g) for g in grads))  # one norm over every tensor, not one each
     scale = min(1.0, max_norm / norm) if norm > 0 else 1.0
     return [g * scale for g in grads]
 
@@ -32,14 +33,17 @@ class Optimizer:
 
     def __init__(self, model, spec: OptimizerConfig):
         self.spec = spec
+        self.layers = list(model.layers().values())
         # (params dict, grads dict, key): the dicts are the layers' own, so loads and steps stay visible
         self.slots = [
-            (layer.params, layer.grads, key)
-            for layer in model.layers().values()
-            for key in layer.params
+            (layer.params, layer.grads, key) for layer in self.layers for key in layer.params
         ]
         self.state = [{} for _ in self.slots]
         self.t = 0  # updates done so far
+
+    def zero_grad(self):
+        """Zero every gradient before the next backward, which adds to them."""
+        zero_grad(self.layers)
 
     def step(self):
         grads = [grads[key] for _, grads, key in self.slots]
@@ -61,9 +65,7 @@ class SGD(Optimizer):
         if self.spec.name == "sgd":
             return p - lr * g
         mu = self.spec.momentum
-        v = state["v"] = (
-            mu * state.get("v", 0.0) + g
-        )  # torch's form: v holds gradients, lr applied outside
+        v = state["v"] = mu * state.get("v", 0.0) + g  # torch's form: lr applied outside v
         return p - lr * (g + mu * v) if self.spec.name == "nesterov" else p - lr * v
 
 
