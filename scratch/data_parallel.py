@@ -190,7 +190,7 @@ def train(
         make_replica(impl, cfg, params, rank=r, replicas=replicas, group=group, seed=seed, dtype=dtype, variant=variant)
         for r in range(replicas)
     ]  # fmt: skip
-    optimizers = [impl.make_optimizer(m, optimizer) for m in models]
+    optimizers = [impl.make_optimizer(m, optimizer) for m in models]  # one per replica, as in DDP
     x = x.astype(dtype)
     for epoch in range(epochs):
         losses = []
@@ -212,13 +212,16 @@ def train(
 
 
 # ----------------------------------------------------------------------------- the suite's runs
-def run(run: dp.Run) -> dict[str, np.ndarray]:
-    x, y = dp.dataset(run.config)
-    return train(
-        load_impl("scratch", run.model), dp.CONFIGS[run.config], dp.initial_weights(run.config), x, y,
-        replicas=run.replicas, optimizer=dp.OPTIMIZERS[run.optimizer], epochs=dp.EPOCHS,
-        global_batch=dp.GLOBAL_BATCH, seed=dp.SEED, variant=run.variant,
+def run_job(job: dp.Job) -> dict[str, np.ndarray]:
+    """One job of tasks/data_parallel.py: replica 0's canonical weights and the loss history."""
+    history = []
+    params = train(
+        load_impl("scratch", job.model), job.config, job.params, job.x, job.y,
+        replicas=job.replicas, optimizer=job.optimizer, epochs=job.epochs,
+        global_batch=job.global_batch, seed=job.seed, variant=job.variant, dtype=job.dtype,
+        on_epoch=lambda epoch, loss: history.append(loss),
     )  # fmt: skip
+    return {**params, dp.HISTORY: np.asarray(history)}
 
 
 def uneven_behaviour() -> dict[str, np.ndarray]:
@@ -230,5 +233,5 @@ def uneven_behaviour() -> dict[str, np.ndarray]:
     return {"batch_10_on_4": np.asarray("accepted")}
 
 
-def run_all(keys: list[str]) -> dict[str, dict[str, np.ndarray]]:
-    return {**{key: run(dp.Run.parse(key)) for key in keys}, "uneven": uneven_behaviour()}
+def run_jobs(jobs: dict[str, dp.Job]) -> dict[str, dict[str, np.ndarray]]:
+    return {**{key: run_job(job) for key, job in jobs.items()}, "uneven": uneven_behaviour()}

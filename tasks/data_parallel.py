@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import functools
 import os
+import pickle
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -91,6 +93,32 @@ class Run:
     def parse(key: str) -> Run:
         config, optimizer, n, variant = key.split("/")
         return Run(config, optimizer, int(n.removeprefix("n")), variant)
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything a chapter needs to train one run, picklable for a worker or a subprocess."""
+
+    model: str  # "mlp" or "lenet5": the module each framework's chapter imports the model from
+    config: Any  # MLPConfig or LeNet5Config
+    params: dict  # canonical start weights
+    x: np.ndarray
+    y: np.ndarray
+    optimizer: Any  # OptimizerConfig, or a float learning rate (plain SGD)
+    replicas: int
+    epochs: int = EPOCHS
+    global_batch: int = GLOBAL_BATCH
+    seed: int = SEED
+    variant: str = "default"
+    dtype: str = "float64"
+
+
+def job(run: Run) -> Job:
+    x, y = dataset(run.config)
+    return Job(
+        run.model, CONFIGS[run.config], initial_weights(run.config), x, y,
+        OPTIMIZERS[run.optimizer], run.replicas, variant=run.variant,
+    )  # fmt: skip
 
 
 # the parity grid: every model, SGD and Adam, every replica count, through the engine's own path
@@ -201,15 +229,17 @@ def max_rel_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> tuple[fl
 
 
 # ----------------------------------------------------------------------------- the driver
-def run_subprocess(
-    module: str, keys: list[str], env: dict[str, str], timeout: float = TIMEOUT_S
-) -> dict:
-    """`python -m module OUT KEY...` in a fresh interpreter; returns the results it saved to OUT.
+HISTORY = "history"  # the result entry holding the mean training loss of each epoch
+
+
+def run_subprocess(module: str, jobs: dict[str, Job], env: dict[str, str], timeout: float) -> dict:
+    """`python -m module JOBS OUT` in a fresh interpreter; returns the results it saved to OUT.
     subprocess.run kills the child when the timeout passes or this process is interrupted."""
     with tempfile.TemporaryDirectory(prefix="rosetta-dp-") as tmp:
-        out = Path(tmp) / "results.npz"
+        jobs_path, out = Path(tmp) / "jobs.pkl", Path(tmp) / "results.npz"
+        jobs_path.write_bytes(pickle.dumps(jobs))
         proc = subprocess.run(
-            [sys.executable, "-m", module, str(out), *keys],
+            [sys.executable, "-m", module, str(jobs_path), str(out)],
             env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout,
             cwd=Path(__file__).resolve().parent.parent,
         )  # fmt: skip
@@ -218,8 +248,15 @@ def run_subprocess(
         return load_results(out)
 
 
+def subprocess_main(run_jobs) -> None:
+    """The body of `python -m <framework>.data_parallel JOBS OUT`: run the pickled jobs, save the results."""
+    jobs_path, out = sys.argv[1], sys.argv[2]
+    jobs = pickle.loads(Path(jobs_path).read_bytes())
+    save_results(out, run_jobs(jobs))
+
+
 def save_results(path, results: dict[str, dict]) -> None:
-    """{run key: {tensor name: array}} as one .npz, names joined by '|'."""
+    """{job key: {tensor name: array}} as one .npz, names joined by '|'."""
     flat = {
         f"{key}|{name}": np.asarray(v)
         for key, tensors in results.items()
@@ -237,21 +274,31 @@ def load_results(path) -> dict[str, dict]:
     return out
 
 
-@functools.cache
-def compute(framework: str) -> dict[str, dict]:
-    """Every run of `framework` (runs_for), once per process: {run key: canonical tensors}, plus the
-    chapter's notes on batches that do not divide by N under the key "uneven"."""
-    keys = [run.key for run in runs_for(framework)]
+def compute_jobs(
+    framework: str, jobs: dict[str, Job], timeout: float = TIMEOUT_S
+) -> dict[str, dict]:
+    """Run `jobs` in a framework's chapter: {key: canonical tensors and HISTORY}, plus the chapter's
+    notes on batches that do not divide by N under the key "uneven"."""
     if framework == "scratch":
         from scratch import data_parallel
 
-        return data_parallel.run_all(keys)
+        return data_parallel.run_jobs(jobs)
     if framework == "torch_impl":
         from torch_impl import data_parallel
 
-        return data_parallel.launch(keys, MAX_REPLICAS, timeout=TIMEOUT_S)
+        world = max(j.replicas for j in jobs.values())
+        return data_parallel.launch(jobs, world, timeout=timeout)
     if framework == "tf_impl":  # the logical devices are made inside, before TensorFlow starts
-        return run_subprocess("tf_impl.data_parallel", keys, {"TF_CPP_MIN_LOG_LEVEL": "2"})
+        devices = max(j.replicas for j in jobs.values())
+        env = {"TF_CPP_MIN_LOG_LEVEL": "2", "ROSETTA_DP_DEVICES": str(devices)}
+        return run_subprocess("tf_impl.data_parallel", jobs, env, timeout)
     # XLA reads the host device count when JAX's CPU backend starts: a fresh process, flag set first
-    flag = f"--xla_force_host_platform_device_count={MAX_REPLICAS}"
-    return run_subprocess("jax_impl.data_parallel", keys, {"XLA_FLAGS": flag})
+    devices = max(j.replicas for j in jobs.values())
+    env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    return run_subprocess("jax_impl.data_parallel", jobs, env, timeout)
+
+
+@functools.cache
+def compute(framework: str) -> dict[str, dict]:
+    """Every run of `framework` (runs_for), once per process."""
+    return compute_jobs(framework, {run.key: job(run) for run in runs_for(framework)})
