@@ -10,9 +10,12 @@ none of torch, tensorflow or jax. Bad names and values exit with status 2 and on
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import sys
+import time
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -52,6 +55,73 @@ def check_seed(seed: int) -> int:
             f"NumPy, scikit-learn, torch, Keras and JAX all accept), got {seed}"
         )
     return seed
+
+
+def interruptible(command):
+    """Ctrl-C anywhere in a command: one line on stderr and exit status 130 (typer's own exit 130 says
+    nothing). `train` and `all` catch it earlier, print the rows that finished, then exit 130 too."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except KeyboardInterrupt:
+            name = command.__name__.replace("_", "-")
+            print(f"interrupted (Ctrl-C) in rosetta {name}; nothing had finished", file=sys.stderr)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def json_safe(value):
+    """`value` with every NaN and inf float replaced by None: strict JSON has no NaN (a diverged run)."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def dump_json(value, indent: int) -> str:
+    return json.dumps(json_safe(value), indent=indent, allow_nan=False)
+
+
+def check_output_path(flag: str, path: str, image: bool = False, make_parents: bool = False) -> str:
+    """Before any work starts: the file `flag` will write, checked by opening it for appending (and
+    removing it again if it was not there). An image path gets the suffix matplotlib would add
+    (`curves` -> `curves.png`), so every message names the real file. Returns that path."""
+    p = Path(path)
+    if image:
+        from matplotlib.backend_bases import FigureCanvasBase
+
+        formats = FigureCanvasBase.get_supported_filetypes()
+        if not p.suffix and p.name:
+            p = p.with_name(p.name + ".png")  # what savefig writes for a name without a suffix
+        elif p.suffix[1:].lower() not in formats:
+            fail(
+                f"{flag} {path}: unknown image format {p.suffix!r}; choose from: {', '.join(formats)}"
+            )
+    if p.is_dir() or not p.name:
+        fail(f"{flag} {path}: is a directory; give a file name")
+    if make_parents:
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            fail(f"{flag} {p}: cannot create the directory {p.parent} ({e.strerror or e})")
+    if not p.parent.is_dir():
+        what = "is not a directory" if p.parent.exists() else "does not exist"
+        fail(f"{flag} {p}: the directory {p.parent} {what}")
+    existed = p.exists()
+    try:
+        with open(p, "ab"):
+            pass
+    except OSError as e:
+        fail(f"{flag} {p}: cannot write there ({e.strerror or e})")
+    if not existed:
+        p.unlink(missing_ok=True)
+    return str(p)
 
 
 def check_model(model: str) -> str:
@@ -146,8 +216,8 @@ def print_train(result: dict) -> None:
         table.add_column(col, justify="left" if col == "framework" else "right")
     for r in result["results"]:
         table.add_row(
-            r["framework"],
-            fmt(r["final_loss"], ".4f"),
+            r["framework"] + (" (interrupted)" if r.get("stopped") == "interrupted" else ""),
+            "diverged" if r.get("diverged") else fmt(r["final_loss"], ".4f"),
             fmt(r["test_accuracy"], ".4f"),
             fmt(r["seconds_per_epoch"], ".3f"),
             fmt(r["max_param_diff_vs_scratch"], ".2e"),
@@ -163,6 +233,7 @@ def print_train(result: dict) -> None:
 
 
 @app.command()
+@interruptible
 def train(
     model: str = typer.Argument(..., help=f"one of: {', '.join(MODELS)}"),
     task: str | None = typer.Option(None, help="task name (default: the model's first task)"),
@@ -284,6 +355,7 @@ def train(
         data_dir=data_dir,
         **regularised,
     )
+    plot = check_output_path("--plot", plot, image=True) if plot else None  # before any training
     result = train_model(
         model, task, frameworks, opts, show_progress=sys.stderr.isatty() or not as_json
     )
@@ -292,14 +364,40 @@ def train(
 
         plot_curves(result, plot)
     if as_json:
-        print(json.dumps(result, indent=2))
+        print(dump_json(result, indent=2))
     else:
         print_train(result)
         for row in result["results"]:
-            if row.get("stopped"):
+            if row.get("stopped") == "early":
                 err.print(f"{row['framework']}: {row['stopped']} after {row['epochs_run']} epochs")
-        if plot:
-            err.print(f"loss curves written to {plot}")
+        if plot and result["results"]:
+            err.print(f"loss curves written to {plot}", highlight=False)
+    raise typer.Exit(end_status(result))
+
+
+def end_status(result: dict) -> int:
+    """0; 1 if a framework's run diverged (one line each); 130 if Ctrl-C stopped one (one line)."""
+    status = 0
+    for row in result["results"]:
+        if row.get("diverged"):
+            epoch = row.get("diverged_epoch")
+            when = (
+                f"the training loss became NaN or inf in epoch {epoch}" if epoch else "NaN or inf"
+            )
+            print(
+                f"{result['model']} {row['framework']} diverged ({when}); try a smaller --lr",
+                file=sys.stderr,
+            )
+            status = 1
+    if result.get("interrupted_framework"):
+        done = [r["framework"] for r in result["results"] if r.get("stopped") != "interrupted"]
+        print(
+            f"interrupted (Ctrl-C) while running {result['interrupted_framework']}; finished: "
+            + (", ".join(done) or "none"),
+            file=sys.stderr,
+        )
+        status = 130
+    return status
 
 
 # ----------------------------------------------------------------------------- which flag applies to which model
@@ -452,6 +550,7 @@ def print_parity(records: list[dict]) -> None:
 
 
 @app.command()
+@interruptible
 def parity(
     models: list[str] | None = typer.Argument(
         None, help=f"models to check (default: all): {', '.join(MODELS)}"
@@ -466,7 +565,7 @@ def parity(
         frameworks = ["scratch", *frameworks]  # every check is against the scratch reference
     records = parity_records(models, frameworks)
     if as_json:
-        print(json.dumps(records, indent=1))
+        print(dump_json(records, indent=1))
     else:
         print_parity(records)
     if not records or not all(r["passed"] for r in records):
@@ -475,6 +574,7 @@ def parity(
 
 # ----------------------------------------------------------------------------- the main job
 @app.command(name="all")
+@interruptible
 def all_models(
     as_json: bool = typer.Option(False, "--json", help="print one JSON document to stdout"),
 ):
@@ -493,17 +593,23 @@ def all_models(
         trained.append(result)
         if not as_json:
             print_train(result)
+        if result.get("interrupted_framework"):  # Ctrl-C: the tables that finished, no parity
+            if as_json:
+                print(dump_json({"train": trained, "parity": []}, indent=1))
+            raise typer.Exit(end_status(result))
     records = parity_records(list(MODELS), list(resolve_framework("all")))
     failed = sum(not r["passed"] for r in records)
     if as_json:
-        print(json.dumps({"train": trained, "parity": records}, indent=1))
+        print(dump_json({"train": trained, "parity": records}, indent=1))
     else:
         print_parity(records)
-    if failed or not records:
+    diverged = [end_status(result) for result in trained]  # one line per diverged run
+    if failed or not records or any(diverged):
         raise typer.Exit(1)
 
 
 @app.command(name="list")
+@interruptible
 def list_models():
     """List the models, their tasks and the frameworks."""
     for name, entry in MODELS.items():
@@ -575,6 +681,7 @@ def saliency_maps(
 
 
 @app.command()
+@interruptible
 def saliency(
     model: str = typer.Argument(..., help="an image model, e.g. lenet5"),
     framework: str = typer.Option("all", help="scratch, torch, tf, jax, or all"),
@@ -657,6 +764,7 @@ def saliency(
 
 # ----------------------------------------------------------------------------- sample
 @app.command()
+@interruptible
 def sample(
     model: str = typer.Argument(..., help="a character model: rnn, lstm or gru"),
     framework: str = typer.Option("torch", help="scratch, torch, tf or jax (one)"),
@@ -725,6 +833,7 @@ def sample(
 
 # ----------------------------------------------------------------------------- attention map
 @app.command(name="attention-map")
+@interruptible
 def attention_map(
     model: str = typer.Option("attention", help="attention or transformer"),
     framework: str = typer.Option("all", help="scratch, torch, tf, jax, or all (side by side)"),
@@ -814,6 +923,57 @@ def attention_map(
     print(
         f"wrote {out_path}: {len(maps)} panel(s), largest difference between frameworks {worst:.1e}"
     )
+
+
+@app.command()
+def compare(
+    model: str | None = typer.Argument(None, help=f"model: {', '.join(MODELS)}"),
+    frameworks: list[str] | None = typer.Argument(
+        None, help="two frameworks (e.g. torch jax): print them side by side in the terminal"
+    ),
+    html_path: str | None = typer.Option(None, "--html", help="write the four-column page here"),
+    every: bool = typer.Option(False, "--all", help="a page per model and an index, into --out"),
+    out_dir: str = typer.Option("compare", "--out", help="the folder --all writes"),
+    parity_file: str | None = typer.Option(
+        None,
+        "--parity",
+        help="parity records from `rosetta parity --json`; without it --html computes the model's "
+        "records now (seconds to minutes) and --all shows none",
+    ),
+):
+    """The four implementations of a model side by side, section by section."""
+    from tasks import compare as compare_mod
+
+    records = None
+    if parity_file is not None:
+        try:
+            records = compare_mod.load_records(Path(parity_file))
+        except (OSError, ValueError) as e:
+            fail(f"--parity {parity_file}: {getattr(e, 'strerror', None) or e}")
+    if every:
+        if model is not None:
+            fail("give either a MODEL or --all, not both")
+        start = time.perf_counter()
+        written = compare_mod.write_all(Path(out_dir), records=records)
+        print(f"wrote {len(written)} pages to {out_dir} in {time.perf_counter() - start:.1f} s")
+        return
+    if model is None:
+        fail("give a MODEL (or --all)")
+    model = check_model(model)
+    if frameworks:
+        if len(frameworks) != 2:
+            fail(f"give two frameworks to compare in the terminal, got {len(frameworks)}")
+        a, b = (check_frameworks(f)[0] for f in frameworks)
+        compare_mod.print_two(model, a, b, out)
+    if html_path is not None:
+        target = check_output_path("--html", html_path)
+        page = compare_mod.build(
+            model, records=records if records is not None else compare_mod.parity_records(model)
+        )
+        Path(target).write_text(compare_mod.render(page))
+        print(f"wrote {target}")
+    elif not frameworks:
+        fail("give two frameworks for the terminal view, or --html OUT.html")
 
 
 def main() -> None:

@@ -80,17 +80,21 @@ def run(model: str, task: str, frameworks: list[str], opts, progress=None) -> di
     data = load_task(task, seed=opts.seed, data_dir=opts.data_dir)
     cfg = PerceptronConfig(in_features=data.in_features)
     init = weights.cast(weights.init_uniform(cfg.param_shapes(), opts.seed), opts.dtype)
-    results, finals = [], {}
+    results, finals, interrupted = [], {}, None
     for framework in frameworks:
-        impl = load_impl(framework, model)
-        net = impl.create_model(cfg, seed=opts.seed, dtype=opts.dtype)
-        impl.load_canonical(net, init)
-        on_epoch = progress.start(framework, opts.epochs) if progress else None
-        start = time.perf_counter()
-        mistakes = impl.train(
-            net, data, epochs=opts.epochs, lr=opts.lr, seed=opts.seed, on_epoch=on_epoch
-        )
-        seconds = time.perf_counter() - start
+        try:  # Ctrl-C (an import, a model build, training): keep the rows that finished
+            impl = load_impl(framework, model)
+            net = impl.create_model(cfg, seed=opts.seed, dtype=opts.dtype)
+            impl.load_canonical(net, init)
+            on_epoch = progress.start(framework, opts.epochs) if progress else None
+            start = time.perf_counter()
+            mistakes = impl.train(
+                net, data, epochs=opts.epochs, lr=opts.lr, seed=opts.seed, on_epoch=on_epoch
+            )
+            seconds = time.perf_counter() - start
+        except KeyboardInterrupt:
+            interrupted = framework
+            break
         converged = mistakes[-1] == 0
         finals[framework] = impl.export_canonical(net)
         results.append(
@@ -123,6 +127,8 @@ def run(model: str, task: str, frameworks: list[str], opts, progress=None) -> di
         "n_train": int(len(data.x_train)),
         "n_test": int(len(data.x_test)),
         "results": results,
+        "interrupted": interrupted is not None,
+        "interrupted_framework": interrupted,  # None, or the framework Ctrl-C stopped
     }
 
 

@@ -149,7 +149,9 @@ def prepare(model: str, data: Dataset) -> Dataset:
 def run(model: str, task: str, frameworks: list[str], opts: TrainOptions, progress=None) -> dict:
     """Train `model` on `task` in each framework; returns the JSON-ready result object.
 
-    Ctrl-C stops the framework that is training and keeps every row finished so far (`interrupted`)."""
+    Ctrl-C stops the framework that is training (or being imported or built) and keeps every row
+    finished so far (`interrupted`, `interrupted_framework`). A run whose loss or weights became NaN
+    or inf is marked `diverged`."""
     opts = opts.with_defaults(model, task)
     data = prepare(model, load_task(task, seed=opts.seed, data_dir=opts.data_dir))
     data, validation = validation_split(data, opts)
@@ -160,42 +162,55 @@ def run(model: str, task: str, frameworks: list[str], opts: TrainOptions, progre
         n_train=len(data.x_train),
         default_clip=RNNConfig.clip_norm if model in ("rnn", "lstm", "gru") else None,
     )
-    results, finals, interrupted = [], {}, False
+    results, finals, interrupted = [], {}, None  # interrupted: the framework Ctrl-C stopped
     for framework in frameworks:
-        impl = load_impl(framework, model)
-        net = impl.create_model(cfg, seed=opts.seed, dtype=opts.dtype)
-        impl.load_canonical(net, init)
-        monitor = EpochMonitor(
-            impl,
-            net,
-            validation,
-            opts.patience,
-            progress.start(framework, opts.epochs) if progress else None,
-        )
-        start = time.perf_counter()
-        try:
-            history = impl.train(
+        try:  # Ctrl-C while a framework is imported or built, too, keeps every finished row
+            impl = load_impl(framework, model)
+            net = impl.create_model(cfg, seed=opts.seed, dtype=opts.dtype)
+            impl.load_canonical(net, init)
+            monitor = EpochMonitor(
+                impl,
                 net,
-                data,
-                epochs=opts.epochs,
-                lr=lr,
-                batch_size=opts.batch_size,
-                seed=opts.seed,
-                on_epoch=monitor,
+                validation,
+                opts.patience,
+                progress.start(framework, opts.epochs) if progress else None,
             )
-        except EarlyStop:
-            history = monitor.history
+            start = time.perf_counter()
+            try:
+                with np.errstate(
+                    all="ignore"
+                ):  # a diverging scratch run: reported below, not warned
+                    history = impl.train(
+                        net,
+                        data,
+                        epochs=opts.epochs,
+                        lr=lr,
+                        batch_size=opts.batch_size,
+                        seed=opts.seed,
+                        on_epoch=monitor,
+                    )
+            except EarlyStop:
+                history = monitor.history
+            except KeyboardInterrupt:
+                history, interrupted = monitor.history, framework
+            seconds = time.perf_counter() - start
+            if (
+                not history
+            ):  # interrupted inside the first epoch: nothing to report for this framework
+                break
+            if (
+                monitor.best_weights is not None
+            ):  # early stopping: evaluate and export the best validation epoch's weights
+                impl.load_canonical(net, monitor.best_weights)
+            with np.errstate(all="ignore"):
+                test_loss, test_acc = impl.evaluate(net, data.x_test, data.y_test)
+            finals[framework] = impl.export_canonical(net)
         except KeyboardInterrupt:
-            history, interrupted = monitor.history, True
-        seconds = time.perf_counter() - start
-        if not history:  # interrupted inside the first epoch: nothing to report for this framework
+            interrupted = framework
             break
-        if (
-            monitor.best_weights is not None
-        ):  # early stopping: evaluate and export the best validation epoch's weights
-            impl.load_canonical(net, monitor.best_weights)
-        test_loss, test_acc = impl.evaluate(net, data.x_test, data.y_test)
-        finals[framework] = impl.export_canonical(net)
+        bad = [i for i, loss in enumerate(history) if not np.isfinite(loss)]
+        diverged = bool(bad) or not np.isfinite(test_loss)
+        diverged |= not all(np.isfinite(v).all() for v in finals[framework].values())
         results.append(
             {
                 "framework": framework,
@@ -210,11 +225,15 @@ def run(model: str, task: str, frameworks: list[str], opts: TrainOptions, progre
                 "stopped": "interrupted" if interrupted else ("early" if monitor.stopped else None),
                 "val_loss": monitor.val_losses or None,
                 "best_epoch": monitor.best_epoch,  # with --patience: the epoch (1-based) whose weights are reported
+                # a loss or a weight became NaN or inf: the epoch (1-based) whose mean loss first did
+                "diverged": diverged,
+                "diverged_epoch": bad[0] + 1 if bad else None,
             }
         )
         if interrupted:
             break
     if "scratch" in finals:
+        scratch_row = next(r for r in results if r["framework"] == "scratch")
         for row in results:
             # trainable parameters only: Keras and Flax export batch norm's running variance in their own
             # (biased) convention, off by about n/(n-1) from the canonical one (docs/PORTING.md)
@@ -223,6 +242,8 @@ def run(model: str, task: str, frameworks: list[str], opts: TrainOptions, progre
                 for k, v in finals[row["framework"]].items()
                 if not k.endswith(("running_mean", "running_var"))
             }
+            if row["diverged"] or scratch_row["diverged"]:  # NaN weights: no meaningful distance
+                continue
             row["max_param_diff_vs_scratch"] = max(
                 float(np.max(np.abs(other[k] - finals["scratch"][k]))) for k in other
             )
@@ -234,7 +255,8 @@ def run(model: str, task: str, frameworks: list[str], opts: TrainOptions, progre
         "n_train": int(len(data.x_train)),
         "n_test": int(len(data.x_test)),
         "results": results,
-        "interrupted": interrupted,
+        "interrupted": interrupted is not None,
+        "interrupted_framework": interrupted,  # None, or the framework Ctrl-C stopped
         **(
             {"baselines": data.meta["baselines"]} if "baselines" in data.meta else {}
         ),  # e.g. a language model's unigram loss
@@ -316,8 +338,9 @@ class EpochMonitor:
         if self.patience is None:
             return
         self.val_losses.append(self.impl.evaluate(self.net, *self.validation)[0])
-        best = int(np.argmin(self.val_losses))
-        if best == len(self.val_losses) - 1:  # a new best: keep its weights
+        # a NaN or inf epoch is never the best (np.argmin would pick the first NaN)
+        best = int(np.argmin(np.where(np.isfinite(self.val_losses), self.val_losses, np.inf)))
+        if best == len(self.val_losses) - 1 and np.isfinite(self.val_losses[best]):  # a new best
             self.best_weights, self.best_epoch = self.impl.export_canonical(self.net), best + 1
         if len(self.val_losses) - 1 - best >= self.patience:
             self.stopped = True
