@@ -10,15 +10,20 @@ fc2's, He or Xavier initialisation, an L2 penalty; any optax transformation of j
 
 from __future__ import annotations
 
-from functools import partial
-
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 
 from jax_impl import initializers, optim
-from jax_impl.regularize import Dropout, canonical_variables, l2_penalty, make_batch_norm
+from jax_impl.regularize import (
+    canonical_variables,
+    eval_view,
+    l2_penalty,
+    make_batch_norm,
+    train_view,
+)
 from tasks import weights
 from tasks.configs import LeNet5Config, OptimizerConfig
 from tasks.data import Dataset, batches
@@ -73,10 +78,7 @@ def make_dense(
     )
 
 
-def make_pool(cfg: LeNet5Config):
-    return partial(
-        {"avg": nnx.avg_pool, "max": nnx.max_pool}[cfg.pooling], window_shape=(2, 2), strides=(2, 2)
-    )
+POOLS = {"avg": nnx.avg_pool, "max": nnx.max_pool}
 
 
 # ----------------------------------------------------------------------------- model
@@ -84,7 +86,7 @@ class LeNet5(nnx.Module):
     """Two conv + pool stages, a flatten, two hidden dense layers and a linear head (logits)."""
 
     def __init__(
-        self, cfg: LeNet5Config, *, rngs: nnx.Rngs, dtype=jnp.float64, dropout_layer=Dropout
+        self, cfg: LeNet5Config, *, rngs: nnx.Rngs, dtype=jnp.float64, dropout_layer=nnx.Dropout
     ):
         self.cfg = cfg
         (c1, c2), (h1, h2), k = cfg.channels, cfg.hidden, cfg.kernel_size
@@ -100,9 +102,6 @@ class LeNet5(nnx.Module):
         )  # 16 * 5 * 5 = 400 inputs by default
         self.fc2 = make_dense(h1, h2, rngs=rngs, dtype=dtype, init=cfg.init, bias=bias)
         self.fc3 = make_dense(h2, cfg.n_classes, rngs=rngs, dtype=dtype, init=cfg.init)
-        # the activation and the pooling are plain functions, so one of each serves every use
-        self.activation = {"relu": nnx.relu, "tanh": nnx.tanh}[cfg.activation]
-        self.pool = make_pool(cfg)
         # optional regularisers: batch norm before each hidden activation, dropout after fc1's and fc2's
         norm = lambda n, conv: (
             make_batch_norm(n, conv=conv, dtype=dtype, rngs=rngs)
@@ -118,6 +117,13 @@ class LeNet5(nnx.Module):
         self.drop1, self.drop2 = (
             dropout_layer(cfg.dropout, rngs=rngs) if cfg.dropout else nnx.identity for _ in range(2)
         )
+
+    def activation(self, x):
+        """The activation and the pooling are plain functions of the config: one serves every use."""
+        return {"relu": nnx.relu, "tanh": nnx.tanh}[self.cfg.activation](x)
+
+    def pool(self, x):
+        return POOLS[self.cfg.pooling](x, window_shape=(2, 2), strides=(2, 2))  # halves H and W
 
     def __call__(self, x):
         x = jnp.transpose(
@@ -167,9 +173,9 @@ class LeNet5(nnx.Module):
 
 
 def create_model(
-    cfg: LeNet5Config, *, seed: int, dtype: str = "float64", dropout_layer=Dropout
+    cfg: LeNet5Config, *, seed: int, dtype: str = "float64", dropout_layer=nnx.Dropout
 ) -> LeNet5:
-    """dropout_layer: the parity tests pass a mask-replaying layer (tasks/replay/)."""
+    """dropout_layer: the stock nnx.Dropout; the parity tests pass a mask-replaying one (tasks/replay/)."""
     return LeNet5(
         cfg,
         rngs=nnx.Rngs(params=seed, dropout=seed),
@@ -227,16 +233,20 @@ def loss_fn(logits, y):
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
-def forward_backward(model: LeNet5, x, y) -> dict[str, np.ndarray]:
-    """Outputs, loss and every gradient in the canonical layout (what the parity tests compare)."""
+@nnx.jit
+def gradients(model: LeNet5, x, y):
+    """Loss, logits and the gradients with respect to the parameters and the input, one XLA program."""
 
     def loss_of(model, x):
         logits = model(x)
-        return loss_fn(logits, jnp.asarray(y)), logits
+        return loss_fn(logits, y), logits
 
-    (loss, logits), (grad_params, dx) = nnx.value_and_grad(loss_of, argnums=(0, 1), has_aux=True)(
-        model, jnp.asarray(x)
-    )
+    return nnx.value_and_grad(loss_of, argnums=(0, 1), has_aux=True)(model, x)
+
+
+def forward_backward(model: LeNet5, x, y) -> dict[str, np.ndarray]:
+    """Outputs, loss and every gradient in the canonical layout (what the parity tests compare)."""
+    (loss, logits), (grad_params, dx) = gradients(train_view(model), jnp.asarray(x), jnp.asarray(y))
     # the gradients have the model's own structure: merge them (with the non-parameter state, e.g.
     # batch statistics, which are not gradients and are dropped) into a model to reuse the exporter
     grads = export_canonical(
@@ -282,28 +292,32 @@ def train(
     seed: int,
     on_epoch=None,
 ) -> list[float]:
-    """Mini-batches in the shared order, stepped by make_optimizer(model, lr); returns the mean training loss of each epoch."""
+    """Mini-batches in the shared order, stepped by make_optimizer(model, lr); returns the mean
+    training loss of each epoch."""
     x, y = jnp.asarray(data.x_train, dtype=model.fc3.kernel.dtype), jnp.asarray(data.y_train)
     optimizer, history = make_optimizer(model, lr), []
-    model.train()  # batch statistics and dropout on (nnx set_attributes)
+    # cached_partial walks the model and optimizer graphs once, not on every step
+    step = nnx.cached_partial(train_step, train_view(model), optimizer)
     for epoch in range(epochs):
-        # a plain iterator over the shared index arrays is JAX's whole input pipeline
-        losses = [
-            float(train_step(model, optimizer, x[idx], y[idx]))
-            for idx in batches(len(x), batch_size, seed, epoch)
-        ]
-        history.append(float(np.mean(losses)))
+        # a plain iterator over the shared index arrays is JAX's whole input pipeline; the losses
+        # stay on the device until the epoch ends, so Python runs ahead of the computation
+        losses = [step(x[idx], y[idx]) for idx in batches(len(x), batch_size, seed, epoch)]
+        history.append(float(np.mean(jax.device_get(losses), dtype=np.float64)))
         if on_epoch:
             on_epoch(epoch, history[-1])
     return history
 
 
 # ----------------------------------------------------------------------------- evaluation
+@nnx.jit
+def eval_step(model: LeNet5, x, y):
+    logits = model(x)
+    accuracy = jnp.mean((logits.argmax(axis=1) == y).astype(jnp.float64))
+    return loss_fn(logits, y), accuracy
+
+
 def evaluate(model: LeNet5, x, y) -> tuple[float, float]:
     """(mean loss, accuracy) on a whole split."""
-    model.eval()  # running statistics, no dropout
-    logits = model(jnp.asarray(x, dtype=model.fc3.kernel.dtype))
-    loss = loss_fn(logits, jnp.asarray(y))
-    return float(loss), float(
-        jnp.mean((logits.argmax(axis=1) == jnp.asarray(y)).astype(jnp.float64))
-    )
+    x = jnp.asarray(x, dtype=model.fc3.kernel.dtype)
+    loss, accuracy = eval_step(eval_view(model), x, jnp.asarray(y))
+    return float(loss), float(accuracy)

@@ -6,25 +6,26 @@ nnx.Linear stores its kernel (in, out): the converters transpose to and from the
 
 from __future__ import annotations
 
-from functools import partial
-
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 
 from jax_impl import initializers, optim
-from jax_impl.regularize import Dropout, canonical_variables, l2_penalty, make_batch_norm
+from jax_impl.regularize import (
+    canonical_variables,
+    eval_view,
+    l2_penalty,
+    make_batch_norm,
+    train_view,
+)
 from tasks import weights
 from tasks.configs import MLPConfig, OptimizerConfig
 from tasks.data import Dataset, batches
 
-
 # ----------------------------------------------------------------------------- layers
-def make_activation(cfg: MLPConfig):
-    if cfg.activation == "leaky_relu":
-        return partial(nnx.leaky_relu, negative_slope=cfg.leaky_slope)
-    return {"relu": nnx.relu, "tanh": nnx.tanh, "sigmoid": nnx.sigmoid}[cfg.activation]
+ACTIVATIONS = {"relu": nnx.relu, "tanh": nnx.tanh, "sigmoid": nnx.sigmoid}
 
 
 def make_dense(
@@ -58,7 +59,9 @@ def make_dense(
 class MLP(nnx.Module):
     """Dense layers with one hidden activation, then a linear head that outputs logits."""
 
-    def __init__(self, cfg: MLPConfig, *, rngs: nnx.Rngs, dtype=jnp.float64, dropout_layer=Dropout):
+    def __init__(
+        self, cfg: MLPConfig, *, rngs: nnx.Rngs, dtype=jnp.float64, dropout_layer=nnx.Dropout
+    ):
         self.cfg = cfg
         sizes = cfg.sizes
         bias = (
@@ -70,8 +73,6 @@ class MLP(nnx.Module):
                 for i, o in zip(sizes[:-2], sizes[1:-1])
             ]
         )
-        # the activation is a plain function, so one serves every hidden layer
-        self.activation = make_activation(cfg)
         self.head = make_dense(sizes[-2], sizes[-1], rngs=rngs, dtype=dtype, init=cfg.init)
         # optional regularisers: batch norm before each hidden activation, dropout after it
         self.bn = nnx.List(
@@ -82,6 +83,12 @@ class MLP(nnx.Module):
         self.dropouts = nnx.List(
             [dropout_layer(cfg.dropout, rngs=rngs) for _ in self.hidden] if cfg.dropout else []
         )
+
+    def activation(self, x):
+        """The hidden activation: a plain function of the config (no parameters, no state)."""
+        if self.cfg.activation == "leaky_relu":
+            return nnx.leaky_relu(x, negative_slope=self.cfg.leaky_slope)
+        return ACTIVATIONS[self.cfg.activation](x)
 
     def __call__(self, x):
         for i, layer in enumerate(self.hidden):
@@ -99,9 +106,9 @@ class MLP(nnx.Module):
 
 
 def create_model(
-    cfg: MLPConfig, *, seed: int, dtype: str = "float64", dropout_layer=Dropout
+    cfg: MLPConfig, *, seed: int, dtype: str = "float64", dropout_layer=nnx.Dropout
 ) -> MLP:
-    """dropout_layer: the parity tests pass a mask-replaying layer (tasks/replay/)."""
+    """dropout_layer: the stock nnx.Dropout; the parity tests pass a mask-replaying one (tasks/replay/)."""
     return MLP(
         cfg,
         rngs=nnx.Rngs(params=seed, dropout=seed),
@@ -156,16 +163,20 @@ def predict(logits, head: str):
     return (logits[:, 0] > 0).astype(jnp.int64) if head == "sigmoid" else logits.argmax(axis=1)
 
 
-def forward_backward(model: MLP, x, y) -> dict[str, np.ndarray]:
-    """Outputs, loss and every gradient in the canonical layout (what the parity tests compare)."""
+@nnx.jit
+def gradients(model: MLP, x, y):
+    """Loss, logits and the gradients with respect to the parameters and the input, one XLA program."""
 
     def loss_of(model, x):
         logits = model(x)
-        return loss_fn(logits, jnp.asarray(y), model.cfg.head), logits
+        return loss_fn(logits, y, model.cfg.head), logits
 
-    (loss, logits), (grad_params, dx) = nnx.value_and_grad(loss_of, argnums=(0, 1), has_aux=True)(
-        model, jnp.asarray(x)
-    )
+    return nnx.value_and_grad(loss_of, argnums=(0, 1), has_aux=True)(model, x)
+
+
+def forward_backward(model: MLP, x, y) -> dict[str, np.ndarray]:
+    """Outputs, loss and every gradient in the canonical layout (what the parity tests compare)."""
+    (loss, logits), (grad_params, dx) = gradients(train_view(model), jnp.asarray(x), jnp.asarray(y))
     # the gradients have the model's own structure: merge them (with the non-parameter state, e.g.
     # batch statistics, which are not gradients and are dropped) into a model to reuse the exporter
     grads = export_canonical(
@@ -211,28 +222,32 @@ def train(
     seed: int,
     on_epoch=None,
 ) -> list[float]:
-    """Mini-batches in the shared order, stepped by make_optimizer(model, lr); returns the mean training loss of each epoch."""
+    """Mini-batches in the shared order, stepped by make_optimizer(model, lr); returns the mean
+    training loss of each epoch."""
     x, y = jnp.asarray(data.x_train, dtype=model.head.kernel.dtype), jnp.asarray(data.y_train)
     optimizer, history = make_optimizer(model, lr), []
-    model.train()  # batch statistics and dropout on (nnx set_attributes)
+    # cached_partial walks the model and optimizer graphs once, not on every step
+    step = nnx.cached_partial(train_step, train_view(model), optimizer)
     for epoch in range(epochs):
-        # a plain iterator over the shared index arrays is JAX's whole input pipeline
-        losses = [
-            float(train_step(model, optimizer, x[idx], y[idx]))
-            for idx in batches(len(x), batch_size, seed, epoch)
-        ]
-        history.append(float(np.mean(losses)))
+        # a plain iterator over the shared index arrays is JAX's whole input pipeline; the losses
+        # stay on the device until the epoch ends, so Python runs ahead of the computation
+        losses = [step(x[idx], y[idx]) for idx in batches(len(x), batch_size, seed, epoch)]
+        history.append(float(np.mean(jax.device_get(losses), dtype=np.float64)))
         if on_epoch:
             on_epoch(epoch, history[-1])
     return history
 
 
 # ----------------------------------------------------------------------------- evaluation
+@nnx.jit
+def eval_step(model: MLP, x, y):
+    logits = model(x)
+    accuracy = jnp.mean((predict(logits, model.cfg.head) == y).astype(jnp.float64))
+    return loss_fn(logits, y, model.cfg.head), accuracy
+
+
 def evaluate(model: MLP, x, y) -> tuple[float, float]:
     """(mean loss, accuracy) on a whole split."""
-    model.eval()  # running statistics, no dropout
-    logits = model(jnp.asarray(x, dtype=model.head.kernel.dtype))
-    loss = loss_fn(logits, jnp.asarray(y), model.cfg.head)
-    return float(loss), float(
-        jnp.mean((predict(logits, model.cfg.head) == jnp.asarray(y)).astype(jnp.float64))
-    )
+    x = jnp.asarray(x, dtype=model.head.kernel.dtype)
+    loss, accuracy = eval_step(eval_view(model), x, jnp.asarray(y))
+    return float(loss), float(accuracy)

@@ -9,11 +9,13 @@ the model's nnx.Param leaves.
 
 from __future__ import annotations
 
+import functools
+
 import jax
-import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from jax_impl import compat
 from tasks.configs import OptimizerConfig
 
 
@@ -21,11 +23,7 @@ from tasks.configs import OptimizerConfig
 def make_schedule(spec: OptimizerConfig, dtype):
     """An optax schedule (a function of the update count), or the float lr when constant."""
     schedule = make_stock_schedule(spec)
-    if not callable(schedule):
-        return schedule
-    # optax counts updates in int32 and its schedules then compute in float32 (3 / 5 -> 0.6000000238):
-    # handing them the count as the model's float dtype keeps a float64 run exact
-    return lambda count: schedule(jnp.asarray(count, dtype))
+    return compat.schedule_on_float_count(schedule, dtype) if callable(schedule) else schedule
 
 
 def make_stock_schedule(spec: OptimizerConfig):
@@ -54,7 +52,11 @@ def make_stock_schedule(spec: OptimizerConfig):
 
 
 # ----------------------------------------------------------------------------- optimisers
+@functools.cache
 def make_transform(spec: OptimizerConfig, dtype) -> optax.GradientTransformation:
+    """One transformation per (spec, dtype), built once: nnx.jit keys its compiled steps on the
+    optimizer's static structure, the optax functions included, so a fresh chain for every run would
+    compile the same train step again."""
     lr = make_schedule(spec, dtype)
     if spec.name == "sgd":
         tx = optax.sgd(lr)

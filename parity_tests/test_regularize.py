@@ -22,13 +22,10 @@ P = 0.3
 def dropout_run(framework, x, dy, *, mask=None, training=True, seed=0):
     """(y, dx) of one dropout layer; `mask` (True = keep) supplied, else the framework's own draw."""
     if framework == "scratch":
-        from scratch.layers import Dropout
-        from tasks.replay.scratch import ReplayDropout, set_mask
+        from scratch.regularize import Dropout
 
-        layer = (Dropout if mask is None else ReplayDropout)(P, rng=np.random.default_rng(seed))
-        if mask is not None:
-            set_mask(layer, mask)
-        layer.training = training
+        layer = Dropout(P, rng=np.random.default_rng(seed))
+        layer.mask, layer.training = mask, training
         return layer.forward(x), layer.backward(dy)
     if framework == "torch_impl":
         import torch
@@ -46,13 +43,10 @@ def dropout_run(framework, x, dy, *, mask=None, training=True, seed=0):
         import keras
         import tensorflow as tf
 
-        from tasks.replay.tf_impl import ReplayDropout, set_mask
+        from tf_impl.regularize import Dropout
 
-        if mask is None:  # the stock layer, seeded
-            layer = keras.layers.Dropout(P, seed=seed, dtype="float64")
-        else:
-            layer = ReplayDropout(P, seed=seed, dtype="float64")
-            set_mask(layer, mask)
+        layer = Dropout(P, seed=keras.random.SeedGenerator(seed), dtype="float64")
+        layer.mask = mask
         xt = tf.constant(x)
         with tf.GradientTape() as tape:
             tape.watch(xt)
@@ -62,12 +56,13 @@ def dropout_run(framework, x, dy, *, mask=None, training=True, seed=0):
     import jax.numpy as jnp
     from flax import nnx
 
-    from jax_impl.regularize import Dropout
+    from tasks.replay.jax_impl import ReplayDropout, set_mask
 
-    layer = Dropout(P, rngs=nnx.Rngs(dropout=seed))
+    # without a mask, the stock nnx.Dropout the models build
+    layer = (nnx.Dropout if mask is None else ReplayDropout)(P, rngs=nnx.Rngs(dropout=seed))
     if mask is not None:
-        layer.mask.set_value(jnp.asarray(mask))
-    layer.train() if training else layer.eval()
+        set_mask(layer, mask)
+    layer = nnx.view(layer, deterministic=not training)  # the models' way to set the mode
 
     def loss(layer, x):  # an nnx transform, so the layer's rng stream may advance inside it
         y = layer(x)
@@ -107,10 +102,9 @@ def mask_stack_run(framework, x, masks, calls: int) -> list[np.ndarray]:
     layer's own draws), through each framework's compiled path where it has one (a tf.function, nnx.jit),
     as a train step would run it."""
     if framework == "scratch":
-        from scratch.layers import Dropout
-        from tasks.replay.scratch import ReplayDropout, set_mask
+        from scratch.regularize import Dropout, set_mask
 
-        layer = (Dropout if masks is None else ReplayDropout)(P, rng=np.random.default_rng(0))
+        layer = Dropout(P, rng=np.random.default_rng(0))
         if masks is not None:
             set_mask(layer, masks)
         return [layer.forward(x) for _ in range(calls)]
@@ -127,10 +121,9 @@ def mask_stack_run(framework, x, masks, calls: int) -> list[np.ndarray]:
         import keras
         import tensorflow as tf
 
-        from tasks.replay.tf_impl import ReplayDropout, set_mask
+        from tf_impl.regularize import Dropout, set_mask
 
-        stock = masks is None  # the models' keras.layers.Dropout, else the replaying one
-        layer = (keras.layers.Dropout if stock else ReplayDropout)(P, seed=0, dtype="float64")
+        layer = Dropout(P, seed=keras.random.SeedGenerator(0), dtype="float64")
         if masks is not None:
             set_mask(layer, masks)
         step = tf.function(
@@ -140,9 +133,9 @@ def mask_stack_run(framework, x, masks, calls: int) -> list[np.ndarray]:
     import jax.numpy as jnp
     from flax import nnx
 
-    from jax_impl.regularize import Dropout, set_mask
+    from tasks.replay.jax_impl import ReplayDropout, set_mask
 
-    layer = Dropout(P, rngs=nnx.Rngs(dropout=0))
+    layer = (nnx.Dropout if masks is None else ReplayDropout)(P, rngs=nnx.Rngs(dropout=0))
     if masks is not None:
         set_mask(layer, masks)
     step = nnx.jit(
@@ -188,7 +181,7 @@ def batch_norm_run(framework, batches, gamma, beta, dy, *, training=True, stats=
     to_canonical = (lambda a: a.transpose(0, 3, 1, 2)) if conv else (lambda a: a)
     c = gamma.shape[0]
     if framework == "scratch":
-        from scratch.layers import BatchNorm
+        from scratch.regularize import BatchNorm
 
         layer = BatchNorm(c, momentum=M, eps=EPS)
         layer.params.update(weight=gamma.copy(), bias=beta.copy())
@@ -254,7 +247,7 @@ def batch_norm_run(framework, batches, gamma, beta, dy, *, training=True, stats=
     if stats:
         layer.mean.set_value(jnp.asarray(stats[0]))
         layer.var.set_value(jnp.asarray(stats[1]))
-    layer.train() if training else layer.eval()
+    layer = nnx.view(layer, use_running_average=not training)  # the models' way to set the mode
     for xb in batches[:-1]:
         layer(jnp.asarray(to_native(xb)))
 
