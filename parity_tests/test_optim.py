@@ -330,7 +330,7 @@ def test_torch_clip_grad_norm_differs_by_its_epsilon():
     import torch
 
     from scratch import optim as scratch_optim
-    from torch_impl import optim as torch_optim
+    from torch_impl import compat
 
     rng = np.random.default_rng(0)
     grads = [rng.normal(size=(4, 3)), rng.normal(size=(4,))]
@@ -340,7 +340,7 @@ def test_torch_clip_grad_norm_differs_by_its_epsilon():
         params = [torch.nn.Parameter(torch.zeros(g.shape, dtype=torch.float64)) for g in grads]
         for p, g in zip(params, grads):
             p.grad = torch.tensor(g)
-        torch_optim.clip_by_global_norm(params, max_norm)
+        compat.clip_grad_norm_(params, max_norm)
         stock = [torch.tensor(g) for g in grads]
         stock_params = [torch.nn.Parameter(torch.zeros_like(g)) for g in stock]
         for p, g in zip(stock_params, stock):
@@ -360,7 +360,7 @@ def test_torch_clip_grad_norm_differs_by_its_epsilon():
             parity.assert_close(
                 scratch_optim.clip_by_global_norm(grads, max_norm)[i], e, 1e-15, "scratch"
             )
-            parity.assert_close(params[i].grad.numpy(), e, 1e-15, "torch_impl.optim")
+            parity.assert_close(params[i].grad.numpy(), e, 1e-15, "torch_impl.compat")
             parity.assert_close(np.asarray(keras_clipped[i]), e, 1e-15, "keras global_clipnorm")
             parity.assert_close(np.asarray(optax_clipped[i]), e, 1e-15, "optax")
             ratio = norm / (norm + 1e-6) if max_norm < norm else 1.0
@@ -444,16 +444,14 @@ def run_framework(framework, spec, theta0, grads):
 
         from torch_impl import optim
 
-        model = torch.nn.Linear(
-            1, 1, bias=False, dtype=torch.float64
-        )  # any module: the hooks need make_optimizer
-        with torch.no_grad():
-            model.weight.copy_(torch.tensor(theta0).reshape(1, 1))
-        opt = optim.make_optimizer(model, spec)
+        p = torch.nn.Parameter(torch.tensor(theta0))
+        opt = optim.make_torch_optimizer([p], spec)
+        scheduler = optim.make_scheduler(opt, spec)
         for g in grads:
-            model.weight.grad = torch.tensor(g).reshape(1, 1)
+            p.grad = torch.tensor(g)
             opt.step()
-        return model.weight.detach().numpy().reshape(-1)
+            scheduler.step()  # as the train loops do, after every optimizer.step()
+        return p.detach().numpy().copy()
     return run_scratch(spec, theta0, grads)
 
 

@@ -30,13 +30,16 @@ def dropout_run(framework, x, dy, *, mask=None, training=True, seed=0):
     if framework == "torch_impl":
         import torch
 
-        from torch_impl.regularize import Dropout
+        from tasks.replay.torch_impl import ReplayDropout, set_mask
 
-        layer = Dropout(P, generator=torch.Generator().manual_seed(seed))
-        layer.mask = None if mask is None else torch.as_tensor(mask)
+        layer = torch.nn.Dropout(P) if mask is None else ReplayDropout(P)
+        if mask is not None:
+            set_mask(layer, mask)
         layer.train(training)
         xt = torch.tensor(x, requires_grad=True)
-        y = layer(xt)
+        with torch.random.fork_rng(devices=[]):  # nn.Dropout draws from the global generator
+            torch.manual_seed(seed)
+            y = layer(xt)
         (y * torch.as_tensor(dy)).sum().backward()
         return y.detach().numpy(), xt.grad.numpy()
     if framework == "tf_impl":
@@ -111,12 +114,14 @@ def mask_stack_run(framework, x, masks, calls: int) -> list[np.ndarray]:
     if framework == "torch_impl":
         import torch
 
-        from torch_impl.regularize import Dropout, set_mask
+        from tasks.replay.torch_impl import ReplayDropout, set_mask
 
-        layer = Dropout(P, generator=torch.Generator().manual_seed(0))
+        layer = torch.nn.Dropout(P) if masks is None else ReplayDropout(P)
         if masks is not None:
             set_mask(layer, masks)
-        return [layer(torch.as_tensor(x)).numpy() for _ in range(calls)]
+        with torch.random.fork_rng(devices=[]):  # as train() seeds nn.Dropout's global generator
+            torch.manual_seed(0)
+            return [layer(torch.as_tensor(x)).numpy() for _ in range(calls)]
     if framework == "tf_impl":
         import keras
         import tensorflow as tf

@@ -174,17 +174,17 @@ def torch_trajectory_error(
     rule of torch_impl/recurrent.py undone."""
     import torch
 
+    from torch_impl import compat
+
     impl = load_impl("torch_impl", "gru")
     case = parity.CASES["gru"][0]
     x, y = parity.inputs(case, case.batch * parity.TRAJECTORY_STEPS, "float64")
     _, model = loaded("torch_impl", case.config, case_params(case))
     if unmask_bias_hh:
         model.rnn.bias_hh_l0._backward_hooks.clear()  # both bias copies train
-    clip = impl.clip_by_global_norm
+    clip = compat.clip_grad_norm_
     if stock_clipping:
-        impl.clip_by_global_norm = lambda m: torch.nn.utils.clip_grad_norm_(
-            m.parameters(), m.cfg.clip_norm
-        )
+        compat.clip_grad_norm_ = torch.nn.utils.clip_grad_norm_
     try:
         impl.train(
             model,
@@ -195,7 +195,7 @@ def torch_trajectory_error(
             seed=case.seed,
         )
     finally:
-        impl.clip_by_global_norm = clip
+        compat.clip_grad_norm_ = clip
     reference = parity.compute(case, "scratch", "float64")
     return {
         k: parity.rel_error(v, reference[f"sgd.{k}"])[1]

@@ -22,8 +22,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from tasks import weights
 from tasks.configs import PAD, AttentionConfig, OptimizerConfig
-from tasks.data import Dataset, batches
-from torch_impl import optim
+from tasks.data import Dataset
+from torch_impl import compat, optim
+from torch_impl.data import EpochSampler
 
 
 # ----------------------------------------------------------------------------- layers
@@ -97,14 +98,14 @@ class StockMultiHeadAttention(nn.Module):
         return out, w  # (B, T, E), (B, NH, T, T)
 
 
-def positional_encoding(T: int, E: int, dtype=torch.float64):
+def positional_encoding(T: int, E: int, dtype=torch.float64, device="cpu"):
     """Sinusoidal positions: PE[t, 2i] = sin(t / 10000^(2i/E)), PE[t, 2i+1] = cos(same)."""
     position = torch.arange(T, dtype=torch.float64)[:, None]  # (T, 1)
     freq = torch.exp(-math.log(10000.0) * torch.arange(0, E, 2, dtype=torch.float64) / E)  # (E/2,)
     pe = torch.zeros(T, E, dtype=torch.float64)
     pe[:, 0::2] = torch.sin(position * freq)  # (T, 1) * (E/2,) -> (T, E/2)
     pe[:, 1::2] = torch.cos(position * freq)
-    return pe.to(dtype)
+    return pe.to(device, dtype)
 
 
 def attention_mask(tokens, causal: bool):
@@ -114,7 +115,8 @@ def attention_mask(tokens, causal: bool):
         :, None, None, :
     ]  # (B, T) -> (B, 1, 1, T): one row of keys per sequence
     if causal:
-        allowed = allowed & torch.ones(T, T, dtype=torch.bool).tril()  # -> (B, 1, T, T)
+        causal_mask = torch.ones(T, T, dtype=torch.bool, device=tokens.device).tril()
+        allowed = allowed & causal_mask  # (B, 1, 1, T) & (T, T) -> (B, 1, T, T)
     return allowed.expand(B, 1, T, T)
 
 
@@ -147,7 +149,7 @@ class AttentionModel(nn.Module):
     def embed_tokens(self, tokens):
         """The model's input: embedding scaled by sqrt(E) plus positions (B, T) -> (B, T, E)."""
         x = self.embed(tokens) * math.sqrt(self.cfg.d_model)
-        return x + positional_encoding(tokens.shape[1], self.cfg.d_model, x.dtype)
+        return x + positional_encoding(tokens.shape[1], self.cfg.d_model, x.dtype, x.device)
 
     def forward(self, tokens, dx=None):
         """Logits (B, T, V) and the attention weights of each layer; `dx` (zeros) is added to the
@@ -157,10 +159,14 @@ class AttentionModel(nn.Module):
         return self.head(x + a), [w]  # (B, T, E) -> (B, T, V)
 
 
-def create_model(cfg: AttentionConfig, *, seed: int, dtype: str = "float64") -> AttentionModel:
-    return AttentionModel(
+def create_model(
+    cfg: AttentionConfig, *, seed: int, dtype: str = "float64", device: str | torch.device = "cpu"
+) -> AttentionModel:
+    """Weights drawn on the CPU, then moved: one seed gives the same model on every device."""
+    model = AttentionModel(
         cfg, generator=torch.Generator().manual_seed(seed), dtype=getattr(torch, dtype)
     )
+    return model.to(device)
 
 
 # ----------------------------------------------------------------------------- canonical weights
@@ -186,7 +192,7 @@ def canonical_slices(model: nn.Module) -> dict[str, tuple[nn.Parameter, slice]]:
 
 
 def load_canonical(model: nn.Module, params: dict[str, np.ndarray]) -> None:
-    weights.check(params, model.cfg.param_shapes(), model.head.weight.detach().numpy().dtype)
+    weights.check(params, model.cfg.param_shapes(), model.head.weight.detach().cpu().numpy().dtype)
     with torch.no_grad():
         for name, (p, rows) in canonical_slices(model).items():
             p[rows] = torch.from_numpy(np.array(params[name]))
@@ -194,7 +200,8 @@ def load_canonical(model: nn.Module, params: dict[str, np.ndarray]) -> None:
 
 def export_canonical(model: nn.Module) -> dict[str, np.ndarray]:
     return {
-        name: p.detach()[rows].numpy().copy() for name, (p, rows) in canonical_slices(model).items()
+        name: p.detach()[rows].cpu().numpy().copy()
+        for name, (p, rows) in canonical_slices(model).items()
     }
 
 
@@ -206,44 +213,42 @@ def loss_fn(logits, y):
     )  # (B*T, V)
 
 
-def forward_backward(model: nn.Module, x, y) -> dict[str, np.ndarray]:
+def forward_backward(model: nn.Module, x, y, *, device="cpu") -> dict[str, np.ndarray]:
     """Outputs, attention weights, loss and every gradient in the canonical layout."""
     model.zero_grad()
     model.train()  # nn.MultiheadAttention's fused fast path runs only in eval mode without grad
-    tokens = torch.as_tensor(x)
+    tokens = torch.as_tensor(x, device=device)
     dx = torch.zeros(
-        *tokens.shape, model.cfg.d_model, dtype=model.head.weight.dtype, requires_grad=True
-    )  # (B, T, E)
+        *tokens.shape, model.cfg.d_model, dtype=model.head.weight.dtype, device=device
+    ).requires_grad_()  # (B, T, E)
     logits, attn = model(tokens, dx)
-    loss = loss_fn(logits, torch.as_tensor(y))
+    loss = loss_fn(logits, torch.as_tensor(y, device=device))
     loss.backward()
+    numpy = lambda t: t.detach().cpu().numpy().copy()
     grads = {
-        f"grad.{name}": p.grad[rows].numpy().copy()
-        for name, (p, rows) in canonical_slices(model).items()
+        f"grad.{name}": numpy(p.grad[rows]) for name, (p, rows) in canonical_slices(model).items()
     }
-    out = {
-        "output": logits.detach().numpy(),
-        "loss": loss.detach().numpy(),
-        "grad.input": dx.grad.numpy(),
-        **grads,
-    }
-    return out | {f"attn_weights.{i}": w.detach().numpy() for i, w in enumerate(attn)}
+    out = {"output": numpy(logits), "loss": numpy(loss), "grad.input": numpy(dx.grad), **grads}
+    return out | {f"attn_weights.{i}": numpy(w) for i, w in enumerate(attn)}
 
 
 # ----------------------------------------------------------------------------- train step
 def make_optimizer(model: nn.Module, lr: float | OptimizerConfig) -> torch.optim.Optimizer:
-    """A learning rate gives the config's optimizer (Adam or SGD); an OptimizerConfig any of torch_impl/optim.py."""
-    if isinstance(lr, OptimizerConfig):
-        return optim.make_optimizer(model, lr)
-    if model.cfg.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=lr, eps=1e-8)
-    return torch.optim.SGD(model.parameters(), lr=lr)
+    """A learning rate gives the config's optimizer (Adam or SGD); an OptimizerConfig any of
+    torch_impl/optim.py (its schedule and clipping are the train loop's, as in mlp.py)."""
+    return optim.make_torch_optimizer(
+        model.parameters(), optim.as_config(lr, name=model.cfg.optimizer)
+    )
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x, y) -> float:
+def train_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, x, y, *, clip_norm=None
+) -> float:
     optimizer.zero_grad()
     loss = loss_fn(model(x)[0], y)
     loss.backward()
+    if clip_norm is not None:  # nn.utils.clip_grad_norm_ without its 1e-6 (compat.py)
+        compat.clip_grad_norm_(model.parameters(), clip_norm)
     optimizer.step()
     return loss.item()
 
@@ -257,17 +262,26 @@ def train(
     batch_size: int,
     seed: int,
     on_epoch=None,
+    device="cpu",
 ) -> list[float]:
     """Mini-batches in the shared order; returns the mean training loss of each epoch."""
     dataset = TensorDataset(
         torch.as_tensor(data.x_train), torch.as_tensor(data.y_train)
     )  # token ids: no dtype cast
-    optimizer, history = make_optimizer(model, lr), []
-    model.train()
+    sampler = EpochSampler(len(dataset), seed, batch_size)  # the shared batches (tasks.data)
+    loader = DataLoader(dataset, batch_sampler=sampler)
+    spec = optim.as_config(lr, name=model.cfg.optimizer)  # a bare lr: the config's Adam or SGD
+    optimizer = optim.make_torch_optimizer(model.parameters(), spec)
+    scheduler = optim.make_scheduler(optimizer, spec)  # the lr of every step: warmup, decay
+    history = []
     for epoch in range(epochs):
-        # batch_sampler = the shared index arrays, so torch sees the same batches as everyone else
-        loader = DataLoader(dataset, batch_sampler=batches(len(dataset), batch_size, seed, epoch))
-        losses = [train_step(model, optimizer, xb, yb) for xb, yb in loader]
+        model.train()  # every epoch: evaluate() in on_epoch switches to eval mode
+        sampler.set_epoch(epoch)
+        losses = []
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            losses.append(train_step(model, optimizer, x, y, clip_norm=spec.clip_norm))
+            scheduler.step()
         history.append(float(np.mean(losses)))
         if on_epoch:
             on_epoch(epoch, history[-1])
@@ -276,11 +290,11 @@ def train(
 
 # ----------------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def evaluate(model: nn.Module, x, y) -> tuple[float, float]:
+def evaluate(model: nn.Module, x, y, *, device="cpu") -> tuple[float, float]:
     """(mean loss, token accuracy over the non-PAD targets) on a whole split."""
     model.eval()
-    logits, _ = model(torch.as_tensor(x))
-    y = torch.as_tensor(y)
+    logits, _ = model(torch.as_tensor(x, device=device))
+    y = torch.as_tensor(y, device=device)
     valid = y != PAD
     return loss_fn(logits, y).item(), (
         ((logits.argmax(dim=-1) == y) & valid).sum() / valid.sum()

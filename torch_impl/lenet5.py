@@ -18,9 +18,10 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from tasks import weights
 from tasks.configs import LeNet5Config, OptimizerConfig
-from tasks.data import Dataset, batches
-from torch_impl import initializers, optim
-from torch_impl.regularize import Dropout, l2_penalty, make_batch_norm
+from tasks.data import Dataset
+from torch_impl import compat, initializers, optim
+from torch_impl.data import EpochSampler
+from torch_impl.regularize import l2_penalty, make_batch_norm
 
 
 # ----------------------------------------------------------------------------- layers
@@ -44,7 +45,7 @@ class LeNet5(nn.Module):
         *,
         generator: torch.Generator,
         dtype=torch.float64,
-        dropout_layer=Dropout,
+        dropout_layer=nn.Dropout,
     ):
         super().__init__()
         self.cfg = cfg
@@ -87,8 +88,7 @@ class LeNet5(nn.Module):
             norm(h2, False),
         )
         self.drop1, self.drop2 = (
-            dropout_layer(cfg.dropout, generator=generator) if cfg.dropout else nn.Identity()
-            for _ in range(2)
+            dropout_layer(cfg.dropout) if cfg.dropout else nn.Identity() for _ in range(2)
         )
 
     def forward(self, x):
@@ -105,21 +105,29 @@ class LeNet5(nn.Module):
 
 
 def create_model(
-    cfg: LeNet5Config, *, seed: int, dtype: str = "float64", dropout_layer=Dropout
+    cfg: LeNet5Config,
+    *,
+    seed: int,
+    dtype: str = "float64",
+    dropout_layer=nn.Dropout,
+    device: str | torch.device = "cpu",
 ) -> LeNet5:
-    """dropout_layer: the parity tests pass a mask-replaying layer (tasks/replay/)."""
-    return LeNet5(
+    """dropout_layer: the parity tests pass a mask-replaying layer (tasks/replay/).
+
+    Weights drawn on the CPU, then moved: one seed gives the same model on every device."""
+    model = LeNet5(
         cfg,
         generator=torch.Generator().manual_seed(seed),
         dtype=getattr(torch, dtype),
         dropout_layer=dropout_layer,
     )
+    return model.to(device)
 
 
 # ----------------------------------------------------------------------------- canonical weights
 def load_canonical(model: LeNet5, params: dict[str, np.ndarray]) -> None:
     """torch's state_dict names and shapes are the canonical ones: no transform."""
-    weights.check(params, model.cfg.param_shapes(), model.fc3.weight.detach().numpy().dtype)
+    weights.check(params, model.cfg.param_shapes(), model.fc3.weight.detach().cpu().numpy().dtype)
     state = {k: torch.from_numpy(np.array(v)) for k, v in params.items()}
     # batch norm's step counter is torch's own bookkeeping, not a canonical tensor: keep the model's
     state.update({k: v for k, v in model.state_dict().items() if k.endswith("num_batches_tracked")})
@@ -140,36 +148,33 @@ def loss_fn(logits, y):
     return F.cross_entropy(logits, y)
 
 
-def forward_backward(model: LeNet5, x, y) -> dict[str, np.ndarray]:
+def forward_backward(model: LeNet5, x, y, *, device="cpu") -> dict[str, np.ndarray]:
     """Outputs, loss and every gradient in the canonical layout (what the parity tests compare)."""
     model.zero_grad()
-    x = torch.tensor(x, requires_grad=True)
+    x = torch.tensor(x, device=device, requires_grad=True)
     logits = model(x)
-    loss = loss_fn(logits, torch.as_tensor(y))
+    loss = loss_fn(logits, torch.as_tensor(y, device=device))
     loss.backward()
-    grads = {f"grad.{k}": p.grad.numpy().copy() for k, p in model.named_parameters()}
-    return {
-        "output": logits.detach().numpy(),
-        "loss": loss.detach().numpy(),
-        "grad.input": x.grad.numpy(),
-        **grads,
-    }
+    numpy = lambda t: t.detach().cpu().numpy().copy()
+    grads = {f"grad.{k}": numpy(p.grad) for k, p in model.named_parameters()}
+    return {"output": numpy(logits), "loss": numpy(loss), "grad.input": numpy(x.grad), **grads}
 
 
 # ----------------------------------------------------------------------------- train step
 def make_optimizer(model: LeNet5, lr: float | OptimizerConfig) -> torch.optim.Optimizer:
-    """A learning rate gives torch.optim.SGD; an OptimizerConfig any optimizer of torch_impl/optim.py."""
-    return optim.make_optimizer(
-        model, lr if isinstance(lr, OptimizerConfig) else OptimizerConfig("sgd", lr=lr)
-    )
+    """A learning rate gives torch.optim.SGD; an OptimizerConfig any optimizer of torch_impl/optim.py
+    (its schedule and clipping are the train loop's: optim.make_scheduler, compat.clip_grad_norm_)."""
+    return optim.make_torch_optimizer(model.parameters(), optim.as_config(lr))
 
 
-def train_step(model: LeNet5, optimizer: torch.optim.Optimizer, x, y) -> float:
+def train_step(model: LeNet5, optimizer: torch.optim.Optimizer, x, y, *, clip_norm=None) -> float:
     optimizer.zero_grad()
     loss = loss_fn(model(x), y)
     if model.cfg.l2:  # the penalty (l2 / 2) * sum p^2 is part of the loss
         loss = loss + l2_penalty(model, model.cfg.l2)
     loss.backward()
+    if clip_norm is not None:  # nn.utils.clip_grad_norm_ without its 1e-6 (compat.py)
+        compat.clip_grad_norm_(model.parameters(), clip_norm)
     optimizer.step()
     return loss.item()
 
@@ -183,29 +188,44 @@ def train(
     batch_size: int,
     seed: int,
     on_epoch=None,
+    device="cpu",
 ) -> list[float]:
-    """Mini-batches in the shared order, stepped by make_optimizer(model, lr); returns the mean training loss of each epoch."""
+    """Mini-batches in the shared order; returns the mean training loss of each epoch.
+
+    Randomness: nn.Dropout draws from torch's global generator, so the loop runs inside
+    torch.random.fork_rng() seeded with `seed`: the same seed gives the same masks, bit for bit,
+    and the caller's global RNG state is restored afterwards."""
     dtype = model.fc3.weight.dtype
     dataset = TensorDataset(
         torch.as_tensor(data.x_train, dtype=dtype), torch.as_tensor(data.y_train)
     )
-    optimizer, history = make_optimizer(model, lr), []
-    model.train()
-    for epoch in range(epochs):
-        # batch_sampler = the shared index arrays, so torch sees the same batches as everyone else
-        loader = DataLoader(dataset, batch_sampler=batches(len(dataset), batch_size, seed, epoch))
-        losses = [train_step(model, optimizer, xb, yb) for xb, yb in loader]
-        history.append(float(np.mean(losses)))
-        if on_epoch:
-            on_epoch(epoch, history[-1])
+    sampler = EpochSampler(len(dataset), seed, batch_size)  # the shared batches (tasks.data)
+    loader = DataLoader(dataset, batch_sampler=sampler)
+    spec = optim.as_config(lr)
+    optimizer = optim.make_torch_optimizer(model.parameters(), spec)
+    scheduler = optim.make_scheduler(optimizer, spec)  # the lr of every step: warmup, decay
+    history = []
+    with torch.random.fork_rng(devices=[] if torch.device(device).type == "cpu" else [device]):
+        torch.manual_seed(seed)
+        for epoch in range(epochs):
+            model.train()  # every epoch: evaluate() in on_epoch switches to eval mode
+            sampler.set_epoch(epoch)
+            losses = []
+            for x, y in loader:
+                x, y = x.to(device), y.to(device)
+                losses.append(train_step(model, optimizer, x, y, clip_norm=spec.clip_norm))
+                scheduler.step()
+            history.append(float(np.mean(losses)))
+            if on_epoch:
+                on_epoch(epoch, history[-1])
     return history
 
 
 # ----------------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def evaluate(model: LeNet5, x, y) -> tuple[float, float]:
+def evaluate(model: LeNet5, x, y, *, device="cpu") -> tuple[float, float]:
     """(mean loss, accuracy) on a whole split."""
     model.eval()
-    logits = model(torch.as_tensor(x, dtype=model.fc3.weight.dtype))
-    y = torch.as_tensor(y)
+    logits = model(torch.as_tensor(x, dtype=model.fc3.weight.dtype, device=device))
+    y = torch.as_tensor(y, device=device)
     return loss_fn(logits, y).item(), (logits.argmax(dim=1) == y).double().mean().item()

@@ -1,13 +1,15 @@
 """torch.optim configured to the algorithms of scratch/optim.py: SGD, momentum, Nesterov, RMSprop,
-Adam and AdamW, a LambdaLR warmup then cosine or step decay, and clipping by global norm.
+Adam and AdamW, and a LambdaLR schedule (warmup, then cosine or step decay).
 
 Robbins & Monro (1951); Polyak (1964); Sutskever et al. (2013); Tieleman & Hinton (2012);
 Kingma & Ba (2015); Loshchilov & Hutter (2017, 2019); Goyal et al. (2017); Pascanu et al. (2013).
-The scheduler and the clipping run as the optimizer's own step hooks, so a model's
-`train_step` stays the classic zero_grad / backward / step.
+The train loops call `scheduler.step()` after every `optimizer.step()` and clip the gradients
+before it (torch_impl/compat.py's `clip_grad_norm_`), in sight, as PyTorch's own examples do.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import torch
 from torch import nn
@@ -15,23 +17,14 @@ from torch import nn
 from tasks.configs import OptimizerConfig
 
 
-# ----------------------------------------------------------------------------- clipping
-@torch.no_grad()
-def clip_by_global_norm(parameters: list[nn.Parameter], max_norm: float) -> None:
-    """Scale every gradient by min(1, max_norm / ||all gradients||), in place.
-
-    Not `nn.utils.clip_grad_norm_`: it scales by max_norm / (norm + 1e-6), which differs from
-    Keras and optax by a factor norm / (norm + 1e-6) whenever it clips (docs/PORTING.md)."""
-    grads = [p.grad for p in parameters if p.grad is not None]
-    norm = nn.utils.get_total_norm(grads)  # one norm over every tensor, not one per tensor
-    scale = torch.clamp(max_norm / norm, max=1.0)
-    for g in grads:
-        g.mul_(scale)
-
-
 # ----------------------------------------------------------------------------- optimisers
+def as_config(lr: float | OptimizerConfig, **defaults) -> OptimizerConfig:
+    """An OptimizerConfig as given; a bare learning rate becomes one (SGD unless `defaults`)."""
+    return lr if isinstance(lr, OptimizerConfig) else OptimizerConfig(lr=lr, **defaults)
+
+
 def make_torch_optimizer(
-    parameters: list[nn.Parameter], spec: OptimizerConfig
+    parameters: Iterable[nn.Parameter], spec: OptimizerConfig
 ) -> torch.optim.Optimizer:
     """The stock optimizer, every hyperparameter passed (torch's RMSprop alpha is the decay rho)."""
     if spec.name == "sgd":
@@ -56,17 +49,10 @@ def make_torch_optimizer(
     )
 
 
-def make_optimizer(model: nn.Module, spec: OptimizerConfig) -> torch.optim.Optimizer:
-    parameters = list(model.parameters())
-    optimizer = make_torch_optimizer(parameters, spec)
-    if spec.clip_norm is not None:
-        optimizer.register_step_pre_hook(
-            lambda opt, args, kwargs: clip_by_global_norm(parameters, spec.clip_norm)
-        )
-    if spec.schedule != "constant" or spec.warmup_steps:
-        # LambdaLR sets lr = spec.lr * factor(t) now for t = 0, and again after every step
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda t: spec.learning_rate(t) / spec.lr
-        )
-        optimizer.register_step_post_hook(lambda opt, args, kwargs: scheduler.step())
-    return optimizer
+# ----------------------------------------------------------------------------- schedule
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, spec: OptimizerConfig
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """LambdaLR sets lr = spec.lr * factor(t) when built (t = 0) and at every scheduler.step();
+    the factor is spec.learning_rate(t) / spec.lr, exactly 1.0 for a constant lr."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: spec.learning_rate(t) / spec.lr)

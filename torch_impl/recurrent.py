@@ -17,8 +17,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from tasks import weights
 from tasks.configs import OptimizerConfig, RNNConfig
-from tasks.data import Dataset, batches
-from torch_impl import optim
+from tasks.data import Dataset
+from torch_impl import compat, optim
+from torch_impl.data import EpochSampler
 
 
 # ----------------------------------------------------------------------------- layers
@@ -74,10 +75,12 @@ class RNN(nn.Module):
                 p.uniform_(-bound, bound, generator=generator)
             self.rnn.bias_hh_l0[: self.trained_bias_hh_start()] = 0
         # bias_hh duplicates bias_ih (except the GRU's candidate block): if both copies trained, the
-        # bias would learn at twice the rate and count twice in the gradient norm. Mask its gradient.
+        # bias would learn at twice the rate and count twice in the gradient norm. Mask its gradient;
+        # the mask is a buffer, so model.to(device) moves it with the parameters.
         mask = torch.zeros_like(self.rnn.bias_hh_l0)
         mask[self.trained_bias_hh_start() :] = 1
-        self.rnn.bias_hh_l0.register_hook(lambda grad: grad * mask)
+        self.register_buffer("bias_hh_mask", mask, persistent=False)  # not a canonical tensor
+        self.rnn.bias_hh_l0.register_hook(lambda grad: grad * self.bias_hh_mask)
 
     def trained_bias_hh_start(self) -> int:
         """bias_hh[start:] is a real parameter (the GRU's b_hn); bias_hh[:start] stays 0."""
@@ -110,14 +113,18 @@ class RNN(nn.Module):
         return logits, hidden, state
 
 
-def create_model(cfg: RNNConfig, *, seed: int, dtype: str = "float64") -> RNN:
-    return RNN(cfg, generator=torch.Generator().manual_seed(seed), dtype=getattr(torch, dtype))
+def create_model(
+    cfg: RNNConfig, *, seed: int, dtype: str = "float64", device: str | torch.device = "cpu"
+) -> RNN:
+    """Weights drawn on the CPU, then moved: one seed gives the same model on every device."""
+    model = RNN(cfg, generator=torch.Generator().manual_seed(seed), dtype=getattr(torch, dtype))
+    return model.to(device)
 
 
 # ----------------------------------------------------------------------------- canonical weights
 def load_canonical(model: RNN, params: dict[str, np.ndarray]) -> None:
     """Same weight layout and gate order as canonical; the one bias b_h goes to bias_ih, bias_hh = 0."""
-    weights.check(params, model.cfg.param_shapes(), model.head.weight.detach().numpy().dtype)
+    weights.check(params, model.cfg.param_shapes(), model.head.weight.detach().cpu().numpy().dtype)
     t = lambda name: torch.from_numpy(np.array(params[name]))
     bias_hh = torch.zeros_like(model.rnn.bias_hh_l0)
     if model.cfg.cell == "gru":
@@ -161,58 +168,51 @@ def loss_fn(logits, y):
     )  # (B, T, C) -> (B*T, C)
 
 
-def forward_backward(model: RNN, x, y) -> dict[str, np.ndarray]:
+def forward_backward(model: RNN, x, y, *, device="cpu") -> dict[str, np.ndarray]:
     """Outputs, states, loss and every gradient in the canonical layout (what the parity tests compare)."""
     model.zero_grad()
-    x = torch.tensor(x, requires_grad=True)
+    x = torch.tensor(x, device=device, requires_grad=True)
     logits, hidden, state = model(x)
-    loss = loss_fn(logits, torch.as_tensor(y))
+    loss = loss_fn(logits, torch.as_tensor(y, device=device))
     loss.backward()
     out = {"output": logits, "loss": loss, "hidden": hidden, "h_n": state[0]}
     if model.cfg.cell == "lstm":
         out["c_n"] = state[1]
-    out = {k: v.detach().numpy() for k, v in out.items()}
+    out = {k: v.detach().cpu().numpy() for k, v in out.items()}
     grads = to_canonical(model, {k: p.grad for k, p in model.named_parameters()}, grads=True)
-    return {**out, "grad.input": x.grad.numpy(), **{f"grad.{k}": g for k, g in grads.items()}}
+    return {**out, "grad.input": x.grad.cpu().numpy(), **{f"grad.{k}": g for k, g in grads.items()}}
 
 
 @torch.no_grad()
-def predict_logits(model: RNN, x) -> np.ndarray:
+def predict_logits(model: RNN, x, *, device="cpu") -> np.ndarray:
     """Logits for a batch, as NumPy (what `rosetta sample` draws from)."""
     model.eval()
-    return model(torch.as_tensor(x, dtype=model.head.weight.dtype))[0].numpy()
+    return model(torch.as_tensor(x, dtype=model.head.weight.dtype, device=device))[0].cpu().numpy()
 
 
 # ----------------------------------------------------------------------------- train step
+def optimizer_config(model: RNN, lr: float | OptimizerConfig) -> OptimizerConfig:
+    """A learning rate gives SGD clipped at cfg.clip_norm; an OptimizerConfig clips at its own."""
+    if isinstance(lr, OptimizerConfig) and model.cfg.clip_norm is not None:
+        raise ValueError(  # one clipping rule, not two in a row
+            "an OptimizerConfig clips at its own clip_norm: build the RNNConfig with clip_norm=None"
+        )
+    return optim.as_config(lr, clip_norm=model.cfg.clip_norm)
+
+
 def make_optimizer(model: RNN, lr: float | OptimizerConfig) -> torch.optim.Optimizer:
-    """A learning rate gives torch.optim.SGD (train_step clips at cfg.clip_norm); an OptimizerConfig any
-    optimizer of torch_impl/optim.py, clipped at the OptimizerConfig's own clip_norm."""
-    if isinstance(lr, OptimizerConfig):
-        if model.cfg.clip_norm is not None:  # one clipping rule, not two in a row
-            raise ValueError(
-                "an OptimizerConfig clips at its own clip_norm: build the RNNConfig with clip_norm=None"
-            )
-        return optim.make_optimizer(model, lr)
-    return torch.optim.SGD(model.parameters(), lr=lr)
+    """A learning rate gives torch.optim.SGD; an OptimizerConfig any optimizer of torch_impl/optim.py
+    (its schedule and clipping are the train loop's: optim.make_scheduler, compat.clip_grad_norm_)."""
+    return optim.make_torch_optimizer(model.parameters(), optimizer_config(model, lr))
 
 
-def clip_by_global_norm(model: RNN) -> None:
-    """grad *= min(1, max_norm / ||grads||). Not nn.utils.clip_grad_norm_: it divides by norm + 1e-6."""
-    if model.cfg.clip_norm is None:
-        return
-    grads = [p.grad for p in model.parameters()]
-    norm = nn.utils.get_total_norm(grads)
-    if norm > model.cfg.clip_norm:
-        for g in grads:
-            g.mul_(model.cfg.clip_norm / norm)
-
-
-def train_step(model: RNN, optimizer: torch.optim.Optimizer, x, y) -> float:
+def train_step(model: RNN, optimizer: torch.optim.Optimizer, x, y, *, clip_norm=None) -> float:
     optimizer.zero_grad()
     logits, _, _ = model(x)
     loss = loss_fn(logits, y)
     loss.backward()
-    clip_by_global_norm(model)
+    if clip_norm is not None:  # nn.utils.clip_grad_norm_ without its 1e-6 (compat.py)
+        compat.clip_grad_norm_(model.parameters(), clip_norm)
     optimizer.step()
     return loss.item()
 
@@ -226,38 +226,38 @@ def train(
     batch_size: int,
     seed: int,
     on_epoch=None,
+    device="cpu",
 ) -> list[float]:
-    """Mini-batches in the shared order, stepped by make_optimizer(model, lr); returns the mean training loss of each epoch."""
+    """Mini-batches in the shared order; returns the mean training loss of each epoch."""
     dtype = model.head.weight.dtype
     dataset = TensorDataset(
         torch.as_tensor(data.x_train, dtype=dtype), torch.as_tensor(data.y_train)
     )
-    optimizer, history = make_optimizer(model, lr), []
-    model.train()
-    # One intra-op thread: a step is a chain of tiny matmuls whose OpenMP fork/join costs more than it
-    # saves (a train step ran 35x slower with 2 threads on a busy 2-core machine). Restored afterwards.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for epoch in range(epochs):
-            # batch_sampler = the shared index arrays, so torch sees the same batches as everyone else
-            loader = DataLoader(
-                dataset, batch_sampler=batches(len(dataset), batch_size, seed, epoch)
-            )
-            losses = [train_step(model, optimizer, xb, yb) for xb, yb in loader]
-            history.append(float(np.mean(losses)))
-            if on_epoch:
-                on_epoch(epoch, history[-1])
-    finally:
-        torch.set_num_threads(threads)
+    sampler = EpochSampler(len(dataset), seed, batch_size)  # the shared batches (tasks.data)
+    loader = DataLoader(dataset, batch_sampler=sampler)
+    spec = optimizer_config(model, lr)
+    optimizer = optim.make_torch_optimizer(model.parameters(), spec)
+    scheduler = optim.make_scheduler(optimizer, spec)  # the lr of every step: warmup, decay
+    history = []
+    for epoch in range(epochs):
+        model.train()  # every epoch: evaluate() in on_epoch switches to eval mode
+        sampler.set_epoch(epoch)
+        losses = []
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            losses.append(train_step(model, optimizer, x, y, clip_norm=spec.clip_norm))
+            scheduler.step()
+        history.append(float(np.mean(losses)))
+        if on_epoch:
+            on_epoch(epoch, history[-1])
     return history
 
 
 # ----------------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def evaluate(model: RNN, x, y) -> tuple[float, float]:
+def evaluate(model: RNN, x, y, *, device="cpu") -> tuple[float, float]:
     """(mean loss, accuracy) on a whole split; a language model scores every position."""
     model.eval()
-    logits, _, _ = model(torch.as_tensor(x, dtype=model.head.weight.dtype))
-    y = torch.as_tensor(y)
+    logits, _, _ = model(torch.as_tensor(x, dtype=model.head.weight.dtype, device=device))
+    y = torch.as_tensor(y, device=device)
     return loss_fn(logits, y).item(), (logits.argmax(dim=-1) == y).double().mean().item()

@@ -1,7 +1,7 @@
-"""Dropout and batch normalisation in PyTorch: a dropout whose mask can be supplied, and the stock
-nn.BatchNorm1d / nn.BatchNorm2d (train() / eval() switch the mode).
+"""Regularisation in PyTorch: the stock nn.BatchNorm1d / nn.BatchNorm2d, and an L2 penalty in the loss.
+Dropout is the stock nn.Dropout, built by the models themselves (train() / eval() switch both modes).
 
-Srivastava et al. (2014) inverted dropout; Ioffe & Szegedy (2015) batch normalisation.
+Ioffe & Szegedy (2015) batch normalisation; Srivastava et al. (2014) dropout.
 torch's BatchNorm momentum weights the *new* batch (0.1) and its running variance is unbiased:
 the convention scratch/regularize.py follows.
 """
@@ -10,31 +10,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-
-
-# ----------------------------------------------------------------------------- dropout
-class Dropout(nn.Module):
-    """Inverted dropout; `mask` (True = keep), when set, replaces the random draw (for parity tests):
-    one (B, D) mask for every training call, or a (S, B, D) stack whose mask `step % S` the next call uses.
-
-    Not nn.Dropout: it draws from torch's global RNG; this one draws from the generator it was given."""
-
-    def __init__(self, p: float, *, generator: torch.Generator):
-        super().__init__()
-        self.p, self.generator = p, generator
-        self.mask: torch.Tensor | None = None
-        self.step = 0  # training calls made with a supplied stack
-
-    def forward(self, x):
-        if not self.training or self.p == 0:
-            return x
-        if self.mask is None:
-            keep = torch.rand(x.shape, generator=self.generator, dtype=x.dtype) >= self.p
-        elif self.mask.dim() == 3:  # one mask per training step
-            keep, self.step = self.mask[self.step % len(self.mask)], self.step + 1
-        else:
-            keep = self.mask
-        return x * keep.to(x.dtype) / (1 - self.p)  # (B, D) kept units scaled by 1 / (1 - p)
 
 
 # ----------------------------------------------------------------------------- batch norm
@@ -49,11 +24,6 @@ def make_batch_norm(
     """The stock layer: BatchNorm1d on (B, D), BatchNorm2d on (B, C, H, W); momentum as torch means it."""
     layer = nn.BatchNorm2d if conv else nn.BatchNorm1d
     return layer(num_features, eps=eps, momentum=momentum, dtype=dtype)
-
-
-def set_mask(layer: Dropout, mask) -> None:
-    """Supply a dropout mask (True = keep) in place of the random draw: (B, D), or (S, B, D) per step."""
-    layer.mask, layer.step = torch.as_tensor(mask), 0
 
 
 # ----------------------------------------------------------------------------- L2 penalty
