@@ -4,8 +4,8 @@ Elman (1990), "Finding structure in time"; Hochreiter & Schmidhuber (1997), "Lon
 Cho et al. (2014), "Learning phrase representations using RNN encoder-decoder" (the GRU).
 Flax's cells keep kernels (in, out): the converters transpose. SimpleCell puts its one bias on the
 input projection; LSTMCell keeps one nnx.Linear per gate (ii, if_, ig, io without bias; hi, hf, hg, ho
-with bias); GRUCell stacks (r, z, n) like canonical but has no b_hn (its dense_h has no bias), so the
-model gives dense_h one.
+with bias). nnx.GRUCell has no b_hn (its dense_h has no bias), so it cannot hold the canonical GRU:
+the GRUCell below is written in the open, with nnx.GRUCell's layers plus b_hn (docs/PORTING.md).
 """
 
 from __future__ import annotations
@@ -30,16 +30,50 @@ LSTM_GATES = (
 
 
 # ----------------------------------------------------------------------------- layers
-def rnn_step(cell: nnx.SimpleCell, state, x):
-    """The lesson's step, h' = tanh(W_xh x + W_hh h + b_h), on SimpleCell's own parameters (a scan body)."""
+class GRUCell(nnx.RNNCellBase):
+    """The GRU of torch and Keras (reset_after): nnx.GRUCell's dense_i and dense_h, and the b_hn
+    that nnx.GRUCell lacks, inside the reset product: n = tanh(W_in x + b_in + r * (W_hn h + b_hn))."""
+
+    def __init__(self, in_features: int, hidden_features: int, *, init, dtype, rngs: nnx.Rngs):
+        self.hidden_features = hidden_features
+        self.dense_i = nnx.Linear(
+            in_features, 3 * hidden_features, kernel_init=init, bias_init=init, dtype=dtype,
+            param_dtype=dtype, rngs=rngs,
+        )  # fmt: skip
+        self.dense_h = nnx.Linear(
+            hidden_features, 3 * hidden_features, use_bias=False, kernel_init=init, dtype=dtype,
+            param_dtype=dtype, rngs=rngs,
+        )  # fmt: skip
+        self.b_hn = nnx.Param(init(rngs.params(), (hidden_features,), dtype))
+
+    def __call__(self, carry, inputs):
+        h = carry
+        x_r, x_z, x_n = jnp.split(self.dense_i(inputs), 3, axis=-1)  # (B, D) -> 3 x (B, H)
+        h_r, h_z, h_n = jnp.split(self.dense_h(h), 3, axis=-1)  # (B, H) -> 3 x (B, H)
+        r, z = nnx.sigmoid(x_r + h_r), nnx.sigmoid(x_z + h_z)
+        n = jnp.tanh(x_n + r * (h_n + self.b_hn[...]))
+        h = (1 - z) * n + z * h
+        return h, h
+
+    def initialize_carry(self, input_shape, rngs=None):
+        """Zeros (B, H): nnx.RNN asks the cell for its first state."""
+        return jnp.zeros((*input_shape[:-1], self.hidden_features), self.b_hn.dtype)
+
+    @property
+    def num_feature_axes(self) -> int:
+        return 1
+
+
+def rnn_step(cell: nnx.SimpleCell, x, state):
+    """The lesson's step, h' = tanh(W_xh x + W_hh h + b_h), on SimpleCell's own parameters."""
     (h,) = state
     h = jnp.tanh(
         x @ cell.dense_i.kernel[...] + cell.dense_i.bias[...] + h @ cell.dense_h.kernel[...]
     )  # (B, D) @ (D, H) + (B, H) @ (H, H) -> (B, H)
-    return (h,), h
+    return (h,)
 
 
-def lstm_step(cell: nnx.LSTMCell, state, x):
+def lstm_step(cell: nnx.LSTMCell, x, state):
     h, c = state
     # one Linear pair per gate, in the order (i, f, g, o): (B, D) @ (D, H) + (B, H) @ (H, H) -> (B, H)
     a_i, a_f, a_g, a_o = (
@@ -49,27 +83,27 @@ def lstm_step(cell: nnx.LSTMCell, state, x):
         for i, hh in LSTM_GATES
     )
     c = nnx.sigmoid(a_f) * c + nnx.sigmoid(a_i) * jnp.tanh(a_g)
-    h = nnx.sigmoid(a_o) * jnp.tanh(c)
-    return (h, c), h
+    return nnx.sigmoid(a_o) * jnp.tanh(c), c
 
 
-def gru_step(cell: nnx.GRUCell, state, x):
+def gru_step(cell: GRUCell, x, state):
     (h,) = state
     x_r, x_z, x_n = jnp.split(
         x @ cell.dense_i.kernel[...] + cell.dense_i.bias[...], 3, axis=-1
     )  # (B, D) @ (D, 3H) -> 3 x (B, H)
     h_r, h_z, h_n = jnp.split(
-        h @ cell.dense_h.kernel[...] + cell.dense_h.bias[...], 3, axis=-1
+        h @ cell.dense_h.kernel[...], 3, axis=-1
     )  # (B, H) @ (H, 3H) -> 3 x (B, H)
     r, z = nnx.sigmoid(x_r + h_r), nnx.sigmoid(x_z + h_z)
-    n = jnp.tanh(x_n + r * h_n)  # the reset gate scales W_hn h + b_hn, after the matmul
-    h = (1 - z) * n + z * h
-    return (h,), h
+    n = jnp.tanh(x_n + r * (h_n + cell.b_hn[...]))  # the reset gate scales W_hn h + b_hn
+    return ((1 - z) * n + z * h,)
 
 
 def make_cell(cfg: RNNConfig, *, rngs: nnx.Rngs, dtype):
     bound = 1.0 / np.sqrt(cfg.hidden)  # torch's rule, so every framework starts alike
     init = lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound)
+    if cfg.cell == "gru":
+        return GRUCell(cfg.in_features, cfg.hidden, init=init, dtype=dtype, rngs=rngs)
     kwargs = dict(
         kernel_init=init,
         recurrent_kernel_init=init,
@@ -80,21 +114,7 @@ def make_cell(cfg: RNNConfig, *, rngs: nnx.Rngs, dtype):
     )
     if cfg.cell == "rnn":
         return nnx.SimpleCell(cfg.in_features, cfg.hidden, **kwargs)
-    if cfg.cell == "lstm":
-        return nnx.LSTMCell(cfg.in_features, cfg.hidden, **kwargs)
-    cell = nnx.GRUCell(cfg.in_features, cfg.hidden, **kwargs)
-    # GRUCell computes r * (W_hn h) with no b_hn (its docstring shows one): a biased dense_h adds it.
-    # Its r and z blocks duplicate dense_i's bias, so they start at 0 and never train (train_step).
-    cell.dense_h = nnx.Linear(
-        cfg.hidden,
-        3 * cfg.hidden,
-        kernel_init=init,
-        bias_init=nnx.initializers.zeros_init(),
-        dtype=dtype,
-        param_dtype=dtype,
-        rngs=rngs,
-    )
-    return cell
+    return nnx.LSTMCell(cfg.in_features, cfg.hidden, **kwargs)
 
 
 STEPS = {"rnn": rnn_step, "lstm": lstm_step, "gru": gru_step}
@@ -124,7 +144,11 @@ class RNN(nnx.Module):
             jnp.zeros((x.shape[0], self.cfg.hidden), x.dtype)
             for _ in range(2 if self.cfg.cell == "lstm" else 1)
         )
-        step = lambda state, x_t: STEPS[self.cfg.cell](self.rnn.cell, state, x_t)
+
+        def step(state, x_t):  # a scan body: (carry, x_t) -> (carry, output)
+            state = STEPS[self.cfg.cell](self.rnn.cell, x_t, state)
+            return state, state[0]
+
         state, hidden = jax.lax.scan(
             step, state, jnp.swapaxes(x, 0, 1)
         )  # scan walks the leading axis: (B, T, D) -> (T, B, D)
@@ -164,17 +188,13 @@ def load_canonical(model: RNN, params: dict[str, np.ndarray]) -> None:
         put(cell.dense_h.kernel, params["W_hh"].T)  # canonical (G*H, H) -> Flax (H, G*H)
         put(cell.dense_i.bias, params["b_h"])  # the bias sits on the input-side Linear
         if cfg.cell == "gru":
-            put(
-                cell.dense_h.bias,
-                np.concatenate([np.zeros(2 * cfg.hidden, params["b_hn"].dtype), params["b_hn"]]),
-            )
+            put(cell.b_hn, params["b_hn"])
     put(model.head.kernel, params["W_hy"].T)  # canonical (C, H) -> Flax (H, C)
     put(model.head.bias, params["b_y"])
 
 
-def export_canonical(model: RNN, grads: bool = False) -> dict[str, np.ndarray]:
-    """Flax -> canonical, for a model or for gradients merged into one. The GRU's b_h is dense_i's
-    bias plus dense_h's outside the candidate block; the gradient of that sum is dense_i's gradient."""
+def export_canonical(model: RNN) -> dict[str, np.ndarray]:
+    """Flax -> canonical, for a model or for gradients merged into one."""
     cfg, cell = model.cfg, model.rnn.cell
     get = lambda variable: np.array(variable.get_value())
     if cfg.cell == "lstm":
@@ -194,10 +214,7 @@ def export_canonical(model: RNN, grads: bool = False) -> dict[str, np.ndarray]:
             "b_h": get(cell.dense_i.bias),
         }
         if cfg.cell == "gru":
-            bias_h = get(cell.dense_h.bias)
-            if not grads:
-                out["b_h"][: 2 * cfg.hidden] += bias_h[: 2 * cfg.hidden]
-            out["b_hn"] = bias_h[2 * cfg.hidden :]
+            out["b_hn"] = get(cell.b_hn)
     return {**out, "W_hy": get(model.head.kernel).T, "b_y": get(model.head.bias)}
 
 
@@ -207,24 +224,29 @@ def loss_fn(logits, y):
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
-def forward_backward(model: RNN, x, y) -> dict[str, np.ndarray]:
-    """Outputs, states, loss and every gradient in the canonical layout (what the parity tests compare)."""
+@nnx.jit
+def gradients(model: RNN, x, y):
+    """Loss, outputs and the gradients with respect to the parameters and the input, one XLA program."""
 
     def loss_of(model, x):
         logits, hidden, state = model(x)
-        return loss_fn(logits, jnp.asarray(y)), (logits, hidden, state)
+        return loss_fn(logits, y), (logits, hidden, state)
 
-    (loss, (logits, hidden, state)), (grad_params, dx) = nnx.value_and_grad(
-        loss_of, argnums=(0, 1), has_aux=True
-    )(model, jnp.asarray(x))
+    return nnx.value_and_grad(loss_of, argnums=(0, 1), has_aux=True)(model, x)
+
+
+def forward_backward(model: RNN, x, y) -> dict[str, np.ndarray]:
+    """Outputs, states, loss and every gradient in the canonical layout (what the parity tests compare)."""
+    (loss, (logits, hidden, state)), (grad_params, dx) = gradients(
+        model, jnp.asarray(x), jnp.asarray(y)
+    )
     out = {"output": logits, "loss": loss, "hidden": hidden, "h_n": state[0]}
     if model.cfg.cell == "lstm":
         out["c_n"] = state[1]
     out = {k: np.asarray(v) for k, v in out.items()}
     # the gradients have the model's own structure: merge them into a model to reuse the exporter
     grads = export_canonical(
-        nnx.merge(nnx.graphdef(model), grad_params, nnx.state(model, nnx.Not(nnx.Param))),
-        grads=True,
+        nnx.merge(nnx.graphdef(model), grad_params, nnx.state(model, nnx.Not(nnx.Param)))
     )
     return {**out, "grad.input": np.asarray(dx), **{f"grad.{k}": g for k, g in grads.items()}}
 
@@ -235,7 +257,8 @@ def logits_of(model: RNN, x):
 
 
 def predict_logits(model: RNN, x) -> np.ndarray:
-    """Logits for a batch, as NumPy (what `rosetta sample` draws from); jitted, as it runs once per character."""
+    """Logits for a batch, as NumPy (what `rosetta sample` draws from); jitted, as it runs once per
+    character."""
     return np.asarray(logits_of(model, jnp.asarray(x, dtype=model.head.kernel.dtype)))
 
 
@@ -250,10 +273,7 @@ def make_optimizer(model: RNN, lr: float | OptimizerConfig) -> nnx.Optimizer:
             )
         return optim.make_optimizer(model, lr)
     # optax.clip_by_global_norm scales by max_norm / norm when norm > max_norm: no epsilon, like scratch
-    clip = (
-        [optax.clip_by_global_norm(model.cfg.clip_norm)] if model.cfg.clip_norm is not None else []
-    )
-    return nnx.Optimizer(model, optax.chain(*clip, optax.sgd(lr)), wrt=nnx.Param)
+    return optim.make_optimizer(model, OptimizerConfig("sgd", lr=lr, clip_norm=model.cfg.clip_norm))
 
 
 @nnx.jit
@@ -262,9 +282,6 @@ def train_step(model: RNN, optimizer: nnx.Optimizer, x, y):
         return loss_fn(model(x)[0], y)
 
     loss, grads = nnx.value_and_grad(loss_of)(model)
-    if model.cfg.cell == "gru":  # dense_h's r and z bias blocks duplicate dense_i's: keep them at 0
-        bias = grads["rnn"]["cell"]["dense_h"]["bias"]
-        bias.set_value(bias.get_value().at[: 2 * model.cfg.hidden].set(0))
     optimizer.update(model, grads)
     return loss
 
@@ -279,26 +296,30 @@ def train(
     seed: int,
     on_epoch=None,
 ) -> list[float]:
-    """Mini-batches in the shared order, stepped by make_optimizer(model, lr); returns the mean training loss of each epoch."""
+    """Mini-batches in the shared order, stepped by make_optimizer(model, lr); returns the mean
+    training loss of each epoch."""
     x, y = jnp.asarray(data.x_train, dtype=model.head.kernel.dtype), jnp.asarray(data.y_train)
     optimizer, history = make_optimizer(model, lr), []
+    # cached_partial walks the model and optimizer graphs once, not on every step
+    step = nnx.cached_partial(train_step, model, optimizer)
     for epoch in range(epochs):
-        # a plain iterator over the shared index arrays is JAX's whole input pipeline
-        losses = [
-            float(train_step(model, optimizer, x[idx], y[idx]))
-            for idx in batches(len(x), batch_size, seed, epoch)
-        ]
-        history.append(float(np.mean(losses)))
+        # a plain iterator over the shared index arrays is JAX's whole input pipeline; the losses
+        # stay on the device until the epoch ends, so Python runs ahead of the computation
+        losses = [step(x[idx], y[idx]) for idx in batches(len(x), batch_size, seed, epoch)]
+        history.append(float(np.mean(jax.device_get(losses), dtype=np.float64)))
         if on_epoch:
             on_epoch(epoch, history[-1])
     return history
 
 
 # ----------------------------------------------------------------------------- evaluation
+@nnx.jit
+def eval_step(model: RNN, x, y):
+    logits, _, _ = model(x)
+    return loss_fn(logits, y), jnp.mean((logits.argmax(axis=-1) == y).astype(jnp.float64))
+
+
 def evaluate(model: RNN, x, y) -> tuple[float, float]:
     """(mean loss, accuracy) on a whole split; a language model scores every position."""
-    logits, _, _ = model(jnp.asarray(x, dtype=model.head.kernel.dtype))
-    y = jnp.asarray(y)
-    return float(loss_fn(logits, y)), float(
-        jnp.mean((logits.argmax(axis=-1) == y).astype(jnp.float64))
-    )
+    loss, accuracy = eval_step(model, jnp.asarray(x, dtype=model.head.kernel.dtype), jnp.asarray(y))
+    return float(loss), float(accuracy)

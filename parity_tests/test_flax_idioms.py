@@ -59,6 +59,9 @@ COMPILED = [
     ("mlp", "relu-batchnorm-dropout"),
     ("lenet5", "relu-max"),
     ("lenet5", "relu-max-batchnorm-dropout"),
+    ("rnn", "sequence"),
+    ("lstm", "last"),
+    ("gru", "sequence"),
 ]
 
 
@@ -126,3 +129,24 @@ def test_view_modes_reach_batch_norm():
         np.asarray(layer.mean.get_value()), 0.1 * np.asarray(x).mean(0), 1e-14, "mean"
     )
 
+
+def test_gru_cell_is_the_stock_cell_plus_b_hn():
+    """jax_impl's GRUCell with b_hn = 0 computes what nnx.GRUCell computes on the same dense layers
+    (so it is the stock cell, not another GRU), and a non-zero b_hn changes the state."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from jax_impl.recurrent import GRUCell
+
+    init = lambda key, shape, dtype: nnx.initializers.uniform(1.0)(key, shape, dtype) - 0.5
+    ours = GRUCell(3, 4, init=init, dtype=jnp.float64, rngs=nnx.Rngs(0))
+    stock = nnx.GRUCell(3, 4, dtype=jnp.float64, param_dtype=jnp.float64, rngs=nnx.Rngs(1))
+    stock.dense_i.kernel.set_value(ours.dense_i.kernel.get_value())
+    stock.dense_i.bias.set_value(ours.dense_i.bias.get_value())
+    stock.dense_h.kernel.set_value(ours.dense_h.kernel.get_value())
+    rng = np.random.default_rng(0)
+    h, x = jnp.asarray(rng.normal(size=(2, 4))), jnp.asarray(rng.normal(size=(2, 3)))
+    with_b_hn = np.asarray(ours(h, x)[0])
+    ours.b_hn.set_value(jnp.zeros(4))
+    np.testing.assert_array_equal(np.asarray(ours(h, x)[0]), np.asarray(stock(h, x)[0]))
+    assert np.abs(with_b_hn - np.asarray(stock(h, x)[0])).max() > 1e-3
