@@ -12,24 +12,20 @@ from __future__ import annotations
 import numpy as np
 
 from scratch import optim
+from scratch.layers import Dense, cross_entropy, sigmoid, zero_grad
 from tasks import weights
 from tasks.configs import OptimizerConfig, RNNConfig
 from tasks.data import Dataset, batches
 
 
 # ----------------------------------------------------------------------------- layers
-def sigmoid(x):
-    """Logistic function without overflow for large |x|."""
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
-
-
 def init_params(cfg: RNNConfig, rng: np.random.Generator, dtype) -> dict[str, np.ndarray]:
-    """U(-1/sqrt(H), 1/sqrt(H)) for every tensor: torch's rule for recurrent layers (the head's fan-in is H too)."""
+    """The cell's tensors, U(-1/sqrt(H), 1/sqrt(H)): torch's rule for recurrent layers."""
     bound = 1.0 / np.sqrt(cfg.hidden)
     return {
         name: rng.uniform(-bound, bound, shape).astype(dtype)
         for name, shape in cfg.param_shapes().items()
+        if name not in HEAD  # the head is a Dense of its own
     }
 
 
@@ -43,9 +39,8 @@ class RNNCell:
     def forward(self, x, state):
         (h,) = state
         p = self.params
-        h_new = np.tanh(
-            x @ p["W_xh"].T + h @ p["W_hh"].T + p["b_h"]
-        )  # (B, D) @ (D, H) + (B, H) @ (H, H) -> (B, H)
+        # (B, D) @ (D, H) + (B, H) @ (H, H) -> (B, H)
+        h_new = np.tanh(x @ p["W_xh"].T + h @ p["W_hh"].T + p["b_h"])
         return (h_new,), {"x": x, "h": h, "h_new": h_new}
 
     def backward(self, dstate, cache):
@@ -67,31 +62,20 @@ class LSTMCell:
     def forward(self, x, state):
         h, c = state
         p = self.params
-        a = (
-            x @ p["W_xh"].T + h @ p["W_hh"].T + p["b_h"]
-        )  # (B, D) @ (D, 4H) + (B, H) @ (H, 4H) -> (B, 4H)
+        a = x @ p["W_xh"].T + h @ p["W_hh"].T + p["b_h"]  # (B, D) @ (D, 4H) + ... -> (B, 4H)
         a_i, a_f, a_g, a_o = np.split(a, 4, axis=1)  # (B, 4H) -> 4 x (B, H)
         i, f, g, o = sigmoid(a_i), sigmoid(a_f), np.tanh(a_g), sigmoid(a_o)
         c_new = f * c + i * g
         tanh_c = np.tanh(c_new)
         h_new = o * tanh_c
-        return (h_new, c_new), {
-            "x": x,
-            "h": h,
-            "c": c,
-            "i": i,
-            "f": f,
-            "g": g,
-            "o": o,
-            "tanh_c": tanh_c,
-        }
+        cache = {"x": x, "h": h, "c": c, "i": i, "f": f, "g": g, "o": o, "tanh_c": tanh_c}
+        return (h_new, c_new), cache
 
     def backward(self, dstate, cache):
         dh_new, dc_new = dstate
         k = cache
-        dc = dc_new + dh_new * k["o"] * (
-            1 - k["tanh_c"] ** 2
-        )  # c' reaches the loss directly and through h'
+        # c' reaches the loss directly and through h'
+        dc = dc_new + dh_new * k["o"] * (1 - k["tanh_c"] ** 2)
         da = np.concatenate(
             [
                 dc * k["g"] * k["i"] * (1 - k["i"]),  # input gate
@@ -117,9 +101,8 @@ class GRUCell:
     def forward(self, x, state):
         (h,) = state
         p = self.params
-        x_r, x_z, x_n = np.split(
-            x @ p["W_xh"].T + p["b_h"], 3, axis=1
-        )  # (B, D) @ (D, 3H) -> 3 x (B, H)
+        # (B, D) @ (D, 3H) -> (B, 3H) -> 3 x (B, H)
+        x_r, x_z, x_n = np.split(x @ p["W_xh"].T + p["b_h"], 3, axis=1)
         h_r, h_z, h_n = np.split(h @ p["W_hh"].T, 3, axis=1)  # (B, H) @ (H, 3H) -> 3 x (B, H)
         r, z = sigmoid(x_r + h_r), sigmoid(x_z + h_z)
         hn = h_n + p["b_hn"]  # b_hn sits inside the reset product, so it cannot merge into b_h
@@ -134,9 +117,7 @@ class GRUCell:
         da_r = da_n * k["hn"] * k["r"] * (1 - k["r"])
         da_z = dh_new * (k["h"] - k["n"]) * k["z"] * (1 - k["z"])
         dx_side = np.concatenate([da_r, da_z, da_n], axis=1)  # (B, 3H): gradient of x W_xh^T + b_h
-        dh_side = np.concatenate(
-            [da_r, da_z, da_n * k["r"]], axis=1
-        )  # (B, 3H): gradient of h W_hh^T
+        dh_side = np.concatenate([da_r, da_z, da_n * k["r"]], axis=1)  # (B, 3H): of h W_hh^T
         self.grads["W_xh"] += dx_side.T @ k["x"]  # (3H, B) @ (B, D) -> (3H, D)
         self.grads["W_hh"] += dh_side.T @ k["h"]  # (3H, B) @ (B, H) -> (3H, H)
         self.grads["b_h"] += dx_side.sum(axis=0)
@@ -170,60 +151,32 @@ class Recurrent:
         return np.stack(hs, axis=1), state  # T x (B, H) -> (B, T, H); final state
 
     def backward(self, dhidden):
-        for g in self.cell.grads.values():
-            g[...] = 0  # the cell accumulates over steps
         dx = np.zeros(self.cache["x_shape"], dhidden.dtype)
-        dstate = self.initial_state(
-            dhidden.shape[0], dhidden.dtype
-        )  # nothing flows in after the last step
+        # nothing flows in after the last step
+        dstate = self.initial_state(dhidden.shape[0], dhidden.dtype)
         for t in reversed(range(dhidden.shape[1])):
-            dstate = (
-                dstate[0] + dhidden[:, t],
-                *dstate[1:],
-            )  # h_t feeds the output and the next step
+            # h_t feeds the output and the next step
+            dstate = (dstate[0] + dhidden[:, t], *dstate[1:])
             dx[:, t], dstate = self.cell.backward(dstate, self.cache["steps"][t])
         return dx  # (B, T, D)
 
 
-class Readout:
-    """y_t = W_hy h_t + b_y at every step (or only the last), weight (C, H)."""
-
-    def __init__(self, params: dict[str, np.ndarray]):
-        self.params = params
-        self.grads = {k: np.zeros_like(v) for k, v in params.items()}
-        self.cache: dict = {}
-
-    def forward(self, h):
-        self.cache = {"h": h}
-        return h @ self.params["W_hy"].T + self.params["b_y"]  # (..., H) @ (H, C) -> (..., C)
-
-    def backward(self, dy):
-        h = self.cache["h"]
-        self.grads["W_hy"] = dy.reshape(-1, dy.shape[-1]).T @ h.reshape(
-            -1, h.shape[-1]
-        )  # (C, N) @ (N, H) -> (C, H)
-        self.grads["b_y"] = dy.reshape(-1, dy.shape[-1]).sum(axis=0)
-        return dy @ self.params["W_hy"]  # (..., C) @ (C, H) -> (..., H)
-
-
 # ----------------------------------------------------------------------------- model
+HEAD = {"W_hy": "weight", "b_y": "bias"}  # canonical name -> the head Dense's key
+
+
 class RNN:
     """One recurrent layer and a linear head: logits at every step, or at the last step only."""
 
     def __init__(self, cfg: RNNConfig, *, rng: np.random.Generator, dtype=np.float64):
         self.cfg = cfg
-        params = init_params(cfg, rng, dtype)
-        self.rnn = Recurrent(
-            CELLS[cfg.cell]({k: v for k, v in params.items() if k not in ("W_hy", "b_y")}),
-            cfg.hidden,
-        )
-        self.head = Readout({"W_hy": params["W_hy"], "b_y": params["b_y"]})
+        self.rnn = Recurrent(CELLS[cfg.cell](init_params(cfg, rng, dtype)), cfg.hidden)
+        self.head = Dense(cfg.hidden, cfg.n_classes, rng=rng, dtype=dtype)  # U(±1/sqrt(H)) too
 
     def forward(self, x):
         hidden, state = self.rnn.forward(x)  # (B, T, D) -> (B, T, H)
-        logits = self.head.forward(
-            hidden if self.cfg.output == "sequence" else hidden[:, -1]
-        )  # (B, T, C) or (B, C)
+        scored = hidden if self.cfg.output == "sequence" else hidden[:, -1]  # or (B, H)
+        logits = self.head.forward(scored)  # (B, T, C) or (B, C)
         return logits, hidden, state
 
     def backward(self, dlogits):
@@ -236,7 +189,7 @@ class RNN:
         return self.rnn.backward(dh)  # (B, T, D): the gradient with respect to the input
 
     def layers(self) -> dict:
-        """Layers with parameters (canonical names carry no prefix: W_xh, W_hy, ...)."""
+        """Layers with parameters: the recurrent layer and the head."""
         return {"rnn": self.rnn, "head": self.head}
 
 
@@ -245,100 +198,72 @@ def create_model(cfg: RNNConfig, *, seed: int, dtype: str = "float64") -> RNN:
 
 
 # ----------------------------------------------------------------------------- canonical weights
+def to_canonical(model: RNN, grads: bool = False) -> dict[str, np.ndarray]:
+    """The model's parameters (or gradients) by canonical name, the arrays themselves: the cell's
+    keys are canonical already (W_xh, W_hh, b_h, b_hn); the head's weight and bias are W_hy and b_y."""
+    store = "grads" if grads else "params"
+    head = getattr(model.head, store)
+    return {**getattr(model.rnn, store), **{name: head[key] for name, key in HEAD.items()}}
+
+
 def load_canonical(model: RNN, params: dict[str, np.ndarray]) -> None:
     """Copy canonical weights in; scratch *is* the canonical layout, so no transform."""
-    weights.check(params, model.cfg.param_shapes(), model.head.params["W_hy"].dtype)
-    for layer in model.layers().values():
-        for key in layer.params:
-            layer.params[key][...] = params[
-                key
-            ]  # in place: the cell and the layer share these arrays
+    weights.check(params, model.cfg.param_shapes(), model.head.params["weight"].dtype)
+    for key in model.rnn.params:
+        model.rnn.params[key] = np.array(params[key])
+    for name, key in HEAD.items():
+        model.head.params[key] = np.array(params[name])
 
 
 def export_canonical(model: RNN) -> dict[str, np.ndarray]:
-    return {
-        key: value.copy()
-        for layer in model.layers().values()
-        for key, value in layer.params.items()
-    }
+    return {name: value.copy() for name, value in to_canonical(model).items()}
 
 
 # ----------------------------------------------------------------------------- loss
 def loss_fn(logits, y):
     """Mean softmax cross-entropy over every scored position, and d loss / d logits."""
-    flat, labels = logits.reshape(-1, logits.shape[-1]), y.reshape(-1)  # (B, T, C) -> (B*T, C)
-    n = len(labels)
-    shifted = flat - flat.max(axis=1, keepdims=True)  # log-softmax without overflow
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    loss = -np.mean(log_probs[np.arange(n), labels])
-    dlogits = np.exp(log_probs)
-    dlogits[np.arange(n), labels] -= 1
-    return loss, (dlogits / n).reshape(logits.shape)
+    return cross_entropy(logits, y)  # (B, T, C) or (B, C)
 
 
 def forward_backward(model: RNN, x, y) -> dict[str, np.ndarray]:
     """Outputs, states, loss and every gradient in the canonical layout (what the parity tests compare)."""
+    zero_grad(model.layers().values())
     logits, hidden, state = model.forward(x)
     loss, dlogits = loss_fn(logits, y)
     dx = model.backward(dlogits)
     out = {"output": logits, "loss": np.asarray(loss), "hidden": hidden, "h_n": state[0]}
     if model.cfg.cell == "lstm":
         out["c_n"] = state[1]
-    grads = {
-        f"grad.{k}": g.copy() for layer in model.layers().values() for k, g in layer.grads.items()
-    }
+    grads = {f"grad.{k}": g.copy() for k, g in to_canonical(model, grads=True).items()}
     return {**out, "grad.input": dx, **grads}
 
 
 def predict_logits(model: RNN, x) -> np.ndarray:
     """Logits for a batch, as NumPy (what `rosetta sample` draws from)."""
-    return model.forward(x.astype(model.head.params["W_hy"].dtype))[0]
+    return model.forward(x.astype(model.head.params["weight"].dtype))[0]
 
 
 # ----------------------------------------------------------------------------- train step
-def clip_by_global_norm(grads: list[np.ndarray], max_norm: float | None) -> None:
-    """Scale every gradient by min(1, max_norm / ||all gradients||), in place."""
-    if max_norm is None:
-        return
-    norm = np.sqrt(sum(np.sum(g**2) for g in grads))
-    if norm > max_norm:
-        for g in grads:
-            g *= max_norm / norm
-
-
-class SGD:
-    """Plain stochastic gradient descent after clipping by global norm: p -= lr * clip(g)."""
-
-    def __init__(self, model: RNN, lr: float):
-        self.model, self.lr = model, lr
-
-    def step(self):
-        layers = list(self.model.layers().values())
-        clip_by_global_norm(
-            [g for layer in layers for g in layer.grads.values()], self.model.cfg.clip_norm
-        )
-        for layer in layers:
-            for key in layer.params:
-                layer.params[key] -= self.lr * layer.grads[key]
-
-
-def make_optimizer(model: RNN, lr: float | OptimizerConfig) -> SGD | optim.Optimizer:
+def make_optimizer(model: RNN, lr: float | OptimizerConfig) -> optim.Optimizer:
     """A learning rate gives SGD clipped at cfg.clip_norm; an OptimizerConfig any optimizer of
     scratch/optim.py, clipped at the OptimizerConfig's own clip_norm."""
-    if isinstance(lr, OptimizerConfig):
-        if model.cfg.clip_norm is not None:  # one clipping rule, not two in a row
-            raise ValueError(
-                "an OptimizerConfig clips at its own clip_norm: build the RNNConfig with clip_norm=None"
-            )
-        return optim.make_optimizer(model, lr)
-    return SGD(model, lr)
+    if not isinstance(lr, OptimizerConfig):
+        return optim.make_optimizer(
+            model, OptimizerConfig("sgd", lr=lr, clip_norm=model.cfg.clip_norm)
+        )
+    if model.cfg.clip_norm is not None:  # one clipping rule, not two in a row
+        raise ValueError(
+            "an OptimizerConfig clips at its own clip_norm: build the RNNConfig with clip_norm=None"
+        )
+    return optim.make_optimizer(model, lr)
 
 
-def train_step(model: RNN, optimizer: SGD, x, y) -> float:
+def train_step(model: RNN, optimizer: optim.Optimizer, x, y) -> float:
+    optimizer.zero_grad()
     logits, _, _ = model.forward(x)
     loss, dlogits = loss_fn(logits, y)
     model.backward(dlogits)
-    optimizer.step()
+    optimizer.step()  # clips by the global norm, then p -= lr * g
     return float(loss)
 
 
@@ -353,7 +278,7 @@ def train(
     on_epoch=None,
 ) -> list[float]:
     """Mini-batches in the shared order, stepped by make_optimizer(model, lr); returns the mean training loss of each epoch."""
-    dtype = model.head.params["W_hy"].dtype
+    dtype = model.head.params["weight"].dtype
     x, y = data.x_train.astype(dtype), data.y_train
     optimizer, history = make_optimizer(model, lr), []
     for epoch in range(epochs):
