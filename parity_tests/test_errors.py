@@ -10,17 +10,20 @@ from __future__ import annotations
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from tasks import weights
 from tasks.cli import FLAG_MODELS, SEED_RANGE, app
-from tasks.registry import FRAMEWORKS, MODELS
+from tasks.registry import FRAMEWORKS, MODELS, load_impl
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -230,3 +233,159 @@ def test_sigint_to_a_real_rosetta_process_prints_the_finished_rows():
         .splitlines()[-1]
         .endswith("interrupted (Ctrl-C) while running torch_impl; finished: scratch")
     ), err_text[-500:]
+
+
+# ----------------------------------------------------------------------------- 2-4. weight files
+def lenet5_weights(dtype=np.float64) -> dict[str, np.ndarray]:
+    from tasks.configs import LeNet5Config
+
+    return weights.cast(weights.init_uniform(LeNet5Config().param_shapes(), 0), dtype)
+
+
+@pytest.fixture(scope="module")
+def rnn_file(tmp_path_factory):
+    """Weights written by `rosetta sample` itself (scratch, H = 4, one epoch)."""
+    path = tmp_path_factory.mktemp("rnn") / "rnn.safetensors"
+    result = invoke(*SAMPLE, "--weights", path, "--length", "1")
+    assert result.exit_code == 0 and path.exists(), result.output[-2000:]
+    return path
+
+
+SAMPLE = ["sample", "rnn", "--framework", "scratch", "--epochs", "1", "--hidden", "4"]
+SALIENCY = ["saliency", "lenet5", "--framework", "scratch", "--images", "2"]
+
+
+def broken_files(raw: bytes) -> dict[str, bytes]:
+    """Ways a weights file is not safetensors, made from a valid file's bytes."""
+    (n,) = struct.unpack("<Q", raw[:8])
+    return {
+        "empty": b"",
+        "random bytes": np.random.default_rng(0).bytes(len(raw)),
+        "truncated in the length": raw[:5],
+        "truncated in the header": raw[: 8 + n // 2],
+        "truncated in the data": raw[: 8 + n + (len(raw) - 8 - n) // 2],
+        "truncated by one byte": raw[:-1],
+        "header length too large": struct.pack("<Q", n + 4) + raw[8:],
+        "header length too small": struct.pack("<Q", n - 4) + raw[8:],
+        "trailing bytes": raw + b"\0" * 8,
+    }
+
+
+def test_every_truncation_of_a_weights_file_is_named_not_a_traceback(tmp_path):
+    """read_header checks the layout itself: every prefix of a valid file is refused by name."""
+    good = tmp_path / "good.safetensors"
+    weights.save(good, {"a.weight": np.ones((2, 3)), "a.bias": np.zeros(2, np.float32)})
+    raw = good.read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    for n in range(len(raw)):
+        cut.write_bytes(raw[:n])
+        with pytest.raises(weights.WeightsFileError, match=str(cut)):
+            weights.load(cut)
+    assert set(weights.load(good)) == {"a.weight", "a.bias"}
+
+
+@pytest.mark.parametrize("kind", [*broken_files(struct.pack("<Q", 8) + b"\0" * 16), "a directory"])
+@pytest.mark.parametrize("command", ["saliency", "sample"])
+def test_a_weights_file_that_is_not_safetensors_is_refused(command, kind, tmp_path, rnn_file):
+    if command == "saliency":
+        weights.save(tmp_path / "w.safetensors", lenet5_weights())
+        args = [*SALIENCY, "--out", tmp_path / "s.png"]
+    else:
+        (tmp_path / "w.safetensors").write_bytes(rnn_file.read_bytes())
+        args = SAMPLE
+    path = tmp_path / "w.safetensors"
+    if kind == "a directory":
+        path = tmp_path / "folder.safetensors"
+        path.mkdir()
+    else:
+        path.write_bytes(broken_files(path.read_bytes())[kind])
+    assert_refused(invoke(*args, "--weights", path), "--weights", str(path))
+    assert not (tmp_path / "s.png").exists()
+
+
+def test_integer_weights_are_refused_naming_them(tmp_path):
+    path = tmp_path / "int.safetensors"
+    weights.save(path, {k: (v * 100).astype(np.int64) for k, v in lenet5_weights().items()})
+    result = invoke(*SALIENCY, "--weights", path, "--out", tmp_path / "s.png")
+    assert_refused(
+        result, "--weights", str(path), "integer", "conv1.weight (I64)", "fc3.bias (I64)"
+    )
+
+
+@pytest.mark.parametrize("stored", ["float16", "bfloat16", "float32"])
+def test_other_float_dtypes_are_converted_and_said_so(stored, tmp_path):
+    """float16 and bfloat16 (and float32 into a float64 run) are up-cast exactly, with a note."""
+    path = tmp_path / "w.safetensors"
+    params = lenet5_weights(np.float32)
+    if stored == "bfloat16":
+        import torch
+        from safetensors.torch import save_file
+
+        save_file({k: torch.from_numpy(v).to(torch.bfloat16) for k, v in params.items()}, path)
+    else:
+        weights.save(path, weights.cast(params, stored))
+    result = invoke(*SALIENCY, "--weights", path, "--out", tmp_path / "s.png")
+    assert result.exit_code == 0, result.output[-2000:]
+    assert f"note: {path}: converted 10 {stored} tensor(s) to float64 (exact)" in result.stderr
+    loaded, note = weights.load_as(path, "float64")
+    assert all(loaded[k].dtype == np.float64 for k in loaded) and "exact" in note
+    if stored == "bfloat16":  # bfloat16 keeps float32's top 16 bits: within 2**-8 relatively
+        np.testing.assert_allclose(loaded["fc1.weight"], params["fc1.weight"], rtol=2**-8)
+
+
+def test_float64_weights_into_a_float32_run_say_they_were_rounded(tmp_path):
+    path = tmp_path / "w.safetensors"
+    weights.save(path, lenet5_weights())
+    _, note = weights.load_as(path, "float32")
+    assert note == f"{path}: converted 10 float64 tensor(s) to float32 (rounded to nearest)"
+    assert weights.load_as(path, "float64")[1] is None
+
+
+def poisoned(params: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], str, str]:
+    """A copy with one NaN in the first tensor and one inf in the last; their names."""
+    params = {k: v.copy() for k, v in params.items()}
+    first, last = sorted(params)[0], sorted(params)[-1]
+    params[first].flat[0], params[last].flat[-1] = np.nan, -np.inf
+    return params, first, last
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_load_canonical_refuses_nan_and_inf_in_every_model(framework):
+    """weights.check, which every load_canonical calls first, names each non-finite tensor."""
+    from tasks import parity
+
+    for model, cases in parity.CASES.items():
+        cfg = cases[0].config
+        impl = load_impl(framework, model)
+        net = impl.create_model(cfg, seed=0, dtype="float64")
+        params, first, last = poisoned(weights.init_uniform(cfg.param_shapes(), 0))
+        with pytest.raises(weights.CanonicalWeightsError) as info:
+            impl.load_canonical(net, params)
+        assert f"{first}: 1 NaN" in str(info.value) and f"{last}: 1 inf" in str(info.value), model
+        impl.load_canonical(net, weights.init_uniform(cfg.param_shapes(), 0))  # finite: accepted
+
+
+@pytest.mark.parametrize("command", ["saliency", "sample"])
+def test_non_finite_weights_are_refused_by_the_cli_naming_each_tensor(command, tmp_path, rnn_file):
+    path = tmp_path / "w.safetensors"
+    start = lenet5_weights() if command == "saliency" else weights.load(rnn_file)
+    params, first, last = poisoned(start)
+    weights.save(path, params)
+    args = [*SALIENCY, "--out", tmp_path / "s.png"] if command == "saliency" else SAMPLE
+    result = invoke(*args, "--weights", path)
+    assert_refused(result, "--weights", str(path), f"{first}: 1 NaN", f"{last}: 1 inf")
+    assert not (tmp_path / "s.png").exists()
+
+
+# ----------------------------------------------------------------------------- 8. a corrupt cached run
+def test_a_corrupt_cached_run_names_the_file_and_retrain(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # runs/ is relative to the working directory
+    first = invoke(*SAMPLE, "--length", "5")
+    assert first.exit_code == 0, first.output[-2000:]
+    (cached,) = (tmp_path / "runs").iterdir()
+    cached.write_bytes(cached.read_bytes()[:-100])  # a run cut short by a full disk, say
+    assert_refused(invoke(*SAMPLE), str(Path("runs") / cached.name), "truncated", "--retrain")
+    again = invoke(*SAMPLE, "--retrain", "--length", "5")
+    assert again.exit_code == 0 and "trained and saved to" in again.stderr, again.output[-2000:]
+    later = invoke(*SAMPLE, "--length", "5")
+    assert later.exit_code == 0 and "loaded from" in later.stderr, later.output[-2000:]

@@ -230,6 +230,8 @@ def print_train(result: dict) -> None:
             + ", ".join(f"{k} {v:.4f}" for k, v in result["baselines"].items()),
             highlight=False,
         )
+    for note in result.get("notes", []):  # e.g. batch norm's running variance (tasks/train.py)
+        out.print(note, highlight=False)
 
 
 @app.command()
@@ -652,9 +654,11 @@ def saliency_maps(
         )
     cfg = make_config(model, data, opts)
     if weights_path:
-        params = weights.cast(
-            weights.load(weights_path), dtype
-        )  # each load_canonical checks names and shapes
+        params, note = weights.load_as(
+            weights_path, dtype
+        )  # each load_canonical checks names, shapes
+        if note:
+            print(f"note: {note}", file=sys.stderr)
     else:
         # train in float32 (fast; the weights need to be good, not exact), then compare in `dtype`
         impl = load_impl("scratch", model)
@@ -713,13 +717,18 @@ def saliency(
         fail("--images and --epochs must be positive integers")
     if dtype not in ("float32", "float64"):
         fail(f"unknown dtype {dtype!r}; choose from: float32, float64")
-    from tasks.weights import CanonicalWeightsError
+    from tasks.weights import CanonicalWeightsError, WeightsFileError
 
+    out_path = check_output_path("--out", out_path, image=True)  # before any training
     try:
         x, y, maps = saliency_maps(
             model, task, frameworks, images, weights_path, epochs, seed, dtype, data_dir
         )
-    except (DataFileError, FileNotFoundError, CanonicalWeightsError) as e:
+    except WeightsFileError as e:  # names the file
+        fail(f"--weights {e}")
+    except CanonicalWeightsError as e:  # names the tensors
+        fail(f"--weights {weights_path}: {e}" if weights_path else str(e))
+    except DataFileError as e:
         fail(str(e))
     import matplotlib
 
@@ -792,6 +801,7 @@ def sample(
     """
     from tasks import sample as sampling
     from tasks.train import TrainOptions
+    from tasks.weights import CanonicalWeightsError
 
     if check_model(model) not in ("rnn", "lstm", "gru"):
         fail("sample needs a character model; choose from: rnn, lstm, gru")
@@ -806,6 +816,16 @@ def sample(
         fail("--prompt must not be empty")
     check_seed(seed)
     opts = TrainOptions(epochs=epochs, hidden=(hidden,) if hidden else None, seed=seed)
+    path = Path(
+        weights_path
+        or sampling.default_path(model, frameworks[0], opts.with_defaults(model, sampling.TASK))
+    )
+    if path.is_dir():
+        fail(f"--weights {path}: is a directory, not a safetensors file")
+    if (
+        retrain or not path.exists()
+    ):  # it will be written after training: check that it can be, first
+        check_output_path("--weights", str(path), make_parents=True)
     with progress_bar(sys.stderr.isatty()) as bar:
         try:
             result = sampling.sample(
@@ -815,14 +835,18 @@ def sample(
                 temperature=temperature,
                 length=length,
                 opts=opts,
-                path=weights_path,
+                path=path,
                 retrain=retrain,
                 progress=EpochProgress(bar),
             )
         except (
-            ValueError
-        ) as e:  # a prompt character outside the vocabulary, or weights of another shape
+            CanonicalWeightsError
+        ) as e:  # a corrupt or foreign weights file: names it, says --retrain
+            fail(("--weights " if weights_path else "") + str(e).splitlines()[0])
+        except ValueError as e:  # a prompt character outside the vocabulary
             fail(str(e).splitlines()[0])
+    if result["note"]:
+        print(f"note: {result['note']}", file=sys.stderr)
     how = "trained and saved to" if result["trained"] else "loaded from"
     print(
         f"{model} ({frameworks[0]}) {how} {result['weights']}; validation loss {result['test_loss']:.4f}, unigram baseline {result['baselines']['unigram_test_loss']:.4f}",
@@ -865,6 +889,7 @@ def attention_map(
     check_seed(seed)
     if epochs < 0:
         fail(f"--epochs must be 0 or a positive integer, got {epochs}")
+    out_path = check_output_path("--out", out_path, image=True)  # before any training
     opts = TrainOptions(seed=seed).with_defaults(model, "reverse")
     data = load_task("reverse", seed=seed)
     cfg = make_config(model, data, opts)

@@ -37,8 +37,10 @@ def train_or_load(
     retrain: bool = False,
     progress=None,
 ):
-    """(impl, net, data, path, trained): load `path` (or the default run file) if it exists, else train
-    with the registry's defaults for the task and save the canonical weights there."""
+    """(impl, net, data, path, trained, note): load `path` (or the default run file) if it exists, else
+    train with the registry's defaults for the task and save the canonical weights there. `note` says
+    what loading converted (weights.load_as), or is None. A file that cannot be loaded (corrupt,
+    another model's, NaN) raises CanonicalWeightsError naming it and the way out, --retrain."""
     opts = opts.with_defaults(model, TASK)
     data = load_task(TASK, seed=opts.seed)
     cfg = make_config(model, data, opts)
@@ -46,8 +48,17 @@ def train_or_load(
     net = impl.create_model(cfg, seed=opts.seed, dtype=opts.dtype)
     path = Path(path) if path else default_path(model, framework, opts)
     if path.exists() and not retrain:
-        impl.load_canonical(net, weights.cast(weights.load(path), opts.dtype))
-        return impl, net, data, path, False
+        try:
+            params, note = weights.load_as(path, opts.dtype)
+            impl.load_canonical(net, params)
+        except weights.CanonicalWeightsError as e:
+            named = (
+                "" if isinstance(e, weights.WeightsFileError) else f"{path}: "
+            )  # it names the file
+            raise weights.CanonicalWeightsError(
+                f"{named}{e}; run again with --retrain to train anew and overwrite it"
+            ) from None
+        return impl, net, data, path, False, note
     impl.load_canonical(
         net, weights.cast(weights.init_uniform(cfg.param_shapes(), opts.seed), opts.dtype)
     )
@@ -63,7 +74,7 @@ def train_or_load(
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     weights.save(path, impl.export_canonical(net))
-    return impl, net, data, path, True
+    return impl, net, data, path, True, None
 
 
 def generate(
@@ -105,7 +116,9 @@ def sample(
     missing = sorted(set(prompt) - set(load_task(TASK, seed=opts.seed).meta["vocab"]))
     if missing:  # before any training
         raise ValueError(f"the prompt has characters the model never saw: {''.join(missing)!r}")
-    impl, net, data, path, trained = train_or_load(model, framework, opts, path, retrain, progress)
+    impl, net, data, path, trained, note = train_or_load(
+        model, framework, opts, path, retrain, progress
+    )
     text = generate(
         impl,
         net,
@@ -120,6 +133,7 @@ def sample(
         "text": text,
         "weights": str(path),
         "trained": trained,
+        "note": note,
         "test_loss": impl.evaluate(net, data.x_test, data.y_test)[0],
         "baselines": data.meta["baselines"],
     }
