@@ -1,5 +1,5 @@
 """Scaled dot-product and multi-head self-attention in Keras 3 (TensorFlow backend): written out with
-keras.ops, and keras.layers.MultiHeadAttention.
+keras.ops, and keras.layers.MultiHeadAttention; compile and fit.
 
 Vaswani et al. (2017), "Attention Is All You Need", sections 3.2 (attention) and 3.5 (positions).
 The hand-written layer keeps separate Dense q, k, v, o (kernel (in, out): transposed to and from the
@@ -22,8 +22,8 @@ from keras import ops
 
 from tasks import weights
 from tasks.configs import PAD, AttentionConfig, OptimizerConfig
-from tasks.data import Dataset, epoch_order
-from tf_impl import optim
+from tasks.data import Dataset
+from tf_impl import compat, optim, training
 
 
 # ----------------------------------------------------------------------------- layers
@@ -108,10 +108,7 @@ class StockMultiHeadAttention(keras.layers.Layer):
             n_heads, d_model // n_heads, kernel_initializer=init, dtype=dtype, name="mha"
         )
         self.mha.build((None, None, d_model), (None, None, d_model))
-        # Keras scales the query by ops.cast(1 / sqrt(HS), dtype); on the TF backend that Python float becomes
-        # a float32 tensor first, so a float64 run would use a float32-rounded scale (~1e-8 off unless
-        # sqrt(HS) is a power of 2). A float64 NumPy scalar keeps it exact (docs/PORTING.md, "Attention").
-        self.mha._inverse_sqrt_key_dim = np.float64(1.0 / np.sqrt(d_model // n_heads))
+        compat.exact_query_scale(self.mha, d_model // n_heads)  # 1 / sqrt(HS), float64-exact
 
     def call(self, x, allowed):
         # value before key; attention_mask has the canonical polarity (True = attend), shape (B, T, T)
@@ -172,18 +169,27 @@ class AttentionModel(keras.Model):
         self.embed = make_embedding(cfg, seed=seed, dtype=dtype)
         self.attn = make_attention(cfg, seed=seed, dtype=dtype, name="attn")
         self.head = make_dense(cfg.d_model, cfg.vocab, seed=seed, dtype=dtype, name="head")
+        self.batch_loss = training.BatchMeanLoss(dtype)  # what train reports per epoch
 
     def embed_tokens(self, tokens):
         """The model's input: embedding scaled by sqrt(E) plus positions (B, T) -> (B, T, E)."""
         x = self.embed(tokens) * math.sqrt(self.cfg.d_model)
         return x + positional_encoding(tokens.shape[1], self.cfg.d_model, x.dtype)
 
-    def call(self, tokens, dx=None, training=False):
+    def logits_and_weights(self, tokens, dx=None):
         """Logits (B, T, V) and the attention weights of each layer; `dx` (zeros) is added to the
         embedded input so that its gradient is the input gradient."""
         x = self.embed_tokens(tokens) if dx is None else self.embed_tokens(tokens) + dx
         a, w = self.attn(x, attention_mask(tokens, self.cfg.causal))
         return self.head(x + a), [w]  # (B, T, E) -> (B, T, V)
+
+    def call(self, tokens, training=False):
+        return self.logits_and_weights(tokens)[0]
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        loss = super().compute_loss(x, y, y_pred, sample_weight, training)
+        self.batch_loss.update_state(loss)
+        return loss
 
     def layers_by_name(self) -> dict[str, keras.layers.Layer]:
         """Layers by canonical prefix."""
@@ -267,22 +273,22 @@ def export_canonical(model) -> dict[str, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- loss
-def loss_fn(logits, y):
-    """Cross-entropy averaged over the non-PAD targets."""
-    ce = ops.sparse_categorical_crossentropy(y, logits, from_logits=True)  # (B, T, V) -> (B, T)
-    valid = ops.cast(y != PAD, logits.dtype)
-    return ops.sum(ce * valid) / ops.sum(valid)
+def make_loss(dtype: str) -> keras.losses.Loss:
+    """Cross-entropy from logits averaged over the non-PAD targets, in `dtype`."""
+    return keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True, ignore_class=PAD, dtype=dtype
+    )
 
 
 def forward_backward(model, x, y) -> dict[str, np.ndarray]:
     """Outputs, attention weights, loss and every gradient in the canonical layout."""
     tokens, y = tf.constant(x), tf.constant(y)
     variables = canonical_variables(model)
-    dx = tf.zeros((*tokens.shape, model.cfg.d_model), dtype=model.head.kernel.dtype)  # (B, T, E)
+    dx = tf.zeros((*tokens.shape, model.cfg.d_model), dtype=model.dtype)  # (B, T, E)
     with tf.GradientTape() as tape:
         tape.watch(dx)
-        logits, attn = model(tokens, dx=dx)
-        loss = loss_fn(logits, y)
+        logits, attn = model.logits_and_weights(tokens, dx=dx)
+        loss = make_loss(model.dtype)(y, logits)
     grads = tape.gradient(loss, {"input": dx, **{k: v for k, (v, _) in variables.items()}})
     # the embedding gradient comes back as IndexedSlices (rows touched): densify it
     out = {
@@ -299,28 +305,22 @@ def forward_backward(model, x, y) -> dict[str, np.ndarray]:
 def make_optimizer(model, lr: float | OptimizerConfig) -> keras.optimizers.Optimizer:
     """A learning rate gives the config's optimizer (Adam or SGD); an OptimizerConfig any of tf_impl/optim.py."""
     if isinstance(lr, OptimizerConfig):
-        return optim.make_optimizer(model, lr)  # which builds the slots too
-    # a callable learning rate keeps it in the model's dtype (a float becomes a float32 variable)
-    learning_rate = lambda: ops.convert_to_tensor(lr, dtype=model.dtype)
-    if model.cfg.optimizer == "adam":
-        optimizer = keras.optimizers.Adam(
-            learning_rate=learning_rate, epsilon=1e-8
-        )  # Keras's "epsilon hat" form
-    else:
-        optimizer = keras.optimizers.SGD(learning_rate=learning_rate)
-    # create Adam's slots now: train_step is one tf.function for every model, and variables may only be
-    # created on its first call (a second model would otherwise fail inside apply_gradients)
-    optimizer.build(model.trainable_variables)
-    return optimizer
+        return optim.make_optimizer(model, lr)
+    # Adam's epsilon 1e-8 in Keras's "epsilon hat" form (docs/PORTING.md)
+    name = "adam" if model.cfg.optimizer == "adam" else "sgd"
+    return optim.make_optimizer(model, OptimizerConfig(name, lr=lr, eps=1e-8))
 
 
-@tf.function(reduce_retracing=True)
-def train_step(model, optimizer: keras.optimizers.Optimizer, x, y):
-    with tf.GradientTape() as tape:
-        loss = loss_fn(model(x, training=True)[0], y)
-    grads = tape.gradient(loss, model.trainable_variables)
-    optimizer.apply_gradients(zip(grads, model.trainable_variables))
-    return loss
+def compile_model(model, optimizer: keras.optimizers.Optimizer) -> None:
+    with compat.floatx(model.dtype):  # the compiled loss in the model's dtype
+        model.compile(optimizer=optimizer, loss=make_loss(model.dtype))
+
+
+def train_step(model, optimizer: keras.optimizers.Optimizer, x, y) -> float:
+    """One step of fit's compiled train function on one batch (tasks.bench times it)."""
+    if model.optimizer is not optimizer:
+        compile_model(model, optimizer)
+    return model.train_on_batch(x, y, return_dict=True)["batch_loss"]
 
 
 def train(
@@ -333,23 +333,24 @@ def train(
     seed: int,
     on_epoch=None,
 ) -> list[float]:
-    """Mini-batches in the shared order; returns the mean training loss of each epoch."""
-    x, y = data.x_train, data.y_train  # token ids (B, T): no dtype cast
-    optimizer, history = make_optimizer(model, lr), []
-    for epoch in range(epochs):
-        order = epoch_order(len(x), seed, epoch)  # consecutive slices of it are the shared batches
-        dataset = tf.data.Dataset.from_tensor_slices((x[order], y[order])).batch(batch_size)
-        losses = [float(train_step(model, optimizer, xb, yb)) for xb, yb in dataset]
-        history.append(float(np.mean(losses)))
-        if on_epoch:
-            on_epoch(epoch, history[-1])
-    return history
+    """compile and fit on the shared mini-batches; returns the mean training loss of each epoch."""
+    compile_model(model, make_optimizer(model, lr))
+    x = data.x_train  # token ids (B, T): no dtype cast
+    history = model.fit(
+        training.shared_batches(x, data.y_train, batch_size=batch_size, seed=seed, epochs=epochs),
+        epochs=epochs,
+        steps_per_epoch=training.steps_per_epoch(len(x), batch_size),
+        callbacks=[training.OnEpochEnd(on_epoch)],  # on_epoch(epoch, loss); it may stop the fit
+        shuffle=False,  # the batches come in the shared order
+        verbose=0,
+    )
+    return history.history["batch_loss"]
 
 
 # ----------------------------------------------------------------------------- evaluation
 def evaluate(model, x, y) -> tuple[float, float]:
     """(mean loss, token accuracy over the non-PAD targets) on a whole split."""
-    logits, _ = model(tf.constant(x))
+    logits = model(tf.constant(x))
     valid = y != PAD
     accuracy = ((np.asarray(ops.argmax(logits, axis=-1)) == y) & valid).sum() / valid.sum()
-    return float(loss_fn(logits, tf.constant(y))), float(accuracy)
+    return float(make_loss(model.dtype)(tf.constant(y), logits)), float(accuracy)

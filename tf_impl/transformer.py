@@ -15,38 +15,31 @@ import keras
 from keras import ops
 
 from tasks.configs import TransformerConfig
+from tf_impl import training
 from tf_impl.attention import (  # noqa: F401  (loss, training and evaluation are shared with attention.py)
     attention_mask,
+    compile_model,
     evaluate,
     export_canonical,
     forward_backward,
     load_canonical,
-    loss_fn,
     make_attention,
     make_dense,
     make_embedding,
+    make_loss,
     make_optimizer,
     positional_encoding,
     train,
     train_step,
 )
+from tf_impl.compat import gelu  # keras.ops GELU: TF's Gelu kernel has float32 constants
 
 
 # ----------------------------------------------------------------------------- layers
-def gelu(x, approximate: bool):
-    """GELU written with keras.ops. Not ops.gelu: TF's Gelu casts its constants (0.7071..., 0.044715)
-    from float32, so a float64 run is off by ~5e-9 relative (docs/PORTING.md, "Attention")."""
-    if approximate:
-        return 0.5 * x * (1 + ops.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
-    return 0.5 * x * (1 + ops.erf(x / math.sqrt(2)))
-
-
 def make_activation(cfg: TransformerConfig):
     if cfg.activation == "relu":
         return ops.relu
-    approximate = (
-        cfg.activation == "gelu_tanh"
-    )  # Keras's ops.gelu default is approximate=False (erf)
+    approximate = cfg.activation == "gelu_tanh"  # Keras's gelu default is approximate=False (erf)
     return lambda x: gelu(x, approximate)
 
 
@@ -103,13 +96,14 @@ class Transformer(keras.Model):
         ]
         self.ln_f = make_layer_norm(cfg, dtype=dtype, name="ln_f") if cfg.norm == "pre" else None
         self.head = make_dense(cfg.d_model, cfg.vocab, seed=seed, dtype=dtype, name="head")
+        self.batch_loss = training.BatchMeanLoss(dtype)  # what train reports per epoch
 
     def embed_tokens(self, tokens):
         """The model's input: embedding scaled by sqrt(E) plus positions (B, T) -> (B, T, E)."""
         x = self.embed(tokens) * math.sqrt(self.cfg.d_model)
         return x + positional_encoding(tokens.shape[1], self.cfg.d_model, x.dtype)
 
-    def call(self, tokens, dx=None, training=False):
+    def logits_and_weights(self, tokens, dx=None):
         """Logits (B, T, V) and the attention weights of each block; `dx` (zeros) is added to the
         embedded input so that its gradient is the input gradient."""
         x = self.embed_tokens(tokens) if dx is None else self.embed_tokens(tokens) + dx
@@ -120,6 +114,14 @@ class Transformer(keras.Model):
         if self.ln_f is not None:
             x = self.ln_f(x)
         return self.head(x), attn  # (B, T, E) -> (B, T, V)
+
+    def call(self, tokens, training=False):
+        return self.logits_and_weights(tokens)[0]
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        loss = super().compute_loss(x, y, y_pred, sample_weight, training)
+        self.batch_loss.update_state(loss)
+        return loss
 
     def layers_by_name(self) -> dict[str, keras.layers.Layer]:
         """Layers by canonical prefix."""
