@@ -1,8 +1,10 @@
-"""Perceptron in Keras 3 (TensorFlow backend): a Dense neuron, a step output, variables assigned with keras.ops.
+"""Perceptron in Keras 3 (TensorFlow backend): a Dense neuron, a step output, and fit with the
+perceptron rule as its train_step.
 
 Rosenblatt (1958), "The perceptron: a probabilistic model for information storage and organization
 in the brain". There is no loss and no gradient: after each sample, w += lr (y - ŷ) x and
-b += lr (y - ŷ), which changes nothing when the prediction was right.
+b += lr (y - ŷ), which changes nothing when the prediction was right. That is a plain SGD step
+along the direction -(y - ŷ) (x, 1), so the stock SGD applies it.
 Tie rule, the same in all four files: ŷ = 1 if w·x + b > 0, else 0 (a point on the line is 0).
 keras.layers.Dense stores its kernel (in, out): the converters transpose to and from the
 canonical (out, in).
@@ -12,12 +14,12 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
 from tasks import weights
-from tasks.configs import PerceptronConfig
-from tasks.data import Dataset, epoch_order
+from tasks.configs import OptimizerConfig, PerceptronConfig
+from tasks.data import Dataset
+from tf_impl import optim, training
 
 
 # ----------------------------------------------------------------------------- layers
@@ -42,14 +44,25 @@ class Perceptron(keras.Model):
         self.neuron = keras.layers.Dense(
             1, kernel_initializer=init, bias_initializer=init, dtype=dtype, name="neuron"
         )
-        self.neuron.build(
-            (None, cfg.in_features)
-        )  # create the variables now, so canonical weights can load before a call
+        self.neuron.build((None, cfg.in_features))  # the variables now, so weights load first
+        self.mistakes = keras.metrics.Sum(name="mistakes", dtype=dtype)  # per epoch
 
     def call(self, x, training=False):
-        return step(self.neuron(x))[
-            :, 0
-        ]  # (B, D) -> (B, 1) -> (B,): 0.0 or 1.0 in the model's dtype
+        return step(self.neuron(x))[:, 0]  # (B, D) -> (B, 1) -> (B,): 0.0 or 1.0
+
+    def train_step(self, data):
+        """One sample (x (1, D), y (1,)): the perceptron rule in place of a gradient step."""
+        x, y = data
+        error = y - self(x)  # (1,): +1 missed a 1, -1 missed a 0, 0 right
+        # w += lr error x, b += lr error: SGD (w -= lr g) along g = -error (x, 1); error is +1, 0
+        # or -1, so g is exact and lr * g rounds once, as in the other three
+        direction = [
+            -ops.transpose(x) * error,
+            -error,
+        ]  # (D, 1) like the kernel, (1,) like the bias
+        self.optimizer.apply_gradients(zip(direction, [self.neuron.kernel, self.neuron.bias]))
+        self.mistakes.update_state(ops.cast(error != 0, self.dtype))
+        return {"mistakes": self.mistakes.result()}
 
 
 def create_model(cfg: PerceptronConfig, *, seed: int, dtype: str = "float64") -> Perceptron:
@@ -79,24 +92,12 @@ def predict(model: Perceptron, x) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- train step
-@tf.function(
-    reduce_retracing=True
-)  # no GradientTape and no loss: the variables are assigned directly
-def train_step(model: Perceptron, x, y, lr):
-    """One sample (x (D,), y 0.0 or 1.0): the perceptron rule in place. Returns 1 on a mistake."""
-    error = y - model(x[None])[0]  # (1, D) -> (1,) -> (): +1 missed a 1, -1 missed a 0, 0 right
-    kernel, bias = model.neuron.kernel, model.neuron.bias
-    # lr * x first: times error (+1, 0 or -1) it stays exact, so an FMA (XLA fuses one) rounds alike
-    kernel.assign(
-        ops.add(kernel, ops.expand_dims(error * (lr * x), 1))
-    )  # (D,) -> (D, 1), the kernel's (in, out)
-    bias.assign(ops.add(bias, lr * error))  # () broadcasts over (1,)
-    return ops.cast(ops.not_equal(error, 0), "int32")
+class StopWhenNoMistakes(keras.callbacks.Callback):
+    """After an epoch without a mistake the rule changed nothing: later epochs would repeat it."""
 
-
-def train_epoch(model: Perceptron, samples, lr) -> int:
-    """One pass over (x, y) samples in the given order; returns the number of mistakes."""
-    return sum(int(train_step(model, x, y, lr)) for x, y in samples)
+    def on_epoch_end(self, epoch, logs=None):
+        if logs["mistakes"] == 0:
+            self.model.stop_training = True
 
 
 def train(
@@ -106,23 +107,21 @@ def train(
 
     Returns the number of mistakes of each epoch run; a last entry of 0 means converged.
     """
-    dtype = model.neuron.kernel.dtype
-    x, y = data.x_train.astype(dtype), data.y_train.astype(dtype)
-    lr = ops.convert_to_tensor(
-        lr, dtype=dtype
-    )  # a Python float would become a float32 tensor in a float64 run
-    history = []
-    for epoch in range(epochs):
-        order = epoch_order(len(x), seed, epoch)
-        samples = tf.data.Dataset.from_tensor_slices(
-            (x[order], y[order])
-        )  # unbatched: one sample per element
-        history.append(train_epoch(model, samples, lr))
-        if on_epoch:
-            on_epoch(epoch, history[-1])
-        if history[-1] == 0:
-            break  # every sample was right, so the rule changed nothing: further epochs would repeat this one
-    return history
+    x, y = data.x_train.astype(model.dtype), data.y_train.astype(model.dtype)
+    # every sample of an epoch in one compiled call (steps_per_execution), a step per sample
+    model.compile(
+        optimizer=optim.make_optimizer(model, OptimizerConfig("sgd", lr=lr)),
+        steps_per_execution=len(x),
+    )
+    history = model.fit(
+        training.shared_batches(x, y, batch_size=1, seed=seed, epochs=epochs),
+        epochs=epochs,
+        steps_per_epoch=len(x),
+        callbacks=[training.OnEpochEnd(on_epoch, metric="mistakes", kind=int), StopWhenNoMistakes()],
+        shuffle=False,  # the samples come in the shared order
+        verbose=0,
+    )  # fmt: skip
+    return [int(m) for m in history.history["mistakes"]]
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -44,17 +44,17 @@ class BatchMeanLoss(keras.metrics.Mean):
 
 
 class OnEpochEnd(keras.callbacks.Callback):
-    """Calls on_epoch(epoch, mean batch loss) at each epoch end; an EarlyStop it raises ends fit
-    there, keeping the history."""
+    """Calls on_epoch(epoch, the epoch's `metric`: by default the mean batch loss) at each epoch end;
+    an EarlyStop it raises ends fit there, keeping the history."""
 
-    def __init__(self, on_epoch=None):
+    def __init__(self, on_epoch=None, metric: str = "batch_loss", kind=float):
         super().__init__()
-        self.on_epoch = on_epoch
+        self.on_epoch, self.metric, self.kind = on_epoch, metric, kind
 
     def on_epoch_end(self, epoch, logs=None):
         if self.on_epoch is None:
             return
         try:
-            self.on_epoch(epoch, float(logs["batch_loss"]))
+            self.on_epoch(epoch, self.kind(logs[self.metric]))
         except EarlyStop:
             self.model.stop_training = True
