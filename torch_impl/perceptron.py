@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from tasks import weights
 from tasks.configs import PerceptronConfig
-from tasks.data import Dataset, epoch_order
+from tasks.data import Dataset
+from torch_impl.data import EpochSampler
 
 
 # ----------------------------------------------------------------------------- layers
@@ -45,16 +46,22 @@ class Perceptron(nn.Module):
         ]  # (B, D) -> (B, 1) -> (B,): 0.0 or 1.0 in the model's dtype
 
 
-def create_model(cfg: PerceptronConfig, *, seed: int, dtype: str = "float64") -> Perceptron:
-    return Perceptron(
+def create_model(
+    cfg: PerceptronConfig, *, seed: int, dtype: str = "float64", device: str | torch.device = "cpu"
+) -> Perceptron:
+    """Weights drawn on the CPU, then moved: one seed gives the same model on every device."""
+    model = Perceptron(
         cfg, generator=torch.Generator().manual_seed(seed), dtype=getattr(torch, dtype)
     )
+    return model.to(device)
 
 
 # ----------------------------------------------------------------------------- canonical weights
 def load_canonical(model: Perceptron, params: dict[str, np.ndarray]) -> None:
     """torch's state_dict names and shapes are the canonical ones: no transform."""
-    weights.check(params, model.cfg.param_shapes(), model.neuron.weight.detach().numpy().dtype)
+    weights.check(
+        params, model.cfg.param_shapes(), model.neuron.weight.detach().cpu().numpy().dtype
+    )
     model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in params.items()})
 
 
@@ -64,9 +71,10 @@ def export_canonical(model: Perceptron) -> dict[str, np.ndarray]:
 
 # ----------------------------------------------------------------------------- prediction
 @torch.no_grad()
-def predict(model: Perceptron, x) -> np.ndarray:
+def predict(model: Perceptron, x, *, device="cpu") -> np.ndarray:
     """Class labels (B,) as int64."""
-    return model(torch.as_tensor(x, dtype=model.neuron.weight.dtype)).long().numpy()
+    x = torch.as_tensor(x, dtype=model.neuron.weight.dtype, device=device)
+    return model(x).long().cpu().numpy()
 
 
 # ----------------------------------------------------------------------------- train step
@@ -86,7 +94,14 @@ def train_epoch(model: Perceptron, samples, lr) -> int:
 
 
 def train(
-    model: Perceptron, data: Dataset, *, epochs: int, lr: float, seed: int, on_epoch=None
+    model: Perceptron,
+    data: Dataset,
+    *,
+    epochs: int,
+    lr: float,
+    seed: int,
+    on_epoch=None,
+    device="cpu",
 ) -> list[int]:
     """Per-sample updates in the shared shuffled order; stops after the first epoch with no mistake.
 
@@ -96,15 +111,14 @@ def train(
     dataset = TensorDataset(
         torch.as_tensor(data.x_train, dtype=dtype), torch.as_tensor(data.y_train, dtype=dtype)
     )
-    lr = torch.tensor(
-        lr, dtype=dtype
-    )  # the step size in the model's dtype, as in the other three files
+    # sampler = the shared order; batch_size=None hands out single samples, not batches of one
+    sampler = EpochSampler(len(dataset), seed)
+    loader = DataLoader(dataset, sampler=sampler, batch_size=None)
+    lr = torch.tensor(lr, dtype=dtype, device=device)  # the step size in the model's dtype
     history = []
     for epoch in range(epochs):
-        # sampler = the shared order; batch_size=None hands out single samples, not batches of one
-        samples = DataLoader(
-            dataset, sampler=epoch_order(len(dataset), seed, epoch), batch_size=None
-        )
+        sampler.set_epoch(epoch)
+        samples = ((x.to(device), y.to(device)) for x, y in loader)
         history.append(train_epoch(model, samples, lr))
         if on_epoch:
             on_epoch(epoch, history[-1])
@@ -114,7 +128,7 @@ def train(
 
 
 # ----------------------------------------------------------------------------- evaluation
-def evaluate(model: Perceptron, x, y) -> tuple[int, float]:
+def evaluate(model: Perceptron, x, y, *, device="cpu") -> tuple[int, float]:
     """(mistakes, accuracy) on a whole split."""
-    wrong = predict(model, x) != y
+    wrong = predict(model, x, device=device) != y
     return int(wrong.sum()), float(1.0 - wrong.mean())

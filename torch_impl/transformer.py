@@ -85,7 +85,7 @@ class Transformer(nn.Module):
     def embed_tokens(self, tokens):
         """The model's input: embedding scaled by sqrt(E) plus positions (B, T) -> (B, T, E)."""
         x = self.embed(tokens) * math.sqrt(self.cfg.d_model)
-        return x + positional_encoding(tokens.shape[1], self.cfg.d_model, x.dtype)
+        return x + positional_encoding(tokens.shape[1], self.cfg.d_model, x.dtype, x.device)
 
     def forward(self, tokens, dx=None):
         """Logits (B, T, V) and the attention weights of each block; `dx` (zeros) is added to the
@@ -100,7 +100,11 @@ class Transformer(nn.Module):
         return self.head(x), attn  # (B, T, E) -> (B, T, V)
 
 
-def create_model(cfg: TransformerConfig, *, seed: int, dtype: str = "float64") -> Transformer:
-    return Transformer(
+def create_model(
+    cfg: TransformerConfig, *, seed: int, dtype: str = "float64", device: str | torch.device = "cpu"
+) -> Transformer:
+    """Weights drawn on the CPU, then moved: one seed gives the same model on every device."""
+    model = Transformer(
         cfg, generator=torch.Generator().manual_seed(seed), dtype=getattr(torch, dtype)
     )
+    return model.to(device)
