@@ -7,6 +7,7 @@ set), and in a real process only for Ctrl-C (SIGINT to a running `python -m task
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import signal
@@ -21,7 +22,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tasks import weights
+from tasks import data, weights
 from tasks.cli import FLAG_MODELS, SEED_RANGE, app
 from tasks.registry import FRAMEWORKS, MODELS, load_impl
 
@@ -389,3 +390,67 @@ def test_a_corrupt_cached_run_names_the_file_and_retrain(tmp_path, monkeypatch):
     assert again.exit_code == 0 and "trained and saved to" in again.stderr, again.output[-2000:]
     later = invoke(*SAMPLE, "--length", "5")
     assert later.exit_code == 0 and "loaded from" in later.stderr, later.output[-2000:]
+
+
+# ----------------------------------------------------------------------------- 5. MNIST IDX folders
+def mnist_folder(folder: Path, **replace) -> Path:
+    """The four tiny MNIST IDX files (parity_tests.test_data), with some arrays replaced."""
+    from parity_tests.test_data import write_tiny_mnist
+
+    write_tiny_mnist(folder, n_train=6, n_test=4)
+    for key, array in replace.items():
+        data.write_idx(folder / data.MNIST_FILES[key], array)
+    return folder
+
+
+def images(n: int, size: int = 28, dtype=np.uint8) -> np.ndarray:
+    return np.random.default_rng(1).integers(0, 256, (n, size, size)).astype(dtype)
+
+
+def gzipped(folder: Path, key: str, transform=lambda raw: raw) -> Path:
+    """Replace one file by its .gz twin, its compressed bytes passed through `transform`."""
+    path = folder / data.MNIST_FILES[key]
+    gz = path.with_name(path.name + ".gz")
+    gz.write_bytes(transform(gzip.compress(path.read_bytes())))
+    path.unlink()
+    return gz
+
+
+MNIST_CASES = {
+    # name: (how to break the folder, what the one line must say)
+    "corrupt gzip": (lambda d: gzipped(d, "train_images", lambda raw: raw[:10] + b"x" * 50), "gzip"),
+    "not gzip at all": (lambda d: gzipped(d, "test_labels", lambda raw: b"plain bytes"), "gzip"),
+    "truncated gzip stream": (lambda d: gzipped(d, "train_images", lambda raw: raw[:-30]), "truncated"),
+    "a directory in a file's place": (
+        lambda d: ((d / data.MNIST_FILES["test_images"]).unlink(), (d / data.MNIST_FILES["test_images"]).mkdir()),
+        "is a directory",
+    ),
+    "label 10": (lambda d: mnist_folder(d, train_labels=np.array([0, 1, 2, 10, 4, 5], np.uint8)), "label 10 at index 3"),
+    "label -1 as int8": (lambda d: mnist_folder(d, test_labels=np.array([0, -1, 2, 3], np.int8)), "type code 0x09"),
+    "zero images": (lambda d: mnist_folder(d, train_images=images(0), train_labels=np.zeros(0, np.uint8)), "no images"),
+    "train and test sizes differ": (lambda d: mnist_folder(d, test_images=images(4, 20)), "test images 20x20"),
+    "float images": (lambda d: mnist_folder(d, train_images=images(6, dtype=">f4")), "type code 0x0D"),
+    "images of 0 rows": (lambda d: mnist_folder(d, test_images=np.zeros((4, 0, 28), np.uint8)), "no images"),
+    "header says more images than the data holds": (
+        lambda d: (d / data.MNIST_FILES["train_images"]).write_bytes(
+            struct.pack(">HBBIII", 0, 8, 3, 7, 28, 28) + images(6).tobytes()
+        ),
+        "expected 5504 for shape (7, 28, 28)",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(MNIST_CASES))
+def test_a_broken_mnist_folder_is_refused_naming_the_file(case, tmp_path):
+    mnist_folder(tmp_path)
+    breaks, needle = MNIST_CASES[case]
+    breaks(tmp_path)
+    result = invoke("train", "mlp", "--task", "mnist", "--data-dir", tmp_path, "--framework", "scratch", "--epochs", "1")  # fmt: skip
+    assert_refused(result, str(tmp_path), needle)
+
+
+def test_mnist_images_too_large_for_lenet5_are_refused(tmp_path):
+    mnist_folder(tmp_path, train_images=images(6, 40), test_images=images(4, 40))
+    args = ["--task", "mnist", "--data-dir", tmp_path, "--framework", "scratch", "--epochs", "1"]
+    assert_refused(invoke("train", "lenet5", *args), f"--data-dir {tmp_path}", "40x40", "32x32")
+    assert invoke("train", "mlp", *args).exit_code == 0  # the MLP takes any size: 1,600 inputs

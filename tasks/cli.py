@@ -124,6 +124,14 @@ def check_output_path(flag: str, path: str, image: bool = False, make_parents: b
     return str(p)
 
 
+def data_error(e: Exception, data_dir: str | None) -> str:
+    """A DataFileError's message, naming --data-dir unless it already names a file in it."""
+    message = str(e)
+    return (
+        message if not data_dir or str(data_dir) in message else f"--data-dir {data_dir}: {message}"
+    )
+
+
 def check_model(model: str) -> str:
     if model not in MODELS:
         fail(f"unknown model {model!r}; choose from: {', '.join(MODELS)}")
@@ -192,7 +200,7 @@ def train_model(
         try:
             return runner.run(model, task, frameworks, opts, progress=EpochProgress(bar))
         except DataFileError as e:
-            fail(str(e))
+            fail(data_error(e, opts.data_dir))
 
 
 def print_train(result: dict) -> None:
@@ -729,7 +737,7 @@ def saliency(
     except CanonicalWeightsError as e:  # names the tensors
         fail(f"--weights {weights_path}: {e}" if weights_path else str(e))
     except DataFileError as e:
-        fail(str(e))
+        fail(data_error(e, data_dir))
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display

@@ -9,7 +9,9 @@ Layouts (the suite's legend): tabular `(B, D)`, images `(B, C, H, W)`, sequences
 from __future__ import annotations
 
 import gzip
+import math
 import struct
+import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -98,9 +100,11 @@ def resize_bilinear(images: np.ndarray, size: int) -> np.ndarray:
 def pad_to(images: np.ndarray, size: int) -> np.ndarray:
     """Zero-pad (B, C, H, W) images evenly to (B, C, size, size), as LeNet-5 pads 28x28 MNIST to 32x32."""
     ph, pw = size - images.shape[2], size - images.shape[3]
-    if ph < 0 or pw < 0:
-        raise ValueError(
-            f"images of {images.shape[2]}x{images.shape[3]} do not fit in {size}x{size}"
+    if (
+        ph < 0 or pw < 0
+    ):  # a DataFileError (a ValueError): the files hold images the model cannot take
+        raise DataFileError(
+            f"images of {images.shape[2]}x{images.shape[3]} do not fit in the model's {size}x{size} input"
         )
     return np.pad(images, ((0, 0), (0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)))
 
@@ -196,20 +200,37 @@ MNIST_FILES = {
     "test_labels": "t10k-labels-idx1-ubyte",
 }
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_CODES = {np.dtype(v): k for k, v in _IDX_DTYPES.items()}
 
 
 class DataFileError(ValueError):
     """A data file is missing, truncated or not what it claims to be."""
 
 
-def read_idx(path: str | Path, expected_ndim: int | None = None) -> np.ndarray:
-    """Read one IDX file (plain or .gz), checking its header against its length."""
+def read_idx(path: str | Path, expected_ndim: int | None = None, expected_dtype=None) -> np.ndarray:
+    """Read one IDX file (plain or .gz), checking its header against its length (and, if given, its
+    number of dimensions and element type). Every problem is a DataFileError naming the file."""
     path = Path(path)
     if not path.exists():
         raise DataFileError(f"{path}: file not found (expected an IDX file)")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    if not path.is_file():
+        raise DataFileError(f"{path}: is a directory, not an IDX file")
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                raw = f.read()
+        else:
+            raw = path.read_bytes()
+    except EOFError:  # gzip's own words: "Compressed file ended before the end-of-stream marker"
+        raise DataFileError(f"{path}: truncated gzip stream (the file ends mid-stream)") from None
+    except (gzip.BadGzipFile, zlib.error) as e:
+        raise DataFileError(f"{path}: not a valid gzip file ({e})") from None
+    except OSError as e:
+        raise DataFileError(f"{path}: cannot read: {e.strerror or e}") from None
+    if raw[:2] == b"\x1f\x8b" and path.suffix != ".gz":
+        raise DataFileError(
+            f"{path}: gzip-compressed data in a file without .gz: name it {path.name}.gz"
+        )
     if len(raw) < 4:
         raise DataFileError(
             f"{path}: truncated: {len(raw)} bytes, expected at least a 4-byte IDX magic number"
@@ -217,6 +238,11 @@ def read_idx(path: str | Path, expected_ndim: int | None = None) -> np.ndarray:
     zero, code, ndim = struct.unpack(">HBB", raw[:4])
     if zero != 0 or code not in _IDX_DTYPES:
         raise DataFileError(f"{path}: not an IDX file (magic bytes {raw[:4].hex()})")
+    if expected_dtype is not None and np.dtype(_IDX_DTYPES[code]) != np.dtype(expected_dtype):
+        raise DataFileError(
+            f"{path}: IDX type code 0x{code:02X} ({np.dtype(_IDX_DTYPES[code]).name}); expected "
+            f"0x{_IDX_CODES[np.dtype(expected_dtype)]:02X} ({np.dtype(expected_dtype).name})"
+        )
     if expected_ndim is not None and ndim != expected_ndim:
         raise DataFileError(f"{path}: expected {expected_ndim} dimensions, the header says {ndim}")
     header = 4 + 4 * ndim
@@ -224,7 +250,7 @@ def read_idx(path: str | Path, expected_ndim: int | None = None) -> np.ndarray:
         raise DataFileError(f"{path}: truncated header: {len(raw)} bytes, expected {header}")
     shape = struct.unpack(f">{ndim}I", raw[4:header])
     dtype = np.dtype(_IDX_DTYPES[code])
-    expected = header + int(np.prod(shape)) * dtype.itemsize
+    expected = header + math.prod(shape) * dtype.itemsize  # exact: 3 x uint32 overflows int64
     if len(raw) != expected:
         raise DataFileError(
             f"{path}: truncated or padded: {len(raw)} bytes, expected {expected} for shape {shape} of {dtype}"
@@ -248,13 +274,32 @@ def mnist(data_dir: str | Path, seed: int = 0) -> Dataset:
         raise DataFileError(
             f"{data_dir}: not a directory (expected a folder with the four MNIST IDX files)"
         )
-    arrays = {}
+    arrays, paths = {}, {}
     for key, stem in MNIST_FILES.items():
-        arrays[key] = read_idx(_find(data_dir, stem), expected_ndim=3 if "images" in key else 1)
+        paths[key] = _find(data_dir, stem)
+        # MNIST's pixels and labels are unsigned bytes: another type would be scaled by 255 all the same
+        arrays[key] = read_idx(
+            paths[key], expected_ndim=3 if "images" in key else 1, expected_dtype=np.uint8
+        )
     for part in ("train", "test"):
-        n_img, n_lab = len(arrays[f"{part}_images"]), len(arrays[f"{part}_labels"])
+        images, labels = arrays[f"{part}_images"], arrays[f"{part}_labels"]
+        n_img, n_lab = len(images), len(labels)
         if n_img != n_lab:
             raise DataFileError(f"{data_dir}: {part} has {n_img} images but {n_lab} labels")
+        if n_img == 0 or 0 in images.shape[1:]:
+            raise DataFileError(
+                f"{paths[f'{part}_images']}: no images (header shape {images.shape})"
+            )
+        if labels.max() > 9:  # uint8: never below 0
+            first = int(np.flatnonzero(labels > 9)[0])
+            raise DataFileError(
+                f"{paths[f'{part}_labels']}: label {labels[first]} at index {first}; MNIST labels are 0-9"
+            )
+    train_hw, test_hw = arrays["train_images"].shape[1:], arrays["test_images"].shape[1:]
+    if train_hw != test_hw:
+        raise DataFileError(
+            f"{data_dir}: train images are {train_hw[0]}x{train_hw[1]}, test images {test_hw[0]}x{test_hw[1]}"
+        )
     scale = lambda a: (a.astype(np.float64) / 255.0)[:, None]  # (B, 28, 28) -> (B, 1, 28, 28)
     return Dataset(
         "mnist",
