@@ -454,3 +454,80 @@ def test_mnist_images_too_large_for_lenet5_are_refused(tmp_path):
     args = ["--task", "mnist", "--data-dir", tmp_path, "--framework", "scratch", "--epochs", "1"]
     assert_refused(invoke("train", "lenet5", *args), f"--data-dir {tmp_path}", "40x40", "32x32")
     assert invoke("train", "mlp", *args).exit_code == 0  # the MLP takes any size: 1,600 inputs
+
+
+# ----------------------------------------------------------------------------- 6. output paths
+@pytest.fixture
+def no_training(monkeypatch):
+    """Any training or map computation fails the test: the path must be refused before any work."""
+    import tasks.cli
+    import tasks.sample
+    import tasks.train
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("work started before the output path was checked")
+
+    for module, name in (
+        (tasks.train, "run"),
+        (tasks.cli, "saliency_maps"),
+        (tasks.sample, "sample"),
+    ):
+        monkeypatch.setattr(module, name, forbidden)
+    monkeypatch.setattr(tasks.cli, "load_task", forbidden, raising=False)
+
+
+READ_ONLY = Path("/sys/rosetta-test.png")  # sysfs: no new files, not even for root
+
+
+@pytest.mark.parametrize(
+    "where", ["missing directory", "a directory", "read-only place", "unknown format"]
+)
+@pytest.mark.parametrize(
+    "command", ["train --plot", "saliency --out", "attention-map --out", "sample --weights"]
+)
+def test_an_unwritable_output_path_is_refused_before_any_work(
+    command, where, tmp_path, no_training
+):
+    if where == "unknown format" and command == "sample --weights":
+        pytest.skip("weights are safetensors whatever the suffix")
+    if where == "read-only place" and not READ_ONLY.parent.is_dir():
+        pytest.skip("no /sys on this system")
+    path = {
+        "missing directory": tmp_path / "no" / "such" / "dir" / "out.png",
+        "a directory": tmp_path,
+        "read-only place": READ_ONLY,
+        "unknown format": tmp_path / "out.xyz",
+    }[where]
+    if command == "sample --weights" and where == "missing directory":
+        path = Path(
+            "/sys/no/such/dir/w.safetensors"
+        )  # sample creates runs/-like folders: make that fail
+    name, flag = command.split()
+    args = {
+        "train": ["train", "mlp", "--framework", "scratch"],
+        "saliency": ["saliency", "lenet5", "--framework", "scratch"],
+        "attention-map": ["attention-map", "--framework", "scratch"],
+        "sample": SAMPLE,
+    }[name]
+    assert_refused(
+        invoke(*args, flag, path), flag, str(path.parent if where != "a directory" else path)
+    )
+
+
+def test_plot_without_a_suffix_reports_the_file_it_wrote(tmp_path):
+    result = invoke(
+        "train", "mlp", "--framework", "scratch", "--epochs", "2", "--plot", tmp_path / "curves"
+    )
+    assert result.exit_code == 0, result.output[-2000:]
+    assert (tmp_path / "curves.png").is_file() and not (tmp_path / "curves").exists()
+    assert (
+        result.stderr.strip().splitlines()[-1]
+        == f"loss curves written to {tmp_path / 'curves.png'}"
+    )
+
+
+def test_sample_creates_the_folder_of_a_new_weights_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "new" / "folder" / "rnn.safetensors"
+    result = invoke(*SAMPLE, "--weights", path, "--length", "3")
+    assert result.exit_code == 0 and path.is_file(), result.output[-2000:]

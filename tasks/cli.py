@@ -93,6 +93,8 @@ def check_output_path(flag: str, path: str, image: bool = False, make_parents: b
     removing it again if it was not there). An image path gets the suffix matplotlib would add
     (`curves` -> `curves.png`), so every message names the real file. Returns that path."""
     p = Path(path)
+    if p.is_dir() or not p.name or path.endswith("/"):
+        fail(f"{flag} {path}: is a directory; give a file name")
     if image:
         from matplotlib.backend_bases import FigureCanvasBase
 
@@ -103,8 +105,8 @@ def check_output_path(flag: str, path: str, image: bool = False, make_parents: b
             fail(
                 f"{flag} {path}: unknown image format {p.suffix!r}; choose from: {', '.join(formats)}"
             )
-    if p.is_dir() or not p.name:
-        fail(f"{flag} {path}: is a directory; give a file name")
+    if p.is_dir():  # `out` -> `out.png`, a directory
+        fail(f"{flag} {p}: is a directory; give a file name")
     if make_parents:
         try:
             p.parent.mkdir(parents=True, exist_ok=True)
@@ -381,7 +383,7 @@ def train(
             if row.get("stopped") == "early":
                 err.print(f"{row['framework']}: {row['stopped']} after {row['epochs_run']} epochs")
         if plot and result["results"]:
-            err.print(f"loss curves written to {plot}", highlight=False)
+            print(f"loss curves written to {plot}", file=sys.stderr)  # print: rich would wrap it
     raise typer.Exit(end_status(result))
 
 
