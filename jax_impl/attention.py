@@ -106,11 +106,14 @@ class StockMultiHeadAttention(nnx.Module):
         )
 
     def __call__(self, x, allowed):
-        # the mask has the canonical polarity and shape; sow_weights keeps the weights as an Intermediate
-        out = self.mha(x, x, x, mask=allowed, deterministic=True, sow_weights=True)
-        w = self.mha.attention_weights.get_value()[0]  # (B, NH, T, T)
-        del self.mha.attention_weights  # pop it again, so the module's structure stays the same
-        return out, w
+        # the mask has the canonical polarity and shape. With sow_weights the layer sows its attention
+        # weights (an nnx.Intermediate) and nnx.capture collects them; it also keeps the softmax in the
+        # model's dtype (without it the layer calls jax.nn.dot_product_attention, whose softmax is
+        # float32: test_flax_idioms.py::test_stock_attention_fused_softmax_is_float32)
+        out, sown = nnx.capture(self.mha, nnx.Intermediate)(
+            x, x, x, mask=allowed, deterministic=True, sow_weights=True
+        )
+        return out, sown["attention_weights"].get_value()[0]  # (B, NH, T, T), this call's weights
 
 
 def positional_encoding(T: int, E: int, dtype=jnp.float64):
@@ -284,11 +287,12 @@ def forward_backward(model, x, y) -> dict[str, np.ndarray]:
 
 # ----------------------------------------------------------------------------- train step
 def make_optimizer(model, lr: float | OptimizerConfig) -> nnx.Optimizer:
-    """A learning rate gives the config's optimizer (Adam or SGD); an OptimizerConfig any of jax_impl/optim.py."""
+    """A learning rate gives the config's optimizer (Adam or SGD); an OptimizerConfig any of
+    jax_impl/optim.py."""
     if isinstance(lr, OptimizerConfig):
         return optim.make_optimizer(model, lr)
-    transform = optax.adam(lr, eps=1e-8) if model.cfg.optimizer == "adam" else optax.sgd(lr)
-    return nnx.Optimizer(model, transform, wrt=nnx.Param)
+    name = "adam" if model.cfg.optimizer == "adam" else "sgd"
+    return optim.make_optimizer(model, OptimizerConfig(name, lr=lr, eps=1e-8))
 
 
 @nnx.jit
@@ -314,22 +318,29 @@ def train(
     """Mini-batches in the shared order; returns the mean training loss of each epoch."""
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)  # token ids (B, T): no dtype cast
     optimizer, history = make_optimizer(model, lr), []
-    # cached_partial flattens the model and optimizer graphs once, not on every step: for a model this
+    # cached_partial walks the model and optimizer graphs once, not on every step: for a model this
     # small, NNX's per-call graph traversal would cost more than the compiled step itself
     step = nnx.cached_partial(train_step, model, optimizer)
     for epoch in range(epochs):
-        # a plain iterator over the shared index arrays is JAX's whole input pipeline
-        losses = [float(step(x[idx], y[idx])) for idx in batches(len(x), batch_size, seed, epoch)]
-        history.append(float(np.mean(losses)))
+        # a plain iterator over the shared index arrays is JAX's whole input pipeline; the losses
+        # stay on the device until the epoch ends, so Python runs ahead of the computation
+        losses = [step(x[idx], y[idx]) for idx in batches(len(x), batch_size, seed, epoch)]
+        history.append(float(np.mean(jax.device_get(losses), dtype=np.float64)))
         if on_epoch:
             on_epoch(epoch, history[-1])
     return history
 
 
 # ----------------------------------------------------------------------------- evaluation
+@nnx.jit
+def eval_step(model, tokens, y):
+    logits, _ = model(tokens)
+    valid = y != PAD
+    accuracy = ((logits.argmax(axis=-1) == y) & valid).sum() / valid.sum()
+    return loss_fn(logits, y), accuracy
+
+
 def evaluate(model, x, y) -> tuple[float, float]:
     """(mean loss, token accuracy over the non-PAD targets) on a whole split."""
-    logits, _ = model(jnp.asarray(x))
-    valid = y != PAD
-    accuracy = ((np.asarray(logits.argmax(axis=-1)) == y) & valid).sum() / valid.sum()
-    return float(loss_fn(logits, jnp.asarray(y))), float(accuracy)
+    loss, accuracy = eval_step(model, jnp.asarray(x), jnp.asarray(y))
+    return float(loss), float(accuracy)

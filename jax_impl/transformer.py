@@ -10,6 +10,7 @@ mask, positions, canonical-weight converters, loss and training loop.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -31,15 +32,14 @@ from jax_impl.attention import (  # noqa: F401  (loss, training and evaluation a
 )
 from tasks.configs import TransformerConfig
 
-
 # ----------------------------------------------------------------------------- layers
-def make_activation(cfg: TransformerConfig):
-    if cfg.activation == "relu":
-        return jax.nn.relu
-    approximate = (
-        cfg.activation == "gelu_tanh"
-    )  # jax.nn.gelu's default is approximate=True (tanh): pass it
-    return lambda x: jax.nn.gelu(x, approximate=approximate)
+# module-level functions: a model's static structure holds the same objects each time, so nnx.jit
+# compiles a step once per config (a lambda made per model would retrace it)
+ACTIVATIONS = {
+    "relu": jax.nn.relu,
+    "gelu": partial(jax.nn.gelu, approximate=False),  # erf: torch's and Keras's default
+    "gelu_tanh": partial(jax.nn.gelu, approximate=True),  # jax.nn.gelu's own default: pass it
+}
 
 
 def make_layer_norm(cfg: TransformerConfig, *, rngs: nnx.Rngs, dtype) -> nnx.LayerNorm:
@@ -62,7 +62,7 @@ class Block(nnx.Module):
         self.attn = make_attention(cfg, rngs=rngs, dtype=dtype)
         self.ln1 = make_layer_norm(cfg, rngs=rngs, dtype=dtype)
         self.ff1 = make_dense(cfg.d_model, cfg.d_ff, rngs=rngs, dtype=dtype)
-        self.activation = make_activation(cfg)
+        self.activation = ACTIVATIONS[cfg.activation]
         self.ff2 = make_dense(cfg.d_ff, cfg.d_model, rngs=rngs, dtype=dtype)
         self.ln2 = make_layer_norm(cfg, rngs=rngs, dtype=dtype)
 

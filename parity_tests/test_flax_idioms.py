@@ -62,6 +62,10 @@ COMPILED = [
     ("rnn", "sequence"),
     ("lstm", "last"),
     ("gru", "sequence"),
+    ("attention", "hand-padding"),
+    ("attention", "stock-padding+causal"),
+    ("transformer", "pre-gelu-causal-fully-masked"),
+    ("transformer", "post-gelu_tanh-stock-causal"),
 ]
 
 
@@ -150,3 +154,27 @@ def test_gru_cell_is_the_stock_cell_plus_b_hn():
     ours.b_hn.set_value(jnp.zeros(4))
     np.testing.assert_array_equal(np.asarray(ours(h, x)[0]), np.asarray(stock(h, x)[0]))
     assert np.abs(with_b_hn - np.asarray(stock(h, x)[0])).max() > 1e-3
+
+
+def test_stock_attention_fused_softmax_is_float32():
+    """Why the stock attention layer sows its weights: with sow_weights=True nnx.MultiHeadAttention
+    takes Flax's own weights path (softmax in the model's dtype); without it, it calls
+    jax.nn.dot_product_attention, whose softmax is always float32 (~1e-8 off in float64)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    import jax_impl  # noqa: F401  (float64 on)
+
+    mha = nnx.MultiHeadAttention(
+        2, 8, 8, 8, decode=False, dtype=jnp.float64, param_dtype=jnp.float64, rngs=nnx.Rngs(0)
+    )
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5, 8)))
+    fused = mha(x, x, x, deterministic=True)
+    sown, _ = nnx.capture(mha, nnx.Intermediate)(x, x, x, deterministic=True, sow_weights=True)
+    q, k, v = (layer(x) for layer in (mha.query, mha.key, mha.value))  # (B, T, NH, HS)
+    w = jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q / jnp.sqrt(4.0), k))  # float64 throughout
+    exact = mha.out(jnp.einsum("bhqk,bkhd->bqhd", w, v))
+    parity.assert_close(np.asarray(sown), np.asarray(exact), 1e-13, "sown: float64 softmax")
+    with pytest.raises(AssertionError):
+        parity.assert_close(np.asarray(fused), np.asarray(exact), 1e-10, "fused: float32 softmax")
