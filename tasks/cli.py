@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -588,36 +589,133 @@ def parity(
 @app.command(name="all")
 @interruptible
 def all_models(
+    models: list[str] | None = typer.Argument(
+        None, help=f"models to run (default: all): {', '.join(MODELS)}"
+    ),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="also print each training table and every parity check"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print one JSON document to stdout"),
 ):
-    """The main job: train every model on its default task in all four frameworks, then run parity."""
+    """The main job: train every model on its default task in all four frameworks, then run parity.
+
+    Ends with one summary table (a row per model, a column per framework) and one line, `N records,
+    all passed` or the failed checks by name; --verbose prints the training and parity tables too."""
     from tasks.train import TrainOptions
 
-    trained = []
-    for model in MODELS:
+    models = [check_model(m) for m in (models or list(MODELS))]
+    frameworks = list(resolve_framework("all"))
+    one_thread_for_torch()
+    trained, records, seconds = [], [], {}
+    for model in models:
+        start = time.perf_counter()
         result = train_model(
             model,
             None,
-            list(resolve_framework("all")),
+            frameworks,
             TrainOptions(),
             show_progress=not as_json or sys.stderr.isatty(),
         )
         trained.append(result)
-        if not as_json:
+        if verbose and not as_json:
             print_train(result)
-        if result.get("interrupted_framework"):  # Ctrl-C: the tables that finished, no parity
+        if result.get("interrupted_framework"):  # Ctrl-C: what finished, no more parity
             if as_json:
-                print(dump_json({"train": trained, "parity": []}, indent=1))
+                print(dump_json({"train": trained, "parity": records}, indent=1))
+            else:
+                print_summary(trained, records, seconds)
             raise typer.Exit(end_status(result))
-    records = parity_records(list(MODELS), list(resolve_framework("all")))
+        middle = time.perf_counter()
+        records += parity_records([model], frameworks)
+        seconds[model] = (middle - start, time.perf_counter() - middle)
     failed = sum(not r["passed"] for r in records)
     if as_json:
         print(dump_json({"train": trained, "parity": records}, indent=1))
     else:
-        print_parity(records)
+        if verbose:
+            print_parity(records)
+        print_summary(trained, records, seconds)
     diverged = [end_status(result) for result in trained]  # one line per diverged run
     if failed or not records or any(diverged):
         raise typer.Exit(1)
+
+
+def one_thread_for_torch() -> None:
+    """torch's intra-op pool (a thread per core) spin-waits between these models' tiny operations;
+    measured on the 2-core machine at load average 12, torch's default MLP run (moons, 60 epochs)
+    took 158 s wall / 36.8 s CPU on two threads and 12.7 s / 2.9 s on one. OMP_NUM_THREADS wins if set."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return
+    if "torch" in sys.modules:  # already started (e.g. in-process tests): resize its pool
+        sys.modules["torch"].set_num_threads(1)
+    else:
+        os.environ["OMP_NUM_THREADS"] = "1"  # read when torch starts
+
+
+def print_summary(trained: list[dict], records: list[dict], seconds: dict | None = None) -> None:
+    """One table: a row per model, a column per framework, each cell the test accuracy (a language
+    model: its held-out loss) and the worst float64 / float32 relative error of any parity check the
+    framework takes part in (against scratch, pairwise, round trip); then `N records, all passed`,
+    or each failed check by name and `N records, K failed`."""
+    from tasks.registry import FRAMEWORKS
+
+    worst: dict[tuple, float] = {}  # (model, framework, dtype) -> largest rel_error
+    failing: set[tuple] = set()  # (model, framework)
+    for r in records:
+        for fw in {r["framework"], r["reference"]} & set(FRAMEWORKS):
+            key = (r["model"], fw, r["dtype"])
+            worst[key] = max(worst.get(key, 0.0), r["rel_error"])
+            if not r["passed"]:
+                failing.add((r["model"], fw))
+    table = Table(
+        title="rosetta all: test accuracy (language models: held-out loss); "
+        "worst parity error float64 / float32"
+    )
+    table.add_column("model")
+    for fw in FRAMEWORKS:
+        table.add_column(fw, justify="right")
+    if seconds:
+        table.add_column("s train / parity", justify="right")
+    for result in trained:
+        model, rows = result["model"], {r["framework"]: r for r in result["results"]}
+        cells = []
+        for fw in FRAMEWORKS:
+            row = rows.get(fw)
+            if row is None:
+                quality = "—"
+            elif "baselines" in result:  # a language model: its held-out loss (vs the unigram's)
+                quality = f"loss {fmt(row.get('test_loss'), '.3f')}"
+            else:
+                quality = f"acc {fmt(row.get('test_accuracy'), '.4f')}"
+            errors = " / ".join(
+                fmt(worst.get((model, fw, dtype)), ".0e") for dtype in parity_mod.DTYPES
+            )
+            cells.append(f"{quality}\n{errors}" + (" FAIL" if (model, fw) in failing else ""))
+        timing = (
+            [f"{seconds[model][0]:.0f} / {seconds[model][1]:.0f}"]
+            if model in (seconds or {})
+            else []
+        )
+        table.add_row(model, *cells, *timing)
+    out.print(table)
+    if seconds:
+        train_s, parity_s = (sum(t[i] for t in seconds.values()) for i in (0, 1))
+        out.print(f"time: training {train_s:.0f} s, parity {parity_s:.0f} s", highlight=False)
+    failed = [r for r in records if not r["passed"]]
+    groups: dict[tuple, list[dict]] = {}
+    for r in failed:
+        key = (r["model"], r["case"], r["framework"], r["reference"], r["dtype"])
+        groups.setdefault(key, []).append(r)
+    for (model, case, fw, ref, dtype), group in groups.items():
+        w = max(group, key=lambda r: r["rel_error"])
+        out.print(
+            f"FAILED {model}[{case}] {fw} vs {ref} {dtype}: {len(group)} tensor(s), worst "
+            f"{w['tensor']} {w['rel_error']:.1e} > {w['tolerance']:.0e}",
+            highlight=False,
+            markup=False,  # mlp[relu] is a case name, not a rich style
+        )
+    verdict = f"{len(failed)} failed" if failed else "all passed"
+    out.print(f"{len(records)} records, {verdict}", highlight=False)
 
 
 @app.command(name="list")
