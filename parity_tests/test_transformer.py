@@ -39,7 +39,7 @@ def test_cli_parity_records_all_pass(case):
 # ----------------------------------------------------------------------------- scratch backward
 @pytest.mark.parametrize("approximate", [False, True], ids=["gelu-erf", "gelu-tanh"])
 def test_scratch_gelu_backward(approximate):
-    from scratch.transformer import GELU
+    from scratch.layers import GELU
 
     rng = np.random.default_rng(0)
     x, probe = rng.normal(size=(3, 5)) * 2, rng.normal(size=(3, 5))
@@ -50,7 +50,7 @@ def test_scratch_gelu_backward(approximate):
 
 
 def test_scratch_layer_norm_backward():
-    from scratch.transformer import LayerNorm
+    from scratch.layers import LayerNorm
 
     rng = np.random.default_rng(1)
     layer = LayerNorm(6, 1e-5)

@@ -14,68 +14,20 @@ from __future__ import annotations
 import numpy as np
 
 from scratch import optim
+from scratch.layers import Dense, Embedding, cross_entropy, zero_grad
 from tasks import weights
 from tasks.configs import PAD, AttentionConfig, OptimizerConfig
 from tasks.data import Dataset, batches
 
 
 # ----------------------------------------------------------------------------- layers
-class Dense:
-    """Fully connected layer on the last axis, weight (out, in)."""
-
-    def __init__(
-        self, in_features: int, out_features: int, *, rng: np.random.Generator, dtype=np.float64
-    ):
-        bound = 1.0 / np.sqrt(in_features)  # torch's nn.Linear default range
-        self.params = {
-            "weight": rng.uniform(-bound, bound, (out_features, in_features)).astype(dtype),
-            "bias": rng.uniform(-bound, bound, (out_features,)).astype(dtype),
-        }
-        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
-        self.cache: dict[str, np.ndarray] = {}
-
-    def forward(self, x):
-        self.cache = {"x": x}
-        return x @ self.params["weight"].T + self.params["bias"]  # (..., in) -> (..., out)
-
-    def backward(self, dy):
-        x = self.cache["x"]
-        n_in, n_out = x.shape[-1], dy.shape[-1]
-        self.grads["weight"] = dy.reshape(-1, n_out).T @ x.reshape(
-            -1, n_in
-        )  # (out, N) @ (N, in) -> (out, in)
-        self.grads["bias"] = dy.reshape(-1, n_out).sum(axis=0)  # (N, out) -> (out,)
-        return dy @ self.params["weight"]  # (..., out) @ (out, in) -> (..., in)
-
-
-class Embedding:
-    """Token embedding: row `token` of weight (V, E)."""
-
-    def __init__(self, vocab: int, d_model: int, *, rng: np.random.Generator, dtype=np.float64):
-        self.params = {"weight": rng.normal(0, 1, (vocab, d_model)).astype(dtype)}
-        self.grads = {"weight": np.zeros_like(self.params["weight"])}
-
-    def forward(self, tokens):
-        self.cache = {"tokens": tokens}
-        return self.params["weight"][tokens]  # (B, T) -> (B, T, E)
-
-    def backward(self, dy):
-        weight, tokens = self.params["weight"], self.cache["tokens"]
-        one_hot = np.eye(len(weight), dtype=weight.dtype)[tokens.reshape(-1)]  # (B*T, V)
-        self.grads["weight"] = one_hot.T @ dy.reshape(
-            -1, weight.shape[1]
-        )  # (V, B*T) @ (B*T, E): a token used twice sums both
-
-
 class MaskedSoftmax:
     """Softmax over the last axis where `allowed`; masked entries and fully masked rows give exactly 0."""
 
     def forward(self, scores, allowed):
         shifted = np.where(allowed, scores, -np.inf)
         top = shifted.max(axis=-1, keepdims=True)
-        top = np.where(
-            np.isfinite(top), top, 0.0
-        )  # a fully masked row has max -inf: shift by 0 instead
+        top = np.where(np.isfinite(top), top, 0.0)  # a fully masked row's max is -inf: shift by 0
         e = np.exp(shifted - top)  # exp(-inf) = 0 on masked entries
         total = e.sum(axis=-1, keepdims=True)
         w = e / np.where(total > 0, total, 1.0)  # 0 / 1 = 0 on a fully masked row, not 0 / 0
@@ -84,9 +36,7 @@ class MaskedSoftmax:
 
     def backward(self, dw):
         w = self.cache["w"]
-        return w * (
-            dw - (dw * w).sum(axis=-1, keepdims=True)
-        )  # Jacobian diag(w) - w w^T, row by row
+        return w * (dw - (dw * w).sum(axis=-1, keepdims=True))  # Jacobian diag(w) - w w^T, by row
 
 
 class ScaledDotProductAttention:
@@ -118,15 +68,14 @@ class MultiHeadAttention:
     def __init__(self, d_model: int, n_heads: int, *, rng: np.random.Generator, dtype=np.float64):
         self.n_heads = n_heads
         self.q, self.k, self.v, self.o = (
-            Dense(d_model, d_model, rng=rng, dtype=dtype) for _ in range(4)
+            Dense(d_model, d_model, rng=rng, dtype=dtype) for _ in "qkvo"
         )
         self.attention = ScaledDotProductAttention()
 
     def split(self, x):
         B, T, E = x.shape
-        return x.reshape(B, T, self.n_heads, E // self.n_heads).transpose(
-            0, 2, 1, 3
-        )  # (B, T, E) -> (B, NH, T, HS)
+        # (B, T, E) -> (B, T, NH, HS) -> (B, NH, T, HS)
+        return x.reshape(B, T, self.n_heads, E // self.n_heads).transpose(0, 2, 1, 3)
 
     def merge(self, x):
         B, NH, T, HS = x.shape
@@ -162,9 +111,7 @@ def positional_encoding(T: int, E: int, dtype=np.float64):
 
 def attention_mask(tokens, causal: bool):
     """The canonical mask: (B, 1, T, T) bool, True = may attend (key is not PAD, and s <= t if causal)."""
-    allowed = (tokens != PAD)[
-        :, None, None, :
-    ]  # (B, T) -> (B, 1, 1, T): one row of keys per sequence
+    allowed = (tokens != PAD)[:, None, None, :]  # (B, T) -> (B, 1, 1, T): one row of keys each
     if causal:
         T = tokens.shape[1]
         allowed = allowed & np.tril(np.ones((T, T), dtype=bool))  # -> (B, 1, T, T)
@@ -231,26 +178,17 @@ def export_canonical(model) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------- loss
 def loss_fn(logits, y):
     """Cross-entropy averaged over the non-PAD targets, and its gradient d loss / d logits."""
-    valid = y != PAD  # (B, T): padding positions carry no answer
-    shifted = logits - logits.max(axis=-1, keepdims=True)  # log-softmax without overflow
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))  # (B, T, V)
-    picked = np.take_along_axis(log_probs, y[..., None], axis=-1)[..., 0]  # (B, T, V) -> (B, T)
-    n = valid.sum()
-    loss = -(picked * valid).sum() / n
-    dlogits = np.exp(log_probs)
-    np.put_along_axis(
-        dlogits, y[..., None], np.take_along_axis(dlogits, y[..., None], axis=-1) - 1, axis=-1
-    )
-    return loss, dlogits * (valid / n)[..., None]
+    return cross_entropy(logits, y, ignore_index=PAD)  # padding positions carry no answer
 
 
 def forward_backward(model, x, y) -> dict[str, np.ndarray]:
     """Outputs, attention weights, loss and every gradient in the canonical layout."""
+    zero_grad(model.layers().values())
     logits, attn = model.forward(x)
     loss, dlogits = loss_fn(logits, y)
     dx = model.backward(dlogits)
     grads = {
-        f"grad.{prefix}.{k}": g
+        f"grad.{prefix}.{k}": g.copy()
         for prefix, layer in model.layers().items()
         for k, g in layer.grads.items()
     }
@@ -259,49 +197,16 @@ def forward_backward(model, x, y) -> dict[str, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- train step
-class SGD:
-    """Plain stochastic gradient descent: p -= lr * g."""
-
-    def __init__(self, model, lr: float):
-        self.model, self.lr = model, lr
-
-    def step(self):
-        for layer in self.model.layers().values():
-            for key in layer.params:
-                layer.params[key] -= self.lr * layer.grads[key]
+def make_optimizer(model, lr: float | OptimizerConfig) -> optim.Optimizer:
+    """A learning rate gives the config's optimizer (Adam or SGD); an OptimizerConfig any of
+    scratch/optim.py."""
+    if not isinstance(lr, OptimizerConfig):
+        lr = OptimizerConfig(model.cfg.optimizer, lr=lr)
+    return optim.make_optimizer(model, lr)
 
 
-class Adam:
-    """Adam (Kingma & Ba 2015) in torch's and optax's form: p -= lr * m_hat / (sqrt(v_hat) + eps)."""
-
-    def __init__(self, model, lr: float, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
-        self.model, self.lr, self.b1, self.b2, self.eps, self.t = model, lr, b1, b2, eps, 0
-        self.m = {
-            (p, k): np.zeros_like(v)
-            for p, layer in model.layers().items()
-            for k, v in layer.params.items()
-        }
-        self.v = {key: np.zeros_like(value) for key, value in self.m.items()}
-
-    def step(self):
-        self.t += 1
-        for prefix, layer in self.model.layers().items():
-            for key in layer.params:
-                g, m, v = layer.grads[key], self.m[prefix, key], self.v[prefix, key]
-                m[...] = self.b1 * m + (1 - self.b1) * g
-                v[...] = self.b2 * v + (1 - self.b2) * g * g
-                m_hat, v_hat = m / (1 - self.b1**self.t), v / (1 - self.b2**self.t)
-                layer.params[key] -= self.lr * m_hat / (np.sqrt(v_hat) + self.eps)
-
-
-def make_optimizer(model, lr: float | OptimizerConfig):
-    """A learning rate gives the config's optimizer (Adam or SGD); an OptimizerConfig any of scratch/optim.py."""
-    if isinstance(lr, OptimizerConfig):
-        return optim.make_optimizer(model, lr)
-    return Adam(model, lr) if model.cfg.optimizer == "adam" else SGD(model, lr)
-
-
-def train_step(model, optimizer, x, y) -> float:
+def train_step(model, optimizer: optim.Optimizer, x, y) -> float:
+    optimizer.zero_grad()
     logits, _ = model.forward(x)
     loss, dlogits = loss_fn(logits, y)
     model.backward(dlogits)

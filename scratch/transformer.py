@@ -2,17 +2,15 @@
 
 Vaswani et al. (2017), "Attention Is All You Need", section 3.1 (post-LN, the paper's block);
 Xiong et al. (2020), "On Layer Normalization in the Transformer Architecture" (pre-LN).
-Built on scratch/attention.py: its multi-head attention, mask, positions, loss and training loop.
+Built on scratch/attention.py (its multi-head attention, mask, positions, loss and training loop)
+and scratch/layers.py (Dense, Embedding, LayerNorm, GELU).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import erf
 
 from scratch.attention import (  # noqa: F401  (loss, training and evaluation are shared with attention.py)
-    Dense,
-    Embedding,
     MultiHeadAttention,
     attention_mask,
     evaluate,
@@ -25,74 +23,11 @@ from scratch.attention import (  # noqa: F401  (loss, training and evaluation ar
     train,
     train_step,
 )
+from scratch.layers import GELU, Dense, Embedding, LayerNorm, ReLU
 from tasks.configs import TransformerConfig
 
 
 # ----------------------------------------------------------------------------- layers
-class LayerNorm:
-    """Normalise each position's E features to mean 0, variance 1 (biased), then scale and shift."""
-
-    def __init__(self, d_model: int, eps: float, *, dtype=np.float64):
-        self.eps = eps
-        self.params = {"weight": np.ones(d_model, dtype), "bias": np.zeros(d_model, dtype)}
-        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
-
-    def forward(self, x):
-        mu = x.mean(axis=-1, keepdims=True)  # (B, T, E) -> (B, T, 1)
-        inv = 1.0 / np.sqrt(((x - mu) ** 2).mean(axis=-1, keepdims=True) + self.eps)
-        xhat = (x - mu) * inv
-        self.cache = {"xhat": xhat, "inv": inv}
-        return xhat * self.params["weight"] + self.params["bias"]
-
-    def backward(self, dy):
-        xhat, inv = self.cache["xhat"], self.cache["inv"]
-        self.grads["weight"] = (
-            (dy * xhat).reshape(-1, xhat.shape[-1]).sum(axis=0)
-        )  # (B, T, E) -> (E,)
-        self.grads["bias"] = dy.reshape(-1, dy.shape[-1]).sum(axis=0)
-        dxhat = dy * self.params["weight"]
-        # d/dx of (x - mu) * inv, with mu and inv both depending on x
-        return inv * (
-            dxhat
-            - dxhat.mean(axis=-1, keepdims=True)
-            - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True)
-        )
-
-
-class ReLU:
-    def forward(self, x):
-        self.cache = {"x": x}
-        return np.maximum(x, 0)
-
-    def backward(self, dy):
-        return dy * (self.cache["x"] > 0)
-
-
-class GELU:
-    """x * Phi(x): the exact erf form, or the tanh approximation when `approximate`."""
-
-    def __init__(self, approximate: bool):
-        self.approximate = approximate
-
-    def forward(self, x):
-        self.cache = {"x": x}
-        if self.approximate:
-            return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
-        return 0.5 * x * (1 + erf(x / np.sqrt(2)))
-
-    def backward(self, dy):
-        x = self.cache["x"]
-        if self.approximate:
-            t = np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3))
-            return dy * (
-                0.5 * (1 + t)
-                + 0.5 * x * (1 - t**2) * np.sqrt(2 / np.pi) * (1 + 3 * 0.044715 * x**2)
-            )
-        return dy * (
-            0.5 * (1 + erf(x / np.sqrt(2))) + x * np.exp(-0.5 * x**2) / np.sqrt(2 * np.pi)
-        )  # Phi + x phi
-
-
 def make_activation(cfg: TransformerConfig):
     return ReLU() if cfg.activation == "relu" else GELU(approximate=cfg.activation == "gelu_tanh")
 
@@ -110,9 +45,8 @@ class Block:
         self.ln2 = LayerNorm(cfg.d_model, cfg.ln_eps, dtype=dtype)
 
     def feed_forward(self, x):
-        return self.ff2.forward(
-            self.activation.forward(self.ff1.forward(x))
-        )  # (B, T, E) -> (B, T, d_ff) -> (B, T, E)
+        # (B, T, E) -> (B, T, d_ff) -> (B, T, E)
+        return self.ff2.forward(self.activation.forward(self.ff1.forward(x)))
 
     def feed_forward_backward(self, dy):
         return self.ff1.backward(self.activation.backward(self.ff2.backward(dy)))
