@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-from scipy.special import erf
 
 from scratch.initializers import initialize
 
@@ -274,6 +273,13 @@ class Sigmoid:
     def backward(self, dy):
         y = self.cache["y"]
         return dy * y * (1 - y)
+
+
+def erf(x):
+    """SciPy's erf, imported on first use: only GELU needs SciPy, which takes ~0.5 s to import."""
+    from scipy.special import erf as scipy_erf
+
+    return scipy_erf(x)
 
 
 class GELU:

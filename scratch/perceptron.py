@@ -10,28 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from scratch.layers import Dense
 from tasks import weights
 from tasks.configs import PerceptronConfig
 from tasks.data import Dataset, epoch_order
 
 
 # ----------------------------------------------------------------------------- layers
-class Dense:
-    """Fully connected layer, weight (out, in); forward only, since the rule needs no backward."""
-
-    def __init__(
-        self, in_features: int, out_features: int, *, rng: np.random.Generator, dtype=np.float64
-    ):
-        bound = 1.0 / np.sqrt(in_features)  # torch's nn.Linear default range
-        self.params = {
-            "weight": rng.uniform(-bound, bound, (out_features, in_features)).astype(dtype),
-            "bias": rng.uniform(-bound, bound, (out_features,)).astype(dtype),
-        }
-
-    def forward(self, x):
-        return x @ self.params["weight"].T + self.params["bias"]  # (B, D) -> (B, 1)
-
-
 def step(z):
     """Heaviside step with the tie rule: 1 where z > 0, 0 where z <= 0."""
     return (z > 0).astype(z.dtype)
@@ -43,7 +28,7 @@ class Perceptron:
 
     def __init__(self, cfg: PerceptronConfig, *, rng: np.random.Generator, dtype=np.float64):
         self.cfg = cfg
-        self.neuron = Dense(cfg.in_features, 1, rng=rng, dtype=dtype)
+        self.neuron = Dense(cfg.in_features, 1, rng=rng, dtype=dtype)  # forward only: no gradient
 
     def forward(self, x):
         return step(self.neuron.forward(x))[:, 0]  # (B, 1) -> (B,): 0.0 or 1.0 in the model's dtype
