@@ -228,6 +228,10 @@ def run(model: str, task: str, frameworks: list[str], opts: TrainOptions, progre
                 # a loss or a weight became NaN or inf: the epoch (1-based) whose mean loss first did
                 "diverged": diverged,
                 "diverged_epoch": bad[0] + 1 if bad else None,
+                # with batch norm: which running variance the framework keeps (RUNNING_VAR)
+                "running_var": RUNNING_VAR[framework]
+                if getattr(cfg, "batch_norm", False)
+                else None,
             }
         )
         if interrupted:
@@ -247,6 +251,12 @@ def run(model: str, task: str, frameworks: list[str], opts: TrainOptions, progre
             row["max_param_diff_vs_scratch"] = max(
                 float(np.max(np.abs(other[k] - finals["scratch"][k]))) for k in other
             )
+            if row["running_var"]:  # the statistics left out above, shown on their own
+                row["max_running_var_diff_vs_scratch"] = max(
+                    float(np.max(np.abs(v - finals["scratch"][k])))
+                    for k, v in finals[row["framework"]].items()
+                    if k.endswith("running_var")
+                )
     return {
         "model": model,
         "task": task,
@@ -257,10 +267,38 @@ def run(model: str, task: str, frameworks: list[str], opts: TrainOptions, progre
         "results": results,
         "interrupted": interrupted is not None,
         "interrupted_framework": interrupted,  # None, or the framework Ctrl-C stopped
+        "notes": running_var_notes(results),  # lines printed under the table
         **(
             {"baselines": data.meta["baselines"]} if "baselines" in data.meta else {}
         ),  # e.g. a language model's unigram loss
     }
+
+
+# ----------------------------------------------------------------------------- batch norm's running variance
+# torch (and scratch, which follows it) keep the running average of the *unbiased* batch variance,
+# Keras's and Flax's stock layers the *biased* one: the same trainable weights then evaluate to
+# different test losses. Each framework keeps its own stock behaviour (what its users get), and the
+# difference is shown, not converted away (docs/PORTING.md, "Running variance").
+RUNNING_VAR = {
+    "scratch": "unbiased",
+    "torch_impl": "unbiased",
+    "tf_impl": "biased",
+    "jax_impl": "biased",
+}
+
+
+def running_var_notes(results: list[dict]) -> list[str]:
+    """One line for the table when the rows keep different running variances, with each test loss."""
+    kinds = {row["running_var"] for row in results if row.get("running_var")}
+    if len(kinds) < 2:
+        return []
+    names = lambda kind: ", ".join(r["framework"] for r in results if r["running_var"] == kind)
+    losses = ", ".join(f"{r['framework']} {r['test_loss']:.5f}" for r in results)
+    return [
+        f"batch norm: {names('biased')} keep the biased running variance, {names('unbiased')} the "
+        f"unbiased one (x n/(n-1)), so equal trainable weights evaluate differently; test loss: "
+        f"{losses} (docs/PORTING.md, running variance)"
+    ]
 
 
 # ----------------------------------------------------------------------------- optimisers, early stopping, plot
