@@ -219,8 +219,8 @@ def test_sigint_to_a_real_rosetta_process_prints_the_finished_rows():
         assert started.wait(timeout=240), b"".join(stderr)[-2000:]
         time.sleep(0.5)  # into torch's 500 epochs (several seconds)
         proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)  # the table is small: the pipe holds it until read
         stdout = proc.stdout.read().decode()
-        proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -531,3 +531,15 @@ def test_sample_creates_the_folder_of_a_new_weights_file(tmp_path, monkeypatch):
     path = tmp_path / "new" / "folder" / "rnn.safetensors"
     result = invoke(*SAMPLE, "--weights", path, "--length", "3")
     assert result.exit_code == 0 and path.is_file(), result.output[-2000:]
+
+
+def test_every_json_document_is_strict():
+    """train, parity and all print through dump_json: NaN and inf become null, never bare NaN."""
+    from tasks.cli import dump_json
+
+    doc = {"a": float("nan"), "b": [1.5, float("inf"), {"c": -float("inf")}], "d": "NaN"}
+    assert strict_json(dump_json(doc, indent=1)) == {
+        "a": None,
+        "b": [1.5, None, {"c": None}],
+        "d": "NaN",
+    }
