@@ -217,12 +217,14 @@ def print_train(result: dict) -> None:
     table = Table(
         title=f"{result['model']} on {result['task']} ({result['n_train']} train / {result['n_test']} test)"
     )
+    replicas = result.get("replicas")  # rosetta train --replicas N (tasks/data_parallel.py)
     for col in (
         "framework",
         "final train loss",
         "test accuracy",
         "s / epoch",
         "max |Δparam| vs scratch",
+        *([f"max |Δparam| vs 1 replica (N = {replicas})"] if replicas else []),
     ):
         table.add_column(col, justify="left" if col == "framework" else "right")
     for r in result["results"]:
@@ -232,6 +234,7 @@ def print_train(result: dict) -> None:
             fmt(r["test_accuracy"], ".4f"),
             fmt(r["seconds_per_epoch"], ".3f"),
             fmt(r["max_param_diff_vs_scratch"], ".2e"),
+            *([fmt(r["max_param_diff_vs_one_replica"], ".2e")] if replicas else []),
         )
     out.print(table)
     if "baselines" in result:  # a language model: its held-out loss against the unigram model's
@@ -291,6 +294,10 @@ def train(
     ),
     plot: str | None = typer.Option(
         None, help="write the four training-loss curves to this image file"
+    ),
+    replicas: int | None = typer.Option(
+        None,
+        help="mlp, lenet5: data parallel on N replicas, compared with 1 (tasks/data_parallel.py)",
     ),
 ):
     """Train MODEL in one or all frameworks from the same initial weights and compare."""
@@ -369,9 +376,12 @@ def train(
         **regularised,
     )
     plot = check_output_path("--plot", plot, image=True) if plot else None  # before any training
-    result = train_model(
-        model, task, frameworks, opts, show_progress=sys.stderr.isatty() or not as_json
-    )
+    if replicas is not None:  # data parallel: its own runner, the batch size is the global batch
+        result = train_replicas(model, task, frameworks, opts, replicas, patience)
+    else:
+        result = train_model(
+            model, task, frameworks, opts, show_progress=sys.stderr.isatty() or not as_json
+        )
     if plot and result["results"]:
         from tasks.train import plot_curves
 
@@ -458,6 +468,24 @@ def check_flags(model: str, task: str, given: dict[str, bool]) -> None:
             fail(f"{flag} does not apply to {model} (only to {', '.join(models)}): {why}")
 
 
+def train_replicas(model, task, frameworks, opts, replicas: int, patience) -> dict:
+    """rosetta train MODEL --replicas N: each framework's data_parallel.py on N replicas and on 1."""
+    from tasks import data_parallel
+
+    if model not in ("mlp", "lenet5"):
+        fail(f"--replicas is for mlp and lenet5 (their data_parallel.py chapters), not {model}")
+    if replicas < 1 or patience is not None:
+        fail(f"--replicas must be a positive integer and takes no --patience, got {replicas}")
+    task = task or MODELS[model].default_task
+    batch = opts.with_defaults(model, task).batch_size
+    if batch % replicas:
+        fail(f"the global batch (--batch-size {batch}) must divide by --replicas {replicas}")
+    try:
+        return data_parallel.run_train(model, task, frameworks, opts, replicas)
+    except DataFileError as e:
+        fail(str(e))
+
+
 def check_training_options(
     model,
     optimizer,
@@ -521,7 +549,7 @@ def print_parity(records: list[dict]) -> None:
     for r in records:
         check = (
             r["tensor"].split(".")[0]
-            if r["tensor"].split(".")[0] in ("grad", "roundtrip", "sgd", "rule", "trajectory")
+            if r["tensor"].split(".")[0] in ("grad", "roundtrip", "sgd", "rule", "trajectory", "dp")
             else "forward"
         )
         key = (r["model"], r["framework"], r["reference"], r["dtype"], check)
@@ -571,12 +599,19 @@ def parity(
     framework: str = typer.Option("all", help="frameworks to compare with scratch, or all"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON list of records to stdout"),
 ):
-    """Run the parity checks without pytest; exit 1 if any check fails."""
-    models = [check_model(m) for m in (models or list(MODELS))]
+    """Run the parity checks without pytest; exit 1 if any check fails.
+    `rosetta parity data_parallel`: N replicas vs 1 and vs scratch (tasks/data_parallel.py)."""
+    data_parallel = "data_parallel" in (models or [])
+    models = [m for m in (models or []) if m != "data_parallel"] if data_parallel else models
+    models = [check_model(m) for m in (models or ([] if data_parallel else list(MODELS)))]
     frameworks = check_frameworks(framework)
     if "scratch" not in frameworks:
         frameworks = ["scratch", *frameworks]  # every check is against the scratch reference
     records = parity_records(models, frameworks)
+    if data_parallel:
+        from tasks import data_parallel as dp
+
+        records += dp.records(frameworks)
     if as_json:
         print(dump_json(records, indent=1))
     else:

@@ -20,12 +20,16 @@ be set before they start). Every process is local, its sockets on 127.0.0.1, and
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import pickle
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -39,6 +43,7 @@ from tasks.data import epoch_order
 GLOBAL_BATCH = 16
 N_TRAIN = 90  # 5 full global batches of 16 per epoch; the last 10 examples are dropped (see above)
 EPOCHS = 4  # 4 epochs x 5 steps = the 20 steps of the issue
+STEPS = EPOCHS * (N_TRAIN // GLOBAL_BATCH)
 REPLICAS = (1, 2, 4)
 MAX_REPLICAS = max(REPLICAS)  # the devices a Keras or JAX subprocess creates, the torch processes
 SEED = 1234
@@ -68,7 +73,14 @@ VARIANTS = {
     "scratch": ("default", "grad-sum", "bn-per-replica", "dropout-shared-seed"),
     "torch_impl": ("default", "grad-sum", "bn-per-replica", "no-set-epoch", "dropout-shared-seed"),
     "tf_impl": ("default", "custom-step", "loss-per-replica", "bn-per-replica"),
-    "jax_impl": ("default", "shard-map", "grad-sum", "bn-per-replica", "dropout-shared-seed"),
+    "jax_impl": (
+        "default",
+        "shard-map",
+        "grad-sum",
+        "loss-per-replica",
+        "bn-per-replica",
+        "dropout-shared-seed",
+    ),
 }
 
 
@@ -121,34 +133,35 @@ def job(run: Run) -> Job:
     )  # fmt: skip
 
 
+# LeNet-5 with batch norm normalises conv maps (bn1, bn2) and dense units (bn3, bn4): the MLP's
+# batch norm ("mlp-bn") adds nothing the grid needs, and each run costs a compilation in Keras and JAX
+PARITY_CONFIGS = ("mlp", "lenet5", "lenet5-bn")
 # the parity grid: every model, SGD and Adam, every replica count, through the engine's own path
 PARITY_RUNS = [
-    Run(c, o, n) for c in ("mlp", "mlp-bn", "lenet5", "lenet5-bn") for o in OPTIMIZERS for n in REPLICAS
+    Run(c, o, n) for c in PARITY_CONFIGS for o in OPTIMIZERS for n in REPLICAS
 ]  # fmt: skip
 
 
 def runs_for(framework: str) -> list[Run]:
-    """Every run a framework's chapter computes in one session: the grid, the explicit forms, the traps."""
-    runs = list(PARITY_RUNS)
+    """Every run a framework's chapter computes in one session: the grid, the explicit form, the traps
+    (each at the replica count that shows it; a trap's N-fold gradient shows under SGD, not Adam)."""
     variants = VARIANTS[framework]
-    for n in (2, 4):
-        if "shard-map" in variants or "custom-step" in variants:
-            explicit = "shard-map" if "shard-map" in variants else "custom-step"
-            runs += [Run(c, "sgd", n, explicit) for c in ("mlp", "lenet5-bn")]
-        for trap in (
-            "grad-sum",
-            "loss-per-replica",
-        ):  # N times the gradient: SGD shows it, Adam not
-            if trap in variants:
-                runs.append(Run("mlp", "sgd", n, trap))
-        if "bn-per-replica" in variants:
-            runs.append(Run("lenet5-bn", "sgd", n, "bn-per-replica"))
-        if "no-set-epoch" in variants:
-            runs.append(Run("mlp", "sgd", n, "no-set-epoch"))
+    runs = list(PARITY_RUNS)
+    for explicit in ("shard-map", "custom-step"):
+        if explicit in variants:
+            runs += [Run("mlp", "sgd", 2, explicit), Run("lenet5-bn", "sgd", 4, explicit)]
+    for trap in ("grad-sum", "loss-per-replica", "no-set-epoch"):
+        if trap in variants:
+            runs.append(Run("mlp", "sgd", 2, trap))
+    if "bn-per-replica" in variants:
+        runs.append(Run("lenet5-bn", "sgd", 2, "bn-per-replica"))
     if "dropout-shared-seed" in variants:  # the framework's own dropout draws: compared within it
-        runs += [Run("mlp-dropout", "sgd", n) for n in REPLICAS]
-        runs += [Run("mlp-dropout", "sgd", n, "dropout-shared-seed") for n in (2, 4)]
+        runs += [Run("mlp-dropout", "sgd", n) for n in (1, 2)]
+        runs.append(Run("mlp-dropout", "sgd", 2, "dropout-shared-seed"))
     return runs
+
+
+HISTORY = "history"  # the result entry holding the mean training loss of each epoch
 
 
 # ----------------------------------------------------------------------------- data and weights
@@ -218,39 +231,75 @@ def running_var_as_torch(config: str, params: dict[str, np.ndarray], steps: int)
 
 
 def max_rel_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> tuple[float, str]:
-    """The largest relative difference over the tensors of b (max|a - b| / max|b| per tensor)."""
+    """(the largest relative difference, its tensor) over b's tensors, max|a - b| / max|b| per
+    tensor; the loss history is not a parameter and is left out."""
     worst = (0.0, "")
     for name, ref in b.items():
-        err = float(np.max(np.abs(np.asarray(a[name]) - ref))) / max(
-            float(np.max(np.abs(ref))), 1e-300
-        )
-        worst = max(worst, (err, name))
+        if name == HISTORY:
+            continue
+        scale = max(float(np.max(np.abs(ref))), 1e-300)
+        worst = max(worst, (float(np.max(np.abs(np.asarray(a[name]) - ref))) / scale, name))
     return worst
 
 
 # ----------------------------------------------------------------------------- the driver
-HISTORY = "history"  # the result entry holding the mean training loss of each epoch
 
 
-def run_subprocess(module: str, jobs: dict[str, Job], env: dict[str, str], timeout: float) -> dict:
-    """`python -m module JOBS OUT` in a fresh interpreter; returns the results it saved to OUT.
-    subprocess.run kills the child when the timeout passes or this process is interrupted."""
-    with tempfile.TemporaryDirectory(prefix="rosetta-dp-") as tmp:
-        jobs_path, out = Path(tmp) / "jobs.pkl", Path(tmp) / "results.npz"
+class Subprocess:
+    """`python -m module JOBS OUT` started now in a fresh interpreter; `results()` waits for it (at
+    most `timeout` s from the start) and returns what it saved to OUT. It is killed on a timeout, an
+    error or an interrupt, and when this process exits (atexit); it ends itself if this one dies."""
+
+    def __init__(self, module: str, jobs: dict[str, Job], env: dict[str, str], timeout: float):
+        self.module, self.deadline = module, time.monotonic() + timeout
+        self.tmp = tempfile.TemporaryDirectory(prefix="rosetta-dp-")
+        jobs_path, self.out = Path(self.tmp.name) / "jobs.pkl", Path(self.tmp.name) / "results.npz"
         jobs_path.write_bytes(pickle.dumps(jobs))
-        proc = subprocess.run(
-            [sys.executable, "-m", module, str(jobs_path), str(out)],
-            env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout,
+        self.log = open(Path(self.tmp.name) / "stderr.txt", "w+")  # noqa: SIM115 - closed in results()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", module, str(jobs_path), str(self.out), str(os.getpid())],
+            env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=self.log,
             cwd=Path(__file__).resolve().parent.parent,
         )  # fmt: skip
-        if proc.returncode != 0:
-            raise RuntimeError(f"{module} exited with {proc.returncode}:\n{proc.stderr[-4000:]}")
-        return load_results(out)
+        atexit.register(self.kill)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def results(self) -> dict[str, dict]:
+        try:
+            code = self.proc.wait(timeout=max(self.deadline - time.monotonic(), 0))
+        except BaseException:  # the timeout, or an interrupt while waiting
+            self.kill()
+            raise
+        try:
+            if code != 0:
+                self.log.seek(0)
+                raise RuntimeError(f"{self.module} exited with {code}:\n{self.log.read()[-4000:]}")
+            return load_results(self.out)
+        finally:
+            self.log.close()
+            self.tmp.cleanup()
+
+
+def watch_parent(parent_pid: int) -> None:
+    """End this process if the one that started it is gone (killed, interrupted): no orphans."""
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def subprocess_main(run_jobs) -> None:
-    """The body of `python -m <framework>.data_parallel JOBS OUT`: run the pickled jobs, save the results."""
-    jobs_path, out = sys.argv[1], sys.argv[2]
+    """The body of `python -m <framework>.data_parallel JOBS OUT PARENT_PID`: run the pickled jobs,
+    save the results."""
+    jobs_path, out, parent = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    watch_parent(parent)
     jobs = pickle.loads(Path(jobs_path).read_bytes())
     save_results(out, run_jobs(jobs))
 
@@ -274,31 +323,177 @@ def load_results(path) -> dict[str, dict]:
     return out
 
 
-def compute_jobs(
-    framework: str, jobs: dict[str, Job], timeout: float = TIMEOUT_S
-) -> dict[str, dict]:
-    """Run `jobs` in a framework's chapter: {key: canonical tensors and HISTORY}, plus the chapter's
-    notes on batches that do not divide by N under the key "uneven"."""
-    if framework == "scratch":
-        from scratch import data_parallel
+def start_jobs(framework: str, jobs: dict[str, Job], timeout: float = TIMEOUT_S):
+    """Start `jobs` in a framework's chapter; `.results()` of the returned handle waits for
+    {key: canonical tensors and HISTORY}, plus the chapter's notes on batches that do not divide by N
+    under the key "uneven". Keras and JAX run in a subprocess started now, so they overlap."""
+    devices = max(j.replicas for j in jobs.values())
+    if framework == "tf_impl":  # the logical devices are made inside, before TensorFlow starts
+        env = {"TF_CPP_MIN_LOG_LEVEL": "2", "ROSETTA_DP_DEVICES": str(devices)}
+        return Subprocess("tf_impl.data_parallel", jobs, env, timeout)
+    if framework == "jax_impl":  # XLA reads the host device count when the CPU backend starts
+        env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+        return Subprocess("jax_impl.data_parallel", jobs, env, timeout)
+    return InProcess(framework, jobs, devices, timeout)
 
-        return data_parallel.run_jobs(jobs)
-    if framework == "torch_impl":
+
+@dataclass
+class InProcess:
+    """scratch (here) and torch (N worker processes started by launch), run when results() is asked."""
+
+    framework: str
+    jobs: dict[str, Job]
+    devices: int
+    timeout: float
+
+    def results(self) -> dict[str, dict]:
+        if self.framework == "scratch":
+            from scratch import data_parallel
+
+            return data_parallel.run_jobs(self.jobs)
         from torch_impl import data_parallel
 
-        world = max(j.replicas for j in jobs.values())
-        return data_parallel.launch(jobs, world, timeout=timeout)
-    if framework == "tf_impl":  # the logical devices are made inside, before TensorFlow starts
-        devices = max(j.replicas for j in jobs.values())
-        env = {"TF_CPP_MIN_LOG_LEVEL": "2", "ROSETTA_DP_DEVICES": str(devices)}
-        return run_subprocess("tf_impl.data_parallel", jobs, env, timeout)
-    # XLA reads the host device count when JAX's CPU backend starts: a fresh process, flag set first
-    devices = max(j.replicas for j in jobs.values())
-    env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-    return run_subprocess("jax_impl.data_parallel", jobs, env, timeout)
+        return data_parallel.launch(self.jobs, self.devices, timeout=self.timeout)
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback address, for a rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_jax_processes(jobs: dict[str, Job], processes: int, timeout: float = TIMEOUT_S) -> list:
+    """The JAX chapter in `processes` processes of one CPU device each, joined by
+    jax.distributed.initialize at a coordinator on 127.0.0.1; every job's mesh spans them."""
+    port, flag = free_port(), "--xla_force_host_platform_device_count=1"
+    return [
+        Subprocess(
+            "jax_impl.data_parallel",
+            jobs,
+            {"XLA_FLAGS": flag, "ROSETTA_JAX_PROCESS": f"{i},{processes},{port}"},
+            timeout,
+        )  # fmt: skip
+        for i in range(processes)
+    ]
+
+
+_started: dict[str, Any] = {}
+
+
+def start(framework: str) -> None:
+    """Start a framework's runs (runs_for) now, once per process, if they run in a subprocess."""
+    if framework not in _started:
+        _started[framework] = start_jobs(framework, {r.key: job(r) for r in runs_for(framework)})
 
 
 @functools.cache
 def compute(framework: str) -> dict[str, dict]:
     """Every run of `framework` (runs_for), once per process."""
-    return compute_jobs(framework, {run.key: job(run) for run in runs_for(framework)})
+    start(framework)
+    return _started[framework].results()
+
+
+# ----------------------------------------------------------------------------- parity records
+def records(frameworks=("scratch", "torch_impl", "tf_impl", "jax_impl")) -> list[dict]:
+    """`rosetta parity data_parallel`: one record per tensor of every grid run (and explicit form)
+    with N > 1 against the same framework's 1-replica run, and of every run against scratch's."""
+    for framework in frameworks:
+        start(framework)  # Keras and JAX overlap with the rest
+    out = []
+    for framework in frameworks:
+        results = compute(framework)
+        for run in runs_for(framework):
+            if (
+                run.variant not in ("default", "shard-map", "custom-step")
+                or run.config == "mlp-dropout"
+            ):
+                continue
+            actual = results[run.key]
+            checks = []
+            if run.replicas > 1:
+                checks.append(
+                    ("one replica", results[Run(run.config, run.optimizer, 1).key], actual)
+                )
+            if framework != "scratch" and "scratch" in frameworks and run.variant == "default":
+                converted = actual
+                if framework in ("tf_impl", "jax_impl"):  # their running variance is the biased one
+                    converted = running_var_as_torch(run.config, actual, STEPS)
+                checks.append(("scratch", compute("scratch")[run.key], converted))
+            for ref_name, reference, values in checks:
+                for tensor, ref in reference.items():
+                    if tensor == HISTORY:
+                        continue
+                    abs_err = float(np.max(np.abs(np.asarray(values[tensor]) - ref)))
+                    rel = abs_err / max(float(np.max(np.abs(ref))), 1e-300)
+                    out.append({
+                        "model": run.model, "case": f"data-parallel-{run.config}-{run.optimizer}-n{run.replicas}"
+                        + ("" if run.variant == "default" else f"-{run.variant}"),
+                        "framework": framework, "reference": ref_name, "dtype": "float64",
+                        "tensor": f"dp.{tensor}", "max_abs_error": abs_err, "rel_error": rel,
+                        "tolerance": PARITY_TOLERANCE, "passed": bool(rel <= PARITY_TOLERANCE),
+                    })  # fmt: skip
+    return out
+
+
+PARITY_TOLERANCE = 1e-12
+
+
+# ----------------------------------------------------------------------------- rosetta train --replicas
+def run_train(model: str, task: str, frameworks: list[str], opts, replicas: int) -> dict:
+    """`rosetta train MODEL --replicas N`: each framework trains on N replicas and on 1, from the same
+    canonical weights on the same global batches (opts.batch_size); the tasks.train result object,
+    each row with `max_param_diff_vs_one_replica` (trainable parameters and statistics)."""
+    from tasks.data import load_task
+    from tasks.registry import load_impl
+    from tasks.train import initial_weights as train_initial_weights
+    from tasks.train import make_config, optimizer_config, prepare
+
+    opts = opts.with_defaults(model, task)
+    check_divisible(opts.batch_size, replicas)
+    data = prepare(model, load_task(task, seed=opts.seed, data_dir=opts.data_dir))
+    cfg = make_config(model, data, opts)
+    init = weights.cast(train_initial_weights(cfg, opts.seed), opts.dtype)
+    lr = optimizer_config(opts, n_train=len(data.x_train))
+    make = lambda n: Job(  # noqa: E731
+        model, cfg, init, data.x_train, data.y_train, lr, n, epochs=opts.epochs,
+        global_batch=opts.batch_size, seed=opts.seed, dtype=opts.dtype,
+    )  # fmt: skip
+    jobs = {f"n{replicas}": make(replicas), "n1": make(1)}
+    started, timings = {}, {}
+    for framework in frameworks:  # Keras and JAX start at once, in their own processes
+        timings[framework] = time.perf_counter()
+        started[framework] = start_jobs(framework, jobs, timeout=3600)
+    rows, finals = [], {}
+    for framework in frameworks:
+        results = started[framework].results()
+        seconds = time.perf_counter() - timings[framework]
+        final, one = results[f"n{replicas}"], results["n1"]
+        impl = load_impl(framework, model)
+        net = impl.create_model(cfg, seed=opts.seed, dtype=opts.dtype)
+        params = {k: v for k, v in final.items() if k != HISTORY}
+        impl.load_canonical(net, params)
+        test_loss, test_acc = impl.evaluate(net, data.x_test, data.y_test)
+        finals[framework] = trainable(params)
+        rows.append({
+            "framework": framework, "replicas": replicas, "final_loss": float(final[HISTORY][-1]),
+            "test_loss": test_loss, "test_accuracy": test_acc, "seconds": seconds,
+            "seconds_per_epoch": seconds / opts.epochs, "max_param_diff_vs_scratch": None,
+            "max_param_diff_vs_one_replica": max(
+                float(np.max(np.abs(final[k] - one[k]))) for k in params
+            ),
+            "history": [float(v) for v in final[HISTORY]], "epochs_run": opts.epochs,
+        })  # fmt: skip
+    if "scratch" in finals:
+        for row in rows:
+            other = finals[row["framework"]]
+            row["max_param_diff_vs_scratch"] = max(
+                float(np.max(np.abs(other[k] - finals["scratch"][k]))) for k in other
+            )
+    return {
+        "model": model, "task": task, "replicas": replicas,
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()},
+        "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(opts).items()},
+        "n_train": int(len(data.x_train)), "n_test": int(len(data.x_test)),
+        "results": rows, "interrupted": False,
+    }  # fmt: skip

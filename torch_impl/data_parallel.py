@@ -17,7 +17,6 @@ import datetime
 import os
 import socket
 import tempfile
-import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -223,22 +222,11 @@ def train(
 
 
 # ----------------------------------------------------------------------------- workers
-def watch_parent(parent_pid: int) -> None:
-    """End this worker if the process that started it is gone (killed, interrupted): no orphans."""
-
-    def watch():
-        while os.getppid() == parent_pid:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
 def worker(
     rank: int, world_size: int, port: int, jobs: dict, out: str, timeout_s: float, parent: int
 ):
     """One rank: every job in order, each on the group of its first `replicas` ranks; rank 0 saves."""
-    watch_parent(parent)
+    dp.watch_parent(parent)  # ends this worker if the launching process dies
     torch.set_num_threads(1)  # N processes share the cores
     init_process_group(rank, world_size, port, timeout_s)
     try:
