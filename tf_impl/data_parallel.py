@@ -18,6 +18,7 @@ strategy takes the GPUs; over several machines it is MultiWorkerMirroredStrategy
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import keras
@@ -42,13 +43,18 @@ def make_strategy(replicas: int) -> tf.distribute.MirroredStrategy:
 
 
 class MirroredStrategy(tf.distribute.MirroredStrategy):
-    """The stock strategy with its own range of collective group keys per replica count. TensorFlow
-    numbers every strategy's collective groups from 1, so one process that builds strategies of 2
-    and 4 replicas asks group 1 to be both sizes, and a synchronised batch norm fails ("... is
-    joining a group with size4, but that group has size 2 (group_key=1)")."""
+    """The stock strategy with collective keys of its own. TensorFlow numbers every strategy's
+    collective groups and instances from 1, so in one process a second strategy reuses the first
+    one's: with another replica count a synchronised batch norm fails ("... is joining a group with
+    size4, but that group has size 2 (group_key=1)"), with another model the gradient all-reduce
+    ("Shape mismatch in the collective instance 100 ... expected shape [685] but another member in
+    the group expected shape [111]")."""
+
+    strategies = itertools.count(1)
 
     def __init__(self, devices: list[str]):
-        self._collective_key_base = 100_000 * len(devices)  # read by the strategy's constructor
+        # read by the stock constructor: this strategy's keys start after every earlier one's
+        self._collective_key_base = 1_000_000 * next(MirroredStrategy.strategies)
         super().__init__(devices=devices)
 
 
