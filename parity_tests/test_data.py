@@ -78,3 +78,17 @@ def test_mnist_truncated_file_names_it_and_what_was_expected(tmp_path):
 def test_mnist_needs_a_folder():
     with pytest.raises(data.DataFileError, match="--data-dir"):
         data.load_task("mnist")
+
+
+def test_read_idx_checks_the_element_type_and_says_when_a_file_is_gzip_without_gz(tmp_path):
+    path = tmp_path / "x-idx1-ubyte"
+    data.write_idx(path, np.arange(4, dtype=np.uint8))
+    np.testing.assert_array_equal(data.read_idx(path, 1, np.uint8), np.arange(4))
+    data.write_idx(path, np.arange(4, dtype=np.int8))
+    with pytest.raises(
+        data.DataFileError, match=r"type code 0x09 \(int8\); expected 0x08 \(uint8\)"
+    ):
+        data.read_idx(path, 1, np.uint8)
+    path.write_bytes(gzip.compress(path.read_bytes()))
+    with pytest.raises(data.DataFileError, match="gzip-compressed .* name it x-idx1-ubyte.gz"):
+        data.read_idx(path)
