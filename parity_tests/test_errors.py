@@ -85,6 +85,7 @@ def test_the_largest_seed_runs_in_every_framework():
         (["train", "perceptron", "--batch-size", "3"], "--batch-size"),
         (["train", "perceptron", "--activation", "tanh"], "--activation"),
         (["train", "perceptron", "--plot", "curves.png"], "--plot"),
+        (["train", "gru", "--replicas", "2"], "--replicas"),
         (["train", "mlp", "--data-dir", "."], "--data-dir"),
         (["train", "perceptron", "--data-dir", "."], "--data-dir"),
         (["saliency", "lenet5", "--data-dir", "."], "--data-dir"),

@@ -315,7 +315,8 @@ def train(
     given = {"--batch-size": batch_size, "--hidden": hidden, "--activation": activation, "--pooling": pooling,
              "--optimizer": optimizer, "--schedule": schedule != "constant" or None, "--warmup-steps": warmup_steps or None,
              "--clip-norm": clip_norm, "--patience": patience, "--init": init, "--dropout": dropout,
-             "--batch-norm": batch_norm or None, "--l2": l2, "--plot": plot, "--data-dir": data_dir}  # fmt: skip
+             "--batch-norm": batch_norm or None, "--l2": l2, "--plot": plot, "--data-dir": data_dir,
+             "--replicas": replicas}  # fmt: skip
     check_flags(model, task, {flag: value is not None for flag, value in given.items()})
     if epochs is not None and epochs < 1:
         fail(f"--epochs must be a positive integer, got {epochs}")
@@ -452,6 +453,7 @@ FLAG_MODELS: dict[str, tuple[tuple[str, ...], str]] = {
         for flag in ("--init", "--dropout", "--batch-norm", "--l2")
     },
     "--plot": (GRADIENT_MODELS, "the perceptron's rows count mistakes and have no loss curve"),
+    "--replicas": (("mlp", "lenet5"), "the data-parallel chapters (data_parallel.py) are theirs"),
 }
 FILE_TASKS = ("mnist",)  # the tasks that read --data-dir; every other task is built in memory
 
