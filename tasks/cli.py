@@ -5,7 +5,9 @@
     rosetta all                                         # the main job: train + parity, every model
 
 Framework packages are imported only when a command runs them, so a scratch-only run imports
-none of torch, tensorflow or jax. Bad names and values exit with status 2 and one line.
+none of torch, tensorflow or jax. Exit status: 0 done; 1 a parity check failed or a training run
+diverged; 2 bad input (one line on stderr naming the argument or file, before any work starts);
+130 Ctrl-C (after printing what finished).
 """
 
 from __future__ import annotations
