@@ -41,13 +41,15 @@ class ProcessGroup:
         self.barrier.wait()  # every replica has read it before the next call overwrites
         return total
 
-    def run(self, fn) -> None:
-        """fn(rank) on every replica at once; the first error of any replica is raised here."""
+    def run(self, fn) -> list:
+        """fn(rank) on every replica at once; their results in rank order. The first error of any
+        replica is raised here."""
         errors: list[BaseException] = []
+        results: list = [None] * self.size
 
         def replica(rank: int) -> None:
             try:
-                fn(rank)
+                results[rank] = fn(rank)
             except BaseException as e:  # noqa: BLE001 - handed to the caller below
                 errors.append(e)
                 self.barrier.abort()  # the others' waits fail instead of timing out
@@ -59,6 +61,7 @@ class ProcessGroup:
             t.join()
         if errors:
             raise errors[0]
+        return results
 
 
 # ----------------------------------------------------------------------------- sampler
@@ -171,10 +174,11 @@ def make_replica(impl, cfg, params, *, rank, replicas, group, seed, dtype, varia
     return model
 
 
-def replica_step(impl, model, optimizer, x, y) -> float:
-    """One replica's forward and backward on its slice: its own gradients, not yet all-reduced."""
-    optimizer.zero_grad()  # backward adds to the gradients
-    loss, dlogits = loss_and_grad(impl, model, model.forward(x), y)  # mean over the slice
+def replica_step(impl, models, optimizers, x, y, slices, rank: int) -> float:
+    """Replica `rank`'s forward and backward on its slice: its own gradients, not yet all-reduced."""
+    model, idx = models[rank], slices[rank]
+    optimizers[rank].zero_grad()  # backward adds to the gradients
+    loss, dlogits = loss_and_grad(impl, model, model.forward(x[idx]), y[idx])  # mean over the slice
     model.backward(dlogits)
     return float(loss)
 
@@ -196,16 +200,11 @@ def train(
         losses = []
         for batch in dp.global_batches(len(x), global_batch, seed, epoch):
             slices = [replica_batch(batch, r, replicas) for r in range(replicas)]
-            step_losses = np.zeros(replicas)
-            group.run(
-                lambda r, s=slices, out=step_losses: out.__setitem__(
-                    r, replica_step(impl, models[r], optimizers[r], x[s[r]], y[s[r]])
-                )
-            )
+            step = partial(replica_step, impl, models, optimizers, x, y, slices)
+            losses.append(np.mean(group.run(step)))  # the replicas' mean: the global batch's loss
             all_reduce_gradients(models, "sum" if variant == "grad-sum" else "mean")
             for opt in optimizers:  # the same gradients, so the same step on every replica
                 opt.step()
-            losses.append(step_losses.mean())  # the global batch's mean loss
         if on_epoch:
             on_epoch(epoch, float(np.mean(losses)))
     return impl.export_canonical(models[0])
