@@ -207,6 +207,8 @@ def make_optimizer(model: RNN, lr: float | OptimizerConfig) -> torch.optim.Optim
 
 
 def train_step(model: RNN, optimizer: torch.optim.Optimizer, x, y, *, clip_norm=None) -> float:
+    """clip_norm: an OptimizerConfig's; by default the RNNConfig's (the lesson's clipped SGD)."""
+    clip_norm = model.cfg.clip_norm if clip_norm is None else clip_norm
     optimizer.zero_grad()
     logits, _, _ = model(x)
     loss = loss_fn(logits, y)
