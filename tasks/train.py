@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from inspect import signature
 
 import numpy as np
 
@@ -175,6 +176,11 @@ def run(model: str, task: str, frameworks: list[str], opts: TrainOptions, progre
                 opts.patience,
                 progress.start(framework, opts.epochs) if progress else None,
             )
+            # a train that takes `patience` stops early itself (Keras: keras.callbacks.EarlyStopping)
+            stops_itself = (
+                opts.patience is not None and "patience" in signature(impl.train).parameters
+            )
+            own = {"validation": validation, "patience": opts.patience} if stops_itself else {}
             start = time.perf_counter()
             try:
                 with np.errstate(
@@ -188,6 +194,7 @@ def run(model: str, task: str, frameworks: list[str], opts: TrainOptions, progre
                         batch_size=opts.batch_size,
                         seed=opts.seed,
                         on_epoch=monitor,
+                        **own,
                     )
             except EarlyStop:
                 history = monitor.history
@@ -369,20 +376,28 @@ class EpochMonitor:
         self.best_weights: dict[str, np.ndarray] | None = None
         self.best_epoch: int | None = None
 
-    def __call__(self, epoch: int, loss: float):
+    def __call__(self, epoch: int, loss: float, val_loss: float | None = None):
+        """`val_loss` is given by a train that stops early itself (it takes `patience`: Keras's
+        EarlyStopping, which restores the best weights): then this only records, by the same rule."""
         self.history.append(loss)
         if self.progress:
             self.progress(epoch, loss)
         if self.patience is None:
             return
-        self.val_losses.append(self.impl.evaluate(self.net, *self.validation)[0])
+        stops_itself = val_loss is not None
+        if not stops_itself:
+            val_loss = self.impl.evaluate(self.net, *self.validation)[0]
+        self.val_losses.append(val_loss)
         # a NaN or inf epoch is never the best (np.argmin would pick the first NaN)
         best = int(np.argmin(np.where(np.isfinite(self.val_losses), self.val_losses, np.inf)))
         if best == len(self.val_losses) - 1 and np.isfinite(self.val_losses[best]):  # a new best
-            self.best_weights, self.best_epoch = self.impl.export_canonical(self.net), best + 1
+            self.best_epoch = best + 1
+            if not stops_itself:
+                self.best_weights = self.impl.export_canonical(self.net)
         if len(self.val_losses) - 1 - best >= self.patience:
             self.stopped = True
-            raise EarlyStop
+            if not stops_itself:
+                raise EarlyStop
 
 
 def validation_split(data: Dataset, opts: TrainOptions):

@@ -206,15 +206,23 @@ def train(
     batch_size: int,
     seed: int,
     on_epoch=None,
+    validation=None,
+    patience: int | None = None,
 ) -> list[float]:
-    """compile and fit on the shared mini-batches; returns the mean training loss of each epoch."""
+    """compile and fit on the shared mini-batches; returns the mean training loss of each epoch.
+    With a patience, keras.callbacks.EarlyStopping on the loss of `validation` (x, y) ends the fit
+    after that many epochs without a better one and restores the best epoch's weights."""
     compile_model(model, make_optimizer(model, lr))
+    callbacks = [training.OnEpochEnd(on_epoch)]  # on_epoch(epoch, loss); it may stop the fit
+    if patience is not None:
+        callbacks.append(training.early_stopping(patience))
     x = data.x_train.astype(model.dtype)  # a float64 pipeline for a float64 model
     history = model.fit(
         training.shared_batches(x, data.y_train, batch_size=batch_size, seed=seed, epochs=epochs),
         epochs=epochs,
         steps_per_epoch=training.steps_per_epoch(len(x), batch_size),
-        callbacks=[training.OnEpochEnd(on_epoch)],  # on_epoch(epoch, loss); it may stop the fit
+        validation_data=training.one_batch(validation, model.dtype),
+        callbacks=callbacks,
         shuffle=False,  # the batches come in the shared order
         verbose=0,
     )

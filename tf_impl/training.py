@@ -31,6 +31,14 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return -(-n // batch_size)  # ceil(n / B): a partial last batch is kept
 
 
+def one_batch(split, dtype: str) -> tf.data.Dataset | None:
+    """A whole (x, y) split as one batch: its loss is then exactly evaluate()'s (None: no split)."""
+    if split is None:
+        return None
+    x, y = split
+    return tf.data.Dataset.from_tensors((x.astype(dtype) if x.dtype.kind == "f" else x, y))
+
+
 # ----------------------------------------------------------------------------- epoch reports
 class BatchMeanLoss(keras.metrics.Mean):
     """The mean of the batch losses since the last reset (each epoch), unweighted.
@@ -54,7 +62,19 @@ class OnEpochEnd(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.on_epoch is None:
             return
+        # with validation data, the validation loss too (tasks.train.EpochMonitor records it)
+        val = (
+            {"val_loss": float(logs[f"val_{self.metric}"])} if f"val_{self.metric}" in logs else {}
+        )
         try:
-            self.on_epoch(epoch, self.kind(logs[self.metric]))
+            self.on_epoch(epoch, self.kind(logs[self.metric]), **val)
         except EarlyStop:
             self.model.stop_training = True
+
+
+def early_stopping(patience: int) -> keras.callbacks.EarlyStopping:
+    """The stock callback on the validation loss (the one batch of `one_batch`): stop after
+    `patience` epochs without a lower one, then restore the weights of the best epoch."""
+    return keras.callbacks.EarlyStopping(
+        monitor="val_batch_loss", mode="min", patience=patience, restore_best_weights=True
+    )
