@@ -22,11 +22,15 @@ DIFFERS = 1e-3  # a trap's wrong way ends at least this far (relative) from the 
 
 
 @pytest.fixture(scope="module", autouse=True)
-def start_subprocesses():
-    """Keras and JAX start at once in their own processes, overlapping torch's workers and scratch."""
+def start_subprocesses(request):
+    """Keras and JAX start at once in their own processes, overlapping torch's workers and scratch;
+    only those the selected tests need."""
+    selected = " ".join(item.nodeid for item in request.session.items)
     for framework in ("tf_impl", "jax_impl"):
-        dp.start(framework)
-    JAX_PROCESSES.extend(dp.start_jax_processes({"mlp": dp.job(dp.Run("mlp", "sgd", 2))}, 2))
+        if framework in selected or "uneven_batches_each_engine" in selected:
+            dp.start(framework)
+    if "multi_process" in selected:
+        JAX_PROCESSES.extend(dp.start_jax_processes({"mlp": dp.job(dp.Run("mlp", "sgd", 2))}, 2))
     yield
     for process in JAX_PROCESSES:
         process.kill()
@@ -113,6 +117,7 @@ def test_jax_multi_process_equals_one_replica():
     """Two JAX processes of one CPU device each, joined by jax.distributed.initialize over 127.0.0.1
     (jax 0.10.2 runs CPU collectives with gloo): the same train() on a mesh across both processes
     gives the 1-replica run."""
+    assert len(JAX_PROCESSES) == 2
     results = [process.results()["mlp"] for process in JAX_PROCESSES]
     for got in results:  # each process holds the replicated parameters
         assert_close(got, reference("jax_impl", "mlp"), "jax, 2 processes vs 1 device")
