@@ -34,7 +34,16 @@ from tasks.data import Dataset, gate
 from tasks.registry import FRAMEWORKS, load_impl
 
 DTYPES = ("float64", "float32")
-# float64 proves a layout rule; float32 shows what users see (oneDNN and XLA reorder sums)
+# float64 proves a layout rule; float32 shows what users see (oneDNN and XLA reorder sums), so its
+# bounds must hold whatever kernels a CPU selects. Sized by a perturbation experiment
+# (parity_tests/test_float32.py asserts a 10x margin): every weight and input that float32 rounds
+# moved by one float32 ulp moves the compared tensors by at most (relative, scratch, every float32
+# case, 2 draws) outputs 5.4e-7, gradients 1.5e-6, 20-step trajectories 4.6e-7. The four
+# frameworks' measured float32 errors are of the same size (outputs 3.9e-7, gradients 1.5e-6,
+# trajectories 4.2e-7; AVX-512, OpenBLAS SkylakeX, oneDNN on), except attention's query/key
+# gradients near uniform attention (3.6e-5 of their own size, transformer block 1), which are
+# measured against their layer's value gradients in float32 (scale_from_float32). README,
+# "Testing on other CPUs": the same checks under other kernels.
 TOLERANCES = {
     "float64": {"output": 1e-10, "gradient": 1e-10, "trajectory": 1e-9},
     "float32": {"output": 1e-5, "gradient": 1e-4, "trajectory": 1e-4},
@@ -59,6 +68,9 @@ class Case:
     # (tensor, other): measure this tensor's error against the other's size; for a gradient that is zero in
     # exact arithmetic (attention's key bias), where its own size is rounding noise
     scale_from: tuple[tuple[str, str], ...] = ()
+    # the same, in float32 only: gradients that are small against their layer's others (attention's
+    # query and key near uniform attention), whose float32 error is the rounding of those others
+    scale_from_float32: tuple[tuple[str, str], ...] = ()
     dtypes: tuple[str, ...] = (
         DTYPES  # a case may skip float32 where another case of the model covers it
     )
@@ -276,7 +288,10 @@ def _attention_case(model, name, config, pad, **kw):
     return Case(
         model, name, config, functools.partial(_tokens, pad=pad), batch=4,
         extra_outputs=tuple(f"attn_weights.{i}" for i in range(n_maps)),
-        scale_from=tuple((f"grad.{p}.k.bias", f"grad.{p}.v.weight") for p in prefixes), **kw,
+        scale_from=tuple((f"grad.{p}.k.bias", f"grad.{p}.v.weight") for p in prefixes),
+        scale_from_float32=tuple((f"grad.{p}.{t}", f"grad.{p}.v.weight")
+                                 for p in prefixes for t in ("q.weight", "q.bias", "k.weight")),
+        **kw,
     )  # fmt: skip
 
 
@@ -356,8 +371,11 @@ def assert_close(actual, reference, tol: float, what: str, scale: float | None =
 
 
 def scale_of(case, tensor: str, result: dict) -> float | None:
-    """The size a tensor's error is measured against: None (its own) unless the case names another."""
+    """The size a tensor's error is measured against: None (its own) unless the case names another
+    (scale_from; in a float32 result also scale_from_float32)."""
     other = dict(getattr(case, "scale_from", ())).get(tensor)
+    if other is None and tensor in result and np.asarray(result[tensor]).dtype == np.float32:
+        other = dict(getattr(case, "scale_from_float32", ())).get(tensor)
     return None if other is None else float(np.max(np.abs(result[other])))
 
 
