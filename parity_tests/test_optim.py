@@ -366,6 +366,8 @@ def test_torch_clip_grad_norm_differs_by_its_epsilon():
     import optax
     import torch
 
+    import jax_impl  # noqa: F401  (float64 in JAX: this test must not rely on another having run first)
+    import tf_impl  # noqa: F401  (the TensorFlow backend, set in one place)
     from scratch import optim as scratch_optim
     from torch_impl import compat
 
