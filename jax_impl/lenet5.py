@@ -10,6 +10,8 @@ fc2's, He or Xavier initialisation, an L2 penalty; any optax transformation of j
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -78,7 +80,20 @@ def make_dense(
     )
 
 
-POOLS = {"avg": nnx.avg_pool, "max": nnx.max_pool}
+# module-level functions: the model holds the same objects for every model of a config, so nnx.jit
+# compiles its steps once per config (a partial made per model would not compare equal: a retrace)
+POOLS = {
+    "avg": partial(nnx.avg_pool, window_shape=(2, 2), strides=(2, 2)),
+    "max": partial(nnx.max_pool, window_shape=(2, 2), strides=(2, 2)),
+}
+
+
+def make_activation(cfg: LeNet5Config):
+    return {"relu": nnx.relu, "tanh": nnx.tanh}[cfg.activation]
+
+
+def make_pool(cfg: LeNet5Config):
+    return POOLS[cfg.pooling]
 
 
 # ----------------------------------------------------------------------------- model
@@ -102,6 +117,9 @@ class LeNet5(nnx.Module):
         )  # 16 * 5 * 5 = 400 inputs by default
         self.fc2 = make_dense(h1, h2, rngs=rngs, dtype=dtype, init=cfg.init, bias=bias)
         self.fc3 = make_dense(h2, cfg.n_classes, rngs=rngs, dtype=dtype, init=cfg.init)
+        # the activation and the pooling are plain functions, so one of each serves every use
+        self.activation = make_activation(cfg)
+        self.pool = make_pool(cfg)
         # optional regularisers: batch norm before each hidden activation, dropout after fc1's and fc2's
         norm = lambda n, conv: (
             make_batch_norm(n, conv=conv, dtype=dtype, rngs=rngs)
@@ -117,13 +135,6 @@ class LeNet5(nnx.Module):
         self.drop1, self.drop2 = (
             dropout_layer(cfg.dropout, rngs=rngs) if cfg.dropout else nnx.identity for _ in range(2)
         )
-
-    def activation(self, x):
-        """The activation and the pooling are plain functions of the config: one serves every use."""
-        return {"relu": nnx.relu, "tanh": nnx.tanh}[self.cfg.activation](x)
-
-    def pool(self, x):
-        return POOLS[self.cfg.pooling](x, window_shape=(2, 2), strides=(2, 2))  # halves H and W
 
     def __call__(self, x):
         x = jnp.transpose(
