@@ -32,13 +32,13 @@ from tasks.registry import load_impl
 AXIS = "batch"  # the mesh axis the global batch is split along
 
 
-# ----------------------------------------------------------------------------- mesh
+# ----------------------------------------------------------------------------- replicas: the mesh
 def make_mesh(replicas: int) -> Mesh:
     """A one-axis mesh over the first `replicas` devices."""
     return Mesh(np.array(jax.devices()[:replicas]), (AXIS,))
 
 
-# ----------------------------------------------------------------------------- sharded arrays
+# ----------------------------------------------------------------------------- each replica's data
 def shard_batch(mesh: Mesh, idx: np.ndarray, x, y):
     """The examples `idx` as one global array cut along the mesh: N contiguous chunks, one a device."""
     sharded = NamedSharding(mesh, P(AXIS))  # dim 0 split over the "batch" axis
@@ -58,7 +58,7 @@ def synchronise_batch_norm(model, axis_name: str | None) -> None:
             module.axis_name = axis_name
 
 
-# ----------------------------------------------------------------------------- train step
+# ----------------------------------------------------------------------------- the all-reduce: the train steps
 def loss_fn(impl, model, logits, y):
     """The model's mean loss over the examples it is given."""
     if isinstance(model.cfg, LeNet5Config):
@@ -174,7 +174,7 @@ def run_jobs(jobs: dict[str, dp.Job]) -> dict[str, dict[str, np.ndarray]]:
     return {**{key: run_job(job) for key, job in jobs.items()}, "uneven": uneven_behaviour()}
 
 
-# ----------------------------------------------------------------------------- several processes
+# ----------------------------------------------------------------------------- the suite's runs: several processes
 def initialize_distributed(process_id: int, processes: int, port: int) -> None:
     """Join `processes` JAX processes at a coordinator on 127.0.0.1 (CPU collectives over gloo);
     jax.devices() then lists every process's devices, so make_mesh spans them and train() runs

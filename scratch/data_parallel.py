@@ -25,7 +25,7 @@ from tasks.configs import LeNet5Config, OptimizerConfig
 from tasks.registry import load_impl
 
 
-# ----------------------------------------------------------------------------- process group
+# ----------------------------------------------------------------------------- replicas: the process group
 class ProcessGroup:
     """N replicas; all_reduce(rank, value) returns the sum of every replica's value, in rank order."""
 
@@ -64,7 +64,7 @@ class ProcessGroup:
         return results
 
 
-# ----------------------------------------------------------------------------- sampler
+# ----------------------------------------------------------------------------- each replica's data
 def replica_batch(batch: np.ndarray, rank: int, replicas: int) -> np.ndarray:
     """Replica `rank`'s examples of a global batch: every N-th, starting at rank (DistributedSampler's split)."""
     return batch[rank::replicas]

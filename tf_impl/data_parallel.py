@@ -30,7 +30,7 @@ from tasks.configs import LeNet5Config, OptimizerConfig
 from tasks.registry import load_impl
 
 
-# ----------------------------------------------------------------------------- strategy
+# ----------------------------------------------------------------------------- replicas: the strategy
 def make_logical_devices(n: int) -> None:
     """Split the one physical CPU into n logical devices; only before TensorFlow has started."""
     cpu = tf.config.list_physical_devices("CPU")[0]
@@ -58,7 +58,7 @@ class MirroredStrategy(tf.distribute.MirroredStrategy):
         super().__init__(devices=devices)
 
 
-# ----------------------------------------------------------------------------- distributed dataset
+# ----------------------------------------------------------------------------- each replica's data
 def epoch_dataset(x, y, batches: list[np.ndarray], replicas: int) -> tf.data.Dataset:
     """An epoch's global batches in by_replica order: the strategy gives replica r the r-th
     contiguous chunk of each, which is batch[r::N], torch's rank r's slice."""
@@ -97,7 +97,7 @@ class PerExampleLoss(keras.losses.Loss):
         return per_example_loss(self.cfg, y_true, y_pred)
 
 
-# ----------------------------------------------------------------------------- the explicit replica step
+# ----------------------------------------------------------------------------- the all-reduce: the explicit replica step
 def make_custom_step(model, optimizer, strategy, global_batch: int, variant: str):
     """The step written out: each replica's loss, its gradients, the summing all-reduce inside
     apply_gradients. The loss must be divided by the global batch; "loss-per-replica" is the trap."""

@@ -35,7 +35,7 @@ from tasks.configs import LeNet5Config, OptimizerConfig
 from tasks.registry import load_impl
 
 
-# ----------------------------------------------------------------------------- process group
+# ----------------------------------------------------------------------------- replicas: the process group
 def free_port() -> int:
     """A free TCP port on the loopback address, for the rendezvous."""
     with socket.socket() as s:
@@ -51,7 +51,7 @@ def init_process_group(rank: int, world_size: int, port: int, timeout_s: float) 
     )  # fmt: skip
 
 
-# ----------------------------------------------------------------------------- sampler
+# ----------------------------------------------------------------------------- each replica's data
 class ReplicaSampler(DistributedSampler):
     """DistributedSampler over the suite's shared order: each epoch's full global batches
     (tasks.data_parallel.global_batches), every N-th index from `rank`, the stock sampler's split.
@@ -221,7 +221,7 @@ def train(
     return impl.export_canonical(model)
 
 
-# ----------------------------------------------------------------------------- workers
+# ----------------------------------------------------------------------------- the suite's runs: worker processes
 def worker(
     rank: int, world_size: int, port: int, jobs: dict, out: str, timeout_s: float, parent: int
 ):
@@ -273,7 +273,7 @@ def launch(jobs: dict[str, dp.Job], world_size: int, timeout: float) -> dict[str
         return dp.load_results(out)
 
 
-# ----------------------------------------------------------------------------- uneven batches
+# ----------------------------------------------------------------------------- the suite's runs: uneven batches
 def uneven_behaviour() -> dict[str, np.ndarray]:
     """What the stock DistributedSampler does with 10 examples on 4 ranks, and the suite's rule."""
     data = list(range(10))
