@@ -1,6 +1,6 @@
 """scratch/layers.py, the layers every scratch model builds from: each backward against central
-differences, gradients that add up over backward passes until zero_grad (as autograd's `.grad`), a
-train step that starts from zero gradients, the stock dropout's draws, and the losses against torch."""
+differences, gradients that add up over backward passes until zero_grad (as autograd's `.grad`),
+a train step that starts from zero gradients, the stock dropout's draws, the losses against torch."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from tasks import parity
 
 
 def layer_cases():
-    """(layer, input shape): those not already checked in test_lenet5/test_attention/test_transformer."""
+    """(layer, input shape): those not checked in test_lenet5, test_attention, test_transformer."""
     rng = np.random.default_rng(0)
     return {
         "dense-3d": (layers.Dense(5, 4, rng=rng), (2, 3, 5)),  # a token axis: (B, T, in)
@@ -59,7 +59,7 @@ def parameter_layers():
 @pytest.mark.parametrize("name", list(parameter_layers()))
 def test_backward_adds_to_the_gradients_until_zero_grad(name):
     """Two backward passes leave twice one pass's gradient (a layer used twice sums both uses, as
-    autograd does); zero_grad starts again from zero. A layer that overwrote would fail the first."""
+    autograd does); zero_grad starts again from zero. A layer that overwrote fails the first."""
     layer, x = parameter_layers()[name]
     probe = np.random.default_rng(3).normal(size=layer.forward(x).shape)
     layers.zero_grad([layer])
@@ -115,8 +115,8 @@ def test_stock_dropout_draws_from_the_generator_it_is_given():
 
 
 def test_losses_match_torch():
-    """cross_entropy (with and without ignore_index) and BCE with logits, value and gradient, against
-    torch's F.cross_entropy and F.binary_cross_entropy_with_logits in float64."""
+    """cross_entropy (with and without ignore_index) and BCE with logits, value and gradient,
+    against torch's F.cross_entropy and F.binary_cross_entropy_with_logits in float64."""
     import torch
     import torch.nn.functional as F
 

@@ -1,4 +1,4 @@
-"""The layers every scratch model builds from, as torch.nn is shared by the torch models: dense, conv,
+"""The layers every scratch model builds from, as torch.nn serves the torch models: dense, conv,
 pooling, activations, embedding, layer and batch norm, dropout, and the losses.
 
 Each layer is one class with `forward(x)` and `backward(dy)` side by side; forward keeps what
@@ -23,8 +23,8 @@ from scratch.initializers import initialize
 def init_params(
     shape: tuple[int, ...], *, rng: np.random.Generator, dtype, init: str = "uniform", bias: bool
 ) -> dict[str, np.ndarray]:
-    """A weight of canonical `shape` and its bias: torch's default U(±1/sqrt(fan_in)) for both, or a
-    named initialiser (He, Xavier) for the weight and a zero bias; no bias when a batch norm follows."""
+    """A weight of canonical `shape` and its bias: torch's default U(±1/sqrt(fan_in)) for both, or
+    a named initialiser (He, Xavier) for the weight and a zero bias; no bias before a batch norm."""
     bound = 1.0 / np.sqrt(np.prod(shape[1:]))  # fan_in = in_c * kh * kw or in_features
     weight = (
         rng.uniform(-bound, bound, shape) if init == "uniform" else initialize(init, shape, rng=rng)
@@ -155,7 +155,7 @@ class Conv2d:
 
 # ----------------------------------------------------------------------------- pooling
 def pool_windows(x):
-    """Non-overlapping 2x2 windows: (B, C, H, W) -> (B, C, H/2, 2, W/2, 2), a view; odd edges dropped."""
+    """Non-overlapping 2x2 windows: (B, C, H, W) -> (B, C, H/2, 2, W/2, 2), a view; odd edges go."""
     b, c, h, w = x.shape
     return x[:, :, : h // 2 * 2, : w // 2 * 2].reshape(b, c, h // 2, 2, w // 2, 2)  # floor, "valid"
 
@@ -172,7 +172,7 @@ def window_corners(x):
 
 
 def scatter_corners(dcorners, x_shape):
-    """The adjoint of window_corners: (4, B, C, H/2, W/2) -> (B, C, H, W), zeros at dropped edges."""
+    """The adjoint of window_corners: (4, B, C, H/2, W/2) -> (B, C, H, W), 0 at dropped edges."""
     dx = np.zeros(x_shape, dcorners.dtype)
     corners = dcorners.reshape(2, 2, *dcorners.shape[1:])  # (2, 2, B, C, H/2, W/2)
     pool_windows(dx)[...] = corners.transpose(2, 3, 4, 0, 5, 1)  # written through the view
@@ -192,7 +192,7 @@ class AvgPool2d:
 
 
 class MaxPool2d:
-    """2x2 max pooling, stride 2; the gradient goes to the first maximum of each window, as in torch."""
+    """2x2 max pooling, stride 2; the gradient goes to each window's first maximum, as in torch."""
 
     def forward(self, x):
         corners = window_corners(x)  # (B, C, H, W) -> (4, B, C, H/2, W/2)
@@ -206,7 +206,7 @@ class MaxPool2d:
 
 
 class Flatten:
-    """(B, C, H, W) -> (B, C*H*W) in C, H, W order: the canonical order of a dense layer's input rows."""
+    """(B, C, H, W) -> (B, C*H*W) in C, H, W order: the canonical order of the next dense's inputs."""
 
     def forward(self, x):
         self.cache = {"x_shape": x.shape}
@@ -224,7 +224,7 @@ def sigmoid(x):
 
 
 class Identity:
-    """Stands in for a layer the config leaves out, so forward and backward read the same either way."""
+    """Stands in for a layer the config leaves out, so forward and backward read the same anyway."""
 
     def forward(self, x):
         return x
@@ -470,7 +470,7 @@ def binary_cross_entropy_with_logits(z, t):
 
 
 def l2_penalty(layers, l2: float) -> float:
-    """(l2 / 2) * the sum of every squared parameter: a term of the loss (not decoupled weight decay)."""
+    """(l2 / 2) * the sum of every squared parameter: a term of the loss (not decoupled decay)."""
     return 0.5 * l2 * sum(float(np.sum(v * v)) for layer in layers for v in layer.params.values())
 
 

@@ -5,8 +5,8 @@ conv 6@5x5 -> pool 2x2 -> conv 16@5x5 -> pool 2x2 -> flatten -> dense 120 -> den
 with the activation after each conv and hidden dense layer. Images are (B, C, H, W) and kernels
 (out_c, in_c, kh, kw): the canonical layouts every other implementation converts to and from.
 The layers are scratch/layers.py's; its convolution is im2col + one matmul (`sliding_window_view`),
-with no Python loop over pixels, channels or batch elements. Optional, from LeNet5Config: batch norm before each hidden
-activation (Ioffe & Szegedy 2015), dropout after fc1's and fc2's (Srivastava et al. 2014), He or
+with no Python loop over pixels, channels or batch elements. Optional, from LeNet5Config: batch
+norm before each hidden activation (Ioffe & Szegedy 2015), dropout after fc1's and fc2's (Srivastava et al. 2014), He or
 Xavier initialisation, an L2 penalty; any optimiser of scratch/optim.py.
 """
 
@@ -70,7 +70,7 @@ class LeNet5:
         self.act1, self.act2, self.act3, self.act4 = (make_activation(cfg) for _ in range(4))
         self.pool1, self.pool2 = make_pool(cfg), make_pool(cfg)
         self.flatten = Flatten()
-        # optional regularisers: batch norm before each hidden activation, dropout after fc1's and fc2's
+        # optional regularisers: batch norm before each hidden activation, dropout after fc1's, fc2's
         # one class for both: it normalises (B, C, H, W) per channel, (B, D) per feature
         norm = lambda n: BatchNorm(n, dtype=dtype) if cfg.batch_norm else Identity()
         self.bn1, self.bn2, self.bn3, self.bn4 = norm(c1), norm(c2), norm(h1), norm(h2)
@@ -98,7 +98,7 @@ class LeNet5:
         return self.conv1.backward(dx, input_grad)  # (B, 1, 32, 32): the saliency map, or None
 
     def set_training(self, training: bool) -> None:
-        """Train mode (batch statistics, dropout on) or eval mode (running statistics, dropout off)."""
+        """Train mode (batch statistics, dropout on) or eval mode (running statistics, no dropout)."""
         for layer in (self.bn1, self.bn2, self.bn3, self.bn4, self.drop1, self.drop2):
             layer.training = training
 
@@ -180,7 +180,7 @@ def train_step(model: LeNet5, optimizer: optim.Optimizer, x, y) -> float:
     logits = model.forward(x)
     loss, dlogits = loss_fn(logits, y)
     model.backward(dlogits, input_grad=False)  # like autograd: no gradient for the data
-    if model.cfg.l2:  # the penalty (l2 / 2) * sum p^2 is part of the loss: its gradient l2 * p joins each gradient
+    if model.cfg.l2:  # the penalty (l2 / 2) * sum p^2 is part of the loss; its gradient is l2 * p
         loss += l2_penalty(model.layers().values(), model.cfg.l2)
         add_l2_gradient(model.layers().values(), model.cfg.l2)
     optimizer.step()
@@ -197,7 +197,8 @@ def train(
     seed: int,
     on_epoch=None,
 ) -> list[float]:
-    """Mini-batches in the shared order, stepped by make_optimizer(model, lr); returns the mean training loss of each epoch."""
+    """Mini-batches in the shared order, stepped by make_optimizer(model, lr); returns the mean
+    training loss of each epoch."""
     dtype = model.fc3.params["weight"].dtype
     x, y = data.x_train.astype(dtype), data.y_train
     optimizer, history = make_optimizer(model, lr), []

@@ -80,7 +80,7 @@ class MLP:
         return dx  # (B, D_in): the gradient with respect to the input
 
     def set_training(self, training: bool) -> None:
-        """Train mode (batch statistics, dropout on) or eval mode (running statistics, dropout off)."""
+        """Train mode (batch statistics, dropout on) or eval mode (running statistics, no dropout)."""
         for layer in [*self.bn, *self.dropouts]:
             layer.training = training
 
@@ -162,7 +162,7 @@ def train_step(model: MLP, optimizer: optim.Optimizer, x, y) -> float:
     logits = model.forward(x)
     loss, dlogits = loss_fn(logits, y, model.cfg.head)
     model.backward(dlogits)
-    if model.cfg.l2:  # the penalty (l2 / 2) * sum p^2 is part of the loss: its gradient l2 * p joins each gradient
+    if model.cfg.l2:  # the penalty (l2 / 2) * sum p^2 is part of the loss; its gradient is l2 * p
         loss += l2_penalty(model.layers().values(), model.cfg.l2)
         add_l2_gradient(model.layers().values(), model.cfg.l2)
     optimizer.step()
@@ -179,7 +179,8 @@ def train(
     seed: int,
     on_epoch=None,
 ) -> list[float]:
-    """Mini-batches in the shared order, stepped by make_optimizer(model, lr); returns the mean training loss of each epoch."""
+    """Mini-batches in the shared order, stepped by make_optimizer(model, lr); returns the mean
+    training loss of each epoch."""
     dtype = model.head.params["weight"].dtype
     x, y = data.x_train.astype(dtype), data.y_train
     optimizer, history = make_optimizer(model, lr), []

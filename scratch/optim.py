@@ -34,7 +34,7 @@ class Optimizer:
     def __init__(self, model, spec: OptimizerConfig):
         self.spec = spec
         self.layers = list(model.layers().values())
-        # (params dict, grads dict, key): the dicts are the layers' own, so loads and steps stay visible
+        # (params, grads, key): the dicts are the layers' own, so loads and steps stay visible
         self.slots = [
             (layer.params, layer.grads, key) for layer in self.layers for key in layer.params
         ]

@@ -200,7 +200,7 @@ def create_model(cfg: RNNConfig, *, seed: int, dtype: str = "float64") -> RNN:
 # ----------------------------------------------------------------------------- canonical weights
 def to_canonical(model: RNN, grads: bool = False) -> dict[str, np.ndarray]:
     """The model's parameters (or gradients) by canonical name, the arrays themselves: the cell's
-    keys are canonical already (W_xh, W_hh, b_h, b_hn); the head's weight and bias are W_hy and b_y."""
+    keys are canonical already (W_xh, W_hh, b_h, b_hn); the head's weight and bias are W_hy, b_y."""
     store = "grads" if grads else "params"
     head = getattr(model.head, store)
     return {**getattr(model.rnn, store), **{name: head[key] for name, key in HEAD.items()}}
@@ -226,7 +226,7 @@ def loss_fn(logits, y):
 
 
 def forward_backward(model: RNN, x, y) -> dict[str, np.ndarray]:
-    """Outputs, states, loss and every gradient in the canonical layout (what the parity tests compare)."""
+    """Outputs, states, loss and every gradient in the canonical layout (what parity compares)."""
     zero_grad(model.layers().values())
     logits, hidden, state = model.forward(x)
     loss, dlogits = loss_fn(logits, y)
@@ -277,7 +277,8 @@ def train(
     seed: int,
     on_epoch=None,
 ) -> list[float]:
-    """Mini-batches in the shared order, stepped by make_optimizer(model, lr); returns the mean training loss of each epoch."""
+    """Mini-batches in the shared order, stepped by make_optimizer(model, lr); returns the mean
+    training loss of each epoch."""
     dtype = model.head.params["weight"].dtype
     x, y = data.x_train.astype(dtype), data.y_train
     optimizer, history = make_optimizer(model, lr), []

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from scratch.attention import (  # noqa: F401  (loss, training and evaluation are shared with attention.py)
+# loss, training and evaluation are attention.py's, re-exported as this module's
+from scratch.attention import (  # noqa: F401
     MultiHeadAttention,
     attention_mask,
     evaluate,

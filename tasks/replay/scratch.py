@@ -30,7 +30,7 @@ class ReplayDropout(Dropout):
 
 
 def set_mask(layer: ReplayDropout, mask) -> None:
-    """Replay `mask` (True = keep) in place of the random draw: (B, D), or (S, B, D) one per step."""
+    """Replay `mask` (True = keep) in place of the random draw: (B, D), or (S, B, D), one a step."""
     if not isinstance(layer, ReplayDropout):  # the stock layer would ignore the mask silently
         raise TypeError(f"set_mask needs a ReplayDropout, got {type(layer).__name__}")
     layer.mask, layer.step = np.asarray(mask), 0
