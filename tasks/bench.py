@@ -44,6 +44,7 @@ MODEL_ORDER = ("perceptron", "mlp", "lenet5", "rnn", "lstm", "gru", "attention",
 FRAMEWORK_ORDER = ("scratch", "torch_impl", "tf_impl", "jax_impl")
 STEPS = ("train", "inference")
 MIN_SAMPLE_S = 2e-3  # a fast step is repeated within one sample until it lasts about this long
+FAILED: list[tuple[str, str, str]] = []  # (model, framework, step) that raised: no row, exit 1
 
 
 # ----------------------------------------------------------------------------- the loop baseline
@@ -94,18 +95,26 @@ def summary(samples: list[tuple[float, float]]) -> dict[str, float]:
     return {"wall": 1e3 * float(np.median(wall)), "cpu": 1e3 * float(np.median(cpu))}
 
 
-def interleaved(fns: dict[Any, Callable], repeats: int, warmup: int = 3) -> dict[Any, dict]:
-    """Median (wall, CPU) ms per call of each function, timed round-robin with a rotating order."""
+def interleaved(
+    fns: dict[Any, Callable], repeats: int, warmup: int = 3, errors: dict | None = None
+) -> dict[Any, dict]:
+    """Median (wall, CPU) ms per call of each function, timed round-robin with a rotating order.
+
+    A function that raises while warming up is left out; with `errors` given, its exception is
+    kept there under its key (a model file may be mid-change), otherwise it propagates."""
     inner = {}
     for key, fn in fns.items():
         try:
             for _ in range(warmup):  # traces, compiles, allocator pools
                 fn()
-        except Exception as e:  # name the step: a model file may be mid-change
-            raise RuntimeError(f"benchmark step {key} failed: {e!r}") from e
+        except Exception as e:
+            if errors is None:
+                raise
+            errors[key] = e
+            continue
         once = timed(fn)[0]
         inner[key] = max(1, min(1000, math.ceil(MIN_SAMPLE_S / max(once, 1e-7))))
-    keys, times = list(fns), {key: [] for key in fns}
+    keys, times = list(inner), {key: [] for key in inner}
     for r in range(repeats):
         for key in keys[r % len(keys) :] + keys[: r % len(keys)]:
             times[key].append(timed(fns[key], inner[key]))
@@ -221,8 +230,16 @@ def bench_model(
 ) -> list[dict]:
     """The rows of one model: every framework's train and inference step, from one interleaved run."""
     w = workload(model, batch)
-    fns = {(fw, step): fn for fw in frameworks for step, fn in step_fns(fw, w).items()}
-    medians = interleaved(fns, repeats)
+    fns, errors = {}, {}
+    for fw in frameworks:
+        try:
+            fns.update({(fw, step): fn for step, fn in step_fns(fw, w).items()})
+        except Exception as e:  # the model cannot be built: every step of this framework fails
+            errors.update({(fw, step): e for step in STEPS})
+    medians = interleaved(fns, repeats, errors=errors)
+    for (fw, step), e in errors.items():
+        print(f"error: {model} {fw} {step}: {e!r}", file=sys.stderr)
+        FAILED.append((model, fw, step))
     rows = []
     for (fw, step), t in medians.items():
         torch_cpu = medians.get(("torch_impl", step), {}).get("cpu")
@@ -472,7 +489,7 @@ def print_rows(rows: list[dict], threads: int, repeats: int) -> None:
                     f"{r['ratio_vs_torch']:.2f}x" if r and r["ratio_vs_torch"] is not None else "—"
                 )
                 cells += f"{r['ms_wall']:18.3f}{r['ms_cpu']:9.3f}{ratio:>9}" if r else f"{'—':>36}"
-            batch = by[(model, fw, STEPS[0])]["batch"]
+            batch = next(r["batch"] for r in rows if r["model"] == model)
             print(f"{model:<12}{batch:>6} {SHORT.get(fw, fw):<9}{cells}")
     print(f"machine: {machine()}")
 
@@ -541,10 +558,13 @@ def main(argv: list[str] | None = None) -> int:
             f"machine: {machine()}; {args.threads} thread(s), {args.repeats} rounds",
             file=sys.stderr,
         )
-        return 0
+        return 1 if FAILED else 0
     print_rows(rows, args.threads, args.repeats)
     if "lenet5" in models and set(frameworks) >= {"scratch", "torch_impl"}:
         print_conv1(bench_conv1(batch=64, repeats=args.repeats))
+    if FAILED:
+        print(f"{len(FAILED)} step(s) failed: no row for them (errors above)", file=sys.stderr)
+        return 1
     return 0
 
 
