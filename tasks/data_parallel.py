@@ -263,6 +263,7 @@ class Subprocess:
         )  # fmt: skip
         atexit.register(self.kill)
         self.outcome = None  # the results, or the error every call of results() raises
+        self.started, self.seconds = time.perf_counter(), None  # from the start to the exit
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -285,6 +286,7 @@ class Subprocess:
 
     def wait(self) -> dict[str, dict]:
         code = self.proc.wait(timeout=max(self.deadline - time.monotonic(), 0))
+        self.seconds = time.perf_counter() - self.started
         try:
             if code != 0:
                 self.log.seek(0)
@@ -357,14 +359,20 @@ class InProcess:
     devices: int
     timeout: float
 
+    seconds: float | None = None
+
     def results(self) -> dict[str, dict]:
+        started = time.perf_counter()
         if self.framework == "scratch":
             from scratch import data_parallel
 
-            return data_parallel.run_jobs(self.jobs)
-        from torch_impl import data_parallel
+            out = data_parallel.run_jobs(self.jobs)
+        else:
+            from torch_impl import data_parallel
 
-        return data_parallel.launch(self.jobs, self.devices, timeout=self.timeout)
+            out = data_parallel.launch(self.jobs, self.devices, timeout=self.timeout)
+        self.seconds = time.perf_counter() - started
+        return out
 
 
 def free_port() -> int:
@@ -480,14 +488,13 @@ def run_train(model: str, task: str, frameworks: list[str], opts, replicas: int)
         global_batch=opts.batch_size, seed=opts.seed, dtype=opts.dtype,
     )  # fmt: skip
     jobs = {f"n{replicas}": make(replicas), "n1": make(1)}
-    started, timings = {}, {}
+    started = {}
     for framework in frameworks:  # Keras and JAX start at once, in their own processes
-        timings[framework] = time.perf_counter()
         started[framework] = start_jobs(framework, jobs, timeout=3600)
     rows, finals = [], {}
     for framework in frameworks:
         results = started[framework].results()
-        seconds = time.perf_counter() - timings[framework]
+        seconds = started[framework].seconds  # both runs (N and 1 replicas), start-up included
         final, one = results[f"n{replicas}"], results["n1"]
         impl = load_impl(framework, model)
         net = impl.create_model(cfg, seed=opts.seed, dtype=opts.dtype)
