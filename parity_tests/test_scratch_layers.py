@@ -9,7 +9,7 @@ import pytest
 
 from parity_tests.conftest import numeric_grad
 from scratch import layers
-from tasks import parity
+from tasks import parity, weights
 
 
 def layer_cases():
@@ -138,3 +138,18 @@ def test_losses_match_torch():
     expected.backward()
     parity.assert_close(loss, expected.item(), 1e-14, "bce")
     parity.assert_close(dz, t.grad.numpy(), 1e-14, "d bce")
+
+
+@pytest.mark.parametrize("model", ["mlp", "lenet5", "rnn", "attention", "transformer"])
+def test_float32_model_computes_in_float32(model):
+    """Every output and gradient of a float32 model is float32: no float64 constant (a loss weight,
+    a dropout scale) promotes the backward to float64, which would change the numbers and the speed."""
+    from tasks.registry import load_impl
+
+    impl, case = load_impl("scratch", model), parity.CASES[model][-1]
+    net = parity.create(impl, case, "scratch", "float32")
+    impl.load_canonical(net, weights.cast(weights.load(parity.canonical_file(case)), "float32"))
+    x, y = parity.inputs(case, case.batch, "float32")
+    for name, value in impl.forward_backward(net, x, y).items():
+        if np.asarray(value).dtype.kind == "f":
+            assert np.asarray(value).dtype == np.float32, name

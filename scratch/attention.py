@@ -11,6 +11,8 @@ gets all-zero weights and a zero attention output: never NaN, never a uniform av
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from scratch import optim
@@ -46,7 +48,7 @@ class ScaledDotProductAttention:
         self.softmax = MaskedSoftmax()
 
     def forward(self, q, k, v, allowed):
-        scale = 1.0 / np.sqrt(q.shape[-1])
+        scale = 1.0 / math.sqrt(q.shape[-1])  # a Python float keeps float32 float32
         scores = q @ k.swapaxes(-1, -2) * scale  # (B, NH, T, HS) @ (B, NH, HS, T) -> (B, NH, T, T)
         w = self.softmax.forward(scores, allowed)
         self.cache = {"q": q, "k": k, "v": v, "w": w, "scale": scale}
@@ -130,7 +132,7 @@ class AttentionModel:
 
     def embed_tokens(self, tokens):
         """The model's input: embedding scaled by sqrt(E) plus positions (B, T) -> (B, T, E)."""
-        x = self.embed.forward(tokens) * np.sqrt(self.cfg.d_model)
+        x = self.embed.forward(tokens) * math.sqrt(self.cfg.d_model)
         return x + positional_encoding(tokens.shape[1], self.cfg.d_model, x.dtype)
 
     def forward(self, tokens):
@@ -142,7 +144,7 @@ class AttentionModel:
     def backward(self, dlogits):
         dx = self.head.backward(dlogits)
         dx = dx + self.attn.backward(dx)  # the residual adds the attention path's gradient
-        self.embed.backward(dx * np.sqrt(self.cfg.d_model))
+        self.embed.backward(dx * math.sqrt(self.cfg.d_model))
         return dx  # (B, T, E): the gradient with respect to the embedded input
 
     def layers(self) -> dict:

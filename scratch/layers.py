@@ -13,6 +13,8 @@ Srivastava et al. (2014) inverted dropout; Ioffe & Szegedy (2015) batch norm; Ba
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -283,7 +285,8 @@ def erf(x):
 
 
 class GELU:
-    """x * Phi(x): the exact erf form, or the tanh approximation when `approximate`."""
+    """x * Phi(x): the exact erf form, or the tanh approximation when `approximate`. Constants are
+    Python floats (math.sqrt), so a float32 input stays float32."""
 
     def __init__(self, approximate: bool = False):
         self.approximate = approximate
@@ -291,17 +294,17 @@ class GELU:
     def forward(self, x):
         self.cache = {"x": x}
         if self.approximate:
-            return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
-        return 0.5 * x * (1 + erf(x / np.sqrt(2)))
+            return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+        return 0.5 * x * (1 + erf(x / math.sqrt(2)))
 
     def backward(self, dy):
         x = self.cache["x"]
         if self.approximate:
-            t = np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3))
-            dt = (1 - t**2) * np.sqrt(2 / np.pi) * (1 + 3 * 0.044715 * x**2)
+            t = np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))
+            dt = (1 - t**2) * math.sqrt(2 / math.pi) * (1 + 3 * 0.044715 * x**2)
             return dy * (0.5 * (1 + t) + 0.5 * x * dt)
-        phi = np.exp(-0.5 * x**2) / np.sqrt(2 * np.pi)
-        return dy * (0.5 * (1 + erf(x / np.sqrt(2))) + x * phi)  # Phi + x phi
+        phi = np.exp(-0.5 * x**2) / math.sqrt(2 * math.pi)
+        return dy * (0.5 * (1 + erf(x / math.sqrt(2))) + x * phi)  # Phi + x phi
 
 
 ACTIVATIONS = {"relu": ReLU, "tanh": Tanh, "sigmoid": Sigmoid}
@@ -452,13 +455,14 @@ def cross_entropy(logits, y, ignore_index: int | None = None):
     flat, labels = logits.reshape(-1, logits.shape[-1]), y.reshape(-1)  # -> (N, C), (N,)
     rows = np.arange(len(labels))
     valid = np.ones(len(labels), bool) if ignore_index is None else labels != ignore_index
-    weight = valid / valid.sum()  # (N,): 1 / n on each scored position, 0 on ignored ones
+    n = int(valid.sum())  # a Python int, so dividing keeps the logits' dtype
     shifted = flat - flat.max(axis=1, keepdims=True)  # log-softmax without overflow
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))  # (N, C)
-    loss = -np.sum(log_probs[rows, labels] * weight)
-    dlogits = np.exp(log_probs)  # softmax - one_hot(y), weighted
+    loss = -(log_probs[rows, labels] * valid).sum() / n
+    dlogits = np.exp(log_probs)  # (softmax - one_hot(y)) / n on the scored positions, 0 elsewhere
     dlogits[rows, labels] -= 1
-    return loss, (dlogits * weight[:, None]).reshape(logits.shape)
+    dlogits *= valid[:, None]
+    return loss, (dlogits / n).reshape(logits.shape)
 
 
 def binary_cross_entropy_with_logits(z, t):

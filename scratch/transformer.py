@@ -8,6 +8,8 @@ and scratch/layers.py (Dense, Embedding, LayerNorm, GELU).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 # loss, training and evaluation are attention.py's, re-exported as this module's
@@ -88,7 +90,7 @@ class Transformer:
 
     def embed_tokens(self, tokens):
         """The model's input: embedding scaled by sqrt(E) plus positions (B, T) -> (B, T, E)."""
-        x = self.embed.forward(tokens) * np.sqrt(self.cfg.d_model)
+        x = self.embed.forward(tokens) * math.sqrt(self.cfg.d_model)
         return x + positional_encoding(tokens.shape[1], self.cfg.d_model, x.dtype)
 
     def forward(self, tokens):
@@ -107,7 +109,7 @@ class Transformer:
             dx = self.ln_f.backward(dx)
         for block in reversed(self.blocks):
             dx = block.backward(dx)
-        self.embed.backward(dx * np.sqrt(self.cfg.d_model))
+        self.embed.backward(dx * math.sqrt(self.cfg.d_model))
         return dx  # (B, T, E): the gradient with respect to the embedded input
 
     def layers(self) -> dict:
