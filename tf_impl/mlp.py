@@ -70,26 +70,24 @@ class MLP(keras.Model):
         sizes, init = cfg.sizes, keras.random.SeedGenerator(seed)
         l2 = l2_regularizer(cfg.l2)  # (l2 / 2) * sum p^2 on every trainable variable
         bias = not cfg.batch_norm  # a batch norm's mean subtraction cancels the bias before it
+        kw = dict(dtype=dtype, init=cfg.init, regularizer=l2)
         self.hidden = [
-            make_dense(i, o, seed=init, dtype=dtype, name=f"hidden_{n}", init=cfg.init, bias=bias, regularizer=l2)
+            make_dense(i, o, seed=init, name=f"hidden_{n}", bias=bias, **kw)
             for n, (i, o) in enumerate(zip(sizes[:-2], sizes[1:-1]))
-        ]  # fmt: skip
+        ]
         # the activation holds no state, so one layer serves every hidden layer
         self.activation = make_activation(cfg, dtype)
-        self.head = make_dense(
-            sizes[-2], sizes[-1], seed=init, dtype=dtype, name="head", init=cfg.init, regularizer=l2
-        )
+        self.head = make_dense(sizes[-2], sizes[-1], seed=init, name="head", **kw)
         # optional regularisers: batch norm before each hidden activation, dropout after it
         self.bn = (
             [make_batch_norm(o, dtype=dtype, regularizer=l2) for o in sizes[1:-1]]
             if cfg.batch_norm
             else []
         )
-        self.dropouts = (
-            [dropout_layer(cfg.dropout, seed=seed + 1 + n, dtype=dtype) for n in range(len(self.hidden))]
-            if cfg.dropout
-            else []
-        )  # fmt: skip
+        self.dropouts = [
+            dropout_layer(cfg.dropout, seed=seed + 1 + n, dtype=dtype)  # a stream per layer
+            for n in range(len(self.hidden) if cfg.dropout else 0)
+        ]
         self.batch_loss = training.BatchMeanLoss(dtype)  # what train reports per epoch
 
     def call(self, x, training=False):

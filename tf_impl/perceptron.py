@@ -108,19 +108,18 @@ def train(
     Returns the number of mistakes of each epoch run; a last entry of 0 means converged.
     """
     x, y = data.x_train.astype(model.dtype), data.y_train.astype(model.dtype)
+    optimizer = optim.make_optimizer(model, OptimizerConfig("sgd", lr=lr))
     # every sample of an epoch in one compiled call (steps_per_execution), a step per sample
-    model.compile(
-        optimizer=optim.make_optimizer(model, OptimizerConfig("sgd", lr=lr)),
-        steps_per_execution=len(x),
-    )
+    model.compile(optimizer=optimizer, steps_per_execution=len(x))
+    callbacks = [training.OnEpochEnd(on_epoch, metric="mistakes", kind=int), StopWhenNoMistakes()]
     history = model.fit(
         training.shared_batches(x, y, batch_size=1, seed=seed, epochs=epochs),
         epochs=epochs,
         steps_per_epoch=len(x),
-        callbacks=[training.OnEpochEnd(on_epoch, metric="mistakes", kind=int), StopWhenNoMistakes()],
+        callbacks=callbacks,
         shuffle=False,  # the samples come in the shared order
         verbose=0,
-    )  # fmt: skip
+    )
     return [int(m) for m in history.history["mistakes"]]
 
 
