@@ -301,6 +301,11 @@ def train(
         None,
         help="mlp, lenet5: data parallel on N replicas, compared with 1 (tasks/data_parallel.py)",
     ),
+    save: str | None = typer.Option(
+        None,
+        help="folder: write each trained model in its framework's own format (MODEL.pt, "
+        "MODEL.weights.h5, MODEL.orbax/, scratch: MODEL.safetensors), for rosetta convert",
+    ),
 ):
     """Train MODEL in one or all frameworks from the same initial weights and compare."""
     from tasks.configs import ACTIVATIONS, LENET_ACTIVATIONS, POOLINGS
@@ -376,9 +381,16 @@ def train(
         seed=seed,
         dtype=dtype,
         data_dir=data_dir,
+        save_dir=save,
         **regularised,
     )
     plot = check_output_path("--plot", plot, image=True) if plot else None  # before any training
+    if save is not None and not Path(save).is_dir():
+        fail(f"--save {save}: not an existing directory")
+    if save is not None and (replicas is not None or model == "perceptron"):
+        fail(
+            "--save applies to the gradient models' ordinary runs (not the perceptron or --replicas)"
+        )
     if replicas is not None:  # data parallel: its own runner, the batch size is the global batch
         result = train_replicas(model, task, frameworks, opts, replicas, patience)
     else:
@@ -398,6 +410,9 @@ def train(
                 err.print(f"{row['framework']}: {row['stopped']} after {row['epochs_run']} epochs")
         if plot and result["results"]:
             print(f"loss curves written to {plot}", file=sys.stderr)  # print: rich would wrap it
+        for row in result["results"]:
+            if row.get("saved"):
+                print(f"{row['framework']}: saved {row['saved']}", file=sys.stderr)
     raise typer.Exit(end_status(result))
 
 
@@ -532,6 +547,84 @@ def check_training_options(
     # which model takes which flag: FLAG_MODELS, checked by check_flags before this
     return dict(optimizer=optimizer, momentum=momentum, weight_decay=weight_decay, schedule=schedule, warmup_steps=warmup_steps,
                 clip_norm=clip_norm, init=init, dropout=dropout, batch_norm=batch_norm, patience=patience, l2=l2)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- convert (issue 14)
+@app.command()
+@interruptible
+def convert(
+    model: str = typer.Argument(..., help="mlp, lenet5, rnn, lstm, gru, attention or transformer"),
+    src: str = typer.Argument(..., help="the checkpoint to read"),
+    dst: str = typer.Argument(..., help="the checkpoint to write"),
+    from_fmt: str = typer.Option(..., "--from", help="torch, keras, flax or canonical"),
+    to_fmt: str = typer.Option(..., "--to", help="torch, keras, flax or canonical"),
+    task: str | None = typer.Option(None, help="the task the model was trained on (its sizes)"),
+    hidden: str | None = typer.Option(None, help="hidden layer sizes, as for rosetta train"),
+    activation: str | None = typer.Option(None, help="as for rosetta train"),
+    pooling: str | None = typer.Option(None, help="lenet5: avg or max"),
+    dropout: float | None = typer.Option(None, help="mlp, lenet5: as for rosetta train"),
+    batch_norm: bool = typer.Option(
+        False, "--batch-norm", help="mlp, lenet5: as for rosetta train"
+    ),
+    dtype: str = typer.Option("float32", help="float32 or float64 (the file's)"),
+    data_dir: str | None = typer.Option(None, help="folder with MNIST IDX files (task mnist)"),
+    probe: int = typer.Option(8, help="test inputs in the probe batch"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object to stdout"),
+):
+    """Convert a checkpoint of MODEL between torch, Keras, Flax (orbax) and canonical safetensors,
+    then load both and print the largest probe-batch difference (exit 1 above the tolerance)."""
+    from tasks import convert as convert_mod
+    from tasks.train import TrainOptions
+
+    if model not in convert_mod.MODELS:
+        fail(f"rosetta convert takes one of {', '.join(convert_mod.MODELS)}, not {model!r}")
+    for flag, fmt in (("--from", from_fmt), ("--to", to_fmt)):
+        if fmt not in convert_mod.FORMATS:
+            fail(f"{flag} {fmt!r}: choose from {', '.join(convert_mod.FORMATS)}")
+    task = task or MODELS[model].default_task
+    if task not in MODELS[model].tasks:
+        fail(
+            f"unknown task {task!r} for model {model}; choose from: {', '.join(MODELS[model].tasks)}"
+        )
+    given = {"--hidden": hidden, "--activation": activation, "--pooling": pooling, "--dropout": dropout,
+             "--batch-norm": batch_norm or None, "--data-dir": data_dir}  # fmt: skip
+    check_flags(model, task, {flag: value is not None for flag, value in given.items()})
+    if dtype not in ("float32", "float64"):
+        fail(f"unknown dtype {dtype!r}; choose from: float32, float64")
+    if probe < 1:
+        fail(f"--probe must be a positive integer, got {probe}")
+    if not Path(src).exists():
+        fail(f"{src}: no such file or directory")
+    if Path(dst).resolve() == Path(src).resolve():
+        fail(f"{dst}: the destination is the source")
+    if to_fmt == "keras" and not dst.endswith(".weights.h5"):
+        fail(f"{dst}: Keras's save_weights needs a name ending in .weights.h5")
+    if to_fmt != "flax":  # orbax writes a directory and replaces one left by an earlier run
+        check_output_path("DST", dst)
+    try:
+        sizes = tuple(int(h) for h in hidden.split(",") if h.strip()) if hidden else None
+    except ValueError:
+        fail(f"--hidden must be positive integers separated by commas, got {hidden!r}")
+    opts = TrainOptions(hidden=sizes, activation=activation, pooling=pooling, dtype=dtype,
+                        data_dir=data_dir, dropout=dropout, batch_norm=batch_norm)  # fmt: skip
+    try:
+        cfg, x = convert_mod.config_and_probe(model, task, opts, probe)
+    except DataFileError as e:
+        fail(data_error(e, data_dir))
+    except ValueError as e:
+        fail(str(e))
+    try:
+        result = convert_mod.convert(model, cfg, Path(src), Path(dst), from_fmt, to_fmt, dtype, x)
+    except convert_mod.ConvertError as e:
+        fail(str(e))
+    if as_json:
+        print(dump_json(result, indent=2))
+    else:
+        verdict = "ok" if result["passed"] else "FAILED"
+        print(f"{model}: {from_fmt} {src} -> {to_fmt} {dst}")
+        print(f"probe batch of {result['probe_batch']}: max |difference| {result['max_abs_error']:.3g} "
+              f"(tolerance {result['tolerance']:.0e}, {dtype}) {verdict}")  # fmt: skip
+    raise typer.Exit(0 if result["passed"] else 1)
 
 
 # ----------------------------------------------------------------------------- parity

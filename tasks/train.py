@@ -56,6 +56,9 @@ class TrainOptions:
     patience: int | None = (
         None  # early stopping: stop after this many epochs without a better validation loss
     )
+    save_dir: str | None = (
+        None  # write each trained model here in its own format (tasks/convert.py)
+    )
 
     def with_defaults(self, model: str, task: str) -> TrainOptions:
         defaults = MODELS[model].defaults.get(task, {})
@@ -164,6 +167,7 @@ def run(model: str, task: str, frameworks: list[str], opts: TrainOptions, progre
         default_clip=RNNConfig.clip_norm if model in ("rnn", "lstm", "gru") else None,
     )
     results, finals, interrupted = [], {}, None  # interrupted: the framework Ctrl-C stopped
+    saved = {}  # framework -> the checkpoint --save wrote
     for framework in frameworks:
         try:  # Ctrl-C while a framework is imported or built, too, keeps every finished row
             impl = load_impl(framework, model)
@@ -212,6 +216,10 @@ def run(model: str, task: str, frameworks: list[str], opts: TrainOptions, progre
             with np.errstate(all="ignore"):
                 test_loss, test_acc = impl.evaluate(net, data.x_test, data.y_test)
             finals[framework] = impl.export_canonical(net)
+            if opts.save_dir:  # rosetta train --save DIR: the framework's own checkpoint format
+                from tasks.convert import save_native
+
+                saved[framework] = str(save_native(framework, impl, net, opts.save_dir, model))
         except KeyboardInterrupt:
             interrupted = framework
             break
@@ -239,6 +247,7 @@ def run(model: str, task: str, frameworks: list[str], opts: TrainOptions, progre
                 "running_var": RUNNING_VAR[framework]
                 if getattr(cfg, "batch_norm", False)
                 else None,
+                "saved": saved.get(framework),  # --save: the checkpoint written
             }
         )
         if interrupted:
