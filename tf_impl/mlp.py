@@ -190,7 +190,7 @@ def compile_model(model: MLP, optimizer: keras.optimizers.Optimizer) -> None:
 
 def train_step(model: MLP, optimizer: keras.optimizers.Optimizer, x, y) -> float:
     """One step of fit's compiled train function on one batch (tasks.bench times it)."""
-    if model.optimizer is not optimizer:
+    if getattr(model, "optimizer", None) is not optimizer:  # compiled once per optimizer
         compile_model(model, optimizer)
     return model.train_on_batch(x, y, return_dict=True)["batch_loss"]
 

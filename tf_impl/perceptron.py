@@ -52,7 +52,7 @@ class Perceptron(keras.Model):
 
     def train_step(self, data):
         """One sample (x (1, D), y (1,)): the perceptron rule in place of a gradient step."""
-        x, y = data
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         error = y - self(x)  # (1,): +1 missed a 1, -1 missed a 0, 0 right
         # w += lr error x, b += lr error: SGD (w -= lr g) along g = -error (x, 1); error is +1, 0
         # or -1, so g is exact and lr * g rounds once, as in the other three
@@ -108,9 +108,12 @@ def train(
     Returns the number of mistakes of each epoch run; a last entry of 0 means converged.
     """
     x, y = data.x_train.astype(model.dtype), data.y_train.astype(model.dtype)
-    optimizer = optim.make_optimizer(model, OptimizerConfig("sgd", lr=lr))
-    # every sample of an epoch in one compiled call (steps_per_execution), a step per sample
-    model.compile(optimizer=optimizer, steps_per_execution=len(x))
+    if getattr(model, "steps_per_execution", None) != len(x):
+        # every sample of an epoch in one compiled call (steps_per_execution), a step per sample
+        optimizer = optim.make_optimizer(model, OptimizerConfig("sgd", lr=lr))
+        model.compile(optimizer=optimizer, steps_per_execution=len(x))
+    else:  # compiled by an earlier train on this model: fit reuses its traced step
+        model.optimizer.learning_rate = lr  # a float64 variable in a float64 model (compat.floatx)
     callbacks = [training.OnEpochEnd(on_epoch, metric="mistakes", kind=int), StopWhenNoMistakes()]
     history = model.fit(
         training.shared_batches(x, y, batch_size=1, seed=seed, epochs=epochs),

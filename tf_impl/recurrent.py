@@ -155,7 +155,7 @@ class RNN(keras.Model):
     def train_step(self, data):
         """fit's step, written out for the GRU: its duplicate bias row gets no gradient (grad_masks),
         before the optimizer clips the global gradient norm (global_clipnorm) and steps."""
-        x, y = data
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         with tf.GradientTape() as tape:
             loss = self.compute_loss(x, y, self(x, training=True))
         grads = tape.gradient(loss, self.trainable_variables)
@@ -284,7 +284,7 @@ def compile_model(model: RNN, optimizer: keras.optimizers.Optimizer) -> None:
 
 def train_step(model: RNN, optimizer: keras.optimizers.Optimizer, x, y) -> float:
     """One step of fit's compiled train function on one batch (tasks.bench times it)."""
-    if model.optimizer is not optimizer:
+    if getattr(model, "optimizer", None) is not optimizer:  # compiled once per optimizer
         compile_model(model, optimizer)
     return model.train_on_batch(x, y, return_dict=True)["batch_loss"]
 
