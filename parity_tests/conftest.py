@@ -3,7 +3,15 @@ per-framework computations, and central differences for the scratch backward tes
 
 from __future__ import annotations
 
+import os
 from itertools import combinations
+
+# torch's intra-op pool (a spinning thread per core) on these models' tiny operations, with two
+# xdist workers on two cores: torch's default MLP run (moons, 60 epochs, float32) took 154 s wall /
+# 34.5 s CPU on two threads and 13.9 s / 3.4 s on one, the same 60 accuracies to the digit (load
+# average 16). Set before any test module starts torch; `rosetta all` does the same
+# (tasks/cli.py one_thread_for_torch), and OMP_NUM_THREADS wins if set.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
 import pytest
