@@ -54,18 +54,15 @@ def run_once(case, dtype: str, masks: bool) -> None:
     impl.evaluate(model, x, y)
 
 
+# one case per thing that once made nnx.jit retrace or that the idioms changed: a per-model partial
+# (leaky slope), views with batch norm and dropout, the GRU cell written in the open, the stock
+# attention's nnx.capture, the transformer's activations
 COMPILED = [
     ("mlp", "softmax-leaky0.2"),
-    ("mlp", "relu-batchnorm-dropout"),
-    ("lenet5", "relu-max"),
     ("lenet5", "relu-max-batchnorm-dropout"),
-    ("rnn", "sequence"),
-    ("lstm", "last"),
     ("gru", "sequence"),
-    ("attention", "hand-padding"),
     ("attention", "stock-padding+causal"),
     ("transformer", "pre-gelu-causal-fully-masked"),
-    ("transformer", "post-gelu_tanh-stock-causal"),
 ]
 
 
@@ -103,14 +100,17 @@ def test_stock_dropout_by_default_and_its_modes():
     assert all(not d.deterministic for d in model.dropouts), "a view leaves the model as it was"
 
 
-@pytest.mark.parametrize("model, name", COMPILED, ids=lambda v: str(v))
+@pytest.mark.parametrize(
+    "model, name", [("mlp", "relu-batchnorm-dropout"), ("attention", "stock-padding+causal")]
+)
 def test_no_deprecated_flax_call(model, name):
     """No DeprecationWarning from Flax, JAX or optax while a model is built, trained and evaluated
-    (pyproject's filter would hide one: Module.sow() outside nnx.capture() was one)."""
+    (Module.sow() outside nnx.capture() was one). float32, so every step is traced here: a warning
+    raised while tracing would not repeat for a program compiled by an earlier test."""
     case = case_named(model, name)
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)
-        run_once(case, "float64", bool(getattr(case.config, "dropout", 0)))
+        run_once(case, "float32", bool(getattr(case.config, "dropout", 0)))
 
 
 def test_view_modes_reach_batch_norm():
