@@ -395,8 +395,11 @@ def test_attention_map_writes_a_png_and_rejects_bad_values(tmp_path):
 
 # ----------------------------------------------------------------------------- training
 def test_default_training_reverses_held_out_sequences():
-    """`rosetta train attention` with default settings (8 epochs, Adam lr 0.01): >= 99% held-out token
-    accuracy in all four."""
-    result = train.run("attention", "reverse", list(FRAMEWORKS), train.TrainOptions())
+    """`rosetta train attention` with the default settings (Adam lr 0.01, constant) for 4 of the
+    default 8 epochs: >= 99% held-out token accuracy in all four. Sized by the measured curve (torch,
+    float32, default run, accuracy after epochs 1-8): 71.1, 97.4, 99.47, 99.86, 99.56, 99.81, 99.84,
+    99.08%: the bar holds from epoch 3, and the first 4 epochs of the default run are this run (the
+    learning rate is constant and each epoch's batch order is seeded by its number)."""
+    result = train.run("attention", "reverse", list(FRAMEWORKS), train.TrainOptions(epochs=4))
     for row in result["results"]:
         assert row["test_accuracy"] >= 0.99, row

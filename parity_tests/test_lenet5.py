@@ -272,7 +272,9 @@ def test_mnist_is_padded_to_32(tmp_path):
 # ----------------------------------------------------------------------------- training
 def test_default_training_reaches_97_percent_in_every_framework():
     """The registry's defaults on digits32, float32: >= 97% test accuracy in all four and a falling
-    loss. No float32 lockstep bound: it depends on the CPU's kernels (parity_tests/test_training.py)."""
+    loss. No float32 lockstep bound: it depends on the CPU's kernels (parity_tests/test_training.py).
+    The bar needs all 15 default epochs (measured, torch float32, accuracy after epochs 7-15: 96.0,
+    95.5, 96.0, 97.1, 96.9, 96.0, 96.7, 96.7, 97.55%), so this run is not shortened."""
     result = train.run("lenet5", "digits32", list(FRAMEWORKS), train.TrainOptions())
     for row in result["results"]:
         assert row["test_accuracy"] >= 0.97, row
