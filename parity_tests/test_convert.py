@@ -32,6 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 rng = np.random.default_rng(0)
 CONFIGS = {
     "mlp": (MLPConfig(in_features=3, hidden=(5, 4), n_classes=3, head="softmax"), rng.normal(size=(4, 3))),
+    "mlp-batchnorm": (
+        MLPConfig(in_features=3, hidden=(5,), n_classes=3, head="softmax", batch_norm=True),
+        rng.normal(size=(4, 3)),
+    ),
     "lenet5": (LeNet5Config(), rng.normal(size=(2, 1, 32, 32))),
     "rnn": (RNNConfig(cell="rnn", in_features=3, hidden=4, n_classes=2), rng.normal(size=(3, 5, 3))),
     "lstm": (RNNConfig(cell="lstm", in_features=3, hidden=4, n_classes=2, output="last"), rng.normal(size=(3, 5, 3))),
@@ -50,9 +54,15 @@ def files(tmp_path_factory):
     """Per model: its random canonical weights (non-zero biases) and a file in every format, each
     written once from the canonical one (canonical -> torch, keras, flax)."""
     out = {}
-    for model, (cfg, x) in CONFIGS.items():
-        folder = tmp_path_factory.mktemp(model)
+    for case, (cfg, x) in CONFIGS.items():
+        model = case.split("-")[
+            0
+        ]  # "mlp-batchnorm" is the mlp with batch norm (running statistics)
+        folder = tmp_path_factory.mktemp(case)
         params = weights.init_uniform(cfg.param_shapes(), seed=3)
+        for k in params:  # running variances: positive, and not 1 (a dropped statistic would show)
+            if k.endswith("running_var"):
+                params[k] = np.abs(params[k]) + 0.5
         paths = {"canonical": folder / NAME["canonical"]}
         weights.save(paths["canonical"], params)
         for fmt in ("torch", "keras", "flax"):
@@ -61,20 +71,21 @@ def files(tmp_path_factory):
                 model, cfg, paths["canonical"], paths[fmt], "canonical", fmt, "float64", x
             )
             assert r["passed"], r
-        out[model] = (params, paths)
+        out[case] = (params, paths)
     return out
 
 
-@pytest.mark.parametrize("model", list(CONFIGS))
+@pytest.mark.parametrize("case", list(CONFIGS))
 @pytest.mark.parametrize("src,dst", list(permutations(convert.FORMATS, 2)), ids=lambda p: p)
-def test_round_trip_every_model_every_pair(files, tmp_path, model, src, dst):
+def test_round_trip_every_model_every_pair(files, tmp_path, case, src, dst):
     """SRC file -> DST file: the probe batch agrees to 1e-10 (float64), and the DST file holds the
     original canonical weights bit for bit (read back through canonical)."""
-    cfg, x = CONFIGS[model]
-    params, paths = files[model]
+    cfg, x = CONFIGS[case]
+    params, paths = files[case]
+    model = case.split("-")[0]
     target = tmp_path / NAME[dst]
     result = convert.convert(model, cfg, paths[src], target, src, dst, "float64", x)
-    print(f"{model} {src}->{dst}: max_abs_error {result['max_abs_error']:.3g}")
+    print(f"{case} {src}->{dst}: max_abs_error {result['max_abs_error']:.3g}")
     assert result["passed"] and result["max_abs_error"] <= 1e-10
     back = tmp_path / "back.safetensors"
     convert.convert(model, cfg, target, back, dst, "canonical", "float64", x)
