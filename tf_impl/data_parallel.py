@@ -60,8 +60,8 @@ class MirroredStrategy(tf.distribute.MirroredStrategy):
 
 # ----------------------------------------------------------------------------- each replica's data
 def epoch_dataset(x, y, batches: list[np.ndarray], replicas: int) -> tf.data.Dataset:
-    """An epoch's global batches in by_replica order: the strategy gives replica r the r-th
-    contiguous chunk of each, which is batch[r::N], torch's rank r's slice."""
+    """Global batches in by_replica order: the strategy gives replica r the r-th contiguous chunk
+    of each, which is batch[r::N], torch's rank r's slice."""
     order = np.concatenate([dp.by_replica(batch, replicas) for batch in batches])
     return tf.data.Dataset.from_tensor_slices((x[order], y[order])).batch(len(batches[0]))
 
@@ -128,6 +128,8 @@ def train(
 ) -> dict[str, np.ndarray]:  # fmt: skip
     """Train on `replicas` logical devices from canonical `params` on the shared global batches."""
     dp.check_divisible(global_batch, replicas)
+    x = np.asarray(x, dtype)
+    steps = len(dp.global_batches(len(x), global_batch, seed, 0))  # global batches per epoch
     strategy = make_strategy(replicas)
     with strategy.scope():  # every variable made here is mirrored on each replica
         model = impl.create_model(cfg, seed=seed, dtype=dtype)
@@ -136,20 +138,21 @@ def train(
             synchronise_batch_norm(model)
         opt = impl.make_optimizer(model, optimizer)
         model.compile(optimizer=opt, loss=PerExampleLoss(cfg, dtype=dtype))
-    custom_step = None
+    batches = [b for epoch in range(epochs) for b in dp.global_batches(len(x), global_batch, seed, epoch)]  # fmt: skip
+    dataset = epoch_dataset(x, y, batches, replicas)  # every epoch's global batches, in order
     if variant in ("custom-step", "loss-per-replica"):
-        custom_step = make_custom_step(model, opt, strategy, global_batch, variant)
-    x = np.asarray(x, dtype)
-    for epoch in range(epochs):
-        batches = dp.global_batches(len(x), global_batch, seed, epoch)
-        dataset = epoch_dataset(x, y, batches, replicas)
-        if custom_step is None:
-            loss = model.fit(dataset, epochs=1, verbose=0, shuffle=False).history["loss"][0]
-        else:
-            losses = [custom_step(xb, yb) for xb, yb in strategy.experimental_distribute_dataset(dataset)]  # fmt: skip
-            loss = float(np.mean(losses))
-        if on_epoch:
-            on_epoch(epoch, loss)
+        train_step = make_custom_step(model, opt, strategy, global_batch, variant)
+        losses = [
+            train_step(xb, yb) for xb, yb in strategy.experimental_distribute_dataset(dataset)
+        ]
+        for epoch in range(epochs):
+            if on_epoch:
+                on_epoch(epoch, float(np.mean(losses[epoch * steps : (epoch + 1) * steps])))
+    else:  # with steps_per_epoch, fit's iterator runs on across epochs: epoch e takes batches e*S..
+        report = keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda epoch, logs: on_epoch and on_epoch(epoch, logs["loss"])
+        )
+        model.fit(dataset, epochs=epochs, steps_per_epoch=steps, verbose=0, shuffle=False, callbacks=[report])  # fmt: skip
     return impl.export_canonical(model)
 
 
