@@ -38,7 +38,8 @@ DTYPES = ("float64", "float32")
 # bounds must hold whatever kernels a CPU selects. Sized by a perturbation experiment
 # (parity_tests/test_float32.py asserts a 10x margin): every weight and input that float32 rounds
 # moved by one float32 ulp moves the compared tensors by at most (relative, scratch, every float32
-# case, 2 draws) outputs 5.4e-7, gradients 1.5e-6, 20-step trajectories 4.6e-7. The four
+# case, 2 draws) outputs 5.4e-7, gradients 1.5e-6, 20-step trajectories 4.6e-7 (not LeNet-5 with
+# batch norm and dropout: 0.41 after 20 steps in one draw, so that case is float64 only). The four
 # frameworks' measured float32 errors are of the same size (outputs 3.9e-7, gradients 1.5e-6,
 # trajectories 4.2e-7; AVX-512, OpenBLAS SkylakeX, oneDNN on), except attention's query/key
 # gradients near uniform attention (3.6e-5 of their own size, transformer block 1), which are
@@ -262,7 +263,12 @@ CASES["lenet5"] = [
     Case("lenet5", "relu-max", LeNet5Config(activation="relu", pooling="max"), _images, batch=4),
     Case(
         "lenet5", "relu-max-batchnorm-dropout", LeNet5Config(activation="relu", pooling="max", batch_norm=True, dropout=0.3),
-        _images, batch=16, init=_with_batch_norm,
+        # float64 only: its float32 trajectory is the least stable of the suite (frameworks 1.2e-5
+        # apart on one CPU, the largest float32 error; one of the experiment's one-ulp perturbations
+        # moved it by 0.41, four others by <= 6.8e-6: a ReLU or max-pool flip grows through the
+        # batch statistics), so no float32 bound holds on every CPU; tanh-avg and relu-max cover
+        # LeNet-5 in float32
+        _images, batch=16, init=_with_batch_norm, dtypes=("float64",),
     ),
 ]  # fmt: skip
 
