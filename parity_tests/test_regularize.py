@@ -46,10 +46,13 @@ def dropout_run(framework, x, dy, *, mask=None, training=True, seed=0):
         import keras
         import tensorflow as tf
 
-        from tf_impl.regularize import Dropout
+        from tasks.replay.tf_impl import ReplayDropout, set_mask
 
-        layer = Dropout(P, seed=keras.random.SeedGenerator(seed), dtype="float64")
-        layer.mask = mask
+        if mask is None:  # the stock layer, seeded
+            layer = keras.layers.Dropout(P, seed=seed, dtype="float64")
+        else:
+            layer = ReplayDropout(P, seed=seed, dtype="float64")
+            set_mask(layer, mask)
         xt = tf.constant(x)
         with tf.GradientTape() as tape:
             tape.watch(xt)
@@ -126,9 +129,10 @@ def mask_stack_run(framework, x, masks, calls: int) -> list[np.ndarray]:
         import keras
         import tensorflow as tf
 
-        from tf_impl.regularize import Dropout, set_mask
+        from tasks.replay.tf_impl import ReplayDropout, set_mask
 
-        layer = Dropout(P, seed=keras.random.SeedGenerator(0), dtype="float64")
+        stock = masks is None  # the models' keras.layers.Dropout, else the replaying one
+        layer = (keras.layers.Dropout if stock else ReplayDropout)(P, seed=0, dtype="float64")
         if masks is not None:
             set_mask(layer, masks)
         step = tf.function(
