@@ -31,7 +31,8 @@ def test_json_rows_one_per_framework_and_step():
     torch_cpu = {r["step"]: r["ms_cpu"] for r in rows if r["framework"] == "torch_impl"}
     for r in rows:
         assert r["ms_wall"] > 0 and r["ms_cpu"] > 0, r
-        assert r["ratio_vs_torch"] == pytest.approx(r["ms_cpu"] / torch_cpu[r["step"]], rel=2e-3)
+        ratio = r["ms_cpu"] / torch_cpu[r["step"]]  # from CPU time; rounded to 4 decimals
+        assert r["ratio_vs_torch"] == pytest.approx(ratio, rel=1e-3, abs=1e-4)
     assert "load average" in result.stderr  # the machine and its load, with every figure
 
 
