@@ -10,7 +10,8 @@ from itertools import combinations
 # xdist workers on two cores: torch's default MLP run (moons, 60 epochs, float32) took 154 s wall /
 # 34.5 s CPU on two threads and 13.9 s / 3.4 s on one, the same 60 accuracies to the digit (load
 # average 16). Set before any test module starts torch; `rosetta all` does the same
-# (tasks/cli.py one_thread_for_torch), and OMP_NUM_THREADS wins if set.
+# (tasks/cli.py one_thread_for_torch), and OMP_NUM_THREADS wins if set. NumPy's OpenBLAS, loaded
+# after this file, reads it too: one thread per worker (threadpoolctl shows openblas at 1 in a test).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
