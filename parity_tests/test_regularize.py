@@ -22,10 +22,13 @@ P = 0.3
 def dropout_run(framework, x, dy, *, mask=None, training=True, seed=0):
     """(y, dx) of one dropout layer; `mask` (True = keep) supplied, else the framework's own draw."""
     if framework == "scratch":
-        from scratch.regularize import Dropout
+        from scratch.layers import Dropout
+        from tasks.replay.scratch import ReplayDropout, set_mask
 
-        layer = Dropout(P, rng=np.random.default_rng(seed))
-        layer.mask, layer.training = mask, training
+        layer = (Dropout if mask is None else ReplayDropout)(P, rng=np.random.default_rng(seed))
+        if mask is not None:
+            set_mask(layer, mask)
+        layer.training = training
         return layer.forward(x), layer.backward(dy)
     if framework == "torch_impl":
         import torch
@@ -108,9 +111,10 @@ def mask_stack_run(framework, x, masks, calls: int) -> list[np.ndarray]:
     layer's own draws), through each framework's compiled path where it has one (a tf.function, nnx.jit),
     as a train step would run it."""
     if framework == "scratch":
-        from scratch.regularize import Dropout, set_mask
+        from scratch.layers import Dropout
+        from tasks.replay.scratch import ReplayDropout, set_mask
 
-        layer = Dropout(P, rng=np.random.default_rng(0))
+        layer = (Dropout if masks is None else ReplayDropout)(P, rng=np.random.default_rng(0))
         if masks is not None:
             set_mask(layer, masks)
         return [layer.forward(x) for _ in range(calls)]
@@ -190,7 +194,7 @@ def batch_norm_run(framework, batches, gamma, beta, dy, *, training=True, stats=
     to_canonical = (lambda a: a.transpose(0, 3, 1, 2)) if conv else (lambda a: a)
     c = gamma.shape[0]
     if framework == "scratch":
-        from scratch.regularize import BatchNorm
+        from scratch.layers import BatchNorm
 
         layer = BatchNorm(c, momentum=M, eps=EPS)
         layer.params.update(weight=gamma.copy(), bias=beta.copy())
