@@ -1242,6 +1242,7 @@ def compare(
 
 
 def main() -> None:
+    one_thread_for_torch()  # every command: train, sample, saliency, convert as much as all
     app()
 
 
