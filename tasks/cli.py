@@ -1243,7 +1243,17 @@ def compare(
 
 def main() -> None:
     one_thread_for_torch()  # every command: train, sample, saliency, convert as much as all
-    app()
+    try:
+        app()
+    except SystemExit as done:
+        if done.code == 130:  # Ctrl-C, reported and the finished rows printed
+            # CPython ends a process whose interrupt it saw land in code run through PyRun_String
+            # (C extensions do) by re-sending SIGINT to itself, status -2 instead of 130, even after
+            # the KeyboardInterrupt was handled (seen once in the full suite); exit 130 directly
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
+        raise
 
 
 if __name__ == "__main__":
