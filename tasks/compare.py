@@ -215,6 +215,7 @@ nav a { margin-right: 12px; font-size: 13px; }
 #toggles label { margin-right: 14px; font-size: 14px; }
 table.code { border-collapse: collapse; width: 100%; table-layout: fixed; }
 table.code th, table.code td { border: 1px solid #d0d7de; vertical-align: top; padding: 4px 6px; }
+tr.section-row, tr.wide-row { scroll-margin-top: 120px; }  /* below the sticky header */
 table.code th.section { width: 150px; text-align: left; background: #f6f8fa; font-size: 13px; }
 td.fw { overflow-x: auto; font-size: 12px; }
 .path { font-size: 12px; color: #57606a; margin-bottom: 2px; }
