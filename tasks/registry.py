@@ -1,7 +1,8 @@
 """The registry: which models exist, which tasks they train on, and their default settings.
 
-A plain dict. Implementations are found by convention, `importlib.import_module(f"{framework}.{model}")`,
-so adding a model is a file in each framework folder plus an entry here; nothing registers itself.
+A plain dict. Implementations are found by convention, `importlib.import_module(f"{framework}.{model}")`;
+nothing registers itself. A new model needs a file in each framework folder, an entry here and the
+other places the README's "Adding a model" lists.
 """
 
 from __future__ import annotations
