@@ -156,3 +156,17 @@ def test_page_in_a_browser(pages, browser, model):
     browser.save_screenshot(str(SCREENSHOTS / f"{model}.png"))
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == [], errors
+
+
+def test_notes_stand_beside_the_code_they_concern():
+    """A default difference goes beside the section whose code names it; a rule PORTING states for
+    every model shows only on the pages whose code names its subject."""
+
+    def sections_with(model, words):
+        notes = compare.build(model).notes
+        return {s for s, found in notes.items() for n in found if words in n["cells"][0]}
+
+    assert sections_with("mlp", "LeakyReLU default slope") == {"layers"}  # make_activation
+    assert sections_with("perceptron", "LeakyReLU") == set()  # no leaky ReLU anywhere in it
+    assert sections_with("lenet5", "`nnx.Conv` defaults") == {"layers"}  # make_conv
+    assert sections_with("mlp", "float `learning_rate`") == {"train step"}  # make_optimizer

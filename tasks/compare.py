@@ -113,10 +113,14 @@ def slug(title: str) -> str:
 
 
 def attach_notes(
-    rows: dict[str, dict[str, Cell]], differences: list[list[str]]
+    rows: dict[str, dict[str, Cell]], differences: list[list[str]], anchor: str, only_matched=False
 ) -> dict[str, list[dict]]:
-    """Each "difference" row goes beside the first section whose code names one of the row's
-    backticked identifiers (a function, a layer, a file's helper); otherwise beside the model."""
+    """Each "difference" row goes beside the section whose code names most of the row's backticked
+    identifiers (a function, a layer, a file's helper); a word named by most sections says nothing
+    about where the row belongs and is not counted. A row no section names goes beside the model,
+    or is left out with `only_matched` (the rules PORTING states for every model: only those this
+    model's code names, by the identifiers of the row's first column)."""
+    sections = [s for s in rows if s != "header"]
     notes: dict[str, list[dict]] = {}
     for row in differences:
         text = " ".join(row)
@@ -126,21 +130,41 @@ def attach_notes(
             for w in re.findall(r"[A-Za-z_][\w]{3,}", code)
         }
         tests = sorted({w for w in words if w.startswith("test_")})
-        home = next(
-            (
-                section
-                for section in rows
-                if section != "header"
-                and any(
-                    re.search(rf"\b{re.escape(w)}\b", cell.text)
-                    for cell in rows[section].values()
-                    for w in words
-                )
-            ),
-            "model",
-        )
-        notes.setdefault(home, []).append({"cells": row, "tests": tests})
+        words -= GENERIC
+        named = {
+            s: {
+                w
+                for w in words
+                if any(re.search(rf"\b{re.escape(w)}\b", cell.text) for cell in rows[s].values())
+            }
+            for s in sections
+        }
+        common = {
+            w for w in words if sum(w in found for found in named.values()) > len(sections) / 2
+        }
+        score = {s: len(named[s] - common) for s in sections}
+        best = max(sections, key=lambda s: score[s]) if sections else "model"
+        # a rule stated for every model shows only where the code names what its first column names
+        subject = {
+            w
+            for code in re.findall(r"`([^`]+)`", row[0])
+            for w in re.findall(r"[A-Za-z_]\w{3,}", code)
+        }
+        if only_matched and not any(subject & found for found in named.values()):
+            continue
+        if score.get(best, 0) == 0:
+            best = "model"
+        notes.setdefault(best, []).append({"cells": row, "tests": tests, "anchor": anchor})
     return notes
+
+
+COMMON_SECTION = "Rules that hold for every model"
+# names every framework file is full of: they place a note nowhere in particular
+GENERIC = {
+    "keras", "torch", "layers", "jax", "nnx", "optax", "numpy", "ops", "float", "float32",
+    "float64", "dtype", "model", "self", "tasks", "weights", "scratch", "torch_impl", "tf_impl",
+    "jax_impl", "functional", "initializers", "None", "True", "False",
+}  # fmt: skip
 
 
 def test_locations(names: list[str], root: Path = ROOT) -> dict[str, tuple[Path, int]]:
@@ -160,7 +184,22 @@ def build(model: str, root: Path = ROOT, records: list[dict] | None = None) -> P
     tables = markdown_tables(lines)
     porting = [t for t in tables if t[0][0].lower().startswith("canonical")]
     differences = [r for t in tables if t[0][0].lower() == "difference" for r in t[1:]]
-    page = Page(model, files_of(model), rows, title, porting, attach_notes(rows, differences))
+    notes = attach_notes(rows, differences, slug(title))
+    # the default differences PORTING states once for every model, where this model's code meets them
+    lines = (root / "docs" / "PORTING.md").read_text().splitlines()
+    start = lines.index(f"## {COMMON_SECTION}")
+    end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("## "))
+    common = [
+        r
+        for t in markdown_tables(lines[start:end])
+        if t[0][0].lower() == "difference"
+        for r in t[1:]
+    ]
+    for section, found in attach_notes(
+        rows, common, slug(COMMON_SECTION), only_matched=True
+    ).items():
+        notes.setdefault(section, []).extend(found)
+    page = Page(model, files_of(model), rows, title, porting, notes)
     page.parity = [r for r in records if r["model"] == model] if records is not None else None
     return page
 
@@ -287,7 +326,10 @@ def note_html(note: dict, porting_href: str, locations: dict, root: Path) -> str
         if t in locations
     )
     more = "".join(f"<div>{inline(c)}</div>" for c in rest)
-    return f'<div class="note"><a href="{porting_href}">PORTING</a>: {inline(difference)}{more}{tests}</div>'
+    href = porting_href.split("#")[0] + "#" + note["anchor"]  # the PORTING section the row is in
+    return (
+        f'<div class="note"><a href="{href}">PORTING</a>: {inline(difference)}{more}{tests}</div>'
+    )
 
 
 def render(page: Page, root: Path = ROOT) -> str:
