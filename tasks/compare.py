@@ -260,7 +260,7 @@ td.fw { overflow-x: auto; font-size: 12px; }
 .path { font-size: 12px; color: #57606a; margin-bottom: 2px; }
 .highlight pre { margin: 0; line-height: 1.35; white-space: pre-wrap; overflow-wrap: anywhere; }
 .linenos { color: #8c959f; padding-right: 6px; user-select: none; }
-.note { font-weight: normal; font-size: 12px; margin-top: 8px; border-left: 3px solid #bf8700; padding-left: 5px; }
+.note { overflow-wrap: anywhere; font-weight: normal; font-size: 12px; margin-top: 8px; border-left: 3px solid #bf8700; padding-left: 5px; }
 table.md { border-collapse: collapse; font-size: 12px; margin: 6px 0 10px; }
 table.md th, table.md td { border: 1px solid #d0d7de; padding: 3px 6px; text-align: left; }
 table.md th { background: #f6f8fa; }
