@@ -3,7 +3,7 @@ Dropout is the stock nn.Dropout, built by the models themselves (train() / eval(
 
 Ioffe & Szegedy (2015) batch normalisation; Srivastava et al. (2014) dropout.
 torch's BatchNorm momentum weights the *new* batch (0.1) and its running variance is unbiased:
-the convention scratch/regularize.py follows.
+the convention scratch/layers.py (BatchNorm) follows.
 """
 
 from __future__ import annotations
