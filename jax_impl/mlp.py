@@ -25,7 +25,7 @@ from tasks.configs import MLPConfig, OptimizerConfig
 from tasks.data import Dataset, batches
 
 # ----------------------------------------------------------------------------- layers
-ACTIVATIONS = {"relu": nnx.relu, "tanh": nnx.tanh, "sigmoid": nnx.sigmoid}
+ACTIVATIONS = {"relu": nnx.relu, "tanh": nnx.tanh, "sigmoid": nnx.sigmoid, "identity": nnx.identity}
 
 
 def make_dense(
@@ -156,11 +156,29 @@ def loss_fn(logits, y, head: str):
         return optax.sigmoid_binary_cross_entropy(
             logits[:, 0], y.astype(logits.dtype)
         ).mean()  # (B, 1) -> (B,)
+    if head == "identity":  # regression: (B, K) predictions against (B, K) float targets
+        return optax.squared_error(logits, y.astype(logits.dtype)).mean()
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
 def predict(logits, head: str):
+    if head == "identity":
+        return logits  # a regression predicts the outputs themselves
     return (logits[:, 0] > 0).astype(jnp.int64) if head == "sigmoid" else logits.argmax(axis=1)
+
+
+def r2_score(pred, y):
+    """1 - SS_res / SS_tot per target, averaged over the targets (scikit-learn's r2_score)."""
+    ss_res = ((y - pred) ** 2).sum(axis=0)  # (B, K) -> (K,)
+    ss_tot = ((y - y.mean(axis=0)) ** 2).sum(axis=0)
+    return (1 - ss_res / ss_tot).mean()
+
+
+def score(logits, y, head: str):
+    """evaluate's second number: a classifier's accuracy, a regression's R²."""
+    if head == "identity":
+        return r2_score(logits, y.astype(logits.dtype))
+    return jnp.mean((predict(logits, head) == y).astype(jnp.float64))
 
 
 @nnx.jit
@@ -242,12 +260,11 @@ def train(
 @nnx.jit
 def eval_step(model: MLP, x, y):
     logits = model(x)
-    accuracy = jnp.mean((predict(logits, model.cfg.head) == y).astype(jnp.float64))
-    return loss_fn(logits, y, model.cfg.head), accuracy
+    return loss_fn(logits, y, model.cfg.head), score(logits, y, model.cfg.head)
 
 
 def evaluate(model: MLP, x, y) -> tuple[float, float]:
-    """(mean loss, accuracy) on a whole split."""
+    """(mean loss, accuracy) on a whole split; a regression's (mean squared error, R²)."""
     x = jnp.asarray(x, dtype=model.head.kernel.dtype)
-    loss, accuracy = eval_step(eval_view(model), x, jnp.asarray(y))
-    return float(loss), float(accuracy)
+    loss, quality = eval_step(eval_view(model), x, jnp.asarray(y))
+    return float(loss), float(quality)

@@ -14,6 +14,7 @@ from parity_tests.conftest import (
 )
 from tasks import parity, weights
 from tasks.configs import MLPConfig
+from tasks.data import Dataset
 from tasks.registry import FRAMEWORKS, load_impl
 
 
@@ -124,3 +125,114 @@ def test_a_dropped_transpose_is_caught():
     reference = parity.compute(case, "scratch", "float64")["output"]
     with pytest.raises(AssertionError):
         parity.assert_close(broken, reference, 1e-10, "output")
+
+
+# ----------------------------------------------------------------------------- regression (issue 14)
+def stock_torch_regressor(n_targets: int):
+    """The oracle: a stock nn.Sequential(Linear, Identity, Linear, Identity, Linear), float64, each
+    weight and bias redrawn from a seeded generator (non-zero biases, not only the default init);
+    returns the module and its state_dict mapped to canonical with torch_impl.porting."""
+    import torch
+    from torch import nn
+
+    stock = nn.Sequential(
+        nn.Linear(5, 7), nn.Identity(), nn.Linear(7, 6), nn.Identity(), nn.Linear(6, n_targets)
+    ).double()
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in stock.parameters():
+            p.uniform_(-0.5, 0.5, generator=generator)
+    return stock, to_canonical(stock.state_dict())
+
+
+def to_canonical(native: dict) -> dict[str, np.ndarray]:
+    """The Sequential's names (0., 2., 4.) -> hidden.0, hidden.1, head (the dense rule, as is)."""
+    from torch_impl import porting
+
+    out = {}
+    for index, prefix in {0: "hidden.0", 2: "hidden.1", 4: "head"}.items():
+        layer = {k: native[f"{index}.{k}"] for k in ("weight", "bias")}
+        out.update(porting.dense_to_canonical(layer, f"{prefix}."))
+    return out
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_stock_torch_identity_regressor_ported_into_each_framework(framework):
+    """The stock module's outputs, nn.MSELoss() and every gradient (autograd on the stock module,
+    its .grad mapped by the same rule) are what each framework computes from the ported weights."""
+    import torch
+    from torch import nn
+
+    stock, canonical = stock_torch_regressor(3)
+    rng = np.random.default_rng(6)
+    x, y = rng.normal(size=(8, 5)), rng.normal(size=(8, 3))  # (B, D), (B, K) float targets
+    x_t = torch.tensor(x, requires_grad=True)
+    output = stock(x_t)
+    loss = nn.MSELoss()(output, torch.tensor(y))
+    loss.backward()
+    grads = to_canonical({k: p.grad for k, p in stock.named_parameters()})
+    expected = {
+        "output": output.detach().numpy(),
+        "loss": loss.item(),
+        "grad.input": x_t.grad.numpy(),
+        **{f"grad.{k}": v for k, v in grads.items()},
+    }
+    impl = load_impl(framework, "mlp")
+    model = impl.create_model(MLPConfig(5, (7, 6), 3, "identity", "identity"), seed=0)
+    impl.load_canonical(model, canonical)
+    result = impl.forward_backward(model, x, y)
+    for tensor, reference in expected.items():
+        parity.assert_close(result[tensor], reference, 1e-12, f"{framework} {tensor}")
+
+
+def sklearn_regressor(n_targets: int, lr: float):
+    """A stock scikit-learn MLPRegressor(activation="identity") after one partial_fit (its own
+    Glorot init, one SGD step), with its data; plain SGD: no momentum, no L2 (alpha=0)."""
+    from sklearn.neural_network import MLPRegressor
+
+    rng = np.random.default_rng(7)
+    x, y = rng.normal(size=(16, 5)), rng.normal(size=(16, n_targets))
+    regressor = MLPRegressor(
+        hidden_layer_sizes=(7, 6), activation="identity", solver="sgd", alpha=0.0,
+        batch_size=16, learning_rate_init=lr, momentum=0.0, nesterovs_momentum=False,
+        shuffle=False, random_state=0,
+    )  # fmt: skip
+    fit_y = y[:, 0] if n_targets == 1 else y  # one target: sklearn wants y (n,)
+    regressor.partial_fit(x, fit_y)
+    return regressor, x, y, fit_y
+
+
+def sklearn_canonical(regressor) -> dict[str, np.ndarray]:
+    """coefs_[i] is (in, out) like a Keras kernel: .T to canonical; intercepts_[i] as is."""
+    names = ["hidden.0", "hidden.1", "head"]
+    return {
+        **{f"{n}.weight": w.T.copy() for n, w in zip(names, regressor.coefs_)},
+        **{f"{n}.bias": b.copy() for n, b in zip(names, regressor.intercepts_)},
+    }
+
+
+@pytest.mark.parametrize("n_targets", [1, 3])
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_sklearn_mlp_regressor_ported_and_its_sgd_step(framework, n_targets):
+    """scikit-learn's MLPRegressor is the oracle: each framework predicts what it predicts; its
+    loss_ (0.5 * the mean squared error) is half of ours; and its SGD step at lr η equals ours at
+    lr η K / 2 for K targets (its gradient is that of 0.5 * the sum over targets of each target's
+    mean squared error: deltas = output - y, divided by the batch only), docs/PORTING.md MLP."""
+    lr = 0.05
+    regressor, x, y, fit_y = sklearn_regressor(n_targets, lr)
+    before = sklearn_canonical(regressor)
+    impl = load_impl(framework, "mlp")
+    cfg = MLPConfig(5, (7, 6), n_targets, "identity", "identity")
+    model = impl.create_model(cfg, seed=0)
+    impl.load_canonical(model, before)
+    result = impl.forward_backward(model, x, y)
+    predicted = regressor.predict(x).reshape(len(x), n_targets)
+    parity.assert_close(result["output"], predicted, 1e-12, f"{framework} output")
+    regressor.partial_fit(x, fit_y)  # one more step; loss_ is the loss at `before`
+    parity.assert_close(result["loss"], 2 * regressor.loss_, 1e-12, f"{framework} loss")
+    data = Dataset("mlp", x, y, x[:1], y[:1], n_targets)
+    impl.train(model, data, epochs=1, lr=lr * n_targets / 2, batch_size=len(x), seed=0)
+    after, stepped = impl.export_canonical(model), sklearn_canonical(regressor)
+    for name, value in stepped.items():
+        assert not np.allclose(value, before[name], rtol=0, atol=1e-6), f"{name} did not move"
+        parity.assert_close(after[name], value, 1e-12, f"{framework} {name} after one step")

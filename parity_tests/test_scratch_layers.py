@@ -22,6 +22,8 @@ def layer_cases():
         "sigmoid": (layers.Sigmoid(), (3, 5)),
         "batch-norm-dense": (layers.BatchNorm(5), (6, 5)),
         "batch-norm-conv": (layers.BatchNorm(3), (2, 3, 4, 4)),
+        # zero padding: the border's gradient is cut off; a non-square map catches a swapped crop
+        "conv2d-padding": (layers.Conv2d(2, 3, 3, rng=rng, padding=2), (2, 2, 5, 4)),
     }
 
 
@@ -115,8 +117,9 @@ def test_stock_dropout_draws_from_the_generator_it_is_given():
 
 
 def test_losses_match_torch():
-    """cross_entropy (with and without ignore_index) and BCE with logits, value and gradient,
-    against torch's F.cross_entropy and F.binary_cross_entropy_with_logits in float64."""
+    """cross_entropy (with and without ignore_index), BCE with logits and the mean squared error,
+    value and gradient, against torch's F.cross_entropy, F.binary_cross_entropy_with_logits and
+    nn.MSELoss in float64."""
     import torch
     import torch.nn.functional as F
 
@@ -138,6 +141,13 @@ def test_losses_match_torch():
     expected.backward()
     parity.assert_close(loss, expected.item(), 1e-14, "bce")
     parity.assert_close(dz, t.grad.numpy(), 1e-14, "d bce")
+    pred, target = rng.normal(size=(6, 3)), rng.normal(size=(6, 3))  # a regression's (B, K)
+    loss, dpred = layers.mean_squared_error(pred, target)
+    t = torch.tensor(pred, requires_grad=True)
+    expected = torch.nn.MSELoss()(t, torch.tensor(target))  # reduction "mean": over all B * K
+    expected.backward()
+    parity.assert_close(loss, expected.item(), 1e-14, "mse")
+    parity.assert_close(dpred, t.grad.numpy(), 1e-14, "d mse")
 
 
 @pytest.mark.parametrize("model", ["mlp", "lenet5", "rnn", "attention", "transformer"])

@@ -111,8 +111,8 @@ def col2im(cols, x_shape, k: int):
 
 
 class Conv2d:
-    """2-D convolution (cross-correlation), stride 1, no padding, kernel (out_c, in_c, kh, kw):
-    im2col, then one matmul."""
+    """2-D convolution (cross-correlation), stride 1, kernel (out_c, in_c, kh, kw), `padding` zero
+    rows and columns on every side (torch's nn.Conv2d(padding=)): pad, im2col, then one matmul."""
 
     def __init__(
         self,
@@ -124,15 +124,20 @@ class Conv2d:
         dtype=np.float64,
         init: str = "uniform",
         bias: bool = True,
+        padding: int = 0,
     ):
         shape = (out_channels, in_channels, kernel_size, kernel_size)
         self.params = init_params(shape, rng=rng, dtype=dtype, init=init, bias=bias)
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+        self.padding = padding
         self.cache: dict[str, np.ndarray] = {}
 
     def forward(self, x):
         w = self.params["weight"]
         o, _, k, _ = w.shape
+        p = self.padding
+        if p:  # (B, C, H, W) -> (B, C, H + 2p, W + 2p), a zero border
+            x = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
         b, _, h, wd = x.shape
         cols = im2col(x, k)  # (B, C, H, W) -> (C*k*k, B*OH*OW)
         self.cache = {"cols": cols, "x_shape": x.shape}
@@ -152,7 +157,9 @@ class Conv2d:
         if not input_grad:
             return None  # a first layer's input is data: skip its gradient, as autograd does
         dcols = w.reshape(o, -1).T @ dy_mat  # (C*k*k, O) @ (O, B*OH*OW) -> (C*k*k, B*OH*OW)
-        return col2im(dcols, self.cache["x_shape"], k)
+        dx = col2im(dcols, self.cache["x_shape"], k)  # (B, C, H + 2p, W + 2p)
+        p, (h, wd) = self.padding, dx.shape[2:]
+        return dx[:, :, p : h - p, p : wd - p]  # the border is no input: its gradient goes
 
 
 # ----------------------------------------------------------------------------- pooling
@@ -226,7 +233,8 @@ def sigmoid(x):
 
 
 class Identity:
-    """Stands in for a layer the config leaves out, so forward and backward read the same anyway."""
+    """The identity activation (scikit-learn's "identity", torch's nn.Identity); it also stands in
+    for a layer the config leaves out, so forward and backward read the same anyway."""
 
     def forward(self, x):
         return x
@@ -307,7 +315,7 @@ class GELU:
         return dy * (0.5 * (1 + erf(x / math.sqrt(2))) + x * phi)  # Phi + x phi
 
 
-ACTIVATIONS = {"relu": ReLU, "tanh": Tanh, "sigmoid": Sigmoid}
+ACTIVATIONS = {"relu": ReLU, "tanh": Tanh, "sigmoid": Sigmoid, "identity": Identity}
 
 
 # ----------------------------------------------------------------------------- embedding
@@ -471,6 +479,13 @@ def binary_cross_entropy_with_logits(z, t):
     # stable form: max(z, 0) - z t + log(1 + exp(-|z|))
     loss = np.mean(np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z))))
     return loss, (sigmoid(z) - t) / len(z)
+
+
+def mean_squared_error(pred, t):
+    """Mean of (pred - t)^2 over every element of (B, K) predictions and float targets (torch's
+    F.mse_loss with reduction "mean"), and d loss / d pred = 2 (pred - t) / (B K)."""
+    diff = pred - t.astype(pred.dtype)
+    return np.mean(diff * diff), 2 * diff / diff.size  # a Python int keeps pred's dtype
 
 
 def l2_penalty(layers, l2: float) -> float:

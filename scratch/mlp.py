@@ -20,6 +20,7 @@ from scratch.layers import (
     binary_cross_entropy_with_logits,
     cross_entropy,
     l2_penalty,
+    mean_squared_error,
     zero_grad,
 )
 from tasks import weights
@@ -124,15 +125,33 @@ def export_canonical(model: MLP) -> dict[str, np.ndarray]:
 
 # ----------------------------------------------------------------------------- loss
 def loss_fn(logits, y, head: str):
-    """Mean loss from logits and its gradient d loss / d logits."""
+    """Mean loss from logits (a regression's predictions) and its gradient d loss / d logits."""
     if head == "sigmoid":
         loss, dz = binary_cross_entropy_with_logits(logits[:, 0], y)  # (B, 1) -> (B,)
         return loss, dz[:, None]  # (B,) -> (B, 1)
+    if head == "identity":  # regression: (B, K) predictions against (B, K) float targets
+        return mean_squared_error(logits, y)
     return cross_entropy(logits, y)
 
 
 def predict(logits, head: str):
+    if head == "identity":
+        return logits  # a regression predicts the outputs themselves
     return (logits[:, 0] > 0).astype(np.int64) if head == "sigmoid" else logits.argmax(axis=1)
+
+
+def r2_score(pred, y):
+    """1 - SS_res / SS_tot per target, averaged over the targets (scikit-learn's r2_score)."""
+    ss_res = ((y - pred) ** 2).sum(axis=0)  # (B, K) -> (K,)
+    ss_tot = ((y - y.mean(axis=0)) ** 2).sum(axis=0)
+    return np.mean(1 - ss_res / ss_tot)
+
+
+def score(logits, y, head: str):
+    """evaluate's second number: a classifier's accuracy, a regression's R²."""
+    if head == "identity":
+        return r2_score(logits, y)
+    return np.mean(predict(logits, head) == y)
 
 
 def forward_backward(model: MLP, x, y) -> dict[str, np.ndarray]:
@@ -198,8 +217,8 @@ def train(
 
 # ----------------------------------------------------------------------------- evaluation
 def evaluate(model: MLP, x, y) -> tuple[float, float]:
-    """(mean loss, accuracy) on a whole split."""
+    """(mean loss, accuracy) on a whole split; a regression's (mean squared error, R²)."""
     model.set_training(False)
     logits = model.forward(x.astype(model.head.params["weight"].dtype))
     loss, _ = loss_fn(logits, y, model.cfg.head)
-    return float(loss), float(np.mean(predict(logits, model.cfg.head) == y))
+    return float(loss), float(score(logits, y, model.cfg.head))

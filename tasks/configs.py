@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-ACTIVATIONS = ("relu", "tanh", "sigmoid", "leaky_relu")
+# "identity" is scikit-learn's name (MLPRegressor(activation="identity")): a stack of linear layers
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "leaky_relu", "identity")
 # "uniform" is torch's nn.Linear default U(±1/sqrt(fan_in)); the others are the named initialisers
 INITS = ("uniform", "he_normal", "he_uniform", "xavier_normal", "xavier_uniform")
 BN_TENSORS = (
@@ -18,7 +19,9 @@ BN_TENSORS = (
     "running_mean",
     "running_var",
 )  # torch's BatchNorm names: gamma, beta, stats
-HEADS = ("sigmoid", "softmax")
+# the output function and its loss: sigmoid + binary cross-entropy, softmax + cross-entropy, identity
+# + mean squared error (regression: scikit-learn's MLPRegressor, out_activation_ "identity")
+HEADS = ("sigmoid", "softmax", "identity")
 
 
 def check_regularisers(cfg) -> None:
@@ -33,16 +36,19 @@ def check_regularisers(cfg) -> None:
 
 @dataclass(frozen=True)
 class MLPConfig:
-    """Multilayer perceptron: dense layers with one hidden activation and a classification head."""
+    """Multilayer perceptron: dense layers with one hidden activation and a classification or
+    regression head."""
 
     in_features: int = 2
     hidden: tuple[int, ...] = (
         32,
         32,
     )  # one entry per hidden layer; () is logistic/softmax regression
-    n_classes: int = 2  # 2 with head="sigmoid" gives one logit; softmax gives n_classes logits
+    # 2 with head="sigmoid" gives one logit; softmax gives n_classes logits; identity gives
+    # n_classes outputs, one per regression target (1 or more: the targets are (B, n_classes) floats)
+    n_classes: int = 2
     activation: str = "relu"  # one of ACTIVATIONS
-    head: str = "sigmoid"  # "sigmoid" + binary cross-entropy, or "softmax" + cross-entropy
+    head: str = "sigmoid"  # one of HEADS: "sigmoid" + BCE, "softmax" + CE, "identity" + MSE
     leaky_slope: float = (
         0.01  # torch and jax default 0.01; Keras LeakyReLU defaults to 0.3, so pass it
     )
@@ -60,13 +66,19 @@ class MLPConfig:
             raise ValueError(f"unknown head {self.head!r}; choose from {', '.join(HEADS)}")
         if self.head == "sigmoid" and self.n_classes != 2:
             raise ValueError(f"a sigmoid head is binary: n_classes must be 2, got {self.n_classes}")
-        if self.in_features < 1 or self.n_classes < 2 or any(h < 1 for h in self.hidden):
+        min_outputs = 1 if self.head == "identity" else 2  # a regression may have one target
+        if self.in_features < 1 or self.n_classes < min_outputs or any(h < 1 for h in self.hidden):
             raise ValueError(f"layer sizes must be positive: {self}")
         check_regularisers(self)
 
     @property
     def out_features(self) -> int:
         return 1 if self.head == "sigmoid" else self.n_classes
+
+    @property
+    def regression(self) -> bool:
+        """An identity head: float targets (B, n_classes), mean squared error, R² as the score."""
+        return self.head == "identity"
 
     @property
     def sizes(self) -> list[int]:
@@ -90,7 +102,7 @@ class MLPConfig:
         return shapes
 
 
-LENET_ACTIVATIONS = ("tanh", "relu")
+LENET_ACTIVATIONS = ("tanh", "relu", "sigmoid")  # sigmoid: d2l's LeNet (with average pooling)
 POOLINGS = ("avg", "max")
 
 
@@ -104,7 +116,10 @@ class LeNet5Config:
     in_channels: int = 1  # grey images
     image_size: int = 32  # square input, H = W; the paper pads 28x28 MNIST digits to 32x32
     channels: tuple[int, int] = (6, 16)  # output channels of conv1 and conv2
-    kernel_size: int = 5  # square kernels, stride 1, no padding ("valid")
+    kernel_size: int = 5  # square kernels, stride 1
+    # zero padding on every side of conv1's and conv2's input; (2, 0) on 28x28 is d2l's modern
+    # LeNet-5 (conv1 keeps 28x28, so fc1 still has 16 * 5 * 5 inputs); (0, 0) is the paper's "valid"
+    padding: tuple[int, int] = (0, 0)
     hidden: tuple[int, int] = (120, 84)  # the two dense layers after the flatten (fc1, fc2)
     n_classes: int = 10  # fc3 outputs logits for a softmax cross-entropy
     activation: str = "tanh"  # the paper's squashing function; "relu" is the modern choice
@@ -125,6 +140,8 @@ class LeNet5Config:
             )
         if self.pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {self.pooling!r}; choose from {', '.join(POOLINGS)}")
+        if len(self.padding) != 2 or any(p < 0 for p in self.padding):
+            raise ValueError(f"padding is (conv1, conv2), each >= 0, got {self.padding}")
         if self.feature_size < 1:
             raise ValueError(
                 f"image_size {self.image_size} is too small for two {self.kernel_size}x{self.kernel_size} convs and 2x2 pools"
@@ -142,9 +159,11 @@ class LeNet5Config:
 
     @property
     def conv_sizes(self) -> tuple[int, int]:
-        """Height (= width) of conv1's and conv2's outputs, before pooling: 28 and 10 by default."""
-        first = self.image_size - self.kernel_size + 1
-        return first, first // 2 - self.kernel_size + 1
+        """Height (= width) of conv1's and conv2's outputs, before pooling: 28 and 10 by default
+        (and for 28x28 inputs with padding (2, 0)): H + 2 * padding - kernel_size + 1."""
+        (p1, p2), k = self.padding, self.kernel_size
+        first = self.image_size + 2 * p1 - k + 1
+        return first, first // 2 + 2 * p2 - k + 1
 
     def bn_positions(self) -> dict[str, int]:
         """Values per feature a batch norm averages over for each sample: H * W for a conv, 1 for a dense layer."""
@@ -252,6 +271,9 @@ class TransformerConfig:
     norm: str = (
         "post"  # "post": x = LN(x + f(x)) as in the paper; "pre": x = x + f(LN(x)), plus a final LN
     )
+    # a final LayerNorm ln_f after the last block (torch: nn.TransformerEncoder(norm=...)); None
+    # means the placement's usual choice: on for pre-LN, off for post-LN (has_final_norm)
+    final_norm: bool | None = None
     activation: str = "relu"  # one of FF_ACTIVATIONS, passed explicitly: torch/Keras GELU default to erf, jax.nn.gelu to tanh
     ln_eps: float = 1e-5  # passed explicitly: the defaults are torch 1e-5, Keras 1e-3, Flax 1e-6
     causal: bool = False
@@ -284,6 +306,12 @@ class TransformerConfig:
     def head_size(self) -> int:
         return self.d_model // self.n_heads
 
+    @property
+    def has_final_norm(self) -> bool:
+        """Whether ln_f follows the last block: final_norm, or by default pre-LN yes, post-LN no
+        (torch's nn.TransformerEncoder has no final norm unless given one, in either placement)."""
+        return self.norm == "pre" if self.final_norm is None else self.final_norm
+
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """LayerNorm weight/bias are (E,); feed-forward ff1 (d_ff, E), ff2 (E, d_ff)."""
         E, F = self.d_model, self.d_ff
@@ -301,10 +329,8 @@ class TransformerConfig:
                 }
             )
             shapes.update({f"{p}.ln2.weight": (E,), f"{p}.ln2.bias": (E,)})
-        if self.norm == "pre":
-            shapes.update(
-                {"ln_f.weight": (E,), "ln_f.bias": (E,)}
-            )  # pre-LN leaves the residual stream unnormalised
+        if self.has_final_norm:  # pre-LN leaves the residual stream unnormalised without it
+            shapes.update({"ln_f.weight": (E,), "ln_f.bias": (E,)})
         shapes.update({"head.weight": (self.vocab, E), "head.bias": (self.vocab,)})
         return shapes
 

@@ -22,7 +22,8 @@ TEST_FRACTION = 0.25  # one split rule for every shipped task
 
 @dataclass(frozen=True)
 class Dataset:
-    """A task's arrays: float features, integer labels, and what they mean."""
+    """A task's arrays: float features, integer labels (a regression: float targets (B, K), and
+    n_classes counts the K targets), and what they mean."""
 
     name: str
     x_train: np.ndarray
@@ -35,6 +36,11 @@ class Dataset:
     @property
     def in_features(self) -> int:
         return int(np.prod(self.x_train.shape[1:]))
+
+    @property
+    def regression(self) -> bool:
+        """Float targets to predict (an identity head, mean squared error), not class labels."""
+        return self.y_train.dtype.kind == "f"
 
 
 def split(name: str, x: np.ndarray, y: np.ndarray, n_classes: int, seed: int, **meta) -> Dataset:
@@ -75,6 +81,31 @@ def digits(seed: int = 0) -> Dataset:
     d = load_digits()
     x = (d.data / 16.0).astype(np.float64)  # (B, 64); pixel values are 0..16
     return split("digits", x, d.target.astype(np.int64), 10, seed, image_shape=(8, 8))
+
+
+def diabetes(seed: int = 0) -> Dataset:
+    """scikit-learn's shipped diabetes regression (442 patients): 10 features (age, sex, bmi, blood
+    pressure, six blood serum measurements) -> disease progression one year later, a target (B, 1).
+
+    Features and target are standardised with the training split's mean and standard deviation (so
+    the test split stays unseen): a test mean squared error of 1 is predicting the mean, R² = 1 - MSE
+    roughly. meta holds the target's mean and std, to turn predictions back into the raw scale.
+    """
+    from sklearn.datasets import load_diabetes
+
+    d = load_diabetes()
+    x, y = d.data.astype(np.float64), d.target.astype(np.float64)[:, None]  # (442, 10), (442, 1)
+    data = split("diabetes", x, y, 1, seed, features=list(d.feature_names))
+    (x_mean, x_std), (y_mean, y_std) = [
+        (a.mean(axis=0), a.std(axis=0)) for a in (data.x_train, data.y_train)
+    ]
+    norm_x, norm_y = lambda a: (a - x_mean) / x_std, lambda a: (a - y_mean) / y_std
+    return replace(
+        data,
+        x_train=norm_x(data.x_train), x_test=norm_x(data.x_test),
+        y_train=norm_y(data.y_train), y_test=norm_y(data.y_test),
+        meta={**data.meta, "target_mean": float(y_mean[0]), "target_std": float(y_std[0])},
+    )  # fmt: skip
 
 
 def resize_bilinear(images: np.ndarray, size: int) -> np.ndarray:
@@ -417,7 +448,7 @@ def sign(seed: int = 0, n_samples: int = 2000, length: int = 15) -> Dataset:
 
 # ----------------------------------------------------------------------------- lookup by name
 TASKS = {
-    "moons": moons, "digits": digits, "mnist": mnist, "digits32": digits32,
+    "moons": moons, "digits": digits, "mnist": mnist, "digits32": digits32, "diabetes": diabetes,
     "or": or_gate, "and": and_gate, "xor": xor_gate, "iris": iris, "blobs": blobs,
     "reverse": reverse, "pytext": pytext, "sign": sign,
 }  # fmt: skip

@@ -23,6 +23,8 @@ from tf_impl.regularize import canonical_variables, l2_regularizer, make_batch_n
 def make_activation(cfg: MLPConfig, dtype: str) -> keras.layers.Layer:
     if cfg.activation == "leaky_relu":
         return compat.LeakyReLU(cfg.leaky_slope, dtype=dtype)  # float64-exact slope
+    if cfg.activation == "identity":
+        return keras.layers.Identity(dtype=dtype)  # Keras's own name for it is "linear"
     return keras.layers.Activation(cfg.activation, dtype=dtype)
 
 
@@ -146,11 +148,25 @@ def make_loss(cfg: MLPConfig, dtype: str) -> keras.losses.Loss:
     """Mean loss computed from logits (the fused, numerically stable forms), in the model's dtype."""
     if cfg.head == "sigmoid":  # y (B,) against logits (B, 1)
         return keras.losses.BinaryCrossentropy(from_logits=True, dtype=dtype)
+    if cfg.head == "identity":  # regression: (B, K) predictions against (B, K) float targets
+        return keras.losses.MeanSquaredError(dtype=dtype)
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype=dtype)
 
 
 def predict(logits, head: str):
+    if head == "identity":
+        return logits  # a regression predicts the outputs themselves
     return ops.cast(logits[:, 0] > 0, "int64") if head == "sigmoid" else ops.argmax(logits, axis=1)
+
+
+def score(logits, y, head: str):
+    """evaluate's second number: a classifier's accuracy, a regression's R² (keras.metrics.R2Score,
+    averaged over the targets as scikit-learn's r2_score)."""
+    if head == "identity":
+        r2 = keras.metrics.R2Score(dtype=logits.dtype)
+        r2.update_state(y, logits)
+        return r2.result()
+    return ops.mean(ops.cast(predict(logits, head) == y, "float64"))
 
 
 def forward_backward(model: MLP, x, y) -> dict[str, np.ndarray]:
@@ -229,7 +245,7 @@ def train(
 
 # ----------------------------------------------------------------------------- evaluation
 def evaluate(model: MLP, x, y) -> tuple[float, float]:
-    """(mean loss, accuracy) on a whole split."""
+    """(mean loss, accuracy) on a whole split; a regression's (mean squared error, R²)."""
     logits = model(x.astype(model.dtype))
     loss = make_loss(model.cfg, model.dtype)(y, logits)
-    return float(loss), float(ops.mean(ops.cast(predict(logits, model.cfg.head) == y, "float64")))
+    return float(loss), float(score(logits, y, model.cfg.head))

@@ -24,7 +24,8 @@ from torch_impl.regularize import l2_penalty, make_batch_norm
 def make_activation(cfg: MLPConfig) -> nn.Module:
     if cfg.activation == "leaky_relu":
         return nn.LeakyReLU(negative_slope=cfg.leaky_slope)
-    return {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}[cfg.activation]()
+    activations = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "identity": nn.Identity}
+    return activations[cfg.activation]()
 
 
 # ----------------------------------------------------------------------------- model
@@ -128,11 +129,29 @@ def loss_fn(logits, y, head: str):
         return F.binary_cross_entropy_with_logits(
             logits[:, 0], y.to(logits.dtype)
         )  # (B, 1) -> (B,)
+    if head == "identity":  # regression: (B, K) predictions against (B, K) float targets
+        return F.mse_loss(logits, y.to(logits.dtype))  # nn.MSELoss(), reduction "mean"
     return F.cross_entropy(logits, y)
 
 
 def predict(logits, head: str):
+    if head == "identity":
+        return logits  # a regression predicts the outputs themselves
     return (logits[:, 0] > 0).long() if head == "sigmoid" else logits.argmax(dim=1)
+
+
+def r2_score(pred, y):
+    """1 - SS_res / SS_tot per target, averaged over the targets (scikit-learn's r2_score)."""
+    ss_res = ((y - pred) ** 2).sum(dim=0)  # (B, K) -> (K,)
+    ss_tot = ((y - y.mean(dim=0)) ** 2).sum(dim=0)
+    return (1 - ss_res / ss_tot).mean()
+
+
+def score(logits, y, head: str):
+    """evaluate's second number: a classifier's accuracy, a regression's R²."""
+    if head == "identity":
+        return r2_score(logits, y.to(logits.dtype))
+    return (predict(logits, head) == y).double().mean()
 
 
 def forward_backward(model: MLP, x, y, *, device="cpu") -> dict[str, np.ndarray]:
@@ -211,10 +230,8 @@ def train(
 # ----------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def evaluate(model: MLP, x, y, *, device="cpu") -> tuple[float, float]:
-    """(mean loss, accuracy) on a whole split."""
+    """(mean loss, accuracy) on a whole split; a regression's (mean squared error, R²)."""
     model.eval()
     logits = model(torch.as_tensor(x, dtype=model.head.weight.dtype, device=device))
     y = torch.as_tensor(y, device=device)
-    return loss_fn(logits, y, model.cfg.head).item(), (
-        predict(logits, model.cfg.head) == y
-    ).double().mean().item()
+    return loss_fn(logits, y, model.cfg.head).item(), score(logits, y, model.cfg.head).item()
