@@ -41,6 +41,7 @@ def make_conv(
     dtype,
     init: str = "uniform",
     bias: bool = True,
+    padding: int = 0,
 ):
     kernel_init = initializers.make_initializer(
         init, fan_in=in_channels * kernel_size**2
@@ -48,9 +49,10 @@ def make_conv(
     bias_init = (
         kernel_init if init == "uniform" else nnx.initializers.zeros
     )  # a named initialiser (He, Xavier): zero bias
-    # padding="VALID": nnx.Conv defaults to "SAME", which would keep 32x32 and break every later shape
+    # an int pads every side like torch's padding=; never nnx.Conv's default "SAME", which would keep
+    # 32x32 and break every later shape (0 is "VALID")
     return nnx.Conv(
-        in_channels, out_channels, (kernel_size, kernel_size), padding="VALID", use_bias=bias,
+        in_channels, out_channels, (kernel_size, kernel_size), padding=padding, use_bias=bias,
         kernel_init=kernel_init, bias_init=bias_init, dtype=dtype, param_dtype=dtype, rngs=rngs,
     )  # fmt: skip
 
@@ -89,7 +91,7 @@ POOLS = {
 
 
 def make_activation(cfg: LeNet5Config):
-    return {"relu": nnx.relu, "tanh": nnx.tanh}[cfg.activation]
+    return {"relu": nnx.relu, "tanh": nnx.tanh, "sigmoid": nnx.sigmoid}[cfg.activation]
 
 
 def make_pool(cfg: LeNet5Config):
@@ -104,14 +106,13 @@ class LeNet5(nnx.Module):
         self, cfg: LeNet5Config, *, rngs: nnx.Rngs, dtype=jnp.float64, dropout_layer=nnx.Dropout
     ):
         self.cfg = cfg
-        (c1, c2), (h1, h2), k = cfg.channels, cfg.hidden, cfg.kernel_size
+        (c1, c2), (h1, h2), k, (p1, p2) = cfg.channels, cfg.hidden, cfg.kernel_size, cfg.padding
         bias = (
             not cfg.batch_norm
         )  # a batch norm's mean subtraction cancels the bias of the layer before it
-        self.conv1 = make_conv(
-            cfg.in_channels, c1, k, rngs=rngs, dtype=dtype, init=cfg.init, bias=bias
-        )
-        self.conv2 = make_conv(c1, c2, k, rngs=rngs, dtype=dtype, init=cfg.init, bias=bias)
+        kw = dict(rngs=rngs, dtype=dtype, init=cfg.init, bias=bias)
+        self.conv1 = make_conv(cfg.in_channels, c1, k, padding=p1, **kw)
+        self.conv2 = make_conv(c1, c2, k, padding=p2, **kw)
         self.fc1 = make_dense(
             cfg.flat_features, h1, rngs=rngs, dtype=dtype, init=cfg.init, bias=bias
         )  # 16 * 5 * 5 = 400 inputs by default

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from parity_tests.conftest import (
     assert_frameworks_agree_pairwise,
@@ -29,6 +30,17 @@ def test_parameter_count_is_61706():
     assert LeNet5Config().flat_features == 16 * 5 * 5
     assert sum(int(np.prod(s)) for s in shapes.values()) == 61_706
     assert shapes["conv1.weight"] == (6, 1, 5, 5) and shapes["fc1.weight"] == (120, 400)
+
+
+def test_d2l_padding_keeps_the_papers_sizes():
+    """28x28 inputs with conv1 padded by 2 (d2l's LeNet) give the paper's 28x28 and 10x10 maps and
+    the same 61,706 parameters; padding conv2 too gives 16 * 7 * 7 inputs to fc1."""
+    d2l = LeNet5Config(image_size=28, padding=(2, 0), activation="sigmoid")
+    assert d2l.conv_sizes == (28, 10) and d2l.param_shapes() == LeNet5Config().param_shapes()
+    both = LeNet5Config(image_size=28, padding=(2, 2))
+    assert both.conv_sizes == (28, 14) and both.param_shapes()["fc1.weight"] == (120, 784)
+    with pytest.raises(ValueError, match="padding"):
+        LeNet5Config(padding=(-1, 0))
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
@@ -231,6 +243,65 @@ def test_load_rejects_bad_weights_and_leaves_model_unchanged(framework):
     assert all(np.array_equal(before[k], after[k]) for k in before), (
         "a failed load changed the model"
     )
+
+
+# ----------------------------------------------------------------------------- a stock LeNet-5 as the oracle
+D2L = LeNet5Config(image_size=28, padding=(2, 0), activation="sigmoid", pooling="avg")
+D2L_LAYERS = {"0": "conv1", "3": "conv2", "7": "fc1", "9": "fc2", "11": "fc3"}  # Sequential index
+
+
+def stock_d2l_lenet(seed: int):
+    """d2l's LeNet-5, stock torch.nn layers only, in float64 with torch's default init (non-zero
+    biases), drawn from its own seed without touching the global generator."""
+    from torch import nn
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return nn.Sequential(
+            nn.Conv2d(1, 6, 5, padding=2), nn.Sigmoid(), nn.AvgPool2d(2),
+            nn.Conv2d(6, 16, 5), nn.Sigmoid(), nn.AvgPool2d(2), nn.Flatten(),
+            nn.Linear(400, 120), nn.Sigmoid(), nn.Linear(120, 84), nn.Sigmoid(), nn.Linear(84, 10),
+        ).double()  # fmt: skip
+
+
+def d2l_to_canonical(tensors: dict) -> dict[str, np.ndarray]:
+    """A Sequential's state_dict (or its gradients, same names and layout) -> canonical, with the
+    porting API's conv and dense rules (docs/PORTING.md)."""
+    from torch_impl import porting
+
+    out = {}
+    for index, name in D2L_LAYERS.items():
+        native = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.split(".")[0] == index}
+        to_canonical = (
+            porting.conv2d_to_canonical if name.startswith("conv") else porting.dense_to_canonical
+        )
+        out |= to_canonical(native, prefix=f"{name}.")
+    return out
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_stock_d2l_lenet_ported_gives_its_outputs_and_gradients(framework):
+    """d2l's LeNet-5 (28x28, conv1 padding 2, sigmoid, average pooling) as a stock nn.Sequential is
+    the reference: mapped to canonical and loaded, each framework's LeNet5 gives its logits, its
+    input gradient and every parameter gradient (mean cross-entropy), float64, 1e-12."""
+    stock = stock_d2l_lenet(0)
+    rng = np.random.default_rng(6)
+    x, y = rng.uniform(size=(3, 1, 28, 28)), rng.integers(0, 10, 3)
+    xt = torch.tensor(x, requires_grad=True)
+    logits = stock(xt)
+    torch.nn.functional.cross_entropy(logits, torch.as_tensor(y)).backward()
+    impl = load_impl(framework, "lenet5")
+    model = impl.create_model(D2L, seed=0, dtype="float64")
+    impl.load_canonical(model, d2l_to_canonical(stock.state_dict()))
+    out = impl.forward_backward(model, x, y)
+    parity.assert_close(out["output"], logits.detach().numpy(), 1e-12, "output")
+    parity.assert_close(out["grad.input"], xt.grad.numpy(), 1e-12, "grad.input")
+    grads = d2l_to_canonical({k: p.grad for k, p in stock.named_parameters()})
+    assert {f"grad.{k}" for k in grads} == {
+        k for k in out if k.startswith("grad.") and k != "grad.input"
+    }
+    for name, grad in grads.items():
+        parity.assert_close(out[f"grad.{name}"], grad, 1e-12, name)
 
 
 # ----------------------------------------------------------------------------- data

@@ -57,11 +57,12 @@ class LeNet5:
         dropout_layer=Dropout,
     ):
         self.cfg = cfg
-        (c1, c2), (h1, h2), k = cfg.channels, cfg.hidden, cfg.kernel_size
+        (c1, c2), (h1, h2), k, (p1, p2) = cfg.channels, cfg.hidden, cfg.kernel_size, cfg.padding
         # a batch norm's mean subtraction cancels the bias of the layer before it
         bias = not cfg.batch_norm
-        self.conv1 = Conv2d(cfg.in_channels, c1, k, rng=rng, dtype=dtype, init=cfg.init, bias=bias)
-        self.conv2 = Conv2d(c1, c2, k, rng=rng, dtype=dtype, init=cfg.init, bias=bias)
+        kw = dict(rng=rng, dtype=dtype, init=cfg.init, bias=bias)
+        self.conv1 = Conv2d(cfg.in_channels, c1, k, padding=p1, **kw)
+        self.conv2 = Conv2d(c1, c2, k, padding=p2, **kw)
         # 16 * 5 * 5 = 400 inputs by default
         self.fc1 = Dense(cfg.flat_features, h1, rng=rng, dtype=dtype, init=cfg.init, bias=bias)
         self.fc2 = Dense(h1, h2, rng=rng, dtype=dtype, init=cfg.init, bias=bias)
@@ -79,7 +80,7 @@ class LeNet5:
         )
 
     def forward(self, x):
-        # (B, 1, 32, 32) -> (B, 6, 28, 28) -> (B, 6, 14, 14)
+        # (B, 1, 32, 32) -> (B, 6, 28, 28) -> (B, 6, 14, 14); 28x28 with padding (2, 0) alike
         x = self.pool1.forward(self.act1.forward(self.bn1.forward(self.conv1.forward(x))))
         # -> (B, 16, 10, 10) -> (B, 16, 5, 5)
         x = self.pool2.forward(self.act2.forward(self.bn2.forward(self.conv2.forward(x))))

@@ -103,6 +103,12 @@ class LeNet5(keras.Model):
         self.cfg = cfg
         (c1, c2), (h1, h2), k = cfg.channels, cfg.hidden, cfg.kernel_size
         init = keras.random.SeedGenerator(seed)
+        # Conv2D pads only "valid" (none) or "same" (k // 2: 2 for 5x5): a ZeroPadding2D before
+        # each conv pads any amount, torch's padding= exactly
+        self.pad1, self.pad2 = (
+            keras.layers.ZeroPadding2D(p, dtype=dtype) if p else keras.layers.Identity(dtype=dtype)
+            for p in cfg.padding
+        )
         # a batch norm's mean subtraction cancels the bias of the layer before it; the L2 penalty
         # (l2 / 2) * sum p^2 is each variable's regularizer
         kw = dict(dtype=dtype, init=cfg.init, regularizer=l2_regularizer(cfg.l2))
@@ -142,10 +148,10 @@ class LeNet5(keras.Model):
             x, (0, 2, 3, 1)
         )  # (B, C, H, W) -> (B, H, W, C): Keras convolves channel-last
         x = self.pool(
-            self.activation(self.bn1(self.conv1(x), training=training))
+            self.activation(self.bn1(self.conv1(self.pad1(x)), training=training))
         )  # (B, 32, 32, 1) -> (B, 28, 28, 6) -> (B, 14, 14, 6)
         x = self.pool(
-            self.activation(self.bn2(self.conv2(x), training=training))
+            self.activation(self.bn2(self.conv2(self.pad2(x)), training=training))
         )  # -> (B, 10, 10, 16) -> (B, 5, 5, 16)
         x = self.flatten(x)  # (B, 5, 5, 16) -> (B, 400) in (H, W, C) order, not torch's (C, H, W)
         x = self.drop1(

@@ -26,7 +26,7 @@ from torch_impl.regularize import l2_penalty, make_batch_norm
 
 # ----------------------------------------------------------------------------- layers
 def make_activation(cfg: LeNet5Config) -> nn.Module:
-    return {"relu": nn.ReLU, "tanh": nn.Tanh}[cfg.activation]()
+    return {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}[cfg.activation]()
 
 
 def make_pool(cfg: LeNet5Config) -> nn.Module:
@@ -49,12 +49,12 @@ class LeNet5(nn.Module):
     ):
         super().__init__()
         self.cfg = cfg
-        (c1, c2), (h1, h2), k = cfg.channels, cfg.hidden, cfg.kernel_size
+        (c1, c2), (h1, h2), k, (p1, p2) = cfg.channels, cfg.hidden, cfg.kernel_size, cfg.padding
         bias = (
             not cfg.batch_norm
         )  # a batch norm's mean subtraction cancels the bias of the layer before it
-        self.conv1 = nn.Conv2d(cfg.in_channels, c1, k, bias=bias, dtype=dtype)
-        self.conv2 = nn.Conv2d(c1, c2, k, bias=bias, dtype=dtype)
+        self.conv1 = nn.Conv2d(cfg.in_channels, c1, k, padding=p1, bias=bias, dtype=dtype)
+        self.conv2 = nn.Conv2d(c1, c2, k, padding=p2, bias=bias, dtype=dtype)
         self.fc1 = nn.Linear(
             cfg.flat_features, h1, bias=bias, dtype=dtype
         )  # 16 * 5 * 5 = 400 inputs by default
