@@ -24,6 +24,23 @@ def test_split_and_batch_order_are_seeded():
     )
 
 
+def test_diabetes_task_is_a_regression_standardised_on_its_training_split():
+    """Float targets (B, 1), n_classes counting the one target; mean 0 and std 1 on the training
+    split only (the test split's statistics stay unseen); the baselines are the two obvious fits."""
+    d = data.diabetes(seed=0)
+    assert d.regression and not data.moons(seed=0).regression
+    assert d.x_train.shape == (332, 10) and d.y_train.shape == (332, 1) and d.n_classes == 1
+    assert d.y_train.dtype == np.float64 and len(d.x_test) == 110
+    for a in (d.x_train, d.y_train):
+        np.testing.assert_allclose(a.mean(axis=0), 0, atol=1e-12)
+        np.testing.assert_allclose(a.std(axis=0), 1, atol=1e-12)
+    assert abs(d.y_test.mean()) > 1e-3  # standardised with the training statistics, not its own
+    raw = d.y_test[:, 0] * d.meta["target_std"] + d.meta["target_mean"]  # back to the raw scale
+    assert 25 <= raw.min() and raw.max() <= 346  # the dataset's progression scores, 25..346
+    base = d.meta["baselines"]
+    assert 0.4 < base["least_squares_test_mse"] < 0.6 < 0.9 < base["mean_test_mse"] < 1.1
+
+
 def test_digits_task():
     d = data.digits(seed=0)
     assert d.x_train.shape[1] == 64 and d.n_classes == 10
