@@ -145,7 +145,11 @@ def make_attention(cfg, *, rngs: nnx.Rngs, dtype) -> nnx.Module:
 
 # ----------------------------------------------------------------------------- model
 class AttentionModel(nnx.Module):
-    """Embedding * sqrt(E) + positions, one self-attention layer with a residual, a per-token head."""
+    """Embedding * sqrt(E) + positions, one self-attention layer with a residual, a per-token head.
+
+    model(tokens) returns the logits (B, T, V); model.logits_and_weights(tokens, dx=None) returns
+    (logits, weights): the attention weights of the one layer, a list of one (B, NH, T, T).
+    """
 
     def __init__(self, cfg: AttentionConfig, *, rngs: nnx.Rngs, dtype=jnp.float64):
         self.cfg = cfg
@@ -158,12 +162,15 @@ class AttentionModel(nnx.Module):
         x = self.embed(tokens) * math.sqrt(self.cfg.d_model)
         return x + positional_encoding(tokens.shape[1], self.cfg.d_model, x.dtype)
 
-    def __call__(self, tokens, dx=None):
+    def logits_and_weights(self, tokens, dx=None):
         """Logits (B, T, V) and the attention weights of each layer; `dx` (zeros) is added to the
         embedded input so that its gradient is the input gradient."""
         x = self.embed_tokens(tokens) if dx is None else self.embed_tokens(tokens) + dx
         a, w = self.attn(x, attention_mask(tokens, self.cfg.causal))
         return self.head(x + a), [w]  # (B, T, E) -> (B, T, V)
+
+    def __call__(self, tokens):
+        return self.logits_and_weights(tokens)[0]
 
     def layers_by_name(self) -> dict[str, nnx.Module]:
         """Layers by canonical prefix."""
@@ -260,7 +267,7 @@ def gradients(model, tokens, y, dx):
     XLA program (run op by op, the first call would compile every small op separately)."""
 
     def loss_of(model, dx):
-        logits, attn = model(tokens, dx)
+        logits, attn = model.logits_and_weights(tokens, dx)
         return loss_fn(logits, y), (logits, attn)
 
     return nnx.value_and_grad(loss_of, argnums=(0, 1), has_aux=True)(model, dx)
@@ -298,7 +305,7 @@ def make_optimizer(model, lr: float | OptimizerConfig) -> nnx.Optimizer:
 @nnx.jit
 def train_step(model, optimizer: nnx.Optimizer, x, y):
     def loss_of(model):
-        return loss_fn(model(x)[0], y)
+        return loss_fn(model(x), y)
 
     loss, grads = nnx.value_and_grad(loss_of)(model)
     optimizer.update(model, grads)
@@ -334,7 +341,7 @@ def train(
 # ----------------------------------------------------------------------------- evaluation
 @nnx.jit
 def eval_step(model, tokens, y):
-    logits, _ = model(tokens)
+    logits = model(tokens)
     valid = y != PAD
     accuracy = ((logits.argmax(axis=-1) == y) & valid).sum() / valid.sum()
     return loss_fn(logits, y), accuracy

@@ -122,7 +122,11 @@ STEPS = {"rnn": rnn_step, "lstm": lstm_step, "gru": gru_step}
 
 # ----------------------------------------------------------------------------- model
 class RNN(nnx.Module):
-    """One recurrent layer and a linear head: logits at every step, or at the last step only."""
+    """One recurrent layer and a linear head: logits at every step, or at the last step only.
+
+    model(x) returns the logits, (B, T, C) or (B, C); model.logits_and_states(x) returns (logits,
+    hidden, state): every step's hidden state (B, T, H) and the final state, (h,) or (h, c).
+    """
 
     def __init__(self, cfg: RNNConfig, *, rngs: nnx.Rngs, dtype=jnp.float64):
         self.cfg = cfg
@@ -154,7 +158,8 @@ class RNN(nnx.Module):
         )  # scan walks the leading axis: (B, T, D) -> (T, B, D)
         return jnp.swapaxes(hidden, 0, 1), state  # (T, B, H) -> (B, T, H)
 
-    def __call__(self, x):
+    def logits_and_states(self, x):
+        """Logits, every step's hidden state (B, T, H) and the final state: (h,), or (h, c)."""
         if self.cfg.fused:
             carry, hidden = self.rnn(x)  # (B, T, D) -> (B, T, H); carry h, or (c, h) for the LSTM
             state = carry[::-1] if self.cfg.cell == "lstm" else (carry,)  # Flax's (c, h) -> (h, c)
@@ -164,6 +169,9 @@ class RNN(nnx.Module):
             hidden if self.cfg.output == "sequence" else hidden[:, -1]
         )  # (B, T, C) or (B, C)
         return logits, hidden, state
+
+    def __call__(self, x):
+        return self.logits_and_states(x)[0]
 
 
 def create_model(cfg: RNNConfig, *, seed: int, dtype: str = "float64") -> RNN:
@@ -229,7 +237,7 @@ def gradients(model: RNN, x, y):
     """Loss, outputs and the gradients with respect to the parameters and the input, one XLA program."""
 
     def loss_of(model, x):
-        logits, hidden, state = model(x)
+        logits, hidden, state = model.logits_and_states(x)
         return loss_fn(logits, y), (logits, hidden, state)
 
     return nnx.value_and_grad(loss_of, argnums=(0, 1), has_aux=True)(model, x)
@@ -253,7 +261,7 @@ def forward_backward(model: RNN, x, y) -> dict[str, np.ndarray]:
 
 @nnx.jit
 def logits_of(model: RNN, x):
-    return model(x)[0]
+    return model(x)
 
 
 def predict_logits(model: RNN, x) -> np.ndarray:
@@ -279,7 +287,7 @@ def make_optimizer(model: RNN, lr: float | OptimizerConfig) -> nnx.Optimizer:
 @nnx.jit
 def train_step(model: RNN, optimizer: nnx.Optimizer, x, y):
     def loss_of(model):
-        return loss_fn(model(x)[0], y)
+        return loss_fn(model(x), y)
 
     loss, grads = nnx.value_and_grad(loss_of)(model)
     optimizer.update(model, grads)
@@ -315,7 +323,7 @@ def train(
 # ----------------------------------------------------------------------------- evaluation
 @nnx.jit
 def eval_step(model: RNN, x, y):
-    logits, _, _ = model(x)
+    logits = model(x)
     return loss_fn(logits, y), jnp.mean((logits.argmax(axis=-1) == y).astype(jnp.float64))
 
 

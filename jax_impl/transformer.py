@@ -81,13 +81,17 @@ class Block(nnx.Module):
 
 # ----------------------------------------------------------------------------- model
 class Transformer(nnx.Module):
-    """Embedding * sqrt(E) + positions, N blocks, (a final LayerNorm if pre-LN), a per-token head."""
+    """Embedding * sqrt(E) + positions, N blocks, an optional final LayerNorm, a per-token head.
+
+    model(tokens) returns the logits (B, T, V); model.logits_and_weights(tokens, dx=None) returns
+    (logits, weights): the attention weights of each block, a list of n_layers (B, NH, T, T).
+    """
 
     def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs, dtype=jnp.float64):
         self.cfg = cfg
         self.embed = nnx.Embed(cfg.vocab, cfg.d_model, dtype=dtype, param_dtype=dtype, rngs=rngs)
         self.blocks = nnx.List([Block(cfg, rngs=rngs, dtype=dtype) for _ in range(cfg.n_layers)])
-        self.ln_f = make_layer_norm(cfg, rngs=rngs, dtype=dtype) if cfg.norm == "pre" else None
+        self.ln_f = make_layer_norm(cfg, rngs=rngs, dtype=dtype) if cfg.has_final_norm else None
         self.head = make_dense(cfg.d_model, cfg.vocab, rngs=rngs, dtype=dtype)
 
     def embed_tokens(self, tokens):
@@ -95,7 +99,7 @@ class Transformer(nnx.Module):
         x = self.embed(tokens) * math.sqrt(self.cfg.d_model)
         return x + positional_encoding(tokens.shape[1], self.cfg.d_model, x.dtype)
 
-    def __call__(self, tokens, dx=None):
+    def logits_and_weights(self, tokens, dx=None):
         """Logits (B, T, V) and the attention weights of each block; `dx` (zeros) is added to the
         embedded input so that its gradient is the input gradient."""
         x = self.embed_tokens(tokens) if dx is None else self.embed_tokens(tokens) + dx
@@ -106,6 +110,9 @@ class Transformer(nnx.Module):
         if self.ln_f is not None:
             x = self.ln_f(x)
         return self.head(x), attn  # (B, T, E) -> (B, T, V)
+
+    def __call__(self, tokens):
+        return self.logits_and_weights(tokens)[0]
 
     def layers_by_name(self) -> dict[str, nnx.Module]:
         """Layers by canonical prefix."""

@@ -246,7 +246,7 @@ def test_scratch_model_backward_matches_finite_differences(case):
     x, y = parity.inputs(case, case.batch, "float64")
     analytic = impl.forward_backward(model, x, y)
     scale = max(float(np.abs(v).max()) for k, v in analytic.items() if k.startswith("grad."))
-    loss = lambda: impl.loss_fn(model.forward(x)[0], y)[0]
+    loss = lambda: impl.loss_fn(model.forward(x), y)[0]
     for prefix, layer in model.layers().items():
         for key, value in layer.params.items():
             parity.assert_close(

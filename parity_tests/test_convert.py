@@ -211,5 +211,5 @@ def test_readme_worked_example_runs(tmp_path, monkeypatch):
     )
     net.load_state_dict(torch.load(tmp_path / "runs/lstm-port/lstm.pt", weights_only=True))
     with torch.no_grad():
-        expected = net(torch.from_numpy(x))[0].numpy()
+        expected = net(torch.from_numpy(x)).numpy()
     assert np.max(np.abs(np.asarray(scope["model"](x)) - expected)) <= 1e-5

@@ -74,7 +74,7 @@ def test_scratch_bptt_matches_finite_differences(case):
     impl, model = loaded("scratch", case.config, case_params(case))
     x, y = parity.inputs(case, case.batch, "float64")
     analytic = impl.forward_backward(model, x, y)
-    loss = lambda: impl.loss_fn(model.forward(x)[0], y)[0]
+    loss = lambda: impl.loss_fn(model.forward(x), y)[0]
     # the model's own arrays by canonical name, so numeric_grad perturbs what forward reads
     for name, value in impl.to_canonical(model).items():
         parity.assert_close(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import Phase, assume, given, settings
 from hypothesis import strategies as st
 
@@ -75,7 +76,7 @@ def test_scratch_model_backward_matches_finite_differences(case):
     x, y = parity.inputs(case, case.batch, "float64")
     analytic = impl.forward_backward(model, x, y)
     scale = max(float(np.abs(v).max()) for k, v in analytic.items() if k.startswith("grad."))
-    loss = lambda: impl.loss_fn(model.forward(x)[0], y)[0]
+    loss = lambda: impl.loss_fn(model.forward(x), y)[0]
     for prefix, layer in model.layers().items():
         for key, value in layer.params.items():
             parity.assert_close(
@@ -169,6 +170,96 @@ def test_random_shapes_match_scratch(batch, length, heads, head_size, norm, stoc
             parity.assert_close(
                 results[framework][tensor], value, 1e-10, f"{framework} {tensor} {cfg}", scale
             )
+
+
+# ----------------------------------------------------------------------------- a stock encoder as the oracle
+def test_final_norm_defaults_to_the_placements_choice():
+    """final_norm=None keeps ln_f on pre-LN only; True or False sets it for either placement, and
+    param_shapes lists ln_f exactly when the model applies it."""
+    for norm, final_norm, expected in [
+        ("pre", None, True), ("post", None, False), ("pre", False, False), ("post", True, True),
+    ]:  # fmt: skip
+        cfg = TransformerConfig(norm=norm, final_norm=final_norm)
+        assert cfg.has_final_norm is expected
+        assert ("ln_f.weight" in cfg.param_shapes()) is expected
+
+
+def stock_encoder(cfg: TransformerConfig, seed: int):
+    """nn.Embedding, nn.TransformerEncoder of nn.TransformerEncoderLayer (batch_first, dropout 0,
+    norm_first for pre-LN; a final `norm=nn.LayerNorm` when cfg.has_final_norm) and an nn.Linear
+    head, float64. Every parameter redrawn: the encoder deep-copies one layer, and LayerNorms start
+    at (1, 0), under which a swapped block, ln1/ln2 or a missing ln_f would go unseen."""
+    from torch import nn
+
+    E, dtype = cfg.d_model, torch.float64
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        layer = nn.TransformerEncoderLayer(
+            E, cfg.n_heads, cfg.d_ff, dropout=0.0, activation=cfg.activation,
+            layer_norm_eps=cfg.ln_eps, batch_first=True, norm_first=cfg.norm == "pre", dtype=dtype,
+        )  # fmt: skip
+        final = nn.LayerNorm(E, eps=cfg.ln_eps, dtype=dtype) if cfg.has_final_norm else None
+        encoder = nn.TransformerEncoder(layer, cfg.n_layers, norm=final, enable_nested_tensor=False)
+        embed, head = nn.Embedding(cfg.vocab, E, dtype=dtype), nn.Linear(E, cfg.vocab, dtype=dtype)
+        with torch.no_grad():
+            for name, p in encoder.named_parameters():
+                gain = "norm" in name and name.endswith("weight")  # a LayerNorm's
+                p.uniform_(0.5, 1.5) if gain else p.uniform_(-0.5, 0.5)
+    return embed, encoder, head
+
+
+def stock_encoder_to_canonical(embed, encoder, head) -> dict[str, np.ndarray]:
+    """The stock modules' state_dicts -> canonical with the porting API (docs/PORTING.md):
+    layers.{i}.self_attn -> blocks.{i}.attn, linear1/linear2 -> ff1/ff2, norm1/norm2 -> ln1/ln2,
+    the encoder's norm -> ln_f."""
+    from torch_impl import porting
+
+    out = porting.embedding_to_canonical(embed.state_dict(), "embed.")
+    for i, layer in enumerate(encoder.layers):
+        p = f"blocks.{i}."
+        out |= porting.mha_to_canonical(layer.self_attn.state_dict(), p + "attn.")
+        out |= porting.dense_to_canonical(layer.linear1.state_dict(), p + "ff1.")
+        out |= porting.dense_to_canonical(layer.linear2.state_dict(), p + "ff2.")
+        out |= porting.layer_norm_to_canonical(layer.norm1.state_dict(), p + "ln1.")
+        out |= porting.layer_norm_to_canonical(layer.norm2.state_dict(), p + "ln2.")
+    if encoder.norm is not None:
+        out |= porting.layer_norm_to_canonical(encoder.norm.state_dict(), "ln_f.")
+    return out | porting.dense_to_canonical(head.state_dict(), "head.")
+
+
+STOCK_ENCODERS = [  # norm_first False/True, each with and without the encoder's final norm
+    TransformerConfig(**parity._tf, norm=norm, final_norm=final, activation=activation)
+    for norm, activation in (("post", "relu"), ("pre", "gelu"))
+    for final in (False, True)
+]
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+@pytest.mark.parametrize("cfg", STOCK_ENCODERS, ids=lambda c: f"{c.norm}-final_norm{c.final_norm}")
+def test_stock_torch_encoder_ported_gives_its_logits(cfg, framework):
+    """The stock nn.TransformerEncoder is the reference: its canonical weights loaded into each
+    framework's Transformer give the stock pipeline's logits (embedding * sqrt(E) + positions, the
+    encoder with a key-padding mask, the head) and its gradient at the encoder's input, float64, 1e-12 (measured: at most 3.6e-15)."""
+    embed, encoder, head = stock_encoder(cfg, seed=0)
+    tokens, y = parity._tokens(np.random.default_rng(1), cfg, 3, pad="right")
+    tokens_t = torch.as_tensor(tokens)
+    T, E = tokens.shape[1], cfg.d_model
+    t, i = np.arange(T)[:, None], np.arange(0, E, 2)  # PE[t, 2i] = sin(t / 10000^(2i/E)), cos
+    pe = np.zeros((T, E))
+    pe[:, 0::2], pe[:, 1::2] = np.sin(t / 10000 ** (i / E)), np.cos(t / 10000 ** (i / E))
+    x = (embed(tokens_t) * E**0.5 + torch.as_tensor(pe)).detach().requires_grad_()
+    logits = head(encoder(x, src_key_padding_mask=tokens_t == 0))  # True = a PAD key, ignored
+    loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, cfg.vocab), torch.as_tensor(y).reshape(-1), ignore_index=0
+    )
+    loss.backward()
+    impl = load_impl(framework, "transformer")
+    model = impl.create_model(cfg, seed=0, dtype="float64")
+    impl.load_canonical(model, stock_encoder_to_canonical(embed, encoder, head))
+    out = impl.forward_backward(model, tokens, y)
+    parity.assert_close(out["output"], logits.detach().numpy(), 1e-12, "logits")
+    parity.assert_close(out["loss"], loss.item(), 1e-12, "loss")
+    parity.assert_close(out["grad.input"], x.grad.numpy(), 1e-12, "gradient at the encoder input")
 
 
 # ----------------------------------------------------------------------------- training

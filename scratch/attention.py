@@ -122,7 +122,12 @@ def attention_mask(tokens, causal: bool):
 
 # ----------------------------------------------------------------------------- model
 class AttentionModel:
-    """Embedding * sqrt(E) + positions, one self-attention layer with a residual, a per-token head."""
+    """Embedding * sqrt(E) + positions, one self-attention layer with a residual, a per-token head.
+
+    model.forward(tokens) returns the logits (B, T, V); model.logits_and_weights(tokens) returns
+    (logits, weights): the attention weights of the one layer, a list of one (B, NH, T, T).
+    Either call caches what model.backward(dlogits) needs.
+    """
 
     def __init__(self, cfg: AttentionConfig, *, rng: np.random.Generator, dtype=np.float64):
         self.cfg = cfg
@@ -135,11 +140,14 @@ class AttentionModel:
         x = self.embed.forward(tokens) * math.sqrt(self.cfg.d_model)
         return x + positional_encoding(tokens.shape[1], self.cfg.d_model, x.dtype)
 
-    def forward(self, tokens):
+    def logits_and_weights(self, tokens):
         """Logits (B, T, V) and the attention weights of each layer [(B, NH, T, T)]."""
         x = self.embed_tokens(tokens)
         a, w = self.attn.forward(x, attention_mask(tokens, self.cfg.causal))
         return self.head.forward(x + a), [w]  # (B, T, E) -> (B, T, V)
+
+    def forward(self, tokens):
+        return self.logits_and_weights(tokens)[0]
 
     def backward(self, dlogits):
         dx = self.head.backward(dlogits)
@@ -186,7 +194,7 @@ def loss_fn(logits, y):
 def forward_backward(model, x, y) -> dict[str, np.ndarray]:
     """Outputs, attention weights, loss and every gradient in the canonical layout."""
     zero_grad(model.layers().values())
-    logits, attn = model.forward(x)
+    logits, attn = model.logits_and_weights(x)
     loss, dlogits = loss_fn(logits, y)
     dx = model.backward(dlogits)
     grads = {
@@ -209,7 +217,7 @@ def make_optimizer(model, lr: float | OptimizerConfig) -> optim.Optimizer:
 
 def train_step(model, optimizer: optim.Optimizer, x, y) -> float:
     optimizer.zero_grad()
-    logits, _ = model.forward(x)
+    logits = model.forward(x)
     loss, dlogits = loss_fn(logits, y)
     model.backward(dlogits)
     optimizer.step()
@@ -247,7 +255,7 @@ def predict(logits):
 
 def evaluate(model, x, y) -> tuple[float, float]:
     """(mean loss, token accuracy over the non-PAD targets) on a whole split."""
-    logits, _ = model.forward(x)
+    logits = model.forward(x)
     loss, _ = loss_fn(logits, y)
     valid = y != PAD
     return float(loss), float(((predict(logits) == y) & valid).sum() / valid.sum())

@@ -166,18 +166,27 @@ HEAD = {"W_hy": "weight", "b_y": "bias"}  # canonical name -> the head Dense's k
 
 
 class RNN:
-    """One recurrent layer and a linear head: logits at every step, or at the last step only."""
+    """One recurrent layer and a linear head: logits at every step, or at the last step only.
+
+    model.forward(x) returns the logits, (B, T, C) or (B, C); model.logits_and_states(x) returns
+    (logits, hidden, state): every step's hidden state (B, T, H) and the final state, (h,) or (h, c).
+    Either call caches what model.backward(dlogits) needs.
+    """
 
     def __init__(self, cfg: RNNConfig, *, rng: np.random.Generator, dtype=np.float64):
         self.cfg = cfg
         self.rnn = Recurrent(CELLS[cfg.cell](init_params(cfg, rng, dtype)), cfg.hidden)
         self.head = Dense(cfg.hidden, cfg.n_classes, rng=rng, dtype=dtype)  # U(±1/sqrt(H)) too
 
-    def forward(self, x):
+    def logits_and_states(self, x):
+        """Logits, every step's hidden state (B, T, H) and the final state: (h,), or (h, c)."""
         hidden, state = self.rnn.forward(x)  # (B, T, D) -> (B, T, H)
         scored = hidden if self.cfg.output == "sequence" else hidden[:, -1]  # or (B, H)
         logits = self.head.forward(scored)  # (B, T, C) or (B, C)
         return logits, hidden, state
+
+    def forward(self, x):
+        return self.logits_and_states(x)[0]
 
     def backward(self, dlogits):
         dh = self.head.backward(dlogits)
@@ -228,7 +237,7 @@ def loss_fn(logits, y):
 def forward_backward(model: RNN, x, y) -> dict[str, np.ndarray]:
     """Outputs, states, loss and every gradient in the canonical layout (what parity compares)."""
     zero_grad(model.layers().values())
-    logits, hidden, state = model.forward(x)
+    logits, hidden, state = model.logits_and_states(x)
     loss, dlogits = loss_fn(logits, y)
     dx = model.backward(dlogits)
     out = {"output": logits, "loss": np.asarray(loss), "hidden": hidden, "h_n": state[0]}
@@ -240,7 +249,7 @@ def forward_backward(model: RNN, x, y) -> dict[str, np.ndarray]:
 
 def predict_logits(model: RNN, x) -> np.ndarray:
     """Logits for a batch, as NumPy (what `rosetta sample` draws from)."""
-    return model.forward(x.astype(model.head.params["weight"].dtype))[0]
+    return model.forward(x.astype(model.head.params["weight"].dtype))
 
 
 # ----------------------------------------------------------------------------- train step
@@ -260,7 +269,7 @@ def make_optimizer(model: RNN, lr: float | OptimizerConfig) -> optim.Optimizer:
 
 def train_step(model: RNN, optimizer: optim.Optimizer, x, y) -> float:
     optimizer.zero_grad()
-    logits, _, _ = model.forward(x)
+    logits = model.forward(x)
     loss, dlogits = loss_fn(logits, y)
     model.backward(dlogits)
     optimizer.step()  # clips by the global norm, then p -= lr * g

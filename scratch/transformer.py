@@ -79,13 +79,18 @@ class Block:
 
 # ----------------------------------------------------------------------------- model
 class Transformer:
-    """Embedding * sqrt(E) + positions, N blocks, (a final LayerNorm if pre-LN), a per-token head."""
+    """Embedding * sqrt(E) + positions, N blocks, an optional final LayerNorm, a per-token head.
+
+    model.forward(tokens) returns the logits (B, T, V); model.logits_and_weights(tokens) returns
+    (logits, weights): the attention weights of each block, a list of n_layers (B, NH, T, T).
+    Either call caches what model.backward(dlogits) needs.
+    """
 
     def __init__(self, cfg: TransformerConfig, *, rng: np.random.Generator, dtype=np.float64):
         self.cfg = cfg
         self.embed = Embedding(cfg.vocab, cfg.d_model, rng=rng, dtype=dtype)
         self.blocks = [Block(cfg, rng=rng, dtype=dtype) for _ in range(cfg.n_layers)]
-        self.ln_f = LayerNorm(cfg.d_model, cfg.ln_eps, dtype=dtype) if cfg.norm == "pre" else None
+        self.ln_f = LayerNorm(cfg.d_model, cfg.ln_eps, dtype=dtype) if cfg.has_final_norm else None
         self.head = Dense(cfg.d_model, cfg.vocab, rng=rng, dtype=dtype)
 
     def embed_tokens(self, tokens):
@@ -93,7 +98,7 @@ class Transformer:
         x = self.embed.forward(tokens) * math.sqrt(self.cfg.d_model)
         return x + positional_encoding(tokens.shape[1], self.cfg.d_model, x.dtype)
 
-    def forward(self, tokens):
+    def logits_and_weights(self, tokens):
         """Logits (B, T, V) and the attention weights of each block [(B, NH, T, T)]."""
         x, allowed, attn = self.embed_tokens(tokens), attention_mask(tokens, self.cfg.causal), []
         for block in self.blocks:
@@ -102,6 +107,9 @@ class Transformer:
         if self.ln_f is not None:
             x = self.ln_f.forward(x)
         return self.head.forward(x), attn  # (B, T, E) -> (B, T, V)
+
+    def forward(self, tokens):
+        return self.logits_and_weights(tokens)[0]
 
     def backward(self, dlogits):
         dx = self.head.backward(dlogits)

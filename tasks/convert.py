@@ -216,15 +216,13 @@ def write(side: Side, params: dict[str, np.ndarray], path: Path) -> None:
 
 
 def logits(side: Side, x: np.ndarray) -> np.ndarray:
-    """The model's output for a probe batch, in inference mode (first element of a tuple)."""
+    """The model's output (its logits) for a probe batch, in inference mode."""
     if side.fmt == "torch":
         import torch
 
         side.model.eval()
         with torch.no_grad():
-            out = side.model(torch.from_numpy(x))
-        out = out[0] if isinstance(out, tuple) else out
-        return out.cpu().numpy()
+            return side.model(torch.from_numpy(x)).cpu().numpy()
     if side.fmt == "keras":
         out = side.model(x, training=False)
     elif side.fmt == "flax":
@@ -237,7 +235,6 @@ def logits(side: Side, x: np.ndarray) -> np.ndarray:
         if hasattr(side.model, "set_training"):
             side.model.set_training(False)
         out = side.model.forward(x)
-    out = out[0] if isinstance(out, (tuple, list)) else out
     return np.asarray(out)
 
 

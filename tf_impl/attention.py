@@ -159,7 +159,11 @@ def make_embedding(cfg, *, seed: keras.random.SeedGenerator, dtype: str) -> kera
 
 # ----------------------------------------------------------------------------- model
 class AttentionModel(keras.Model):
-    """Embedding * sqrt(E) + positions, one self-attention layer with a residual, a per-token head."""
+    """Embedding * sqrt(E) + positions, one self-attention layer with a residual, a per-token head.
+
+    model(tokens) returns the logits (B, T, V); model.logits_and_weights(tokens, dx=None) returns
+    (logits, weights): the attention weights of the one layer, a list of one (B, NH, T, T).
+    """
 
     def __init__(
         self, cfg: AttentionConfig, *, seed: keras.random.SeedGenerator, dtype: str = "float64"

@@ -86,7 +86,11 @@ def make_recurrent(cfg: RNNConfig, *, seed: keras.random.SeedGenerator, dtype: s
 
 # ----------------------------------------------------------------------------- model
 class RNN(keras.Model):
-    """One recurrent layer and a linear head: logits at every step, or at the last step only."""
+    """One recurrent layer and a linear head: logits at every step, or at the last step only.
+
+    model(x) returns the logits, (B, T, C) or (B, C); model.logits_and_states(x) returns (logits,
+    hidden, state): every step's hidden state (B, T, H) and the final state, (h,) or (h, c).
+    """
 
     def __init__(self, cfg: RNNConfig, *, seed: keras.random.SeedGenerator, dtype: str = "float64"):
         super().__init__(dtype=dtype)

@@ -83,7 +83,11 @@ class Block(keras.layers.Layer):
 
 # ----------------------------------------------------------------------------- model
 class Transformer(keras.Model):
-    """Embedding * sqrt(E) + positions, N blocks, (a final LayerNorm if pre-LN), a per-token head."""
+    """Embedding * sqrt(E) + positions, N blocks, an optional final LayerNorm, a per-token head.
+
+    model(tokens) returns the logits (B, T, V); model.logits_and_weights(tokens, dx=None) returns
+    (logits, weights): the attention weights of each block, a list of n_layers (B, NH, T, T).
+    """
 
     def __init__(
         self, cfg: TransformerConfig, *, seed: keras.random.SeedGenerator, dtype: str = "float64"
@@ -94,7 +98,7 @@ class Transformer(keras.Model):
         self.blocks = [
             Block(cfg, seed=seed, dtype=dtype, name=f"blocks_{i}") for i in range(cfg.n_layers)
         ]
-        self.ln_f = make_layer_norm(cfg, dtype=dtype, name="ln_f") if cfg.norm == "pre" else None
+        self.ln_f = make_layer_norm(cfg, dtype=dtype, name="ln_f") if cfg.has_final_norm else None
         self.head = make_dense(cfg.d_model, cfg.vocab, seed=seed, dtype=dtype, name="head")
         self.batch_loss = training.BatchMeanLoss(dtype)  # what train reports per epoch
 

@@ -136,7 +136,11 @@ def init_from(model: nn.Module, generator: torch.Generator) -> None:
 
 # ----------------------------------------------------------------------------- model
 class AttentionModel(nn.Module):
-    """Embedding * sqrt(E) + positions, one self-attention layer with a residual, a per-token head."""
+    """Embedding * sqrt(E) + positions, one self-attention layer with a residual, a per-token head.
+
+    model(tokens) returns the logits (B, T, V); model.logits_and_weights(tokens, dx=None) returns
+    (logits, weights): the attention weights of the one layer, a list of one (B, NH, T, T).
+    """
 
     def __init__(self, cfg: AttentionConfig, *, generator: torch.Generator, dtype=torch.float64):
         super().__init__()
@@ -151,12 +155,15 @@ class AttentionModel(nn.Module):
         x = self.embed(tokens) * math.sqrt(self.cfg.d_model)
         return x + positional_encoding(tokens.shape[1], self.cfg.d_model, x.dtype, x.device)
 
-    def forward(self, tokens, dx=None):
+    def logits_and_weights(self, tokens, dx=None):
         """Logits (B, T, V) and the attention weights of each layer; `dx` (zeros) is added to the
         embedded input so that its gradient is the input gradient."""
         x = self.embed_tokens(tokens) if dx is None else self.embed_tokens(tokens) + dx
         a, w = self.attn(x, attention_mask(tokens, self.cfg.causal))
         return self.head(x + a), [w]  # (B, T, E) -> (B, T, V)
+
+    def forward(self, tokens):
+        return self.logits_and_weights(tokens)[0]
 
 
 def create_model(
@@ -221,7 +228,7 @@ def forward_backward(model: nn.Module, x, y, *, device="cpu") -> dict[str, np.nd
     dx = torch.zeros(
         *tokens.shape, model.cfg.d_model, dtype=model.head.weight.dtype, device=device
     ).requires_grad_()  # (B, T, E)
-    logits, attn = model(tokens, dx)
+    logits, attn = model.logits_and_weights(tokens, dx)
     loss = loss_fn(logits, torch.as_tensor(y, device=device))
     loss.backward()
     numpy = lambda t: t.detach().cpu().numpy().copy()
@@ -245,7 +252,7 @@ def train_step(
     model: nn.Module, optimizer: torch.optim.Optimizer, x, y, *, clip_norm=None
 ) -> float:
     optimizer.zero_grad()
-    loss = loss_fn(model(x)[0], y)
+    loss = loss_fn(model(x), y)
     loss.backward()
     if clip_norm is not None:  # nn.utils.clip_grad_norm_ without its 1e-6 (compat.py)
         compat.clip_grad_norm_(model.parameters(), clip_norm)
@@ -293,7 +300,7 @@ def train(
 def evaluate(model: nn.Module, x, y, *, device="cpu") -> tuple[float, float]:
     """(mean loss, token accuracy over the non-PAD targets) on a whole split."""
     model.eval()
-    logits, _ = model(torch.as_tensor(x, device=device))
+    logits = model(torch.as_tensor(x, device=device))
     y = torch.as_tensor(y, device=device)
     valid = y != PAD
     return loss_fn(logits, y).item(), (

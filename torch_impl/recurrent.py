@@ -60,7 +60,11 @@ LAYERS = {"rnn": (nn.RNN, rnn_step), "lstm": (nn.LSTM, lstm_step), "gru": (nn.GR
 
 # ----------------------------------------------------------------------------- model
 class RNN(nn.Module):
-    """One recurrent layer and a linear head: logits at every step, or at the last step only."""
+    """One recurrent layer and a linear head: logits at every step, or at the last step only.
+
+    model(x) returns the logits, (B, T, C) or (B, C); model.logits_and_states(x) returns (logits,
+    hidden, state): every step's hidden state (B, T, H) and the final state, (h,) or (h, c).
+    """
 
     def __init__(self, cfg: RNNConfig, *, generator: torch.Generator, dtype=torch.float64):
         super().__init__()
@@ -97,7 +101,8 @@ class RNN(nn.Module):
             hs.append(state[0])
         return torch.stack(hs, dim=1), state  # T x (B, H) -> (B, T, H)
 
-    def forward(self, x):
+    def logits_and_states(self, x):
+        """Logits, every step's hidden state (B, T, H) and the final state: (h,), or (h, c)."""
         if self.cfg.fused:
             hidden, state = self.rnn(
                 x
@@ -111,6 +116,9 @@ class RNN(nn.Module):
             hidden if self.cfg.output == "sequence" else hidden[:, -1]
         )  # (B, T, C) or (B, C)
         return logits, hidden, state
+
+    def forward(self, x):
+        return self.logits_and_states(x)[0]
 
 
 def create_model(
@@ -172,7 +180,7 @@ def forward_backward(model: RNN, x, y, *, device="cpu") -> dict[str, np.ndarray]
     """Outputs, states, loss and every gradient in the canonical layout (what the parity tests compare)."""
     model.zero_grad()
     x = torch.tensor(x, device=device, requires_grad=True)
-    logits, hidden, state = model(x)
+    logits, hidden, state = model.logits_and_states(x)
     loss = loss_fn(logits, torch.as_tensor(y, device=device))
     loss.backward()
     out = {"output": logits, "loss": loss, "hidden": hidden, "h_n": state[0]}
@@ -187,7 +195,7 @@ def forward_backward(model: RNN, x, y, *, device="cpu") -> dict[str, np.ndarray]
 def predict_logits(model: RNN, x, *, device="cpu") -> np.ndarray:
     """Logits for a batch, as NumPy (what `rosetta sample` draws from)."""
     model.eval()
-    return model(torch.as_tensor(x, dtype=model.head.weight.dtype, device=device))[0].cpu().numpy()
+    return model(torch.as_tensor(x, dtype=model.head.weight.dtype, device=device)).cpu().numpy()
 
 
 # ----------------------------------------------------------------------------- train step
@@ -210,8 +218,7 @@ def train_step(model: RNN, optimizer: torch.optim.Optimizer, x, y, *, clip_norm=
     """clip_norm: an OptimizerConfig's; by default the RNNConfig's (the lesson's clipped SGD)."""
     clip_norm = model.cfg.clip_norm if clip_norm is None else clip_norm
     optimizer.zero_grad()
-    logits, _, _ = model(x)
-    loss = loss_fn(logits, y)
+    loss = loss_fn(model(x), y)
     loss.backward()
     if clip_norm is not None:  # nn.utils.clip_grad_norm_ without its 1e-6 (compat.py)
         compat.clip_grad_norm_(model.parameters(), clip_norm)
@@ -260,6 +267,6 @@ def train(
 def evaluate(model: RNN, x, y, *, device="cpu") -> tuple[float, float]:
     """(mean loss, accuracy) on a whole split; a language model scores every position."""
     model.eval()
-    logits, _, _ = model(torch.as_tensor(x, dtype=model.head.weight.dtype, device=device))
+    logits = model(torch.as_tensor(x, dtype=model.head.weight.dtype, device=device))
     y = torch.as_tensor(y, device=device)
     return loss_fn(logits, y).item(), (logits.argmax(dim=-1) == y).double().mean().item()

@@ -69,7 +69,11 @@ class Block(nn.Module):
 
 # ----------------------------------------------------------------------------- model
 class Transformer(nn.Module):
-    """Embedding * sqrt(E) + positions, N blocks, (a final LayerNorm if pre-LN), a per-token head."""
+    """Embedding * sqrt(E) + positions, N blocks, an optional final LayerNorm, a per-token head.
+
+    model(tokens) returns the logits (B, T, V); model.logits_and_weights(tokens, dx=None) returns
+    (logits, weights): the attention weights of each block, a list of n_layers (B, NH, T, T).
+    """
 
     def __init__(self, cfg: TransformerConfig, *, generator: torch.Generator, dtype=torch.float64):
         super().__init__()
@@ -77,7 +81,7 @@ class Transformer(nn.Module):
         self.embed = nn.Embedding(cfg.vocab, cfg.d_model, dtype=dtype)
         self.blocks = nn.ModuleList(Block(cfg, dtype=dtype) for _ in range(cfg.n_layers))
         self.ln_f = (
-            nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps, dtype=dtype) if cfg.norm == "pre" else None
+            nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps, dtype=dtype) if cfg.has_final_norm else None
         )
         self.head = nn.Linear(cfg.d_model, cfg.vocab, dtype=dtype)
         init_from(self, generator)
@@ -87,7 +91,7 @@ class Transformer(nn.Module):
         x = self.embed(tokens) * math.sqrt(self.cfg.d_model)
         return x + positional_encoding(tokens.shape[1], self.cfg.d_model, x.dtype, x.device)
 
-    def forward(self, tokens, dx=None):
+    def logits_and_weights(self, tokens, dx=None):
         """Logits (B, T, V) and the attention weights of each block; `dx` (zeros) is added to the
         embedded input so that its gradient is the input gradient."""
         x = self.embed_tokens(tokens) if dx is None else self.embed_tokens(tokens) + dx
@@ -98,6 +102,9 @@ class Transformer(nn.Module):
         if self.ln_f is not None:
             x = self.ln_f(x)
         return self.head(x), attn  # (B, T, E) -> (B, T, V)
+
+    def forward(self, tokens):
+        return self.logits_and_weights(tokens)[0]
 
 
 def create_model(
