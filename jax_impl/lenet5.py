@@ -118,7 +118,7 @@ class LeNet5(nnx.Module):
         )  # 16 * 5 * 5 = 400 inputs by default
         self.fc2 = make_dense(h1, h2, rngs=rngs, dtype=dtype, init=cfg.init, bias=bias)
         self.fc3 = make_dense(h2, cfg.n_classes, rngs=rngs, dtype=dtype, init=cfg.init)
-        # the activation and the pooling are plain functions, so one of each serves every use
+        # the activation and the pooling hold no parameters, so one of each serves every use
         self.activation = make_activation(cfg)
         self.pool = make_pool(cfg)
         # optional regularisers: batch norm before each hidden activation, dropout after fc1's and fc2's
@@ -276,9 +276,7 @@ def forward_backward(model: LeNet5, x, y) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------- train step
 def make_optimizer(model: LeNet5, lr: float | OptimizerConfig) -> nnx.Optimizer:
     """A learning rate gives optax.sgd; an OptimizerConfig any transformation of jax_impl/optim.py."""
-    return optim.make_optimizer(
-        model, lr if isinstance(lr, OptimizerConfig) else OptimizerConfig("sgd", lr=lr)
-    )
+    return optim.make_optimizer(model, optim.as_config(lr))
 
 
 @nnx.jit

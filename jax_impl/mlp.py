@@ -212,9 +212,7 @@ def forward_backward(model: MLP, x, y) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------- train step
 def make_optimizer(model: MLP, lr: float | OptimizerConfig) -> nnx.Optimizer:
     """A learning rate gives optax.sgd; an OptimizerConfig any transformation of jax_impl/optim.py."""
-    return optim.make_optimizer(
-        model, lr if isinstance(lr, OptimizerConfig) else OptimizerConfig("sgd", lr=lr)
-    )
+    return optim.make_optimizer(model, optim.as_config(lr))
 
 
 @nnx.jit

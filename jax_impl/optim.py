@@ -52,6 +52,11 @@ def make_stock_schedule(spec: OptimizerConfig):
 
 
 # ----------------------------------------------------------------------------- optimisers
+def as_config(lr: float | OptimizerConfig, **defaults) -> OptimizerConfig:
+    """An OptimizerConfig as given; a bare learning rate becomes one (SGD unless `defaults`)."""
+    return lr if isinstance(lr, OptimizerConfig) else OptimizerConfig(lr=lr, **defaults)
+
+
 @functools.cache
 def make_transform(spec: OptimizerConfig, dtype) -> optax.GradientTransformation:
     """One transformation per (spec, dtype), built once: nnx.jit keys its compiled steps on the

@@ -30,6 +30,51 @@ LSTM_GATES = (
 
 
 # ----------------------------------------------------------------------------- layers
+def rnn_step(cell: nnx.SimpleCell, x, state):
+    """One step, h' = tanh(W_xh x + W_hh h + b_h), on the cell's own parameters."""
+    (h,) = state
+    a = (
+        x @ cell.dense_i.kernel[...] + cell.dense_i.bias[...] + h @ cell.dense_h.kernel[...]
+    )  # (B, D) @ (D, H) + (B, H) @ (H, H) -> (B, H)
+    h = jnp.tanh(a)
+    return (h,)
+
+
+def lstm_step(cell: nnx.LSTMCell, x, state):
+    """One step: gates (i, f, g, o), c' = f c + i g, h' = o tanh(c')."""
+    h, c = state
+    # one Linear pair per gate, in the order (i, f, g, o): (B, D) @ (D, H) + (B, H) @ (H, H) -> (B, H)
+    a_i, a_f, a_g, a_o = (
+        x @ getattr(cell, i).kernel[...]
+        + h @ getattr(cell, hh).kernel[...]
+        + getattr(cell, hh).bias[...]
+        for i, hh in LSTM_GATES
+    )
+    i, f, g, o = nnx.sigmoid(a_i), nnx.sigmoid(a_f), jnp.tanh(a_g), nnx.sigmoid(a_o)
+    c = f * c + i * g
+    h = o * jnp.tanh(c)
+    return h, c
+
+
+def gru_step(cell: GRUCell, x, state):
+    """One step: gates (r, z, n), n = tanh(W_in x + b_in + r (W_hn h + b_hn)), h' = (1 - z) n + z h."""
+    (h,) = state
+    x_r, x_z, x_n = jnp.split(
+        x @ cell.dense_i.kernel[...] + cell.dense_i.bias[...], 3, axis=1
+    )  # (B, D) @ (D, 3H) -> 3 x (B, H)
+    h_r, h_z, h_n = jnp.split(
+        h @ cell.dense_h.kernel[...], 3, axis=1
+    )  # (B, H) @ (H, 3H) -> 3 x (B, H)
+    h_n = h_n + cell.b_hn[...]  # b_hn sits inside the reset product, so it cannot merge into b_h
+    r, z = nnx.sigmoid(x_r + h_r), nnx.sigmoid(x_z + h_z)
+    n = jnp.tanh(x_n + r * h_n)  # the reset gate scales W_hn h + b_hn, after the matmul
+    h = (1 - z) * n + z * h
+    return (h,)
+
+
+STEPS = {"rnn": rnn_step, "lstm": lstm_step, "gru": gru_step}
+
+
 class GRUCell(nnx.RNNCellBase):
     """The GRU of torch and Keras (reset_after): nnx.GRUCell's dense_i and dense_h, and the b_hn
     that nnx.GRUCell lacks, inside the reset product: n = tanh(W_in x + b_in + r * (W_hn h + b_hn))."""
@@ -64,41 +109,6 @@ class GRUCell(nnx.RNNCellBase):
         return 1
 
 
-def rnn_step(cell: nnx.SimpleCell, x, state):
-    """The lesson's step, h' = tanh(W_xh x + W_hh h + b_h), on SimpleCell's own parameters."""
-    (h,) = state
-    h = jnp.tanh(
-        x @ cell.dense_i.kernel[...] + cell.dense_i.bias[...] + h @ cell.dense_h.kernel[...]
-    )  # (B, D) @ (D, H) + (B, H) @ (H, H) -> (B, H)
-    return (h,)
-
-
-def lstm_step(cell: nnx.LSTMCell, x, state):
-    h, c = state
-    # one Linear pair per gate, in the order (i, f, g, o): (B, D) @ (D, H) + (B, H) @ (H, H) -> (B, H)
-    a_i, a_f, a_g, a_o = (
-        x @ getattr(cell, i).kernel[...]
-        + h @ getattr(cell, hh).kernel[...]
-        + getattr(cell, hh).bias[...]
-        for i, hh in LSTM_GATES
-    )
-    c = nnx.sigmoid(a_f) * c + nnx.sigmoid(a_i) * jnp.tanh(a_g)
-    return nnx.sigmoid(a_o) * jnp.tanh(c), c
-
-
-def gru_step(cell: GRUCell, x, state):
-    (h,) = state
-    x_r, x_z, x_n = jnp.split(
-        x @ cell.dense_i.kernel[...] + cell.dense_i.bias[...], 3, axis=-1
-    )  # (B, D) @ (D, 3H) -> 3 x (B, H)
-    h_r, h_z, h_n = jnp.split(
-        h @ cell.dense_h.kernel[...], 3, axis=-1
-    )  # (B, H) @ (H, 3H) -> 3 x (B, H)
-    r, z = nnx.sigmoid(x_r + h_r), nnx.sigmoid(x_z + h_z)
-    n = jnp.tanh(x_n + r * (h_n + cell.b_hn[...]))  # the reset gate scales W_hn h + b_hn
-    return ((1 - z) * n + z * h,)
-
-
 def make_cell(cfg: RNNConfig, *, rngs: nnx.Rngs, dtype):
     bound = 1.0 / np.sqrt(cfg.hidden)  # torch's rule, so every framework starts alike
     init = lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound)
@@ -117,9 +127,6 @@ def make_cell(cfg: RNNConfig, *, rngs: nnx.Rngs, dtype):
     return nnx.LSTMCell(cfg.in_features, cfg.hidden, **kwargs)
 
 
-STEPS = {"rnn": rnn_step, "lstm": lstm_step, "gru": gru_step}
-
-
 # ----------------------------------------------------------------------------- model
 class RNN(nnx.Module):
     """One recurrent layer and a linear head: logits at every step, or at the last step only.
@@ -130,6 +137,7 @@ class RNN(nnx.Module):
 
     def __init__(self, cfg: RNNConfig, *, rngs: nnx.Rngs, dtype=jnp.float64):
         self.cfg = cfg
+        self.step = STEPS[cfg.cell]
         self.rnn = nnx.RNN(make_cell(cfg, rngs=rngs, dtype=dtype), return_carry=True)
         bound = 1.0 / np.sqrt(cfg.hidden)
         init = lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound)
@@ -149,12 +157,12 @@ class RNN(nnx.Module):
             for _ in range(2 if self.cfg.cell == "lstm" else 1)
         )
 
-        def step(state, x_t):  # a scan body: (carry, x_t) -> (carry, output)
-            state = STEPS[self.cfg.cell](self.rnn.cell, x_t, state)
+        def scan_body(state, x_t):  # (carry, x_t) -> (carry, output)
+            state = self.step(self.rnn.cell, x_t, state)  # (B, D) -> (B, H)
             return state, state[0]
 
         state, hidden = jax.lax.scan(
-            step, state, jnp.swapaxes(x, 0, 1)
+            scan_body, state, jnp.swapaxes(x, 0, 1)
         )  # scan walks the leading axis: (B, T, D) -> (T, B, D)
         return jnp.swapaxes(hidden, 0, 1), state  # (T, B, H) -> (B, T, H)
 
@@ -271,17 +279,20 @@ def predict_logits(model: RNN, x) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- train step
+def optimizer_config(model: RNN, lr: float | OptimizerConfig) -> OptimizerConfig:
+    """A learning rate gives SGD clipped at cfg.clip_norm; an OptimizerConfig clips at its own."""
+    if isinstance(lr, OptimizerConfig) and model.cfg.clip_norm is not None:
+        raise ValueError(  # one clipping rule, not two in a row
+            "an OptimizerConfig clips at its own clip_norm: build the RNNConfig with clip_norm=None"
+        )
+    return optim.as_config(lr, clip_norm=model.cfg.clip_norm)
+
+
 def make_optimizer(model: RNN, lr: float | OptimizerConfig) -> nnx.Optimizer:
-    """A learning rate gives optax.sgd clipped at cfg.clip_norm; an OptimizerConfig any transformation
-    of jax_impl/optim.py, clipped at the OptimizerConfig's own clip_norm."""
-    if isinstance(lr, OptimizerConfig):
-        if model.cfg.clip_norm is not None:  # one clipping rule, not two in a row
-            raise ValueError(
-                "an OptimizerConfig clips at its own clip_norm: build the RNNConfig with clip_norm=None"
-            )
-        return optim.make_optimizer(model, lr)
-    # optax.clip_by_global_norm scales by max_norm / norm when norm > max_norm: no epsilon, like scratch
-    return optim.make_optimizer(model, OptimizerConfig("sgd", lr=lr, clip_norm=model.cfg.clip_norm))
+    """A learning rate gives optax.sgd; an OptimizerConfig any transformation of jax_impl/optim.py
+    (optax.clip_by_global_norm scales by max_norm / norm when norm > max_norm: no epsilon, like
+    scratch)."""
+    return optim.make_optimizer(model, optimizer_config(model, lr))
 
 
 @nnx.jit
@@ -304,8 +315,7 @@ def train(
     seed: int,
     on_epoch=None,
 ) -> list[float]:
-    """Mini-batches in the shared order, stepped by make_optimizer(model, lr); returns the mean
-    training loss of each epoch."""
+    """Mini-batches in the shared order; returns the mean training loss of each epoch."""
     x, y = jnp.asarray(data.x_train, dtype=model.head.kernel.dtype), jnp.asarray(data.y_train)
     optimizer, history = make_optimizer(model, lr), []
     # cached_partial walks the model and optimizer graphs once, not on every step

@@ -171,9 +171,7 @@ def forward_backward(model: LeNet5, x, y) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------- train step
 def make_optimizer(model: LeNet5, lr: float | OptimizerConfig) -> optim.Optimizer:
     """A learning rate gives plain SGD (p -= lr * g); an OptimizerConfig any of scratch/optim.py."""
-    return optim.make_optimizer(
-        model, lr if isinstance(lr, OptimizerConfig) else OptimizerConfig("sgd", lr=lr)
-    )
+    return optim.make_optimizer(model, optim.as_config(lr))
 
 
 def train_step(model: LeNet5, optimizer: optim.Optimizer, x, y) -> float:

@@ -171,9 +171,7 @@ def forward_backward(model: MLP, x, y) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------- train step
 def make_optimizer(model: MLP, lr: float | OptimizerConfig) -> optim.Optimizer:
     """A learning rate gives plain SGD (p -= lr * g); an OptimizerConfig any of scratch/optim.py."""
-    return optim.make_optimizer(
-        model, lr if isinstance(lr, OptimizerConfig) else OptimizerConfig("sgd", lr=lr)
-    )
+    return optim.make_optimizer(model, optim.as_config(lr))
 
 
 def train_step(model: MLP, optimizer: optim.Optimizer, x, y) -> float:

@@ -28,6 +28,11 @@ def clip_by_global_norm(grads: list[np.ndarray], max_norm: float) -> list[np.nda
 
 
 # ----------------------------------------------------------------------------- optimisers
+def as_config(lr: float | OptimizerConfig, **defaults) -> OptimizerConfig:
+    """An OptimizerConfig as given; a bare learning rate becomes one (SGD unless `defaults`)."""
+    return lr if isinstance(lr, OptimizerConfig) else OptimizerConfig(lr=lr, **defaults)
+
+
 class Optimizer:
     """The shared loop: clip, look up the scheduled lr, then one `update` per parameter tensor."""
 

@@ -30,7 +30,7 @@ def init_params(cfg: RNNConfig, rng: np.random.Generator, dtype) -> dict[str, np
 
 
 class RNNCell:
-    """h' = tanh(W_xh x + W_hh h + b_h): the lesson's step."""
+    """One step, h' = tanh(W_xh x + W_hh h + b_h), on the cell's own parameters; and its backward."""
 
     def __init__(self, params: dict[str, np.ndarray]):
         self.params = params
@@ -39,9 +39,12 @@ class RNNCell:
     def forward(self, x, state):
         (h,) = state
         p = self.params
-        # (B, D) @ (D, H) + (B, H) @ (H, H) -> (B, H)
-        h_new = np.tanh(x @ p["W_xh"].T + h @ p["W_hh"].T + p["b_h"])
-        return (h_new,), {"x": x, "h": h, "h_new": h_new}
+        a = (
+            x @ p["W_xh"].T + h @ p["W_hh"].T + p["b_h"]
+        )  # (B, D) @ (D, H) + (B, H) @ (H, H) -> (B, H)
+        cache = {"x": x, "h": h}
+        h = np.tanh(a)
+        return (h,), cache | {"h_new": h}
 
     def backward(self, dstate, cache):
         (dh_new,) = dstate
@@ -53,7 +56,7 @@ class RNNCell:
 
 
 class LSTMCell:
-    """Gates (i, f, g, o) from one stacked matmul; c' = f c + i g, h' = o tanh(c')."""
+    """One step: gates (i, f, g, o), c' = f c + i g, h' = o tanh(c'); and its backward."""
 
     def __init__(self, params: dict[str, np.ndarray]):
         self.params = params
@@ -62,14 +65,16 @@ class LSTMCell:
     def forward(self, x, state):
         h, c = state
         p = self.params
-        a = x @ p["W_xh"].T + h @ p["W_hh"].T + p["b_h"]  # (B, D) @ (D, 4H) + ... -> (B, 4H)
+        a = (
+            x @ p["W_xh"].T + h @ p["W_hh"].T + p["b_h"]
+        )  # (B, D) @ (D, 4H) + (B, H) @ (H, 4H) -> (B, 4H)
         a_i, a_f, a_g, a_o = np.split(a, 4, axis=1)  # (B, 4H) -> 4 x (B, H)
         i, f, g, o = sigmoid(a_i), sigmoid(a_f), np.tanh(a_g), sigmoid(a_o)
-        c_new = f * c + i * g
-        tanh_c = np.tanh(c_new)
-        h_new = o * tanh_c
-        cache = {"x": x, "h": h, "c": c, "i": i, "f": f, "g": g, "o": o, "tanh_c": tanh_c}
-        return (h_new, c_new), cache
+        cache = {"x": x, "h": h, "c": c, "i": i, "f": f, "g": g, "o": o}
+        c = f * c + i * g
+        tanh_c = np.tanh(c)
+        h = o * tanh_c
+        return (h, c), cache | {"tanh_c": tanh_c}
 
     def backward(self, dstate, cache):
         dh_new, dc_new = dstate
@@ -92,7 +97,8 @@ class LSTMCell:
 
 
 class GRUCell:
-    """Gates (r, z, n); the reset gate scales W_hh h + b_hn after the matmul; h' = (1 - z) n + z h."""
+    """One step: gates (r, z, n), n = tanh(W_in x + b_in + r (W_hn h + b_hn)), h' = (1 - z) n + z h;
+    and its backward."""
 
     def __init__(self, params: dict[str, np.ndarray]):
         self.params = params
@@ -104,17 +110,18 @@ class GRUCell:
         # (B, D) @ (D, 3H) -> (B, 3H) -> 3 x (B, H)
         x_r, x_z, x_n = np.split(x @ p["W_xh"].T + p["b_h"], 3, axis=1)
         h_r, h_z, h_n = np.split(h @ p["W_hh"].T, 3, axis=1)  # (B, H) @ (H, 3H) -> 3 x (B, H)
+        h_n = h_n + p["b_hn"]  # b_hn sits inside the reset product, so it cannot merge into b_h
         r, z = sigmoid(x_r + h_r), sigmoid(x_z + h_z)
-        hn = h_n + p["b_hn"]  # b_hn sits inside the reset product, so it cannot merge into b_h
-        n = np.tanh(x_n + r * hn)
-        h_new = (1 - z) * n + z * h
-        return (h_new,), {"x": x, "h": h, "r": r, "z": z, "n": n, "hn": hn}
+        n = np.tanh(x_n + r * h_n)  # the reset gate scales W_hn h + b_hn, after the matmul
+        cache = {"x": x, "h": h, "r": r, "z": z, "n": n, "h_n": h_n}
+        h = (1 - z) * n + z * h
+        return (h,), cache
 
     def backward(self, dstate, cache):
         (dh_new,) = dstate
         k = cache
         da_n = dh_new * (1 - k["z"]) * (1 - k["n"] ** 2)
-        da_r = da_n * k["hn"] * k["r"] * (1 - k["r"])
+        da_r = da_n * k["h_n"] * k["r"] * (1 - k["r"])
         da_z = dh_new * (k["h"] - k["n"]) * k["z"] * (1 - k["z"])
         dx_side = np.concatenate([da_r, da_z, da_n], axis=1)  # (B, 3H): gradient of x W_xh^T + b_h
         dh_side = np.concatenate([da_r, da_z, da_n * k["r"]], axis=1)  # (B, 3H): of h W_hh^T
@@ -253,18 +260,18 @@ def predict_logits(model: RNN, x) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- train step
-def make_optimizer(model: RNN, lr: float | OptimizerConfig) -> optim.Optimizer:
-    """A learning rate gives SGD clipped at cfg.clip_norm; an OptimizerConfig any optimizer of
-    scratch/optim.py, clipped at the OptimizerConfig's own clip_norm."""
-    if not isinstance(lr, OptimizerConfig):
-        return optim.make_optimizer(
-            model, OptimizerConfig("sgd", lr=lr, clip_norm=model.cfg.clip_norm)
-        )
-    if model.cfg.clip_norm is not None:  # one clipping rule, not two in a row
-        raise ValueError(
+def optimizer_config(model: RNN, lr: float | OptimizerConfig) -> OptimizerConfig:
+    """A learning rate gives SGD clipped at cfg.clip_norm; an OptimizerConfig clips at its own."""
+    if isinstance(lr, OptimizerConfig) and model.cfg.clip_norm is not None:
+        raise ValueError(  # one clipping rule, not two in a row
             "an OptimizerConfig clips at its own clip_norm: build the RNNConfig with clip_norm=None"
         )
-    return optim.make_optimizer(model, lr)
+    return optim.as_config(lr, clip_norm=model.cfg.clip_norm)
+
+
+def make_optimizer(model: RNN, lr: float | OptimizerConfig) -> optim.Optimizer:
+    """A learning rate gives SGD; an OptimizerConfig any optimizer of scratch/optim.py."""
+    return optim.make_optimizer(model, optimizer_config(model, lr))
 
 
 def train_step(model: RNN, optimizer: optim.Optimizer, x, y) -> float:

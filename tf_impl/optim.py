@@ -61,6 +61,11 @@ def make_schedule(spec: OptimizerConfig, dtype: str):
 
 
 # ----------------------------------------------------------------------------- optimisers
+def as_config(lr: float | OptimizerConfig, **defaults) -> OptimizerConfig:
+    """An OptimizerConfig as given; a bare learning rate becomes one (SGD unless `defaults`)."""
+    return lr if isinstance(lr, OptimizerConfig) else OptimizerConfig(lr=lr, **defaults)
+
+
 def make_optimizer(model: keras.Model, spec: OptimizerConfig) -> keras.optimizers.Optimizer:
     return make_keras_optimizer(spec, model.dtype)
 

@@ -22,26 +22,31 @@ from tf_impl import compat, optim, training
 
 
 # ----------------------------------------------------------------------------- layers
-def rnn_step(cell, x, state):
-    """The lesson's step, h' = tanh(W_xh x + W_hh h + b_h), on SimpleRNN's own weights."""
+def rnn_step(cell: keras.layers.SimpleRNNCell, x, state):
+    """One step, h' = tanh(W_xh x + W_hh h + b_h), on the cell's own parameters."""
     (h,) = state
     a = (
         ops.matmul(x, cell.kernel) + ops.matmul(h, cell.recurrent_kernel) + cell.bias
     )  # (B, D) @ (D, H) + (B, H) @ (H, H) -> (B, H)
-    return (ops.tanh(a),)
+    h = ops.tanh(a)
+    return (h,)
 
 
-def lstm_step(cell, x, state):
+def lstm_step(cell: keras.layers.LSTMCell, x, state):
+    """One step: gates (i, f, g, o), c' = f c + i g, h' = o tanh(c')."""
     h, c = state
     a = (
         ops.matmul(x, cell.kernel) + ops.matmul(h, cell.recurrent_kernel) + cell.bias
-    )  # (B, D) @ (D, 4H) -> (B, 4H)
+    )  # (B, D) @ (D, 4H) + (B, H) @ (H, 4H) -> (B, 4H)
     a_i, a_f, a_g, a_o = ops.split(a, 4, axis=1)  # (B, 4H) -> 4 x (B, H), Keras's (i, f, c, o)
-    c = ops.sigmoid(a_f) * c + ops.sigmoid(a_i) * ops.tanh(a_g)
-    return ops.sigmoid(a_o) * ops.tanh(c), c
+    i, f, g, o = ops.sigmoid(a_i), ops.sigmoid(a_f), ops.tanh(a_g), ops.sigmoid(a_o)
+    c = f * c + i * g
+    h = o * ops.tanh(c)
+    return h, c
 
 
-def gru_step(cell, x, state):
+def gru_step(cell: keras.layers.GRUCell, x, state):
+    """One step: gates (r, z, n), n = tanh(W_in x + b_in + r (W_hn h + b_hn)), h' = (1 - z) n + z h."""
     (h,) = state
     x_z, x_r, x_n = ops.split(
         ops.matmul(x, cell.kernel) + cell.bias[0], 3, axis=1
@@ -51,18 +56,15 @@ def gru_step(cell, x, state):
     )  # (B, H) @ (H, 3H) -> 3 x (B, H)
     r, z = ops.sigmoid(x_r + h_r), ops.sigmoid(x_z + h_z)
     n = ops.tanh(x_n + r * h_n)  # the reset gate scales W_hn h + b_hn, after the matmul
-    return ((1 - z) * n + z * h,)
+    h = (1 - z) * n + z * h
+    return (h,)
 
 
-LAYERS = {
-    "rnn": (keras.layers.SimpleRNN, rnn_step),
-    "lstm": (keras.layers.LSTM, lstm_step),
-    "gru": (keras.layers.GRU, gru_step),
-}
+STEPS = {"rnn": rnn_step, "lstm": lstm_step, "gru": gru_step}
+LAYERS = {"rnn": keras.layers.SimpleRNN, "lstm": keras.layers.LSTM, "gru": keras.layers.GRU}
 
 
 def make_recurrent(cfg: RNNConfig, *, seed: keras.random.SeedGenerator, dtype: str):
-    layer, _ = LAYERS[cfg.cell]
     bound = 1.0 / np.sqrt(cfg.hidden)  # torch's rule, so every framework starts alike
     init = lambda: keras.initializers.RandomUniform(-bound, bound, seed=seed)
     kwargs = dict(
@@ -77,7 +79,7 @@ def make_recurrent(cfg: RNNConfig, *, seed: keras.random.SeedGenerator, dtype: s
         kwargs["unit_forget_bias"] = (
             False  # True (the default) would add 1 to the initial forget bias
         )
-    rnn = layer(cfg.hidden, name="rnn", **kwargs)
+    rnn = LAYERS[cfg.cell](cfg.hidden, name="rnn", **kwargs)
     rnn.build(
         (None, None, cfg.in_features)
     )  # create the weights now, so canonical weights can load before a call
@@ -95,8 +97,8 @@ class RNN(keras.Model):
     def __init__(self, cfg: RNNConfig, *, seed: keras.random.SeedGenerator, dtype: str = "float64"):
         super().__init__(dtype=dtype)
         self.cfg = cfg
+        self.step = STEPS[cfg.cell]
         self.rnn = make_recurrent(cfg, seed=seed, dtype=dtype)
-        self.step = LAYERS[cfg.cell][1]
         bound = 1.0 / np.sqrt(cfg.hidden)
         init = keras.initializers.RandomUniform(-bound, bound, seed=seed)
         self.head = keras.layers.Dense(
@@ -145,8 +147,10 @@ class RNN(keras.Model):
             hidden, *state = self.rnn(x)  # (B, T, D) -> (B, T, H); then h (and c), each (B, H)
         else:
             hidden, state = self.by_hand(x)
-        logits = self.head(hidden if self.cfg.output == "sequence" else hidden[:, -1])
-        return logits, hidden, tuple(state)  # logits (B, T, C) or (B, C)
+        logits = self.head(
+            hidden if self.cfg.output == "sequence" else hidden[:, -1]
+        )  # (B, T, C) or (B, C)
+        return logits, hidden, tuple(state)
 
     def call(self, x, training=False):
         return self.logits_and_states(x)[0]
@@ -268,26 +272,35 @@ def predict_logits(model: RNN, x) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- train step
+def optimizer_config(model: RNN, lr: float | OptimizerConfig) -> OptimizerConfig:
+    """A learning rate gives SGD clipped at cfg.clip_norm; an OptimizerConfig clips at its own."""
+    if isinstance(lr, OptimizerConfig) and model.cfg.clip_norm is not None:
+        raise ValueError(  # one clipping rule, not two in a row
+            "an OptimizerConfig clips at its own clip_norm: build the RNNConfig with clip_norm=None"
+        )
+    return optim.as_config(lr, clip_norm=model.cfg.clip_norm)
+
+
 def make_optimizer(model: RNN, lr: float | OptimizerConfig) -> keras.optimizers.Optimizer:
-    """A learning rate gives SGD clipped at cfg.clip_norm; an OptimizerConfig any optimizer of
-    tf_impl/optim.py, clipped at the OptimizerConfig's own clip_norm. Keras's global_clipnorm scales
-    every gradient by clip_norm * min(1 / norm, 1 / clip_norm): no epsilon, like scratch."""
-    if isinstance(lr, OptimizerConfig):
-        if model.cfg.clip_norm is not None:  # one clipping rule, not two in a row
-            raise ValueError(
-                "an OptimizerConfig clips at its own clip_norm: build the RNNConfig with clip_norm=None"
-            )
-        return optim.make_optimizer(model, lr)
-    return optim.make_optimizer(model, OptimizerConfig("sgd", lr=lr, clip_norm=model.cfg.clip_norm))
+    """A learning rate gives SGD; an OptimizerConfig any optimizer of tf_impl/optim.py (Keras's
+    global_clipnorm scales every gradient by clip_norm * min(1 / norm, 1 / clip_norm): no epsilon,
+    like scratch)."""
+    return optim.make_optimizer(model, optimizer_config(model, lr))
 
 
-def compile_model(model: RNN, optimizer: keras.optimizers.Optimizer) -> None:
+def compile_model(
+    model: RNN, optimizer: keras.optimizers.Optimizer, steps_per_execution: int = 1
+) -> None:
     with compat.floatx(model.dtype):  # the compiled loss in the model's dtype
-        model.compile(optimizer=optimizer, loss=make_loss(model.dtype))
+        model.compile(
+            optimizer=optimizer,
+            loss=make_loss(model.dtype),
+            steps_per_execution=steps_per_execution,
+        )
 
 
 def train_step(model: RNN, optimizer: keras.optimizers.Optimizer, x, y) -> float:
-    """One step of fit's compiled train function on one batch (tasks.bench times it)."""
+    """One step of the compiled train function on one batch (train_on_batch)."""
     if getattr(model, "optimizer", None) is not optimizer:  # compiled once per optimizer
         compile_model(model, optimizer)
     return model.train_on_batch(x, y, return_dict=True)["batch_loss"]
@@ -308,7 +321,9 @@ def train(
     """compile and fit on the shared mini-batches; returns the mean training loss of each epoch.
     With a patience, keras.callbacks.EarlyStopping on the loss of `validation` (x, y) ends the fit
     after that many epochs without a better one and restores the best epoch's weights."""
-    compile_model(model, make_optimizer(model, lr))
+    steps = training.steps_per_epoch(len(data.x_train), batch_size)
+    # a whole epoch per call of fit's compiled train function (training.py: why)
+    compile_model(model, make_optimizer(model, lr), steps_per_execution=steps)
     callbacks = [training.OnEpochEnd(on_epoch)]  # on_epoch(epoch, loss); it may stop the fit
     if patience is not None:
         callbacks.append(training.early_stopping(patience))
@@ -316,7 +331,7 @@ def train(
     history = model.fit(
         training.shared_batches(x, data.y_train, batch_size=batch_size, seed=seed, epochs=epochs),
         epochs=epochs,
-        steps_per_epoch=training.steps_per_epoch(len(x), batch_size),
+        steps_per_epoch=steps,
         validation_data=training.one_batch(validation, model.dtype),
         callbacks=callbacks,
         shuffle=False,  # the batches come in the shared order

@@ -60,23 +60,10 @@ class LeNet5(nn.Module):
         )  # 16 * 5 * 5 = 400 inputs by default
         self.fc2 = nn.Linear(h1, h2, bias=bias, dtype=dtype)
         self.fc3 = nn.Linear(h2, cfg.n_classes, dtype=dtype)
-        # the activation and the pooling hold no state, so one module of each serves every use
+        # the activation and the pooling hold no parameters, so one of each serves every use
         self.activation = make_activation(cfg)
         self.pool = make_pool(cfg)
         self.flatten = nn.Flatten()
-        # layers draw from torch's global RNG; redraw from the generator we were given
-        with torch.no_grad():
-            for layer in [self.conv1, self.conv2, self.fc1, self.fc2, self.fc3]:
-                bound = 1.0 / np.sqrt(
-                    layer.weight[0].numel()
-                )  # fan_in = in_c * kh * kw or in_features
-                initializers.initialize_(layer.weight, cfg.init, generator=generator)
-                if layer.bias is not None and cfg.init == "uniform":
-                    layer.bias.uniform_(-bound, bound, generator=generator)
-                elif (
-                    layer.bias is not None
-                ):  # a named initialiser (He, Xavier) for the weight, zero bias
-                    layer.bias.zero_()
         # optional regularisers: batch norm before each hidden activation, dropout after fc1's and fc2's
         norm = lambda n, conv: (
             make_batch_norm(n, conv=conv, dtype=dtype) if cfg.batch_norm else nn.Identity()
@@ -90,6 +77,19 @@ class LeNet5(nn.Module):
         self.drop1, self.drop2 = (
             dropout_layer(cfg.dropout) if cfg.dropout else nn.Identity() for _ in range(2)
         )
+        # layers draw from torch's global RNG; redraw from the generator we were given
+        with torch.no_grad():
+            for layer in [self.conv1, self.conv2, self.fc1, self.fc2, self.fc3]:
+                bound = 1.0 / np.sqrt(
+                    layer.weight[0].numel()
+                )  # fan_in = in_c * kh * kw or in_features
+                initializers.initialize_(layer.weight, cfg.init, generator=generator)
+                if layer.bias is not None and cfg.init == "uniform":
+                    layer.bias.uniform_(-bound, bound, generator=generator)
+                elif (
+                    layer.bias is not None
+                ):  # a named initialiser (He, Xavier) for the weight, zero bias
+                    layer.bias.zero_()
 
     def forward(self, x):
         x = self.pool(

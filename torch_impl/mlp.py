@@ -52,6 +52,13 @@ class MLP(nn.Module):
         # the activation holds no state, so one module serves every hidden layer
         self.activation = make_activation(cfg)
         self.head = nn.Linear(sizes[-2], sizes[-1], dtype=dtype)
+        # optional regularisers: batch norm before each hidden activation, dropout after it
+        self.bn = nn.ModuleList(
+            [make_batch_norm(o, dtype=dtype) for o in sizes[1:-1]] if cfg.batch_norm else []
+        )
+        self.dropouts = nn.ModuleList(
+            [dropout_layer(cfg.dropout) for _ in self.hidden] if cfg.dropout else []
+        )
         # nn.Linear draws from torch's global RNG; redraw from the generator we were given
         with torch.no_grad():
             for layer in [*self.hidden, self.head]:
@@ -63,23 +70,14 @@ class MLP(nn.Module):
                     layer.bias is not None
                 ):  # a named initialiser (He, Xavier) for the weight, zero bias
                     layer.bias.zero_()
-        # optional regularisers: batch norm before each hidden activation, dropout after it
-        self.bn = (
-            nn.ModuleList(make_batch_norm(o, dtype=dtype) for o in sizes[1:-1])
-            if cfg.batch_norm
-            else None
-        )
-        self.dropouts = (
-            nn.ModuleList(dropout_layer(cfg.dropout) for _ in self.hidden) if cfg.dropout else None
-        )
 
     def forward(self, x):
         for i, layer in enumerate(self.hidden):
             x = layer(x)  # (B, D_in) -> (B, D_hidden)
-            if self.bn is not None:
+            if self.bn:
                 x = self.bn[i](x)
             x = self.activation(x)
-            if self.dropouts is not None:
+            if self.dropouts:
                 x = self.dropouts[i](x)
         return self.head(x)  # (B, D_hidden) -> (B, C) logits; C = 1 for a sigmoid head
 

@@ -23,39 +23,46 @@ from torch_impl.data import EpochSampler
 
 
 # ----------------------------------------------------------------------------- layers
-def rnn_step(layer: nn.RNN, x, state):
-    """The lesson's step, h' = tanh(W_xh x + W_hh h + b_h), on nn.RNN's own parameters."""
+def rnn_step(cell: nn.RNN, x, state):
+    """One step, h' = tanh(W_xh x + W_hh h + b_h), on the cell's own parameters."""
     (h,) = state
     a = (
-        x @ layer.weight_ih_l0.T + layer.bias_ih_l0 + h @ layer.weight_hh_l0.T + layer.bias_hh_l0
+        x @ cell.weight_ih_l0.T + cell.bias_ih_l0 + h @ cell.weight_hh_l0.T + cell.bias_hh_l0
     )  # (B, D) @ (D, H) + (B, H) @ (H, H) -> (B, H)
-    return (torch.tanh(a),)
+    h = torch.tanh(a)
+    return (h,)
 
 
-def lstm_step(layer: nn.LSTM, x, state):
+def lstm_step(cell: nn.LSTM, x, state):
+    """One step: gates (i, f, g, o), c' = f c + i g, h' = o tanh(c')."""
     h, c = state
     a = (
-        x @ layer.weight_ih_l0.T + layer.bias_ih_l0 + h @ layer.weight_hh_l0.T + layer.bias_hh_l0
-    )  # (B, D) @ (D, 4H) -> (B, 4H)
+        x @ cell.weight_ih_l0.T + cell.bias_ih_l0 + h @ cell.weight_hh_l0.T + cell.bias_hh_l0
+    )  # (B, D) @ (D, 4H) + (B, H) @ (H, 4H) -> (B, 4H)
     a_i, a_f, a_g, a_o = a.chunk(4, dim=1)  # (B, 4H) -> 4 x (B, H), torch's order (i, f, g, o)
-    c = torch.sigmoid(a_f) * c + torch.sigmoid(a_i) * torch.tanh(a_g)
-    return torch.sigmoid(a_o) * torch.tanh(c), c
+    i, f, g, o = torch.sigmoid(a_i), torch.sigmoid(a_f), torch.tanh(a_g), torch.sigmoid(a_o)
+    c = f * c + i * g
+    h = o * torch.tanh(c)
+    return h, c
 
 
-def gru_step(layer: nn.GRU, x, state):
+def gru_step(cell: nn.GRU, x, state):
+    """One step: gates (r, z, n), n = tanh(W_in x + b_in + r (W_hn h + b_hn)), h' = (1 - z) n + z h."""
     (h,) = state
-    x_r, x_z, x_n = (x @ layer.weight_ih_l0.T + layer.bias_ih_l0).chunk(
+    x_r, x_z, x_n = (x @ cell.weight_ih_l0.T + cell.bias_ih_l0).chunk(
         3, dim=1
     )  # (B, D) @ (D, 3H) -> 3 x (B, H)
-    h_r, h_z, h_n = (h @ layer.weight_hh_l0.T + layer.bias_hh_l0).chunk(
+    h_r, h_z, h_n = (h @ cell.weight_hh_l0.T + cell.bias_hh_l0).chunk(
         3, dim=1
     )  # (B, H) @ (H, 3H) -> 3 x (B, H)
     r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
     n = torch.tanh(x_n + r * h_n)  # the reset gate scales W_hn h + b_hn, after the matmul
-    return ((1 - z) * n + z * h,)
+    h = (1 - z) * n + z * h
+    return (h,)
 
 
-LAYERS = {"rnn": (nn.RNN, rnn_step), "lstm": (nn.LSTM, lstm_step), "gru": (nn.GRU, gru_step)}
+STEPS = {"rnn": rnn_step, "lstm": lstm_step, "gru": gru_step}
+LAYERS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
 
 # ----------------------------------------------------------------------------- model
@@ -69,8 +76,8 @@ class RNN(nn.Module):
     def __init__(self, cfg: RNNConfig, *, generator: torch.Generator, dtype=torch.float64):
         super().__init__()
         self.cfg = cfg
-        layer, self.step = LAYERS[cfg.cell]
-        self.rnn = layer(cfg.in_features, cfg.hidden, batch_first=True, dtype=dtype)
+        self.step = STEPS[cfg.cell]
+        self.rnn = LAYERS[cfg.cell](cfg.in_features, cfg.hidden, batch_first=True, dtype=dtype)
         self.head = nn.Linear(cfg.hidden, cfg.n_classes, dtype=dtype)
         # torch's layers draw from the global RNG; redraw from the generator we were given
         with torch.no_grad():
