@@ -315,13 +315,19 @@ def make_optimizer(model, lr: float | OptimizerConfig) -> keras.optimizers.Optim
     return optim.make_optimizer(model, OptimizerConfig(name, lr=lr, eps=1e-8))
 
 
-def compile_model(model, optimizer: keras.optimizers.Optimizer) -> None:
+def compile_model(
+    model, optimizer: keras.optimizers.Optimizer, steps_per_execution: int = 1
+) -> None:
     with compat.floatx(model.dtype):  # the compiled loss in the model's dtype
-        model.compile(optimizer=optimizer, loss=make_loss(model.dtype))
+        model.compile(
+            optimizer=optimizer,
+            loss=make_loss(model.dtype),
+            steps_per_execution=steps_per_execution,
+        )
 
 
 def train_step(model, optimizer: keras.optimizers.Optimizer, x, y) -> float:
-    """One step of fit's compiled train function on one batch (tasks.bench times it)."""
+    """One step of the compiled train function on one batch (train_on_batch)."""
     if getattr(model, "optimizer", None) is not optimizer:  # compiled once per optimizer
         compile_model(model, optimizer)
     return model.train_on_batch(x, y, return_dict=True)["batch_loss"]
@@ -342,7 +348,9 @@ def train(
     """compile and fit on the shared mini-batches; returns the mean training loss of each epoch.
     With a patience, keras.callbacks.EarlyStopping on the loss of `validation` (x, y) ends the fit
     after that many epochs without a better one and restores the best epoch's weights."""
-    compile_model(model, make_optimizer(model, lr))
+    steps = training.steps_per_epoch(len(data.x_train), batch_size)
+    # a whole epoch per call of fit's compiled train function (training.py: why)
+    compile_model(model, make_optimizer(model, lr), steps_per_execution=steps)
     callbacks = [training.OnEpochEnd(on_epoch)]  # on_epoch(epoch, loss); it may stop the fit
     if patience is not None:
         callbacks.append(training.early_stopping(patience))
@@ -350,7 +358,7 @@ def train(
     history = model.fit(
         training.shared_batches(x, data.y_train, batch_size=batch_size, seed=seed, epochs=epochs),
         epochs=epochs,
-        steps_per_epoch=training.steps_per_epoch(len(x), batch_size),
+        steps_per_epoch=steps,
         validation_data=training.one_batch(validation, model.dtype),
         callbacks=callbacks,
         shuffle=False,  # the batches come in the shared order
