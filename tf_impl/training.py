@@ -28,7 +28,16 @@ def shared_batches(x, y, *, batch_size: int, seed: int, epochs: int) -> tf.data.
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
-    return -(-n // batch_size)  # ceil(n / B): a partial last batch is kept
+    """ceil(n / B): a partial last batch is kept.
+
+    Each model's `train` also compiles with `steps_per_execution` set to this: fit then runs a whole
+    epoch in one call of its compiled train function (a tf.while_loop over the epoch's batches);
+    with the default of 1 it calls that function from Python once per batch, 0.4-0.8 ms of fixed
+    cost a step (docs/BENCHMARKS.md), more than the MLP's whole step in torch. The epochs stay
+    exact: a value that did not divide the epoch would run its last call on into the next epoch's
+    batches (the stream is one dataset). Per-batch callbacks fire once per epoch; ours act at
+    epoch ends only."""
+    return -(-n // batch_size)
 
 
 def one_batch(split, dtype: str) -> tf.data.Dataset | None:
