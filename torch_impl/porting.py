@@ -18,6 +18,15 @@ torch's layout *is* the canonical layout except for three things: the recurrent 
 biases where one acts (`bias_ih + bias_hh`), `nn.MultiheadAttention` packs W_q, W_k, W_v into one
 `in_proj_weight (3E, E)`, and `nn.BatchNorm*d` has a `num_batches_tracked` counter that is not
 canonical.
+
+Gradients: `<layer>_to_canonical(grads, prefix, grads=True)` brings the gradients of a layer's
+parameters to canonical. Two layers need the flag: a recurrent layer's b_h is the *sum*
+bias_ih + bias_hh, and the gradient of a sum is the gradient of either copy (grad b_h = grad
+bias_ih, not the sum of the two); a batch norm's gradients have no running statistics.
+
+Models: `load_layers` and `layers_to_canonical` (at the end) build every torch_impl model's
+`load_canonical`, `export_canonical` and canonical gradients from these functions, so each layout
+rule is written once, here.
 """
 
 from __future__ import annotations
@@ -102,13 +111,14 @@ def layer_norm_from_canonical(canonical: Mapping, prefix: str = "") -> Native:
 BN = ("weight", "bias", "running_mean", "running_var")
 
 
-def batch_norm_to_canonical(native: Mapping, prefix: str = "") -> Canonical:
+def batch_norm_to_canonical(native: Mapping, prefix: str = "", *, grads: bool = False) -> Canonical:
     """nn.BatchNorm1d/2d {"weight", "bias", "running_mean", "running_var" (C,),
     "num_batches_tracked" ()} -> {weight, bias, running_mean, running_var}, as is.
 
     `num_batches_tracked` is dropped (it only matters for momentum=None, a cumulative average).
-    The running variance is torch's *unbiased* one; Keras's and Flax's are biased (PORTING)."""
-    return {prefix + k: _np(native[k]) for k in BN}
+    The running variance is torch's *unbiased* one; Keras's and Flax's are biased (PORTING).
+    `grads=True`: `native` holds the gradients of the two parameters only -> {weight, bias}."""
+    return {prefix + k: _np(native[k]) for k in (BN[:2] if grads else BN)}
 
 
 def batch_norm_from_canonical(canonical: Mapping, prefix: str = "") -> Native:
@@ -123,7 +133,7 @@ def batch_norm_from_canonical(canonical: Mapping, prefix: str = "") -> Native:
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 
 
-def _recurrent_to_canonical(native: Mapping, prefix: str, cell: str) -> Canonical:
+def _recurrent_to_canonical(native: Mapping, prefix: str, cell: str, grads: bool) -> Canonical:
     w_ih, w_hh = _np(native["weight_ih_l0"]), _np(native["weight_hh_l0"])
     hidden = w_hh.shape[1]
     b_ih = (
@@ -132,7 +142,8 @@ def _recurrent_to_canonical(native: Mapping, prefix: str, cell: str) -> Canonica
     b_hh = _np(native["bias_hh_l0"]) if "bias_hh_l0" in native else np.zeros_like(b_ih)
     shared = 2 * hidden if cell == "gru" else b_ih.shape[0]  # bias_hh[:shared] duplicates bias_ih
     b_h = b_ih.copy()
-    b_h[:shared] += b_hh[:shared]  # the two copies only ever act as their sum
+    if not grads:  # the two copies only ever act as their sum ...
+        b_h[:shared] += b_hh[:shared]  # ... whose gradient is either copy's, not their sum
     out = {prefix + "W_xh": w_ih, prefix + "W_hh": w_hh, prefix + "b_h": b_h}
     if cell == "gru":
         out[prefix + "b_hn"] = b_hh[shared:].copy()  # inside r * (W_hn h + b_hn): not a duplicate
@@ -158,10 +169,10 @@ def _recurrent_from_canonical(canonical: Mapping, prefix: str, cell: str) -> Nat
     }
 
 
-def simple_rnn_to_canonical(native: Mapping, prefix: str = "") -> Canonical:
+def simple_rnn_to_canonical(native: Mapping, prefix: str = "", *, grads: bool = False) -> Canonical:
     """nn.RNN (one layer, tanh) {"weight_ih_l0" (H, D), "weight_hh_l0" (H, H), "bias_ih_l0" (H,),
     "bias_hh_l0" (H,)} -> {W_xh (H, D), W_hh (H, H), b_h = bias_ih + bias_hh (H,)}."""
-    return _recurrent_to_canonical(native, prefix, "rnn")
+    return _recurrent_to_canonical(native, prefix, "rnn", grads)
 
 
 def simple_rnn_from_canonical(canonical: Mapping, prefix: str = "") -> Native:
@@ -169,10 +180,10 @@ def simple_rnn_from_canonical(canonical: Mapping, prefix: str = "") -> Native:
     return _recurrent_from_canonical(canonical, prefix, "rnn")
 
 
-def lstm_to_canonical(native: Mapping, prefix: str = "") -> Canonical:
+def lstm_to_canonical(native: Mapping, prefix: str = "", *, grads: bool = False) -> Canonical:
     """nn.LSTM (one layer) {"weight_ih_l0" (4H, D), "weight_hh_l0" (4H, H), "bias_ih_l0" (4H,),
     "bias_hh_l0" (4H,)}, gate blocks (i, f, g, o) = canonical -> {W_xh, W_hh, b_h = bias_ih + bias_hh}."""
-    return _recurrent_to_canonical(native, prefix, "lstm")
+    return _recurrent_to_canonical(native, prefix, "lstm", grads)
 
 
 def lstm_from_canonical(canonical: Mapping, prefix: str = "") -> Native:
@@ -180,7 +191,9 @@ def lstm_from_canonical(canonical: Mapping, prefix: str = "") -> Native:
     return _recurrent_from_canonical(canonical, prefix, "lstm")
 
 
-def gru_to_canonical(native: Mapping, prefix: str = "", *, reset_after: bool = True) -> Canonical:
+def gru_to_canonical(
+    native: Mapping, prefix: str = "", *, reset_after: bool = True, grads: bool = False
+) -> Canonical:
     """nn.GRU (one layer) {"weight_ih_l0" (3H, D), "weight_hh_l0" (3H, H), "bias_ih_l0" (3H,),
     "bias_hh_l0" (3H,)}, gate blocks (r, z, n) = canonical -> {W_xh, W_hh,
     b_h = bias_ih + [bias_hh[:2H], 0] (3H,), b_hn = bias_hh[2H:] (H,)}.
@@ -188,7 +201,7 @@ def gru_to_canonical(native: Mapping, prefix: str = "", *, reset_after: bool = T
     torch's GRU is always the reset_after form; `reset_after=False` raises."""
     if not reset_after:
         raise ValueError("torch's nn.GRU has no reset_after=False form (Cho et al.'s original)")
-    return _recurrent_to_canonical(native, prefix, "gru")
+    return _recurrent_to_canonical(native, prefix, "gru", grads)
 
 
 def gru_from_canonical(canonical: Mapping, prefix: str = "", *, reset_after: bool = True) -> Native:
@@ -247,3 +260,37 @@ LAYERS = (
     "gru",
     "mha",
 )
+
+
+# ----------------------------------------------------------------------------- models
+TO = {name: globals()[f"{name}_to_canonical"] for name in LAYERS}
+FROM = {name: globals()[f"{name}_from_canonical"] for name in LAYERS}
+GRADS = ("batch_norm", "simple_rnn", "lstm", "gru")  # the layers whose gradients map differently
+
+Layers = Mapping[str, tuple[str, torch.nn.Module, dict]]
+
+
+def load_layers(layers: Layers, canonical: Mapping) -> None:
+    """Write canonical weights into a model's stock layers, each through its layer's function.
+
+    `layers` is {prefix: (layer, module, layout keywords)}, e.g. {"head.": ("dense", model.head,
+    {})}. A batch norm keeps its own `num_batches_tracked` (bookkeeping, not a canonical tensor)."""
+    for prefix, (layer, module, layout) in layers.items():
+        native = FROM[layer](canonical, prefix, **layout)
+        if layer == "batch_norm":
+            native["num_batches_tracked"] = module.num_batches_tracked
+        module.load_state_dict(native)
+
+
+def layers_to_canonical(layers: Layers, *, grads: bool = False) -> Canonical:
+    """A model's canonical weights from its stock layers ({prefix: (layer, module, layout)}), or
+    with `grads=True` the gradients (`.grad`) of their parameters in the canonical layout."""
+    out = {}
+    for prefix, (layer, module, layout) in layers.items():
+        if grads:
+            native = {k: p.grad for k, p in module.named_parameters()}
+        else:
+            native = module.state_dict()
+        flag = {"grads": grads} if layer in GRADS else {}
+        out.update(TO[layer](native, prefix, **layout, **flag))
+    return out

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tasks import weights
 from tasks.configs import OptimizerConfig, RNNConfig
 from tasks.data import Dataset
-from torch_impl import compat, optim
+from torch_impl import compat, optim, porting
 from torch_impl.data import EpochSampler
 
 
@@ -137,42 +137,32 @@ def create_model(
 
 
 # ----------------------------------------------------------------------------- canonical weights
+PORTING = {"rnn": "simple_rnn", "lstm": "lstm", "gru": "gru"}  # torch_impl/porting.py's layer names
+HEAD_NAMES = {"head.weight": "W_hy", "head.bias": "b_y"}  # the dense head's canonical names
+
+
+def canonical_layers(model: RNN) -> dict:
+    """Each stock layer by canonical prefix, with its torch_impl/porting.py function and layout."""
+    return {"": (PORTING[model.cfg.cell], model.rnn, {}), "head.": ("dense", model.head, {})}
+
+
 def load_canonical(model: RNN, params: dict[str, np.ndarray]) -> None:
-    """Same weight layout and gate order as canonical; the one bias b_h goes to bias_ih, bias_hh = 0."""
+    """Through torch_impl/porting.py: the one bias b_h goes to bias_ih, bias_hh = 0 (the GRU's
+    candidate block b_hn); weights and gate order as canonical."""
     weights.check(params, model.cfg.param_shapes(), model.head.weight.detach().cpu().numpy().dtype)
-    t = lambda name: torch.from_numpy(np.array(params[name]))
-    bias_hh = torch.zeros_like(model.rnn.bias_hh_l0)
-    if model.cfg.cell == "gru":
-        bias_hh[2 * model.cfg.hidden :] = t(
-            "b_hn"
-        )  # (r, z, n): only the candidate block is not a duplicate
-    state = {
-        "rnn.weight_ih_l0": t("W_xh"),
-        "rnn.weight_hh_l0": t("W_hh"),
-        "rnn.bias_ih_l0": t("b_h"),
-        "rnn.bias_hh_l0": bias_hh,
-    }
-    model.load_state_dict({**state, "head.weight": t("W_hy"), "head.bias": t("b_y")})
+    head = {k: params[name] for k, name in HEAD_NAMES.items()}
+    porting.load_layers(canonical_layers(model), {**params, **head})
 
 
-def to_canonical(
-    model: RNN, tensors: dict[str, torch.Tensor], grads: bool = False
-) -> dict[str, np.ndarray]:
-    """torch names -> canonical. Weights: b_h = bias_ih + bias_hh (their sum acts). Gradients: the
-    gradient of that sum is the gradient of either copy, so grad b_h = grad bias_ih (not the sum)."""
-    n = lambda name: tensors[name].detach().cpu().numpy().copy()
-    start = model.trained_bias_hh_start()
-    bias_hh = n("rnn.bias_hh_l0")
-    out = {"W_xh": n("rnn.weight_ih_l0"), "W_hh": n("rnn.weight_hh_l0"), "b_h": n("rnn.bias_ih_l0")}
-    if not grads:
-        out["b_h"][:start] += bias_hh[:start]
-    if model.cfg.cell == "gru":
-        out["b_hn"] = bias_hh[start:]
-    return {**out, "W_hy": n("head.weight"), "b_y": n("head.bias")}
+def to_canonical(model: RNN, grads: bool = False) -> dict[str, np.ndarray]:
+    """The weights, or with `grads=True` the `.grad`s, in the canonical layout (torch_impl/porting.py:
+    b_h = bias_ih + bias_hh; the gradient of that sum is grad bias_ih, not the sum)."""
+    out = porting.layers_to_canonical(canonical_layers(model), grads=grads)
+    return {HEAD_NAMES.get(k, k): v for k, v in out.items()}
 
 
 def export_canonical(model: RNN) -> dict[str, np.ndarray]:
-    return to_canonical(model, model.state_dict())
+    return to_canonical(model)
 
 
 # ----------------------------------------------------------------------------- loss
@@ -194,7 +184,7 @@ def forward_backward(model: RNN, x, y, *, device="cpu") -> dict[str, np.ndarray]
     if model.cfg.cell == "lstm":
         out["c_n"] = state[1]
     out = {k: v.detach().cpu().numpy() for k, v in out.items()}
-    grads = to_canonical(model, {k: p.grad for k, p in model.named_parameters()}, grads=True)
+    grads = to_canonical(model, grads=True)
     return {**out, "grad.input": x.grad.cpu().numpy(), **{f"grad.{k}": g for k, g in grads.items()}}
 
 
