@@ -270,9 +270,7 @@ def forward_backward(model: LeNet5, x, y) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------- train step
 def make_optimizer(model: LeNet5, lr: float | OptimizerConfig) -> keras.optimizers.Optimizer:
     """A learning rate gives keras.optimizers.SGD; an OptimizerConfig any optimizer of tf_impl/optim.py."""
-    return optim.make_optimizer(
-        model, lr if isinstance(lr, OptimizerConfig) else OptimizerConfig("sgd", lr=lr)
-    )
+    return optim.make_optimizer(model, optim.as_config(lr))
 
 
 def compile_model(
