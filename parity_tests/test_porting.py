@@ -427,3 +427,58 @@ def test_keras_gru_reset_after_false_has_its_own_canonical_form():
         flax_porting.gru_from_canonical(c)
     with pytest.raises(ValueError, match="b_hn"):
         keras_porting.gru_from_canonical({**c, "b_hn": np.zeros(H)}, reset_after=False)
+
+
+# ----------------------------------------------------------------------------- the Transformer block
+def encoder_cases():
+    from parity_tests.test_transformer import STOCK_ENCODERS
+
+    return STOCK_ENCODERS
+
+
+@pytest.mark.parametrize("cfg", encoder_cases(), ids=lambda c: f"{c.norm}-final_norm{c.final_norm}")
+def test_canonical_transformer_into_stock_torch_encoder(cfg):
+    """The -> direction of PORTING's nn.TransformerEncoder table (test_transformer.py's
+    test_stock_torch_encoder_ported_gives_its_logits proves <-): random canonical weights (every
+    bias non-zero, LayerNorm gains away from 1) written into a stock nn.TransformerEncoder
+    (norm_first False/True, with and without the encoder's final `norm`) with torch_impl/porting.py
+    give the scratch Transformer's logits, float64, <= 1e-12 (measured: at most 1.3e-15). self_attn <- attn (mha_from_canonical),
+    linear1/linear2 <- ff1/ff2, norm1/norm2 <- ln1/ln2, the encoder's norm <- ln_f."""
+    from parity_tests.test_transformer import stock_encoder
+    from tasks import parity
+    from tasks.registry import load_impl
+
+    rng = np.random.default_rng(4)
+    canonical = {
+        k: rng.uniform(-0.5, 0.5, shape) + (1.0 if ".ln" in f".{k}" and "weight" in k else 0.0)
+        for k, shape in cfg.param_shapes().items()
+    }
+    embed, encoder, head = stock_encoder(cfg, seed=1)  # the stock structure; every weight replaced
+    embed.load_state_dict(torch_porting.embedding_from_canonical(canonical, "embed."))
+    for i, layer in enumerate(encoder.layers):
+        p = f"blocks.{i}."
+        layer.self_attn.load_state_dict(torch_porting.mha_from_canonical(canonical, p + "attn."))
+        layer.linear1.load_state_dict(torch_porting.dense_from_canonical(canonical, p + "ff1."))
+        layer.linear2.load_state_dict(torch_porting.dense_from_canonical(canonical, p + "ff2."))
+        layer.norm1.load_state_dict(torch_porting.layer_norm_from_canonical(canonical, p + "ln1."))
+        layer.norm2.load_state_dict(torch_porting.layer_norm_from_canonical(canonical, p + "ln2."))
+    assert (encoder.norm is not None) is cfg.has_final_norm
+    if encoder.norm is not None:
+        encoder.norm.load_state_dict(torch_porting.layer_norm_from_canonical(canonical, "ln_f."))
+    head.load_state_dict(torch_porting.dense_from_canonical(canonical, "head."))
+
+    tokens, _ = parity._tokens(np.random.default_rng(1), cfg, 3, pad="right")
+    tokens_t = torch.as_tensor(tokens)
+    T, E = tokens.shape[1], cfg.d_model
+    t, i = np.arange(T)[:, None], np.arange(0, E, 2)  # PE[t, 2i] = sin(t / 10000^(2i/E)), cos
+    pe = np.zeros((T, E))
+    pe[:, 0::2], pe[:, 1::2] = np.sin(t / 10000 ** (i / E)), np.cos(t / 10000 ** (i / E))
+    with torch.no_grad():
+        x = embed(tokens_t) * E**0.5 + torch.as_tensor(pe)
+        expected = head(encoder(x, src_key_padding_mask=tokens_t == 0)).numpy()
+
+    impl = load_impl("scratch", "transformer")
+    model = impl.create_model(cfg, seed=0, dtype="float64")
+    impl.load_canonical(model, canonical)
+    err = float(np.max(np.abs(model.forward(tokens) - expected)))
+    assert err <= TOL, f"{cfg.norm} final_norm={cfg.final_norm}: {err:.3g}"
