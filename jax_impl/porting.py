@@ -13,12 +13,22 @@ Here `native` is the layer's `nnx.State` (`nnx.state(layer, nnx.Param)`; for bat
 `prefix` is put in front of every canonical name. Flax keeps dense kernels `(in, out)`, conv
 kernels `(kh, kw, in_c, out_c)` on NHWC maps, LSTMCell's gates as eight separate Linears,
 attention kernels split by head. Arrays in, arrays out; no model objects.
+
+Gradients: `<layer>_to_canonical(grads, prefix, grads=True)` brings the gradients of a layer's
+parameters to canonical. Flax keeps no duplicate parameter and the layouts are linear, so the flag
+changes only batch norm (its statistics have no gradient); the recurrent functions accept it for
+the signature torch and Keras share (their b_h is a sum of two biases there).
+
+Models: `load_layers` and `layers_to_canonical` (at the end) build every jax_impl model's
+`load_canonical`, `export_canonical` and canonical gradients from these functions, so each layout
+rule is written once, here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -124,12 +134,13 @@ def layer_norm_from_canonical(canonical: Mapping, prefix: str = "") -> Native:
 BN = (("scale", "weight"), ("bias", "bias"), ("mean", "running_mean"), ("var", "running_var"))
 
 
-def batch_norm_to_canonical(native, prefix: str = "") -> Canonical:
+def batch_norm_to_canonical(native, prefix: str = "", *, grads: bool = False) -> Canonical:
     """nnx.BatchNorm {"scale", "bias" (Params), "mean", "var" (BatchStats)} (C,) -> {weight, bias,
     running_mean, running_var}, as is (Flax's var is the biased average; momentum is 1 - torch's;
-    the stock statistics are float32 unless replaced: jax_impl/compat.py)."""
+    the stock statistics are float32 unless replaced: jax_impl/compat.py). `grads=True`: the
+    gradients of scale and bias only -> {weight, bias}."""
     n = pure(native)
-    return {prefix + c: n[f] for f, c in BN}
+    return {prefix + c: n[f] for f, c in (BN[:2] if grads else BN)}
 
 
 def batch_norm_from_canonical(canonical: Mapping, prefix: str = "") -> Native:
@@ -142,7 +153,7 @@ def batch_norm_from_canonical(canonical: Mapping, prefix: str = "") -> Native:
 LSTM_GATES = (("ii", "hi"), ("if_", "hf"), ("ig", "hg"), ("io", "ho"))  # canonical (i, f, g, o)
 
 
-def simple_rnn_to_canonical(native, prefix: str = "") -> Canonical:
+def simple_rnn_to_canonical(native, prefix: str = "", *, grads: bool = False) -> Canonical:
     """nnx.SimpleCell {"dense_i": {"kernel" (D, H), "bias" (H,)}, "dense_h": {"kernel" (H, H)}} ->
     {W_xh = dense_i.kernel.T, W_hh = dense_h.kernel.T, b_h = dense_i.bias} (the one bias is on the
     input side)."""
@@ -164,7 +175,7 @@ def simple_rnn_from_canonical(canonical: Mapping, prefix: str = "") -> Native:
     }
 
 
-def lstm_to_canonical(native, prefix: str = "") -> Canonical:
+def lstm_to_canonical(native, prefix: str = "", *, grads: bool = False) -> Canonical:
     """Two stock cells, told apart by their keys:
 
     nnx.LSTMCell: {"ii", "if_", "ig", "io": {"kernel" (D, H)}, "hi", "hf", "hg", "ho": {"kernel"
@@ -210,7 +221,9 @@ def lstm_from_canonical(canonical: Mapping, prefix: str = "", *, cell: str = "LS
     return out
 
 
-def gru_to_canonical(native, prefix: str = "", *, reset_after: bool = True) -> Canonical:
+def gru_to_canonical(
+    native, prefix: str = "", *, reset_after: bool = True, grads: bool = False
+) -> Canonical:
     """{"dense_i": {"kernel" (D, 3H), "bias" (3H,)}, "dense_h": {"kernel" (H, 3H)}, "b_hn" (H,)}
     (jax_impl.recurrent.GRUCell: the stock nnx.GRUCell's layers plus b_hn) or the stock
     nnx.GRUCell's state (no "b_hn": it has none, so b_hn = 0), gate blocks (r, z, n) = canonical ->
@@ -302,3 +315,40 @@ LAYERS = (
     "gru",
     "mha",
 )
+
+
+# ----------------------------------------------------------------------------- models
+TO = {name: globals()[f"{name}_to_canonical"] for name in LAYERS}
+FROM = {name: globals()[f"{name}_from_canonical"] for name in LAYERS}
+GRADS = ("batch_norm", "simple_rnn", "lstm", "gru")  # the functions that take `grads`
+
+Layers = Mapping[str, tuple[str, nnx.Module, dict]]  # prefix -> (layer, module, layout keywords)
+
+
+def assign(module: nnx.Module, native: Mapping) -> None:
+    """Set a module's variables from a native nested dict, each to a jnp array of its value."""
+    for key, value in native.items():
+        target = getattr(module, key)
+        if isinstance(value, Mapping):
+            assign(target, value)
+        else:
+            target.set_value(jnp.asarray(value))
+
+
+def load_layers(layers: Layers, canonical: Mapping) -> None:
+    """Write canonical weights into a model's stock layers, each through its layer's function:
+    `layers` is {prefix: (layer, module, layout keywords)}, e.g. {"head.": ("dense", model.head,
+    {})}."""
+    for prefix, (layer, module, layout) in layers.items():
+        assign(module, FROM[layer](canonical, prefix, **layout))
+
+
+def layers_to_canonical(layers: Layers, *, grads: bool = False) -> Canonical:
+    """A model's canonical weights from its stock layers, or with `grads=True` the gradients, for a
+    model whose parameters hold gradients (`nnx.merge(graphdef, grad_state, ...)`)."""
+    out = {}
+    for prefix, (layer, module, layout) in layers.items():
+        native = nnx.state(module, (nnx.Param, nnx.BatchStat))
+        flag = {"grads": grads} if layer in GRADS else {}
+        out.update(TO[layer](native, prefix, **layout, **flag))
+    return out

@@ -16,7 +16,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jax_impl import optim
+from jax_impl import optim, porting
 from tasks import weights
 from tasks.configs import OptimizerConfig, RNNConfig
 from tasks.data import Dataset, batches
@@ -187,51 +187,30 @@ def create_model(cfg: RNNConfig, *, seed: int, dtype: str = "float64") -> RNN:
 
 
 # ----------------------------------------------------------------------------- canonical weights
+PORTING = {"rnn": "simple_rnn", "lstm": "lstm", "gru": "gru"}  # jax_impl/porting.py's layer names
+HEAD_NAMES = {"head.weight": "W_hy", "head.bias": "b_y"}  # the dense head's canonical names
+
+
+def canonical_layers(model: RNN) -> dict:
+    """Each stock layer by canonical prefix, with its jax_impl/porting.py function and layout
+    (kernels transposed; LSTMCell's eight Linears; the bias on the input or the hidden side)."""
+    return {"": (PORTING[model.cfg.cell], model.rnn.cell, {}), "head.": ("dense", model.head, {})}
+
+
 def load_canonical(model: RNN, params: dict[str, np.ndarray]) -> None:
-    cfg, cell = model.cfg, model.rnn.cell
-    weights.check(params, cfg.param_shapes(), model.head.kernel.dtype)
-    put = lambda variable, value: variable.set_value(jnp.asarray(value))
-    if cfg.cell == "lstm":  # canonical row block k of (4H, D) -> gate k's own (D, H) kernel
-        for k, (i, hh) in enumerate(LSTM_GATES):
-            rows = slice(k * cfg.hidden, (k + 1) * cfg.hidden)
-            put(getattr(cell, i).kernel, params["W_xh"][rows].T)  # (H, D) -> (D, H)
-            put(getattr(cell, hh).kernel, params["W_hh"][rows].T)  # (H, H) -> (H, H), transposed
-            put(
-                getattr(cell, hh).bias, params["b_h"][rows]
-            )  # the bias sits on the hidden-side Linear
-    else:
-        put(cell.dense_i.kernel, params["W_xh"].T)  # canonical (G*H, D) -> Flax (D, G*H)
-        put(cell.dense_h.kernel, params["W_hh"].T)  # canonical (G*H, H) -> Flax (H, G*H)
-        put(cell.dense_i.bias, params["b_h"])  # the bias sits on the input-side Linear
-        if cfg.cell == "gru":
-            put(cell.b_hn, params["b_hn"])
-    put(model.head.kernel, params["W_hy"].T)  # canonical (C, H) -> Flax (H, C)
-    put(model.head.bias, params["b_y"])
+    weights.check(params, model.cfg.param_shapes(), model.head.kernel.dtype)
+    head = {k: params[name] for k, name in HEAD_NAMES.items()}
+    porting.load_layers(canonical_layers(model), {**params, **head})
+
+
+def to_canonical(model: RNN, grads: bool = False) -> dict[str, np.ndarray]:
+    """Flax -> canonical, for a model or (`grads=True`) for gradients merged into one."""
+    out = porting.layers_to_canonical(canonical_layers(model), grads=grads)
+    return {HEAD_NAMES.get(k, k): v for k, v in out.items()}
 
 
 def export_canonical(model: RNN) -> dict[str, np.ndarray]:
-    """Flax -> canonical, for a model or for gradients merged into one."""
-    cfg, cell = model.cfg, model.rnn.cell
-    get = lambda variable: np.array(variable.get_value())
-    if cfg.cell == "lstm":
-        out = {
-            "W_xh": np.concatenate(
-                [get(getattr(cell, i).kernel).T for i, _ in LSTM_GATES]
-            ),  # 4 x (D, H) -> (4H, D)
-            "W_hh": np.concatenate(
-                [get(getattr(cell, hh).kernel).T for _, hh in LSTM_GATES]
-            ),  # 4 x (H, H) -> (4H, H)
-            "b_h": np.concatenate([get(getattr(cell, hh).bias) for _, hh in LSTM_GATES]),
-        }
-    else:
-        out = {
-            "W_xh": get(cell.dense_i.kernel).T,
-            "W_hh": get(cell.dense_h.kernel).T,
-            "b_h": get(cell.dense_i.bias),
-        }
-        if cfg.cell == "gru":
-            out["b_hn"] = get(cell.b_hn)
-    return {**out, "W_hy": get(model.head.kernel).T, "b_y": get(model.head.bias)}
+    return to_canonical(model)
 
 
 # ----------------------------------------------------------------------------- loss
@@ -261,8 +240,9 @@ def forward_backward(model: RNN, x, y) -> dict[str, np.ndarray]:
         out["c_n"] = state[1]
     out = {k: np.asarray(v) for k, v in out.items()}
     # the gradients have the model's own structure: merge them into a model to reuse the exporter
-    grads = export_canonical(
-        nnx.merge(nnx.graphdef(model), grad_params, nnx.state(model, nnx.Not(nnx.Param)))
+    grads = to_canonical(
+        nnx.merge(nnx.graphdef(model), grad_params, nnx.state(model, nnx.Not(nnx.Param))),
+        grads=True,
     )
     return {**out, "grad.input": np.asarray(dx), **{f"grad.{k}": g for k, g in grads.items()}}
 

@@ -11,6 +11,15 @@ Here `native` is a list of NumPy arrays in the order of the stock layer's `get_w
 shapes. `prefix` is put in front of every canonical name. Keras keeps dense kernels `(in, out)`,
 conv kernels `(kh, kw, in_c, out_c)` on NHWC maps, gate order `(z, r, h)` for the GRU, and
 attention kernels split by head. No Keras import: arrays in, arrays out.
+
+Gradients: `<layer>_to_canonical(grads, prefix, grads=True)` brings the gradients of a layer's
+weights to canonical; the layouts are linear, so only two layers need the flag: the GRU's b_h sums
+two bias rows outside the candidate block, and the gradient of that sum is the gradient of the
+input row (not the sum of both rows' gradients); a batch norm has gradients for gamma and beta only.
+
+Models: `load_layers` and `layers_to_canonical` (at the end) build every tf_impl model's
+`load_canonical`, `export_canonical` and canonical gradients from these functions, so each layout
+rule is written once, here.
 """
 
 from __future__ import annotations
@@ -115,12 +124,16 @@ def layer_norm_from_canonical(canonical: Mapping, prefix: str = "") -> Native:
 BN = ("weight", "bias", "running_mean", "running_var")
 
 
-def batch_norm_to_canonical(native: Sequence, prefix: str = "") -> Canonical:
+def batch_norm_to_canonical(
+    native: Sequence, prefix: str = "", *, grads: bool = False
+) -> Canonical:
     """BatchNormalization(axis=-1) [gamma, beta, moving_mean, moving_variance] (C,) ->
     {weight, bias, running_mean, running_var}, as is. Keras's moving variance is the *biased*
     batch variance's average (torch's the unbiased one): no exact conversion exists after training
-    (PORTING, "Running variance"); momentum is 1 - torch's, epsilon must be passed (default 1e-3)."""
-    return {prefix + k: v for k, v in zip(BN, _expect(native, 4, "BatchNormalization"))}
+    (PORTING, "Running variance"); momentum is 1 - torch's, epsilon must be passed (default 1e-3).
+    `grads=True`: [gamma, beta] gradients (the statistics are not trained) -> {weight, bias}."""
+    count = 2 if grads else 4
+    return {prefix + k: v for k, v in zip(BN, _expect(native, count, "BatchNormalization"))}
 
 
 def batch_norm_from_canonical(canonical: Mapping, prefix: str = "") -> Native:
@@ -139,7 +152,9 @@ def gru_blocks(w: np.ndarray) -> np.ndarray:
     return w.reshape(3, h, *w.shape[1:])[GRU_ORDER].reshape(w.shape).copy()
 
 
-def simple_rnn_to_canonical(native: Sequence, prefix: str = "") -> Canonical:
+def simple_rnn_to_canonical(
+    native: Sequence, prefix: str = "", *, grads: bool = False
+) -> Canonical:
     """SimpleRNN [kernel (D, H), recurrent_kernel (H, H), bias (H,)] -> {W_xh = kernel.T (H, D),
     W_hh = recurrent_kernel.T (H, H), b_h = bias (H,)}."""
     kernel, recurrent, bias = _expect(native, 3, "SimpleRNN")
@@ -156,7 +171,7 @@ def simple_rnn_from_canonical(canonical: Mapping, prefix: str = "") -> Native:
     return [w_xh.T.copy(), w_hh.T.copy(), b_h.copy()]
 
 
-def lstm_to_canonical(native: Sequence, prefix: str = "") -> Canonical:
+def lstm_to_canonical(native: Sequence, prefix: str = "", *, grads: bool = False) -> Canonical:
     """LSTM [kernel (D, 4H), recurrent_kernel (H, 4H), bias (4H,)], gates (i, f, c, o) = canonical
     (i, f, g, o) -> {W_xh = kernel.T (4H, D), W_hh = recurrent_kernel.T (4H, H), b_h = bias}."""
     kernel, recurrent, bias = _expect(native, 3, "LSTM")
@@ -173,7 +188,9 @@ def lstm_from_canonical(canonical: Mapping, prefix: str = "") -> Native:
     return simple_rnn_from_canonical(canonical, prefix)
 
 
-def gru_to_canonical(native: Sequence, prefix: str = "", *, reset_after: bool = True) -> Canonical:
+def gru_to_canonical(
+    native: Sequence, prefix: str = "", *, reset_after: bool = True, grads: bool = False
+) -> Canonical:
     """GRU, gates (z, r, h) in Keras, (r, z, n) canonical.
 
     reset_after=True (Keras's default, torch's and cuDNN's form): [kernel (D, 3H),
@@ -187,14 +204,17 @@ def gru_to_canonical(native: Sequence, prefix: str = "", *, reset_after: bool = 
     (D, 3H), recurrent_kernel (H, 3H), bias (3H,)] -> {W_xh, W_hh, b_h} with the same block swap
     and *no* b_hn. This is its own canonical form ("GRU v1"): the reset multiplies h before the
     matmul, so no choice of weights makes it the reset_after GRU (or vice versa); torch's nn.GRU and
-    Flax's cells compute only reset_after, and their gru_from_canonical refuse a dict without b_hn."""
+    Flax's cells compute only reset_after, and their gru_from_canonical refuse a dict without b_hn.
+
+    grads=True (gradients): b_h = blocks(bias[0]) only, the gradient of the sum of both rows."""
     if reset_after:
         kernel, recurrent, bias = _expect(native, 3, "GRU(reset_after=True)")
         if bias.ndim != 2:
             raise ValueError(f"GRU(reset_after=True) has a (2, 3H) bias, got {bias.shape}")
         h = recurrent.shape[0]
         b = bias[0].copy()
-        b[: 2 * h] += bias[1, : 2 * h]
+        if not grads:
+            b[: 2 * h] += bias[1, : 2 * h]
         extra = {prefix + "b_hn": bias[1, 2 * h :].copy()}
     else:
         kernel, recurrent, b = _expect(native, 3, "GRU(reset_after=False)")
@@ -272,3 +292,39 @@ LAYERS = (
     "gru",
     "mha",
 )
+
+
+# ----------------------------------------------------------------------------- models
+TO = {name: globals()[f"{name}_to_canonical"] for name in LAYERS}
+FROM = {name: globals()[f"{name}_from_canonical"] for name in LAYERS}
+GRADS = ("batch_norm", "simple_rnn", "lstm", "gru")  # the functions that take `grads`
+
+Layers = Mapping[str, tuple[str, object, dict]]  # prefix -> (layer, Keras layer, layout keywords)
+
+
+def load_layers(layers: Layers, canonical: Mapping) -> None:
+    """Write canonical weights into a model's stock Keras layers, each through its layer's function:
+    `layers` is {prefix: (layer, keras layer, layout keywords)}, e.g. {"head.": ("dense",
+    model.head, {})}; the arrays are assigned in the order of `keras_layer.weights`."""
+    for prefix, (layer, keras_layer, layout) in layers.items():
+        native = FROM[layer](canonical, prefix, **layout)
+        if len(native) != len(keras_layer.weights):
+            raise ValueError(
+                f"{prefix}: {len(native)} arrays for {len(keras_layer.weights)} weights"
+            )
+        for variable, value in zip(keras_layer.weights, native):
+            variable.assign(value)
+
+
+def layers_to_canonical(layers: Layers, grads: Mapping | None = None) -> Canonical:
+    """A model's canonical weights from its stock Keras layers, or the gradients when `grads` maps
+    each trainable variable's `path` to its gradient (`tape.gradient(loss, {v.path: v ...})`)."""
+    out = {}
+    for prefix, (layer, keras_layer, layout) in layers.items():
+        if grads is None:
+            native, flag = [v.numpy() for v in keras_layer.weights], {}
+        else:
+            native = [np.asarray(grads[v.path]) for v in keras_layer.weights if v.trainable]
+            flag = {"grads": True} if layer in GRADS else {}
+        out.update(TO[layer](native, prefix, **layout, **flag))
+    return out

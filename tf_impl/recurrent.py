@@ -18,7 +18,7 @@ from keras import ops
 from tasks import weights
 from tasks.configs import OptimizerConfig, RNNConfig
 from tasks.data import Dataset
-from tf_impl import compat, optim, training
+from tf_impl import compat, optim, porting, training
 
 
 # ----------------------------------------------------------------------------- layers
@@ -180,68 +180,36 @@ def create_model(cfg: RNNConfig, *, seed: int, dtype: str = "float64") -> RNN:
 
 
 # ----------------------------------------------------------------------------- canonical weights
-GRU_ORDER = [
-    1,
-    0,
-    2,
-]  # canonical blocks (r, z, n) -> Keras (z, r, h), and back: the permutation is its own inverse
+PORTING = {"rnn": "simple_rnn", "lstm": "lstm", "gru": "gru"}  # tf_impl/porting.py's layer names
+HEAD_NAMES = {"head.weight": "W_hy", "head.bias": "b_y"}  # the dense head's canonical names
 
 
-def blocks(w, cfg: RNNConfig):
-    """Reorder gate blocks along the first axis (only the GRU's order differs from canonical)."""
-    if cfg.cell != "gru":
-        return w
-    return w.reshape(3, cfg.hidden, *w.shape[1:])[GRU_ORDER].reshape(
-        w.shape
-    )  # (3H, ...) -> (3, H, ...) -> permuted
+def canonical_layers(model: RNN) -> dict:
+    """Each stock layer by canonical prefix, with its tf_impl/porting.py function and layout
+    (kernels transposed, the GRU's gate blocks (z, r, h) <-> (r, z, n), its two bias rows)."""
+    return {"": (PORTING[model.cfg.cell], model.rnn, {}), "head.": ("dense", model.head, {})}
 
 
 def load_canonical(model: RNN, params: dict[str, np.ndarray]) -> None:
-    cfg, cell = model.cfg, model.rnn.cell
-    weights.check(params, cfg.param_shapes(), model.head.kernel.dtype)
-    cell.kernel.assign(blocks(params["W_xh"], cfg).T)  # canonical (G*H, D) -> Keras (D, G*H)
-    cell.recurrent_kernel.assign(
-        blocks(params["W_hh"], cfg).T
-    )  # canonical (G*H, H) -> Keras (H, G*H)
-    if (
-        cfg.cell == "gru"
-    ):  # rows: input bias, recurrent bias; b_hn only in the recurrent row's candidate block
-        recurrent = np.concatenate([np.zeros(2 * cfg.hidden, params["b_hn"].dtype), params["b_hn"]])
-        cell.bias.assign(np.stack([blocks(params["b_h"], cfg), recurrent]))
-    else:
-        cell.bias.assign(params["b_h"])
-    model.head.kernel.assign(params["W_hy"].T)  # canonical (C, H) -> Keras (H, C)
-    model.head.bias.assign(params["b_y"])
+    weights.check(params, model.cfg.param_shapes(), model.head.kernel.dtype)
+    head = {k: params[name] for k, name in HEAD_NAMES.items()}
+    porting.load_layers(canonical_layers(model), {**params, **head})
 
 
-def to_canonical(
-    model: RNN, kernel, recurrent_kernel, bias, head_kernel, head_bias, grads: bool = False
-) -> dict[str, np.ndarray]:
-    """Keras weights (or their gradients) -> canonical. The GRU's b_h is the sum of the two bias rows
-    outside the candidate block; the gradient of that sum is the gradient of the input row."""
-    cfg = model.cfg
-    out = {
-        "W_xh": blocks(np.array(kernel).T, cfg),
-        "W_hh": blocks(np.array(recurrent_kernel).T, cfg),
-    }  # (D, G*H) -> (G*H, D)
-    bias = np.array(bias)
-    if cfg.cell == "gru":
-        b_h = bias[0].copy()
-        if not grads:
-            b_h[: 2 * cfg.hidden] += bias[1, : 2 * cfg.hidden]
-        out["b_h"], out["b_hn"] = blocks(b_h, cfg), bias[1, 2 * cfg.hidden :].copy()
-    else:
-        out["b_h"] = bias
-    return {**out, "W_hy": np.array(head_kernel).T, "b_y": np.array(head_bias)}  # (H, C) -> (C, H)
+def to_canonical(model: RNN, grads: dict | None = None) -> dict[str, np.ndarray]:
+    """The weights, or the gradients ({variable.path: gradient}), in the canonical layout. The
+    GRU's b_h is the sum of the two bias rows outside the candidate block; the gradient of that
+    sum is the gradient of the input row (tf_impl/porting.py, grads=True)."""
+    out = porting.layers_to_canonical(canonical_layers(model), grads)
+    return {HEAD_NAMES.get(k, k): v for k, v in out.items()}
 
 
 def variables(model: RNN) -> list:
-    cell = model.rnn.cell
-    return [cell.kernel, cell.recurrent_kernel, cell.bias, model.head.kernel, model.head.bias]
+    return [v for layer in (model.rnn, model.head) for v in layer.trainable_variables]
 
 
 def export_canonical(model: RNN) -> dict[str, np.ndarray]:
-    return to_canonical(model, *(v.numpy() for v in variables(model)))
+    return to_canonical(model)
 
 
 # ----------------------------------------------------------------------------- loss
@@ -257,12 +225,12 @@ def forward_backward(model: RNN, x, y) -> dict[str, np.ndarray]:
         tape.watch(x)
         logits, hidden, state = model.logits_and_states(x)
         loss = make_loss(model.dtype)(y, logits)
-    dx, *grads = tape.gradient(loss, [x, *variables(model)])
+    dx, grads = tape.gradient(loss, [x, {v.path: v for v in variables(model)}])
     out = {"output": logits, "loss": loss, "hidden": hidden, "h_n": state[0]}
     if model.cfg.cell == "lstm":
         out["c_n"] = state[1]
     out = {k: np.asarray(v) for k, v in out.items()}
-    grads = to_canonical(model, *(g.numpy() for g in grads), grads=True)
+    grads = to_canonical(model, grads)
     return {**out, "grad.input": dx.numpy(), **{f"grad.{k}": g for k, g in grads.items()}}
 
 
