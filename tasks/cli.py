@@ -220,10 +220,16 @@ def print_train(result: dict) -> None:
         title=f"{result['model']} on {result['task']} ({result['n_train']} train / {result['n_test']} test)"
     )
     replicas = result.get("replicas")  # rosetta train --replicas N (tasks/data_parallel.py)
+    regression = result.get("metric") == "r2"  # an identity head: test MSE and R², no accuracy
+    quality = lambda r: (
+        [fmt(r["test_loss"], ".4f"), fmt(r["test_r2"], ".4f")]
+        if regression
+        else [fmt(r["test_accuracy"], ".4f")]
+    )
     for col in (
         "framework",
         "final train loss",
-        "test accuracy",
+        *(["test MSE", "test R²"] if regression else ["test accuracy"]),
         "s / epoch",
         "max |Δparam| vs scratch",
         *([f"max |Δparam| vs 1 replica (N = {replicas})"] if replicas else []),
@@ -233,7 +239,7 @@ def print_train(result: dict) -> None:
         table.add_row(
             r["framework"] + (" (interrupted)" if r.get("stopped") == "interrupted" else ""),
             "diverged" if r.get("diverged") else fmt(r["final_loss"], ".4f"),
-            fmt(r["test_accuracy"], ".4f"),
+            *quality(r),
             fmt(r["seconds_per_epoch"], ".3f"),
             fmt(r["max_param_diff_vs_scratch"], ".2e"),
             *([fmt(r["max_param_diff_vs_one_replica"], ".2e")] if replicas else []),
@@ -308,7 +314,7 @@ def train(
     ),
 ):
     """Train MODEL in one or all frameworks from the same initial weights and compare."""
-    from tasks.configs import ACTIVATIONS, LENET_ACTIVATIONS, POOLINGS
+    from tasks.configs import POOLINGS
     from tasks.train import TrainOptions
 
     check_model(model)
@@ -333,18 +339,8 @@ def train(
         fail(f"--batch-size must be a positive integer, got {batch_size}")
     if dtype not in ("float32", "float64"):
         fail(f"unknown dtype {dtype!r}; choose from: float32, float64")
-    from tasks.configs import FF_ACTIVATIONS
-
-    if model == "transformer" and activation is not None and activation not in FF_ACTIVATIONS:
-        fail(
-            f"unknown activation {activation!r} for transformer; choose from: {', '.join(FF_ACTIVATIONS)}"
-        )
-    if model != "transformer" and activation is not None and activation not in ACTIVATIONS:
-        fail(f"unknown activation {activation!r}; choose from: {', '.join(ACTIVATIONS)}")
-    if model == "lenet5" and activation is not None and activation not in LENET_ACTIVATIONS:
-        fail(
-            f"unknown activation {activation!r} for lenet5; choose from: {', '.join(LENET_ACTIVATIONS)}"
-        )
+    if activation is not None:  # a model that takes no --activation was refused by check_flags
+        check_activation(model, activation)
     if pooling is not None and pooling not in POOLINGS:
         fail(f"unknown pooling {pooling!r}; choose from: {', '.join(POOLINGS)}")
     sizes = None
@@ -355,8 +351,9 @@ def train(
             sizes = (-1,)
         if any(h < 1 for h in sizes):
             fail(f"--hidden must be positive integers separated by commas, got {hidden!r}")
-        if model in ("rnn", "lstm", "gru") and len(sizes) != 1:
-            fail(f"--hidden: a recurrent network has one hidden size, got {hidden!r}")
+        why = MODELS[model].check_hidden(sizes)  # e.g. a recurrent network: one size
+        if why:
+            fail(f"--hidden: {why}, got {hidden!r}")
     regularised = check_training_options(
         model,
         optimizer,
@@ -387,7 +384,7 @@ def train(
     plot = check_output_path("--plot", plot, image=True) if plot else None  # before any training
     if save is not None and not Path(save).is_dir():
         fail(f"--save {save}: not an existing directory")
-    if save is not None and (replicas is not None or model == "perceptron"):
+    if save is not None and (replicas is not None or not MODELS[model].gradient):
         fail(
             "--save applies to the gradient models' ordinary runs (not the perceptron or --replicas)"
         )
@@ -443,35 +440,51 @@ def end_status(result: dict) -> int:
 
 # ----------------------------------------------------------------------------- which flag applies to which model
 # `rosetta train` refuses a flag that the chosen model would ignore (exit 2) instead of recording it in the
-# JSON options as if used. One table, used by check_flags; the README's "Errors" section shows it.
-GRADIENT_MODELS = ("mlp", "lenet5", "rnn", "lstm", "gru", "attention", "transformer")
+# JSON options as if used. Which model takes which flag is its spec's `flags` (tasks/specs/); why the
+# others ignore it is said here, once per flag; the README's "Errors" section shows the table.
 PERCEPTRON_RULE = "the perceptron learns by its own mistake-driven rule, one sample at a time"
 REGULARISER_RULE = "--init, --dropout, --batch-norm and --l2 are for mlp and lenet5, whose configs have those layers"
-FLAG_MODELS: dict[str, tuple[tuple[str, ...], str]] = {
-    # flag: (the models it applies to, why the others ignore it)
-    "--batch-size": (GRADIENT_MODELS, PERCEPTRON_RULE),
-    "--hidden": (
-        ("mlp", "rnn", "lstm", "gru"),
-        "LeNet-5's sizes are the paper's, attention's and the Transformer's the registry's, "
-        "and the perceptron has no hidden layer",
-    ),
-    "--activation": (
-        ("mlp", "lenet5", "transformer"),
-        "the recurrent cells' nonlinearities are fixed (tanh, the gates' sigmoid), attention has no "
-        "hidden activation, the perceptron steps",
-    ),
-    "--pooling": (("lenet5",), "only LeNet-5 pools"),
+FLAG_RULES: dict[str, str] = {
+    # flag: why the models whose specs do not take it ignore it
+    "--batch-size": PERCEPTRON_RULE,
+    "--hidden": "LeNet-5's sizes are the paper's, attention's and the Transformer's the registry's, "
+    "and the perceptron has no hidden layer",
+    "--activation": "the recurrent cells' nonlinearities are fixed (tanh, the gates' sigmoid), "
+    "attention has no hidden activation, the perceptron steps",
+    "--pooling": "only LeNet-5 pools",
     **{
-        flag: (GRADIENT_MODELS, PERCEPTRON_RULE)
+        flag: PERCEPTRON_RULE
         for flag in ("--optimizer", "--schedule", "--warmup-steps", "--clip-norm", "--patience")
     },
-    **{
-        flag: (("mlp", "lenet5"), REGULARISER_RULE)
-        for flag in ("--init", "--dropout", "--batch-norm", "--l2")
-    },
-    "--plot": (GRADIENT_MODELS, "the perceptron's rows count mistakes and have no loss curve"),
-    "--replicas": (("mlp", "lenet5"), "the data-parallel chapters (data_parallel.py) are theirs"),
+    **{flag: REGULARISER_RULE for flag in ("--init", "--dropout", "--batch-norm", "--l2")},
+    "--plot": "the perceptron's rows count mistakes and have no loss curve",
+    "--replicas": "the data-parallel chapters (data_parallel.py) are theirs",
 }
+
+
+def flag_models() -> dict[str, tuple[tuple[str, ...], str]]:
+    """flag: (the models whose specs take it, why the others ignore it)."""
+    from tasks.specs import taking
+
+    return {flag: (taking(flag), why) for flag, why in FLAG_RULES.items()}
+
+
+FLAG_MODELS = flag_models()  # the table as the specs have it when the CLI starts
+
+
+def check_activation(model: str, activation: str) -> None:
+    """Exit 2 unless the model's spec takes this --activation. A name that is none of the shared
+    ACTIVATIONS, for a model that takes only those, is refused listing them all; any other with
+    the model's own choices."""
+    from tasks.configs import ACTIVATIONS
+
+    choices = MODELS[model].activations
+    if set(choices) <= set(ACTIVATIONS) and activation not in ACTIVATIONS:
+        fail(f"unknown activation {activation!r}; choose from: {', '.join(ACTIVATIONS)}")
+    if activation not in choices:
+        fail(f"unknown activation {activation!r} for {model}; choose from: {', '.join(choices)}")
+
+
 FILE_TASKS = ("mnist",)  # the tasks that read --data-dir; every other task is built in memory
 
 
@@ -482,8 +495,8 @@ def check_flags(model: str, task: str, given: dict[str, bool]) -> None:
             fail(
                 f"--data-dir does not apply to task {task}: it reads no files (only {', '.join(FILE_TASKS)} does)"
             )
-        if flag in FLAG_MODELS and used and model not in FLAG_MODELS[flag][0]:
-            models, why = FLAG_MODELS[flag]
+        if flag in FLAG_RULES and used and flag not in MODELS[model].flags:
+            models, why = flag_models()[flag]
             fail(f"{flag} does not apply to {model} (only to {', '.join(models)}): {why}")
 
 
@@ -491,8 +504,11 @@ def train_replicas(model, task, frameworks, opts, replicas: int, patience) -> di
     """rosetta train MODEL --replicas N: each framework's data_parallel.py on N replicas and on 1."""
     from tasks import data_parallel
 
-    if model not in ("mlp", "lenet5"):
-        fail(f"--replicas is for mlp and lenet5 (their data_parallel.py chapters), not {model}")
+    if "--replicas" not in MODELS[model].flags:
+        models, _ = flag_models()["--replicas"]
+        fail(
+            f"--replicas is for {' and '.join(models)} (their data_parallel.py chapters), not {model}"
+        )
     if replicas < 1 or patience is not None:
         fail(f"--replicas must be a positive integer and takes no --patience, got {replicas}")
     task = task or MODELS[model].default_task
@@ -544,7 +560,7 @@ def check_training_options(
         fail(f"--dropout must be in [0, 1), got {dropout}")
     if l2 is not None and not (l2 >= 0 and math.isfinite(l2)):
         fail(f"--l2 must be a number >= 0, got {l2}")
-    # which model takes which flag: FLAG_MODELS, checked by check_flags before this
+    # which model takes which flag: its spec's flags (FLAG_MODELS), checked by check_flags before this
     return dict(optimizer=optimizer, momentum=momentum, weight_decay=weight_decay, schedule=schedule, warmup_steps=warmup_steps,
                 clip_norm=clip_norm, init=init, dropout=dropout, batch_norm=batch_norm, patience=patience, l2=l2)  # fmt: skip
 
@@ -738,6 +754,7 @@ def all_models(
     models = [check_model(m) for m in (models or list(MODELS))]
     frameworks = list(resolve_framework("all"))
     one_thread_for_torch()
+    jax_compilation_cache()
     trained, records, seconds = [], [], {}
     for model in models:
         start = time.perf_counter()
@@ -784,6 +801,24 @@ def one_thread_for_torch() -> None:
         os.environ["OMP_NUM_THREADS"] = "1"  # read when torch starts
 
 
+def jax_compilation_cache() -> None:
+    """JAX's persistent compilation cache for `rosetta all`: every XLA program it compiles (about
+    1,000, mostly 0.1-0.3 s each, mostly in parity) is written to ~/.cache/nn-rosetta/jax
+    ($XDG_CACHE_HOME honoured; JAX_COMPILATION_CACHE_DIR wins if set) and read back by the next run
+    instead of compiled again. The key is a hash of the program, the JAX and XLA versions, the
+    flags and the CPU, so a stale entry cannot be hit; a fresh machine compiles everything once.
+    Delete the folder to clear it. Set through the environment, read when JAX starts: a process
+    that started JAX before (in-process tests) runs without it."""
+    if "jax" in sys.modules:
+        return
+    cache = os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "nn-rosetta", "jax"
+    )
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", cache)
+    # JAX's default caches only programs that took a second or more to compile: ours take less
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+
 def print_summary(trained: list[dict], records: list[dict], seconds: dict | None = None) -> None:
     """One table: a row per model, a column per framework, each cell the test accuracy (a language
     model: its held-out loss) and the worst float64 / float32 relative error of any parity check the
@@ -815,6 +850,8 @@ def print_summary(trained: list[dict], records: list[dict], seconds: dict | None
             row = rows.get(fw)
             if row is None:
                 quality = "—"
+            elif result.get("metric") == "r2":  # a regression: R² on the test split
+                quality = f"R² {fmt(row.get('test_r2'), '.4f')}"
             elif "baselines" in result:  # a language model: its held-out loss (vs the unigram's)
                 quality = f"loss {fmt(row.get('test_loss'), '.3f')}"
             else:
@@ -1043,8 +1080,9 @@ def sample(
     from tasks.train import TrainOptions
     from tasks.weights import CanonicalWeightsError
 
-    if check_model(model) not in ("rnn", "lstm", "gru"):
-        fail("sample needs a character model; choose from: rnn, lstm, gru")
+    characters = [name for name, spec in MODELS.items() if sampling.TASK in spec.tasks]
+    if check_model(model) not in characters:
+        fail(f"sample needs a character model; choose from: {', '.join(characters)}")
     frameworks = check_frameworks(framework)
     if len(frameworks) != 1:
         fail("--framework: choose one of scratch, torch, tf, jax")
@@ -1121,17 +1159,19 @@ def attention_map(
     from tasks.registry import load_impl
     from tasks.train import TrainOptions, initial_weights, make_config
 
-    if model not in ("attention", "transformer"):
+    drawn = [name for name, spec in MODELS.items() if spec.attention_maps]
+    if model not in drawn:
         fail(
-            f"attention-map draws an attention model; choose from: attention, transformer (got {model!r})"
+            f"attention-map draws an attention model; choose from: {', '.join(drawn)} (got {model!r})"
         )
     frameworks = check_frameworks(framework)
     check_seed(seed)
     if epochs < 0:
         fail(f"--epochs must be 0 or a positive integer, got {epochs}")
     out_path = check_output_path("--out", out_path, image=True)  # before any training
-    opts = TrainOptions(seed=seed).with_defaults(model, "reverse")
-    data = load_task("reverse", seed=seed)
+    task = MODELS[model].default_task  # the sequence task its maps are drawn on (reverse)
+    opts = TrainOptions(seed=seed).with_defaults(model, task)
+    data = load_task(task, seed=seed)
     cfg = make_config(model, data, opts)
     n_maps = getattr(cfg, "n_layers", 1)
     if not 0 <= example < len(data.x_test):
@@ -1178,7 +1218,7 @@ def attention_map(
         ax.set_xlabel("key")
     axes[0][0].set_ylabel("query")
     fig.suptitle(
-        f"{model} on reverse, held-out example {example}, layer {layer % n_maps}, head {head}",
+        f"{model} on {task}, held-out example {example}, layer {layer % n_maps}, head {head}",
         fontsize=10,
     )
     fig.tight_layout(rect=(0, 0, 1, 0.92))  # leave room for the suptitle

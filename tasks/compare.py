@@ -61,8 +61,9 @@ class Page:
 def files_of(model: str) -> list[str]:
     """The model's file names; the Transformer's file holds its layers and model and shares the
     rest with attention.py, which fills the remaining rows."""
-    name = MODELS[model].name if model in MODELS else model
-    return [name, "attention"] if name == "transformer" else [name]
+    if model not in MODELS:
+        return [model]
+    return [MODELS[model].file, *MODELS[model].shared_files]
 
 
 def read_rows(model: str, root: Path = ROOT) -> dict[str, dict[str, Cell]]:

@@ -267,7 +267,15 @@ def convert(
 
 
 # ----------------------------------------------------------------------------- the command's helpers
-MODELS = ("mlp", "lenet5", "rnn", "lstm", "gru", "attention", "transformer")
+def convertible() -> tuple[str, ...]:
+    """The models `rosetta convert` takes: every gradient model (the perceptron's rule has no
+    framework checkpoint of its own), in the README's order."""
+    from tasks.specs import SPECS, in_file_order
+
+    return in_file_order(name for name, spec in SPECS.items() if spec.gradient)
+
+
+MODELS = convertible()  # mlp, lenet5, rnn, lstm, gru, attention, transformer
 SUFFIX = {
     "torch_impl": ".pt",
     "tf_impl": ".weights.h5",

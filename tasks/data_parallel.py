@@ -167,14 +167,13 @@ HISTORY = "history"  # the result entry holding the mean training loss of each e
 # ----------------------------------------------------------------------------- data and weights
 @functools.cache
 def dataset(config: str) -> tuple[np.ndarray, np.ndarray]:
-    """N_TRAIN float64 examples and labels for a config: normal features, or [0, 1) pixels."""
-    cfg = CONFIGS[config]
-    rng = np.random.default_rng(SEED + 1)
-    if isinstance(cfg, LeNet5Config):
-        x = rng.uniform(0.0, 1.0, (N_TRAIN, cfg.in_channels, cfg.image_size, cfg.image_size))
-    else:
-        x = rng.normal(size=(N_TRAIN, cfg.in_features))
-    return x, rng.integers(0, cfg.n_classes, N_TRAIN)
+    """N_TRAIN float64 examples and labels for a config, drawn by its model's spec (`inputs`):
+    the MLP's normal features, LeNet-5's [0, 1) pixels."""
+    from tasks.registry import MODELS
+
+    return MODELS[Run(config, "sgd", 1).model].inputs(
+        np.random.default_rng(SEED + 1), CONFIGS[config], N_TRAIN
+    )
 
 
 @functools.cache
@@ -511,11 +510,12 @@ def run_train(model: str, task: str, frameworks: list[str], opts, replicas: int)
         net = impl.create_model(cfg, seed=opts.seed, dtype=opts.dtype)
         params = {k: v for k, v in final.items() if k != HISTORY}
         impl.load_canonical(net, params)
-        test_loss, test_acc = impl.evaluate(net, data.x_test, data.y_test)
+        test_loss, test_score = impl.evaluate(net, data.x_test, data.y_test)  # R²: a regression
         finals[framework] = trainable(params)
         rows.append({
             "framework": framework, "replicas": replicas, "final_loss": float(final[HISTORY][-1]),
-            "test_loss": test_loss, "test_accuracy": test_acc, "seconds": seconds,
+            "test_loss": test_loss, "test_accuracy": None if data.regression else test_score,
+            **({"test_r2": test_score} if data.regression else {}), "seconds": seconds,
             "seconds_per_epoch": seconds / opts.epochs, "max_param_diff_vs_scratch": None,
             "max_param_diff_vs_one_replica": max(
                 float(np.max(np.abs(final[k] - one[k]))) for k in params
@@ -533,5 +533,5 @@ def run_train(model: str, task: str, frameworks: list[str], opts, replicas: int)
         "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()},
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(opts).items()},
         "n_train": int(len(data.x_train)), "n_test": int(len(data.x_test)),
-        "results": rows, "interrupted": False,
+        "metric": "r2" if data.regression else "accuracy", "results": rows, "interrupted": False,
     }  # fmt: skip

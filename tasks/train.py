@@ -14,15 +14,7 @@ from inspect import signature
 import numpy as np
 
 from tasks import weights
-from tasks.configs import (
-    FF_ACTIVATIONS,
-    AttentionConfig,
-    LeNet5Config,
-    MLPConfig,
-    RNNConfig,
-    TransformerConfig,
-)
-from tasks.data import Dataset, load_task, pad_to
+from tasks.data import Dataset, load_task
 from tasks.registry import MODELS, load_impl
 
 
@@ -48,7 +40,7 @@ class TrainOptions:
     schedule: str = "constant"  # constant, cosine or step (decays over the whole run, after warmup)
     warmup_steps: int = 0
     clip_norm: float | None = None
-    # mlp and lenet5 only (REGULARISED):
+    # the models whose specs take --init, --dropout, --batch-norm and --l2 (mlp, lenet5):
     init: str | None = None  # weight initialiser (tasks.configs.INITS); None: the canonical uniform
     dropout: float | None = None
     batch_norm: bool = False
@@ -71,83 +63,26 @@ class TrainOptions:
 
 
 def make_config(model: str, data: Dataset, opts: TrainOptions):
-    """The model config for a dataset: sizes from the data, the rest from the options."""
-    if model == "mlp":
-        return MLPConfig(
-            in_features=data.in_features,
-            hidden=tuple(opts.hidden),
-            n_classes=data.n_classes,
-            activation=opts.activation,
-            head="sigmoid" if data.n_classes == 2 else "softmax",
-            **model_options(model, opts),
-        )
-    if model == "lenet5":
-        channels, size = data.x_train.shape[1:3]  # (B, C, H, W) after prepare, H = W
-        return LeNet5Config(
-            in_channels=channels, image_size=size, n_classes=data.n_classes, activation=opts.activation, pooling=opts.pooling,
-            **model_options(model, opts),
-        )  # fmt: skip
-    if model in ("attention", "transformer"):
-        sizes = dict(
-            MODELS[model].defaults.get(data.name, {}).get("config", {})
-        )  # d_model, n_heads, ...
-        if model == "transformer" and opts.activation in FF_ACTIVATIONS:
-            sizes["activation"] = opts.activation
-        if opts.optimizer in ("sgd", "adam"):  # the config records the optimiser the run uses
-            sizes["optimizer"] = opts.optimizer
-        return (AttentionConfig if model == "attention" else TransformerConfig)(
-            vocab=data.n_classes, **sizes
-        )
-    if model in ("rnn", "lstm", "gru"):
-        if len(opts.hidden) != 1:
-            raise ValueError(f"a recurrent network has one hidden size, got {opts.hidden}")
-        return RNNConfig(
-            cell=model,
-            in_features=data.x_train.shape[-1],  # (B, T, D): features per step
-            hidden=opts.hidden[0],
-            n_classes=data.n_classes,
-            output="sequence"
-            if data.y_train.ndim == 2
-            else "last",  # a label per step, or one per sequence
-            # an OptimizerConfig clips by its own clip_norm (optimizer_config moves the RNN's default there)
-            **({} if plain_sgd(opts) else {"clip_norm": None}),
-        )
-    raise KeyError(f"no config rule for model {model!r}")
+    """The model config for a dataset: sizes from the data, the rest from the options (the
+    model's spec, tasks/specs/)."""
+    if model not in MODELS:
+        raise KeyError(f"no config rule for model {model!r}")
+    return MODELS[model].make_config(data, opts)
 
 
 def initial_weights(cfg, seed: int) -> dict[str, np.ndarray]:
-    """Seeded canonical init (weights.init_uniform); a Transformer's LayerNorms start as the identity."""
-    if isinstance(cfg, (MLPConfig, LeNet5Config)) and (cfg.init != "uniform" or cfg.batch_norm):
-        # a named initialiser (He, Xavier), or batch norm's start: scratch's seeded draw, loaded by all four
-        impl = load_impl("scratch", "mlp" if isinstance(cfg, MLPConfig) else "lenet5")
-        return impl.export_canonical(impl.create_model(cfg, seed=seed))
-    params = weights.init_uniform(cfg.param_shapes(), seed)
-    if isinstance(cfg, TransformerConfig):
-        for name in params:
-            if name.split(".")[-2] in (
-                "ln1",
-                "ln2",
-                "ln_f",
-            ):  # gain 1, shift 0, as every framework initialises them
-                params[name] = (
-                    np.ones_like(params[name])
-                    if name.endswith(".weight")
-                    else np.zeros_like(params[name])
-                )
-    return params
+    """Seeded canonical weights for a config, by its model's spec: the uniform draw
+    (weights.init_uniform), a Transformer's LayerNorms as the identity, a named initialiser's or
+    batch norm's start drawn by scratch."""
+    from tasks.specs import for_config
+
+    return for_config(cfg).initial_weights(cfg, seed)
 
 
 def prepare(model: str, data: Dataset) -> Dataset:
-    """Shape the shared arrays for a model: the MLP takes flat feature vectors."""
-    if model == "mlp" and data.x_train.ndim > 2:
-        flat = lambda a: a.reshape(len(a), -1)  # (B, C, H, W) -> (B, C*H*W)
-        return replace(data, x_train=flat(data.x_train), x_test=flat(data.x_test))
-    if model == "lenet5" and data.x_train.shape[2:] != (32, 32):
-        to32 = lambda a: pad_to(
-            a, 32
-        )  # MNIST (B, 1, 28, 28) -> (B, 1, 32, 32), zero border as in the paper
-        return replace(data, x_train=to32(data.x_train), x_test=to32(data.x_test))
-    return data
+    """Shape the shared arrays for a model (its spec's prepare): the MLP takes flat feature
+    vectors, LeNet-5 32x32 images."""
+    return MODELS[model].prepare(data)
 
 
 def run(model: str, task: str, frameworks: list[str], opts: TrainOptions, progress=None) -> dict:
@@ -164,7 +99,7 @@ def run(model: str, task: str, frameworks: list[str], opts: TrainOptions, progre
     lr = optimizer_config(
         opts,
         n_train=len(data.x_train),
-        default_clip=RNNConfig.clip_norm if model in ("rnn", "lstm", "gru") else None,
+        default_clip=MODELS[model].default_clip,
     )
     results, finals, interrupted = [], {}, None  # interrupted: the framework Ctrl-C stopped
     saved = {}  # framework -> the checkpoint --save wrote
@@ -214,7 +149,8 @@ def run(model: str, task: str, frameworks: list[str], opts: TrainOptions, progre
             ):  # early stopping: evaluate and export the best validation epoch's weights
                 impl.load_canonical(net, monitor.best_weights)
             with np.errstate(all="ignore"):
-                test_loss, test_acc = impl.evaluate(net, data.x_test, data.y_test)
+                # a classifier's accuracy; a regression's R² (its loss is the mean squared error)
+                test_loss, test_score = impl.evaluate(net, data.x_test, data.y_test)
             finals[framework] = impl.export_canonical(net)
             if opts.save_dir:  # rosetta train --save DIR: the framework's own checkpoint format
                 from tasks.convert import save_native
@@ -231,7 +167,8 @@ def run(model: str, task: str, frameworks: list[str], opts: TrainOptions, progre
                 "framework": framework,
                 "final_loss": history[-1],
                 "test_loss": test_loss,
-                "test_accuracy": test_acc,
+                "test_accuracy": None if data.regression else test_score,
+                **({"test_r2": test_score} if data.regression else {}),
                 "seconds_per_epoch": seconds / len(history),
                 "seconds": seconds,
                 "max_param_diff_vs_scratch": None,
@@ -280,6 +217,8 @@ def run(model: str, task: str, frameworks: list[str], opts: TrainOptions, progre
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(opts).items()},
         "n_train": int(len(data.x_train)),
         "n_test": int(len(data.x_test)),
+        # the rows' quality figure: test_accuracy, or test_r2 (and test_loss the MSE) for a regression
+        "metric": "r2" if data.regression else "accuracy",
         "results": results,
         "interrupted": interrupted is not None,
         "interrupted_framework": interrupted,  # None, or the framework Ctrl-C stopped
@@ -318,9 +257,6 @@ def running_var_notes(results: list[dict]) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- optimisers, early stopping, plot
-REGULARISED = ("mlp", "lenet5")  # the models whose configs take init, dropout, batch_norm and l2
-
-
 def plain_sgd(opts: TrainOptions) -> bool:
     """No optimiser option given: every model's train then takes the plain lr and its own default
     optimiser (SGD; Adam for attention and the Transformer; SGD clipped at 1 for the recurrent nets)."""
@@ -349,17 +285,6 @@ def optimizer_config(opts: TrainOptions, n_train: int, default_clip: float | Non
         warmup_steps=opts.warmup_steps, decay_steps=after_warmup, step_size=max(after_warmup // 4, 1), gamma=0.5,
         clip_norm=opts.clip_norm if opts.clip_norm is not None else default_clip,
     )  # fmt: skip
-
-
-def model_options(model: str, opts: TrainOptions) -> dict:
-    """Regularisation and initialisation fields for a config that has them (REGULARISED)."""
-    chosen = {
-        "init": opts.init,
-        "dropout": opts.dropout,
-        "batch_norm": opts.batch_norm or None,
-        "l2": opts.l2,
-    }
-    return {k: v for k, v in chosen.items() if v is not None} if model in REGULARISED else {}
 
 
 class EarlyStop(Exception):
