@@ -31,12 +31,12 @@ LSTM_GATES = (
 
 # ----------------------------------------------------------------------------- layers
 def rnn_step(cell: nnx.SimpleCell, x, state):
-    """One step, h' = tanh(W_xh x + W_hh h + b_h), on the cell's own parameters."""
+    """One step, h' = f(W_xh x + W_hh h + b_h), f = the cell's tanh or relu, on its own parameters."""
     (h,) = state
     a = (
         x @ cell.dense_i.kernel[...] + cell.dense_i.bias[...] + h @ cell.dense_h.kernel[...]
     )  # (B, D) @ (D, H) + (B, H) @ (H, H) -> (B, H)
-    h = jnp.tanh(a)
+    h = cell.activation_fn(a)  # nnx.tanh or nnx.relu
     return (h,)
 
 
@@ -123,7 +123,8 @@ def make_cell(cfg: RNNConfig, *, rngs: nnx.Rngs, dtype):
         rngs=rngs,
     )
     if cfg.cell == "rnn":
-        return nnx.SimpleCell(cfg.in_features, cfg.hidden, **kwargs)
+        activation = {"tanh": nnx.tanh, "relu": nnx.relu}[cfg.nonlinearity]
+        return nnx.SimpleCell(cfg.in_features, cfg.hidden, activation_fn=activation, **kwargs)
     return nnx.LSTMCell(cfg.in_features, cfg.hidden, **kwargs)
 
 

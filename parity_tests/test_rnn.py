@@ -334,3 +334,114 @@ def test_char_rnn_gets_well_below_the_unigram_baseline():
     baseline = result["baselines"]["unigram_test_loss"]
     for row in result["results"]:
         assert row["test_loss"] < baseline - 0.5, (row, baseline)
+
+
+# ----------------------------------------------------------------------------- stock configurations
+# Issue 14 item 4: the stock layers' options beyond one tanh layer from a zero state. Each case runs
+# the whole parity (outputs, states, every gradient, round trip, 20 clipped-SGD steps) against scratch.
+STOCK_CASES = [
+    parity.Case(
+        "rnn",
+        "relu",
+        RNNConfig("rnn", 3, 4, 3, "sequence", clip_norm=0.25, nonlinearity="relu"),
+        parity.sequences,
+        batch=4,
+        extra_outputs=("hidden", "h_n"),
+    ),
+]
+
+
+def stock_star_params():
+    return [
+        pytest.param(case, fw, dtype, tensor, id=f"{case.id}-{fw}-{dtype}-{tensor}")
+        for case in STOCK_CASES
+        for fw in FRAMEWORK_IDS
+        for dtype in parity.DTYPES
+        for tensor in parity.expected_tensors(case)
+    ]
+
+
+@pytest.mark.parametrize("case, framework, dtype, tensor", stock_star_params())
+def test_stock_configuration_matches_scratch(case, framework, dtype, tensor):
+    assert_matches_scratch(case, framework, dtype, tensor)
+
+
+@pytest.mark.parametrize("case", STOCK_CASES, ids=lambda c: c.id)
+def test_stock_configuration_frameworks_agree_pairwise(case):
+    assert_frameworks_agree_pairwise(case)
+
+
+@pytest.mark.parametrize("framework", FRAMEWORK_IDS)
+@pytest.mark.parametrize("case", STOCK_CASES, ids=lambda c: c.id)
+def test_stock_configuration_layer_and_step_by_hand_agree(case, framework):
+    test_layer_and_step_by_hand_agree(case, framework)
+
+
+@pytest.mark.parametrize("case", STOCK_CASES, ids=lambda c: c.id)
+def test_stock_configuration_scratch_bptt_matches_finite_differences(case):
+    test_scratch_bptt_matches_finite_differences(case)
+
+
+def stock_torch(cfg: RNNConfig, seed: int):
+    """A stock nn.RNN / nn.LSTM / nn.GRU of the configuration and an nn.Linear head, every weight and
+    both biases random and non-zero (drawn from a generator, not torch's default init); and the
+    canonical weights by docs/PORTING.md's rule (b_h = bias_ih + bias_hh; the GRU's b_hn = bias_hh's
+    n block, its r and z blocks folded into b_h)."""
+    import torch
+    from torch import nn
+
+    kwargs = {"nonlinearity": cfg.nonlinearity} if cfg.cell == "rnn" else {}
+    layer = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[cfg.cell](
+        cfg.in_features, cfg.hidden, batch_first=True, dtype=torch.float64, **kwargs
+    )
+    head = nn.Linear(cfg.hidden, cfg.n_classes, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in [*layer.parameters(), *head.parameters()]:
+            p.uniform_(-0.6, 0.6, generator=generator)
+    w = {k: v.detach().numpy().copy() for k, v in layer.state_dict().items()}
+    b_hh = w["bias_hh_l0"].copy()
+    params = {"W_xh": w["weight_ih_l0"], "W_hh": w["weight_hh_l0"]}
+    if cfg.cell == "gru":
+        b_hh[2 * cfg.hidden :] = 0  # stays inside the reset product: b_hn
+        params["b_hn"] = w["bias_hh_l0"][2 * cfg.hidden :]
+    params["b_h"] = w["bias_ih_l0"] + b_hh
+    params |= {"W_hy": head.weight.detach().numpy(), "b_y": head.bias.detach().numpy()}
+    return layer, head, {k: params[k] for k in cfg.param_shapes()}
+
+
+def states_of(framework: str, model, x: np.ndarray) -> tuple:
+    """(logits, hidden, state) of a suite model as NumPy arrays."""
+    if framework == "torch_impl":
+        import torch
+
+        x = torch.as_tensor(x)
+    logits, hidden, state = model.logits_and_states(x)
+    as_np = lambda t: t.detach().numpy() if hasattr(t, "detach") else np.asarray(t)
+    return as_np(logits), as_np(hidden), tuple(as_np(s) for s in state)
+
+
+STOCK_ORACLE_CONFIGS = [
+    RNNConfig("rnn", 3, 4, 3, "sequence", nonlinearity="relu"),
+]
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+@pytest.mark.parametrize("cfg", STOCK_ORACLE_CONFIGS, ids=lambda c: f"{c.cell}-{c.nonlinearity}")
+def test_stock_torch_layer_is_the_oracle(cfg, framework):
+    """A stock torch layer with random non-zero biases, mapped to canonical by PORTING's rule, gives
+    the suite model's outputs, hidden states and final states in every framework, float64."""
+    import torch
+
+    layer, head, params = stock_torch(cfg, seed=7)
+    x = np.random.default_rng(8).normal(size=(2, 5, cfg.in_features))
+    with torch.no_grad():
+        hidden, h_n = layer(torch.as_tensor(x))
+        reference = {"output": head(hidden).numpy(), "hidden": hidden.numpy(), "h_n": h_n[-1]}
+    if cfg.nonlinearity == "relu":  # the kink is reached: a tanh in its place would not match
+        assert (reference["hidden"] == 0).mean() > 0.2
+    _, model = loaded(framework, cfg, params)
+    logits, hidden, state = states_of(framework, model, x)
+    got = {"output": logits, "hidden": hidden, "h_n": state[0]}
+    for name, value in got.items():
+        parity.assert_close(value, np.asarray(reference[name]), 1e-12, f"{framework} {name}")

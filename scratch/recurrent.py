@@ -30,10 +30,11 @@ def init_params(cfg: RNNConfig, rng: np.random.Generator, dtype) -> dict[str, np
 
 
 class RNNCell:
-    """One step, h' = tanh(W_xh x + W_hh h + b_h), on the cell's own parameters; and its backward."""
+    """One step, h' = f(W_xh x + W_hh h + b_h) with f = tanh (or relu), on the cell's own parameters;
+    and its backward."""
 
-    def __init__(self, params: dict[str, np.ndarray]):
-        self.params = params
+    def __init__(self, params: dict[str, np.ndarray], nonlinearity: str = "tanh"):
+        self.params, self.nonlinearity = params, nonlinearity
         self.grads = {k: np.zeros_like(v) for k, v in params.items()}
 
     def forward(self, x, state):
@@ -43,12 +44,15 @@ class RNNCell:
             x @ p["W_xh"].T + h @ p["W_hh"].T + p["b_h"]
         )  # (B, D) @ (D, H) + (B, H) @ (H, H) -> (B, H)
         cache = {"x": x, "h": h}
-        h = np.tanh(a)
+        h = np.tanh(a) if self.nonlinearity == "tanh" else np.maximum(a, 0)
         return (h,), cache | {"h_new": h}
 
     def backward(self, dstate, cache):
         (dh_new,) = dstate
-        da = dh_new * (1 - cache["h_new"] ** 2)  # through tanh
+        if self.nonlinearity == "tanh":
+            da = dh_new * (1 - cache["h_new"] ** 2)  # through tanh
+        else:
+            da = dh_new * (cache["h_new"] > 0)  # through relu: 0 where a <= 0, as torch's relu
         self.grads["W_xh"] += da.T @ cache["x"]  # (H, B) @ (B, D) -> (H, D)
         self.grads["W_hh"] += da.T @ cache["h"]  # (H, B) @ (B, H) -> (H, H)
         self.grads["b_h"] += da.sum(axis=0)
@@ -182,7 +186,10 @@ class RNN:
 
     def __init__(self, cfg: RNNConfig, *, rng: np.random.Generator, dtype=np.float64):
         self.cfg = cfg
-        self.rnn = Recurrent(CELLS[cfg.cell](init_params(cfg, rng, dtype)), cfg.hidden)
+        nonlinearity = {"nonlinearity": cfg.nonlinearity} if cfg.cell == "rnn" else {}
+        self.rnn = Recurrent(
+            CELLS[cfg.cell](init_params(cfg, rng, dtype), **nonlinearity), cfg.hidden
+        )
         self.head = Dense(cfg.hidden, cfg.n_classes, rng=rng, dtype=dtype)  # U(±1/sqrt(H)) too
 
     def logits_and_states(self, x):

@@ -439,6 +439,7 @@ RNN_CELLS = {
     "gru": 3,
 }  # cell -> number of gate blocks stacked in W_xh, W_hh, b_h
 RNN_OUTPUTS = ("sequence", "last")
+RNN_NONLINEARITIES = ("tanh", "relu")  # the simple RNN's f in h' = f(W_xh x + W_hh h + b_h)
 
 
 @dataclass(frozen=True)
@@ -460,10 +461,20 @@ class RNNConfig:
         1.0  # train() rescales the gradients to this global L2 norm at most; None: no clipping
     )
     fused: bool = True  # torch/Keras/Flax: the framework's recurrent layer; False: the step written out by hand
+    # the simple RNN's h' = f(W_xh x + W_hh h + b_h): torch nn.RNN(nonlinearity=), Keras
+    # SimpleRNN(activation=), Flax nnx.SimpleCell(activation_fn=); the LSTM and GRU keep their own
+    nonlinearity: str = "tanh"
 
     def __post_init__(self):
         if self.cell not in RNN_CELLS:
             raise ValueError(f"unknown cell {self.cell!r}; choose from {', '.join(RNN_CELLS)}")
+        if self.nonlinearity not in RNN_NONLINEARITIES:
+            raise ValueError(
+                f"unknown nonlinearity {self.nonlinearity!r}; choose from "
+                f"{', '.join(RNN_NONLINEARITIES)}"
+            )
+        if self.nonlinearity != "tanh" and self.cell != "rnn":
+            raise ValueError(f"nonlinearity applies to the simple RNN only, not {self.cell!r}")
         if self.output not in RNN_OUTPUTS:
             raise ValueError(
                 f"unknown output {self.output!r}; choose from {', '.join(RNN_OUTPUTS)}"

@@ -23,12 +23,12 @@ from tf_impl import compat, optim, porting, training
 
 # ----------------------------------------------------------------------------- layers
 def rnn_step(cell: keras.layers.SimpleRNNCell, x, state):
-    """One step, h' = tanh(W_xh x + W_hh h + b_h), on the cell's own parameters."""
+    """One step, h' = f(W_xh x + W_hh h + b_h), f = the cell's tanh or relu, on its own parameters."""
     (h,) = state
     a = (
         ops.matmul(x, cell.kernel) + ops.matmul(h, cell.recurrent_kernel) + cell.bias
     )  # (B, D) @ (D, H) + (B, H) @ (H, H) -> (B, H)
-    h = ops.tanh(a)
+    h = cell.activation(a)  # keras.activations.tanh or relu
     return (h,)
 
 
@@ -75,6 +75,8 @@ def make_recurrent(cfg: RNNConfig, *, seed: keras.random.SeedGenerator, dtype: s
         return_state=True,
         dtype=dtype,
     )
+    if cfg.cell == "rnn":
+        kwargs["activation"] = cfg.nonlinearity  # "tanh" or "relu"
     if cfg.cell == "lstm":
         kwargs["unit_forget_bias"] = (
             False  # True (the default) would add 1 to the initial forget bias
@@ -197,15 +199,16 @@ def load_canonical(model: RNN, params: dict[str, np.ndarray]) -> None:
 
 
 def to_canonical(model: RNN, grads: dict | None = None) -> dict[str, np.ndarray]:
-    """The weights, or the gradients ({variable.path: gradient}), in the canonical layout. The
+    """The weights, or the gradients (tape.gradient of `variables`), in the canonical layout. The
     GRU's b_h is the sum of the two bias rows outside the candidate block; the gradient of that
     sum is the gradient of the input row (tf_impl/porting.py, grads=True)."""
     out = porting.layers_to_canonical(canonical_layers(model), grads)
     return {HEAD_NAMES.get(k, k): v for k, v in out.items()}
 
 
-def variables(model: RNN) -> list:
-    return [v for layer in (model.rnn, model.head) for v in layer.trainable_variables]
+def variables(model: RNN) -> dict:
+    """Each layer's trainable variables by canonical prefix (what tape.gradient takes)."""
+    return {p: layer.trainable_variables for p, (_, layer, _) in canonical_layers(model).items()}
 
 
 def export_canonical(model: RNN) -> dict[str, np.ndarray]:
@@ -225,7 +228,7 @@ def forward_backward(model: RNN, x, y) -> dict[str, np.ndarray]:
         tape.watch(x)
         logits, hidden, state = model.logits_and_states(x)
         loss = make_loss(model.dtype)(y, logits)
-    dx, grads = tape.gradient(loss, [x, {v.path: v for v in variables(model)}])
+    dx, grads = tape.gradient(loss, [x, variables(model)])
     out = {"output": logits, "loss": loss, "hidden": hidden, "h_n": state[0]}
     if model.cfg.cell == "lstm":
         out["c_n"] = state[1]

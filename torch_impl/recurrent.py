@@ -24,12 +24,12 @@ from torch_impl.data import EpochSampler
 
 # ----------------------------------------------------------------------------- layers
 def rnn_step(cell: nn.RNN, x, state):
-    """One step, h' = tanh(W_xh x + W_hh h + b_h), on the cell's own parameters."""
+    """One step, h' = f(W_xh x + W_hh h + b_h), f = the cell's tanh or relu, on its own parameters."""
     (h,) = state
     a = (
         x @ cell.weight_ih_l0.T + cell.bias_ih_l0 + h @ cell.weight_hh_l0.T + cell.bias_hh_l0
     )  # (B, D) @ (D, H) + (B, H) @ (H, H) -> (B, H)
-    h = torch.tanh(a)
+    h = torch.tanh(a) if cell.nonlinearity == "tanh" else torch.relu(a)
     return (h,)
 
 
@@ -77,7 +77,10 @@ class RNN(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.step = STEPS[cfg.cell]
-        self.rnn = LAYERS[cfg.cell](cfg.in_features, cfg.hidden, batch_first=True, dtype=dtype)
+        nonlinearity = {"nonlinearity": cfg.nonlinearity} if cfg.cell == "rnn" else {}
+        self.rnn = LAYERS[cfg.cell](
+            cfg.in_features, cfg.hidden, batch_first=True, dtype=dtype, **nonlinearity
+        )
         self.head = nn.Linear(cfg.hidden, cfg.n_classes, dtype=dtype)
         # torch's layers draw from the global RNG; redraw from the generator we were given
         with torch.no_grad():
