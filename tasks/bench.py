@@ -9,14 +9,20 @@ Each model is built at its registry default (tasks/registry.py: the default task
 size) from the same canonical weights, and fed the first mini-batch of that task's training split.
 What is timed, through each framework module's public functions:
 
-- train: `train_step(model, make_optimizer(model, lr), x, y)`: forward, loss, backward and the
-  model's own default optimiser (SGD; Adam for attention and the Transformer; clipped SGD for the
-  recurrent nets). Scratch NumPy, torch eager, the Keras step under `tf.function`, the JAX step under
-  `nnx.jit`. The perceptron has no gradient step: one epoch of its mistake rule over the training
-  split, `train(model, data, epochs=1, ...)` (scanned under `jax.jit` in JAX).
+- train: one step as each framework's `train` runs it per mini-batch, on the model's own default
+  optimiser (SGD; Adam for attention and the Transformer; clipped SGD for the recurrent nets):
+  scratch NumPy and torch eager `train_step(model, make_optimizer(model, lr), x, y)`; JAX the
+  module's `nnx.jit` train_step through `nnx.cached_partial(train_step, model, optimizer)`, as
+  `train` calls it; Keras fit's own compiled train function (`model.train_function`) on an iterator
+  over the batch, compiled as `train` compiles it (`compile_model`, steps_per_execution = the default
+  epoch's number of batches, so one call runs that many steps: the time per call divided by them).
+  The perceptron has no gradient step: one epoch of its mistake rule over the training split
+  (75 samples), `train(model, data, epochs=1, ...)` in scratch, torch and JAX (scanned under
+  `jax.jit`); in Keras the one call of the train function that fit makes per epoch (75 steps; fit's
+  set-up before its first epoch is not timed).
 - inference: the model's forward pass on the same batch, in eval mode: scratch `model.forward(x)`,
   torch `model(x)` under `torch.inference_mode()`, Keras `model(x, training=False)` under
-  `tf.function`, JAX `model(x)` under `nnx.jit`.
+  `tf.function`, JAX `model(x)` under `nnx.jit`, through `nnx.cached_partial`.
 
 Every step is warmed up first (traces, compiles, allocator pools), then all of a model's steps are
 timed round-robin, `--repeats` rounds, the order rotating each round, so a burst of load from
@@ -134,6 +140,7 @@ class Workload:
     y: np.ndarray
     lr: float
     batch: int
+    steps: int  # mini-batches per epoch of the default training (Keras's steps_per_execution)
 
 
 def workload(model: str, batch: int | None = None, dtype: str = "float32") -> Workload:
@@ -151,14 +158,17 @@ def workload(model: str, batch: int | None = None, dtype: str = "float32") -> Wo
         cfg = PerceptronConfig(in_features=data.in_features)
         params = weights.init_uniform(cfg.param_shapes(), 0)
         x, y = data.x_train, data.y_train
+        steps = 1
     else:
         data = prepare(model, data)
         cfg = make_config(model, data, opts)
         params = initial_weights(cfg, 0)
         n = batch or opts.batch_size
         x, y = data.x_train[:n], data.y_train[:n]
+        steps = -(-len(data.x_train) // opts.batch_size)
     x = x.astype(dtype) if x.dtype.kind == "f" else x  # token ids stay integers
-    return Workload(model, task, cfg, weights.cast(params, dtype), x, y, opts.lr, len(x))
+    params = weights.cast(params, dtype)
+    return Workload(model, task, cfg, params, x, y, opts.lr, len(x), steps)
 
 
 def step_fns(framework: str, w: Workload) -> dict[str, Callable[[], Any]]:
@@ -203,9 +213,23 @@ def step_fns(framework: str, w: Workload) -> dict[str, Callable[[], Any]]:
     if framework == "tf_impl":
         import tensorflow as tf
 
+        from tf_impl import training
+
         xt, yt = tf.constant(x), tf.constant(y)
-        if train is None:
-            train = lambda: float(impl.train_step(trained, optimizer, xt, yt))  # float() waits
+        # what fit runs: its compiled train function, on an iterator, as compiled by `train`
+        if train is None:  # steps_per_execution = an epoch's batches: `steps` steps per call
+            impl.compile_model(trained, optimizer, steps_per_execution=w.steps)
+            trained.make_train_function()
+            batches = iter(tf.data.Dataset.from_tensors((xt, yt)).repeat())
+        else:  # the perceptron: train compiles an epoch per call; time the call, not fit's set-up
+            impl.train(trained, data, epochs=1, lr=w.lr, seed=0)
+            stream = training.shared_batches(
+                w.x, w.y.astype("float32"), batch_size=1, seed=0, epochs=1
+            )
+            batches = iter(stream.repeat())
+        function = trained.train_function
+        train = lambda: [v.numpy() for v in tf.nest.flatten(function(batches))]  # .numpy() waits
+        train.steps = w.steps
         forward = tf.function(lambda x: served(x, training=False), reduce_retracing=True)
         return {
             "train": train,
@@ -217,11 +241,13 @@ def step_fns(framework: str, w: Workload) -> dict[str, Callable[[], Any]]:
         from flax import nnx
 
         xt, yt = jnp.asarray(x), jnp.asarray(y)
-        if train is None:
-            train = lambda: jax.block_until_ready(impl.train_step(trained, optimizer, xt, yt))
+        if train is None:  # the step as `train` calls it: through nnx.cached_partial, on its view
+            view = getattr(impl, "train_view", lambda model: model)(trained)
+            step = nnx.cached_partial(impl.train_step, view, optimizer)
+            train = lambda: jax.block_until_ready(step(xt, yt))
         served.eval()
-        forward = nnx.jit(lambda model, x: model(x))
-        return {"train": train, "inference": lambda: jax.block_until_ready(forward(served, xt))}
+        forward = nnx.cached_partial(nnx.jit(lambda model, x: model(x)), served)
+        return {"train": train, "inference": lambda: jax.block_until_ready(forward(xt))}
     raise KeyError(framework)
 
 
@@ -237,6 +263,8 @@ def bench_model(
         except Exception as e:  # the model cannot be built: every step of this framework fails
             errors.update({(fw, step): e for step in STEPS})
     medians = interleaved(fns, repeats, errors=errors)
+    for key, t in medians.items():  # a call of several steps (Keras): per step
+        medians[key] = {k: v / getattr(fns[key], "steps", 1) for k, v in t.items()}
     for (fw, step), e in errors.items():
         print(f"error: {model} {fw} {step}: {e!r}", file=sys.stderr)
         FAILED.append((model, fw, step))
