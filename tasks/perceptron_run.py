@@ -13,9 +13,8 @@ import time
 import numpy as np
 
 from tasks import parity, weights
-from tasks.configs import PerceptronConfig
 from tasks.data import Dataset, load_task
-from tasks.registry import load_impl
+from tasks.registry import MODELS, load_impl
 
 # ----------------------------------------------------------------------------- parity
 PROGRESS_METRIC = (
@@ -78,7 +77,7 @@ def run(model: str, task: str, frameworks: list[str], opts, progress=None) -> di
     """
     opts = opts.with_defaults(model, task)
     data = load_task(task, seed=opts.seed, data_dir=opts.data_dir)
-    cfg = PerceptronConfig(in_features=data.in_features)
+    cfg = MODELS[model].make_config(data, opts)  # one neuron over the task's features
     init = weights.cast(weights.init_uniform(cfg.param_shapes(), opts.seed), opts.dtype)
     results, finals, interrupted = [], {}, None
     for framework in frameworks:
