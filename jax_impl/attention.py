@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jax_impl import optim
+from jax_impl import optim, porting
 from tasks import weights
 from tasks.configs import PAD, AttentionConfig, OptimizerConfig
 from tasks.data import Dataset, batches
@@ -66,12 +66,27 @@ def make_dense(in_features: int, out_features: int, *, rngs: nnx.Rngs, dtype):
 
 
 class MultiHeadAttention(nnx.Module):
-    """Self-attention with NH heads: project to Q, K, V, attend per head, concatenate, project out."""
+    """Attention with NH heads: project to Q, K, V, attend per head, concatenate, project out.
 
-    def __init__(self, d_model: int, n_heads: int, *, rngs: nnx.Rngs, dtype):
+    Self-attention: __call__(x, allowed). Cross-attention: __call__(x, allowed, key, value), the key
+    (B, S, kdim) and value (B, S, vdim) inputs with their own widths (W_k (E, kdim), W_v (E, vdim);
+    default kdim = vdim = E) and `allowed` (B, 1, T, S).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        *,
+        kdim: int | None = None,
+        vdim: int | None = None,
+        rngs: nnx.Rngs,
+        dtype,
+    ):
         self.n_heads = n_heads
+        widths = (d_model, kdim or d_model, vdim or d_model, d_model)  # in_features of q, k, v, o
         self.q, self.k, self.v, self.o = (
-            make_dense(d_model, d_model, rngs=rngs, dtype=dtype) for _ in range(4)
+            make_dense(w, d_model, rngs=rngs, dtype=dtype) for w in widths
         )
 
     def split(self, x):
@@ -84,36 +99,58 @@ class MultiHeadAttention(nnx.Module):
         B, NH, T, HS = x.shape
         return x.transpose(0, 2, 1, 3).reshape(B, T, NH * HS)  # (B, NH, T, HS) -> (B, T, E)
 
-    def __call__(self, x, allowed):
-        q, k, v = self.split(self.q(x)), self.split(self.k(x)), self.split(self.v(x))
-        out, w = scaled_dot_product_attention(q, k, v, allowed)
+    def __call__(self, x, allowed, key=None, value=None):
+        if (key is None) != (value is None):
+            raise ValueError("cross-attention takes both key and value (the same array if need be)")
+        key, value = (x, x) if key is None else (key, value)  # (B, S, kdim), (B, S, vdim)
+        q, k, v = self.split(self.q(x)), self.split(self.k(key)), self.split(self.v(value))
+        out, w = scaled_dot_product_attention(q, k, v, allowed)  # w (B, NH, T, S)
         return self.o(self.merge(out)), w
 
 
 class StockMultiHeadAttention(nnx.Module):
-    """Flax's nnx.MultiHeadAttention behind the same call: (x, allowed) -> (output, weights)."""
+    """Flax's nnx.MultiHeadAttention behind the same call: (x, allowed[, key, value]) -> (output,
+    weights). Flax has one key/value width (in_kv_features): kdim must equal vdim."""
 
-    def __init__(self, d_model: int, n_heads: int, *, rngs: nnx.Rngs, dtype):
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        *,
+        kdim: int | None = None,
+        vdim: int | None = None,
+        rngs: nnx.Rngs,
+        dtype,
+    ):
+        kdim, vdim = kdim or d_model, vdim or d_model
+        if kdim != vdim:  # its key and value LinearGenerals are both built on in_kv_features
+            raise ValueError(
+                f"nnx.MultiHeadAttention needs kdim == vdim (in_kv_features): {kdim, vdim}"
+            )
         self.mha = nnx.MultiHeadAttention(
             n_heads,
             d_model,
             d_model,
             d_model,
+            in_kv_features=kdim,
             decode=False,
             dtype=dtype,
             param_dtype=dtype,
             rngs=rngs,
         )
 
-    def __call__(self, x, allowed):
+    def __call__(self, x, allowed, key=None, value=None):
+        if (key is None) != (value is None):
+            raise ValueError("cross-attention takes both key and value (the same array if need be)")
+        key, value = (x, x) if key is None else (key, value)
         # the mask has the canonical polarity and shape. With sow_weights the layer sows its attention
         # weights (an nnx.Intermediate) and nnx.capture collects them; it also keeps the softmax in the
         # model's dtype (without it the layer calls jax.nn.dot_product_attention, whose softmax is
         # float32: test_flax_idioms.py::test_stock_attention_fused_softmax_is_float32)
         out, sown = nnx.capture(self.mha, nnx.Intermediate)(
-            x, x, x, mask=allowed, deterministic=True, sow_weights=True
+            x, key, value, mask=allowed, deterministic=True, sow_weights=True
         )
-        return out, sown["attention_weights"].get_value()[0]  # (B, NH, T, T), this call's weights
+        return out, sown["attention_weights"].get_value()[0]  # (B, NH, T, S), this call's weights
 
 
 def positional_encoding(T: int, E: int, dtype=jnp.float64):
@@ -182,75 +219,32 @@ def create_model(cfg: AttentionConfig, *, seed: int, dtype: str = "float64") -> 
 
 
 # ----------------------------------------------------------------------------- canonical weights
-def canonical_variables(model) -> dict[str, tuple[nnx.Param, str]]:
-    """Each canonical tensor's Flax parameter and the layout change between them (see `to_canonical`)."""
+def canonical_layers(model) -> dict:
+    """Each stock layer by canonical prefix, with its jax_impl/porting.py function and layout
+    (dense kernels transposed; the stock attention's kernels split by head)."""
     out = {}
     for prefix, layer in model.layers_by_name().items():
         if isinstance(layer, MultiHeadAttention):
-            for p in "qkvo":
-                dense = getattr(layer, p)
-                out[f"{prefix}.{p}.weight"], out[f"{prefix}.{p}.bias"] = (
-                    (dense.kernel, "dense"),
-                    (dense.bias, "as is"),
-                )
+            out.update({f"{prefix}.{p}.": ("dense", getattr(layer, p), {}) for p in "qkvo"})
         elif isinstance(layer, StockMultiHeadAttention):
-            mha = layer.mha
-            for p, dense in zip("qkv", (mha.query, mha.key, mha.value)):
-                out[f"{prefix}.{p}.weight"], out[f"{prefix}.{p}.bias"] = (
-                    (dense.kernel, "heads in"),
-                    (dense.bias, "heads bias"),
-                )
-            out[f"{prefix}.o.weight"], out[f"{prefix}.o.bias"] = (
-                (mha.out.kernel, "heads out"),
-                (mha.out.bias, "as is"),
-            )
+            out[f"{prefix}."] = ("mha", layer.mha, {"num_heads": layer.mha.num_heads})
         elif isinstance(layer, nnx.Linear):
-            out[f"{prefix}.weight"], out[f"{prefix}.bias"] = (
-                (layer.kernel, "dense"),
-                (layer.bias, "as is"),
-            )
+            out[f"{prefix}."] = ("dense", layer, {})
         elif isinstance(layer, nnx.Embed):
-            out[f"{prefix}.weight"] = (layer.embedding, "as is")  # (V, E) both
+            out[f"{prefix}."] = ("embedding", layer, {})
         elif isinstance(layer, nnx.LayerNorm):
-            out[f"{prefix}.weight"], out[f"{prefix}.bias"] = (
-                (layer.scale, "as is"),
-                (layer.bias, "as is"),
-            )
+            out[f"{prefix}."] = ("layer_norm", layer, {})
     return out
-
-
-def to_canonical(value: np.ndarray, layout: str) -> np.ndarray:
-    if layout == "dense":
-        return value.T  # Flax (in, out) -> canonical (out, in)
-    if layout in ("heads in", "heads out"):
-        # (E, NH, HS) or (NH, HS, E) -> (E_in, E_out) -> canonical (out, in); head n, dim h is row n*HS + h
-        return value.reshape(
-            -1, value.shape[-1] if layout == "heads out" else value.shape[1] * value.shape[2]
-        ).T
-    if layout == "heads bias":
-        return value.reshape(-1)  # (NH, HS) -> (E,)
-    return value
-
-
-def to_native(value: np.ndarray, layout: str, shape) -> np.ndarray:
-    if layout in ("dense", "heads in", "heads out"):
-        return value.T.reshape(
-            shape
-        )  # canonical (out, in) -> (in, out), then split a head axis where Flax has one
-    return value.reshape(shape)
 
 
 def load_canonical(model, params: dict[str, np.ndarray]) -> None:
     weights.check(params, model.cfg.param_shapes(), model.head.kernel.dtype)
-    for name, (variable, layout) in canonical_variables(model).items():
-        variable.set_value(jnp.asarray(to_native(params[name], layout, variable.shape)))
+    porting.load_layers(canonical_layers(model), params)
 
 
 def export_canonical(model) -> dict[str, np.ndarray]:
-    return {
-        name: np.array(to_canonical(np.asarray(v.get_value()), layout))
-        for name, (v, layout) in canonical_variables(model).items()
-    }
+    """Flax -> canonical, for a model or for gradients merged into one."""
+    return porting.layers_to_canonical(canonical_layers(model))
 
 
 # ----------------------------------------------------------------------------- loss

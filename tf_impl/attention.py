@@ -23,7 +23,7 @@ from keras import ops
 from tasks import weights
 from tasks.configs import PAD, AttentionConfig, OptimizerConfig
 from tasks.data import Dataset
-from tf_impl import compat, optim, training
+from tf_impl import compat, optim, porting, training
 
 
 # ----------------------------------------------------------------------------- layers
@@ -65,15 +65,29 @@ def make_dense(
 
 
 class MultiHeadAttention(keras.layers.Layer):
-    """Self-attention with NH heads: project to Q, K, V, attend per head, concatenate, project out."""
+    """Attention with NH heads: project to Q, K, V, attend per head, concatenate, project out.
+
+    Self-attention: call(x, allowed). Cross-attention: call(x, allowed, key, value), the key
+    (B, S, kdim) and value (B, S, vdim) inputs with their own widths (W_k (E, kdim), W_v (E, vdim);
+    default kdim = vdim = E) and `allowed` (B, 1, T, S).
+    """
 
     def __init__(
-        self, d_model: int, n_heads: int, *, seed: keras.random.SeedGenerator, dtype: str, name: str
+        self,
+        d_model: int,
+        n_heads: int,
+        *,
+        kdim: int | None = None,
+        vdim: int | None = None,
+        seed: keras.random.SeedGenerator,
+        dtype: str,
+        name: str,
     ):
         super().__init__(dtype=dtype, name=name)
         self.n_heads = n_heads
+        widths = (d_model, kdim or d_model, vdim or d_model, d_model)  # in_features of q, k, v, o
         self.q, self.k, self.v, self.o = (
-            make_dense(d_model, d_model, seed=seed, dtype=dtype, name=p) for p in "qkvo"
+            make_dense(w, d_model, seed=seed, dtype=dtype, name=p) for w, p in zip(widths, "qkvo")
         )
 
     def split(self, x):
@@ -88,17 +102,31 @@ class MultiHeadAttention(keras.layers.Layer):
             ops.transpose(x, (0, 2, 1, 3)), (-1, T, NH * HS)
         )  # (B, NH, T, HS) -> (B, T, E)
 
-    def call(self, x, allowed):
-        q, k, v = self.split(self.q(x)), self.split(self.k(x)), self.split(self.v(x))
-        out, w = scaled_dot_product_attention(q, k, v, allowed)
+    def call(self, x, allowed, key=None, value=None):
+        if (key is None) != (value is None):
+            raise ValueError(
+                "cross-attention takes both key and value (the same tensor if need be)"
+            )
+        key, value = (x, x) if key is None else (key, value)  # (B, S, kdim), (B, S, vdim)
+        q, k, v = self.split(self.q(x)), self.split(self.k(key)), self.split(self.v(value))
+        out, w = scaled_dot_product_attention(q, k, v, allowed)  # w (B, NH, T, S)
         return self.o(self.merge(out)), w
 
 
 class StockMultiHeadAttention(keras.layers.Layer):
-    """keras.layers.MultiHeadAttention behind the same call: (x, allowed) -> (output, weights)."""
+    """keras.layers.MultiHeadAttention behind the same call: (x, allowed[, key, value]) -> (output,
+    weights). Its key/value kernels take their widths (kdim, vdim) from the shapes given to build."""
 
     def __init__(
-        self, d_model: int, n_heads: int, *, seed: keras.random.SeedGenerator, dtype: str, name: str
+        self,
+        d_model: int,
+        n_heads: int,
+        *,
+        kdim: int | None = None,
+        vdim: int | None = None,
+        seed: keras.random.SeedGenerator,
+        dtype: str,
+        name: str,
     ):
         super().__init__(dtype=dtype, name=name)
         init = keras.initializers.GlorotUniform(
@@ -107,12 +135,21 @@ class StockMultiHeadAttention(keras.layers.Layer):
         self.mha = keras.layers.MultiHeadAttention(
             n_heads, d_model // n_heads, kernel_initializer=init, dtype=dtype, name="mha"
         )
-        self.mha.build((None, None, d_model), (None, None, d_model))
+        # query, value, key shapes: the key/value kernels are (kdim, NH, HS), (vdim, NH, HS)
+        kdim, vdim = kdim or d_model, vdim or d_model
+        self.mha.build((None, None, d_model), (None, None, vdim), (None, None, kdim))
         compat.exact_query_scale(self.mha, d_model // n_heads)  # 1 / sqrt(HS), float64-exact
 
-    def call(self, x, allowed):
-        # value before key; attention_mask has the canonical polarity (True = attend), shape (B, T, T)
-        return self.mha(x, x, key=x, attention_mask=allowed[:, 0], return_attention_scores=True)
+    def call(self, x, allowed, key=None, value=None):
+        if (key is None) != (value is None):
+            raise ValueError(
+                "cross-attention takes both key and value (the same tensor if need be)"
+            )
+        key, value = (x, x) if key is None else (key, value)
+        # value before key; attention_mask has the canonical polarity (True = attend), shape (B, T, S)
+        return self.mha(
+            x, value, key=key, attention_mask=allowed[:, 0], return_attention_scores=True
+        )
 
 
 def positional_encoding(T: int, E: int, dtype="float64"):
@@ -205,75 +242,31 @@ def create_model(cfg: AttentionConfig, *, seed: int, dtype: str = "float64") -> 
 
 
 # ----------------------------------------------------------------------------- canonical weights
-def canonical_variables(model) -> dict[str, tuple[keras.Variable, str]]:
-    """Each canonical tensor's Keras variable and the layout change between them (see `to_canonical`)."""
+def canonical_layers(model) -> dict:
+    """Each stock layer by canonical prefix, with its tf_impl/porting.py function and layout
+    (dense kernels transposed; the stock attention's kernels split by head)."""
     out = {}
     for prefix, layer in model.layers_by_name().items():
         if isinstance(layer, MultiHeadAttention):
-            for p in "qkvo":
-                dense = getattr(layer, p)
-                out[f"{prefix}.{p}.weight"], out[f"{prefix}.{p}.bias"] = (
-                    (dense.kernel, "dense"),
-                    (dense.bias, "as is"),
-                )
+            out.update({f"{prefix}.{p}.": ("dense", getattr(layer, p), {}) for p in "qkvo"})
         elif isinstance(layer, StockMultiHeadAttention):
-            mha = layer.mha
-            for p, dense in zip("qkv", (mha.query_dense, mha.key_dense, mha.value_dense)):
-                out[f"{prefix}.{p}.weight"], out[f"{prefix}.{p}.bias"] = (
-                    (dense.kernel, "heads in"),
-                    (dense.bias, "heads bias"),
-                )
-            out[f"{prefix}.o.weight"], out[f"{prefix}.o.bias"] = (
-                (mha.output_dense.kernel, "heads out"),
-                (mha.output_dense.bias, "as is"),
-            )
+            out[f"{prefix}."] = ("mha", layer.mha, {"num_heads": layer.mha.num_heads})
         elif isinstance(layer, keras.layers.Dense):
-            out[f"{prefix}.weight"], out[f"{prefix}.bias"] = (
-                (layer.kernel, "dense"),
-                (layer.bias, "as is"),
-            )
+            out[f"{prefix}."] = ("dense", layer, {})
         elif isinstance(layer, keras.layers.Embedding):
-            out[f"{prefix}.weight"] = (layer.embeddings, "as is")  # (V, E) both
+            out[f"{prefix}."] = ("embedding", layer, {})
         elif isinstance(layer, keras.layers.LayerNormalization):
-            out[f"{prefix}.weight"], out[f"{prefix}.bias"] = (
-                (layer.gamma, "as is"),
-                (layer.beta, "as is"),
-            )
+            out[f"{prefix}."] = ("layer_norm", layer, {})
     return out
-
-
-def to_canonical(value: np.ndarray, layout: str) -> np.ndarray:
-    if layout == "dense":
-        return value.T  # Keras (in, out) -> canonical (out, in)
-    if layout in ("heads in", "heads out"):
-        # (E, NH, HS) or (NH, HS, E) -> (E_in, E_out) -> canonical (out, in); head n, dim h is row n*HS + h
-        return value.reshape(
-            -1, value.shape[-1] if layout == "heads out" else value.shape[1] * value.shape[2]
-        ).T
-    if layout == "heads bias":
-        return value.reshape(-1)  # (NH, HS) -> (E,)
-    return value
-
-
-def to_native(value: np.ndarray, layout: str, shape) -> np.ndarray:
-    if layout in ("dense", "heads in", "heads out"):
-        return value.T.reshape(
-            shape
-        )  # canonical (out, in) -> (in, out), then split a head axis where Keras has one
-    return value.reshape(shape)
 
 
 def load_canonical(model, params: dict[str, np.ndarray]) -> None:
     weights.check(params, model.cfg.param_shapes(), model.head.kernel.dtype)
-    for name, (variable, layout) in canonical_variables(model).items():
-        variable.assign(to_native(params[name], layout, variable.shape))
+    porting.load_layers(canonical_layers(model), params)
 
 
 def export_canonical(model) -> dict[str, np.ndarray]:
-    return {
-        name: np.array(to_canonical(v.numpy(), layout))
-        for name, (v, layout) in canonical_variables(model).items()
-    }
+    return porting.layers_to_canonical(canonical_layers(model))
 
 
 # ----------------------------------------------------------------------------- loss
@@ -287,21 +280,18 @@ def make_loss(dtype: str) -> keras.losses.Loss:
 def forward_backward(model, x, y) -> dict[str, np.ndarray]:
     """Outputs, attention weights, loss and every gradient in the canonical layout."""
     tokens, y = tf.constant(x), tf.constant(y)
-    variables = canonical_variables(model)
+    layers = canonical_layers(model)
+    variables = {p: layer.trainable_variables for p, (_, layer, _) in layers.items()}
     dx = tf.zeros((*tokens.shape, model.cfg.d_model), dtype=model.dtype)  # (B, T, E)
     with tf.GradientTape() as tape:
         tape.watch(dx)
         logits, attn = model.logits_and_weights(tokens, dx=dx)
         loss = make_loss(model.dtype)(y, logits)
-    grads = tape.gradient(loss, {"input": dx, **{k: v for k, (v, _) in variables.items()}})
+    grads = tape.gradient(loss, {"input": dx, **variables})
     # the embedding gradient comes back as IndexedSlices (rows touched): densify it
-    out = {
-        f"grad.{k}": np.array(to_canonical(tf.convert_to_tensor(grads[k]).numpy(), layout))
-        for k, (_, layout) in variables.items()
-    }
-    out.update(
-        {"output": logits.numpy(), "loss": loss.numpy(), "grad.input": grads["input"].numpy()}
-    )
+    grads = tf.nest.map_structure(lambda g: tf.convert_to_tensor(g).numpy(), grads)
+    out = {f"grad.{k}": g for k, g in porting.layers_to_canonical(layers, grads).items()}
+    out.update({"output": logits.numpy(), "loss": loss.numpy(), "grad.input": grads["input"]})
     return out | {f"attn_weights.{i}": w.numpy() for i, w in enumerate(attn)}
 
 

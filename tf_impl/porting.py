@@ -318,13 +318,14 @@ def load_layers(layers: Layers, canonical: Mapping) -> None:
 
 def layers_to_canonical(layers: Layers, grads: Mapping | None = None) -> Canonical:
     """A model's canonical weights from its stock Keras layers, or the gradients when `grads` maps
-    each trainable variable's `path` to its gradient (`tape.gradient(loss, {v.path: v ...})`)."""
+    each prefix to the gradients of its layer's `trainable_variables`, as
+    `tape.gradient(loss, {prefix: keras_layer.trainable_variables ...})` returns them."""
     out = {}
     for prefix, (layer, keras_layer, layout) in layers.items():
         if grads is None:
             native, flag = [v.numpy() for v in keras_layer.weights], {}
         else:
-            native = [np.asarray(grads[v.path]) for v in keras_layer.weights if v.trainable]
+            native = [np.asarray(g) for g in grads[prefix]]
             flag = {"grads": True} if layer in GRADS else {}
         out.update(TO[layer](native, prefix, **layout, **flag))
     return out

@@ -132,8 +132,8 @@ class RNN(keras.Model):
             self.grad_masks = {}
         self.batch_loss = training.BatchMeanLoss(dtype)  # what train reports per epoch
 
-    def by_hand(self, x):
-        state = tuple(
+    def by_hand(self, x, initial_state=None):
+        state = initial_state or tuple(
             ops.zeros((ops.shape(x)[0], self.cfg.hidden), self.dtype)
             for _ in range(2 if self.cfg.cell == "lstm" else 1)
         )
@@ -143,19 +143,21 @@ class RNN(keras.Model):
             hs.append(state[0])
         return ops.stack(hs, axis=1), state  # T x (B, H) -> (B, T, H)
 
-    def logits_and_states(self, x):
+    def logits_and_states(self, x, initial_state=None):
         """Logits, every step's hidden state (B, T, H) and the final state: (h,), or (h, c)."""
         if self.cfg.fused:
-            hidden, *state = self.rnn(x)  # (B, T, D) -> (B, T, H); then h (and c), each (B, H)
+            hidden, *state = self.rnn(
+                x, initial_state=initial_state and list(initial_state)
+            )  # (B, T, D) -> (B, T, H); then h (and c), each (B, H); initial_state [h0(, c0)]
         else:
-            hidden, state = self.by_hand(x)
+            hidden, state = self.by_hand(x, initial_state)
         logits = self.head(
             hidden if self.cfg.output == "sequence" else hidden[:, -1]
         )  # (B, T, C) or (B, C)
         return logits, hidden, tuple(state)
 
-    def call(self, x, training=False):
-        return self.logits_and_states(x)[0]
+    def call(self, x, initial_state=None, training=False):
+        return self.logits_and_states(x, initial_state)[0]
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         loss = super().compute_loss(x, y, y_pred, sample_weight, training)
@@ -221,20 +223,23 @@ def make_loss(dtype: str) -> keras.losses.Loss:
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True, dtype=dtype)
 
 
-def forward_backward(model: RNN, x, y) -> dict[str, np.ndarray]:
-    """Outputs, states, loss and every gradient in the canonical layout (what the parity tests compare)."""
+def forward_backward(model: RNN, x, y, initial_state=None) -> dict[str, np.ndarray]:
+    """Outputs, states, loss and every gradient in the canonical layout (what the parity tests
+    compare); from a given initial state (h0,) or (h0, c0), its gradients grad.h0 (and grad.c0) too."""
     x, y = tf.constant(x), tf.constant(y)
+    initial_state = initial_state and tuple(tf.constant(s) for s in initial_state)
     with tf.GradientTape() as tape:
-        tape.watch(x)
-        logits, hidden, state = model.logits_and_states(x)
+        tape.watch([x, *(initial_state or ())])
+        logits, hidden, state = model.logits_and_states(x, initial_state)
         loss = make_loss(model.dtype)(y, logits)
-    dx, grads = tape.gradient(loss, [x, variables(model)])
+    dx, grads, dstate = tape.gradient(loss, [x, variables(model), list(initial_state or ())])
     out = {"output": logits, "loss": loss, "hidden": hidden, "h_n": state[0]}
     if model.cfg.cell == "lstm":
         out["c_n"] = state[1]
     out = {k: np.asarray(v) for k, v in out.items()}
-    grads = to_canonical(model, grads)
-    return {**out, "grad.input": dx.numpy(), **{f"grad.{k}": g for k, g in grads.items()}}
+    grads = {f"grad.{k}": g for k, g in to_canonical(model, grads).items()}
+    grads |= {n: d.numpy() for n, d in zip(("grad.h0", "grad.c0"), dstate)}  # none from zeros
+    return {**out, "grad.input": dx.numpy(), **grads}
 
 
 def predict_logits(model: RNN, x) -> np.ndarray:

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tasks import weights
 from tasks.configs import PAD, AttentionConfig, OptimizerConfig
 from tasks.data import Dataset
-from torch_impl import compat, optim
+from torch_impl import compat, optim, porting
 from torch_impl.data import EpochSampler
 
 
@@ -54,14 +54,26 @@ def scaled_dot_product_attention(q, k, v, allowed):
 
 
 class MultiHeadAttention(nn.Module):
-    """Self-attention with NH heads: project to Q, K, V, attend per head, concatenate, project out."""
+    """Attention with NH heads: project to Q, K, V, attend per head, concatenate, project out.
 
-    def __init__(self, d_model: int, n_heads: int, *, dtype=torch.float64):
+    Self-attention: forward(x, allowed). Cross-attention: forward(x, allowed, key, value), the key
+    (B, S, kdim) and value (B, S, vdim) inputs with their own widths (W_k (E, kdim), W_v (E, vdim);
+    default kdim = vdim = E) and `allowed` (B, 1, T, S).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        *,
+        kdim: int | None = None,
+        vdim: int | None = None,
+        dtype=torch.float64,
+    ):
         super().__init__()
         self.n_heads = n_heads
-        self.q, self.k, self.v, self.o = (
-            nn.Linear(d_model, d_model, dtype=dtype) for _ in range(4)
-        )
+        widths = (d_model, kdim or d_model, vdim or d_model, d_model)  # in_features of q, k, v, o
+        self.q, self.k, self.v, self.o = (nn.Linear(w, d_model, dtype=dtype) for w in widths)
 
     def split(self, x):
         B, T, E = x.shape
@@ -73,29 +85,50 @@ class MultiHeadAttention(nn.Module):
         B, NH, T, HS = x.shape
         return x.transpose(1, 2).reshape(B, T, NH * HS)  # (B, NH, T, HS) -> (B, T, E)
 
-    def forward(self, x, allowed):
-        q, k, v = self.split(self.q(x)), self.split(self.k(x)), self.split(self.v(x))
-        out, w = scaled_dot_product_attention(q, k, v, allowed)
+    def forward(self, x, allowed, key=None, value=None):
+        if (key is None) != (value is None):
+            raise ValueError(
+                "cross-attention takes both key and value (the same tensor if need be)"
+            )
+        key, value = (x, x) if key is None else (key, value)  # (B, S, kdim), (B, S, vdim)
+        q, k, v = self.split(self.q(x)), self.split(self.k(key)), self.split(self.v(value))
+        out, w = scaled_dot_product_attention(q, k, v, allowed)  # w (B, NH, T, S)
         return self.o(self.merge(out)), w
 
 
 class StockMultiHeadAttention(nn.Module):
-    """torch's nn.MultiheadAttention behind the same call: (x, allowed) -> (output, weights)."""
+    """torch's nn.MultiheadAttention behind the same call: (x, allowed[, key, value]) -> (output,
+    weights). With kdim or vdim != E it keeps separate q/k/v_proj_weight (no in_proj_weight)."""
 
-    def __init__(self, d_model: int, n_heads: int, *, dtype=torch.float64):
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        *,
+        kdim: int | None = None,
+        vdim: int | None = None,
+        dtype=torch.float64,
+    ):
         super().__init__()
-        self.mha = nn.MultiheadAttention(d_model, n_heads, batch_first=True, dtype=dtype)
-
-    def forward(self, x, allowed):
-        B, T, NH = x.shape[0], x.shape[1], self.mha.num_heads
-        # torch's polarity is the opposite: attn_mask True = not allowed, one (T, T) mask per batch x head
-        attn_mask = ~allowed.expand(B, NH, T, T).reshape(
-            B * NH, T, T
-        )  # (B, 1, T, T) -> (B*NH, T, T)
-        out, w = self.mha(
-            x, x, x, attn_mask=attn_mask, need_weights=True, average_attn_weights=False
+        self.mha = nn.MultiheadAttention(
+            d_model, n_heads, kdim=kdim, vdim=vdim, batch_first=True, dtype=dtype
         )
-        return out, w  # (B, T, E), (B, NH, T, T)
+
+    def forward(self, x, allowed, key=None, value=None):
+        if (key is None) != (value is None):
+            raise ValueError(
+                "cross-attention takes both key and value (the same tensor if need be)"
+            )
+        key, value = (x, x) if key is None else (key, value)
+        B, T, S, NH = x.shape[0], x.shape[1], key.shape[1], self.mha.num_heads
+        # torch's polarity is the opposite: attn_mask True = not allowed, one (T, S) mask per batch x head
+        attn_mask = ~allowed.expand(B, NH, T, S).reshape(
+            B * NH, T, S
+        )  # (B, 1, T, S) -> (B*NH, T, S)
+        out, w = self.mha(
+            x, key, value, attn_mask=attn_mask, need_weights=True, average_attn_weights=False
+        )
+        return out, w  # (B, T, E), (B, NH, T, S)
 
 
 def positional_encoding(T: int, E: int, dtype=torch.float64, device="cpu"):
@@ -177,39 +210,38 @@ def create_model(
 
 
 # ----------------------------------------------------------------------------- canonical weights
-def canonical_slices(model: nn.Module) -> dict[str, tuple[nn.Parameter, slice]]:
-    """Each canonical tensor's native parameter and rows. Hand-written layers use canonical names as
-    they are; a stock layer's W_q, W_k, W_v are row blocks 0:E, E:2E, 2E:3E of in_proj_weight (3E, E)."""
-    out = {}
-    for name, p in model.named_parameters():
-        if ".mha." not in name:
-            out[name] = (p, slice(None))
+KINDS = (  # torch_impl/porting.py's function for each stock module (nn.MultiheadAttention first)
+    (nn.MultiheadAttention, "mha"),
+    (nn.Linear, "dense"),
+    (nn.Embedding, "embedding"),
+    (nn.LayerNorm, "layer_norm"),
+)
+
+
+def canonical_layers(model: nn.Module) -> dict:
+    """Each stock layer by canonical prefix, with its torch_impl/porting.py function. Hand-written
+    layers are built of nn.Linear under canonical names; a stock nn.MultiheadAttention `attn.mha`
+    gives `attn.q.weight` ... (its packed in_proj_weight is split by porting.mha_to_canonical)."""
+    out, inside = {}, ()
+    for name, module in model.named_modules():
+        kind = next((k for t, k in KINDS if isinstance(module, t)), None)
+        if kind is None or name.startswith(inside):  # out_proj belongs to its nn.MultiheadAttention
             continue
-        prefix, E = name.split(".mha.")[0], p.shape[-1] if p.ndim == 2 else p.shape[0] // 3
-        if name.endswith("in_proj_weight") or name.endswith("in_proj_bias"):
-            kind = "weight" if name.endswith("weight") else "bias"
-            for i, proj in enumerate(("q", "k", "v")):
-                out[f"{prefix}.{proj}.{kind}"] = (
-                    p,
-                    slice(i * E, (i + 1) * E),
-                )  # packed (3E, ...) -> rows of one (E, ...)
-        else:  # out_proj is an nn.Linear: (out, in) as is
-            out[f"{prefix}.o.{name.rsplit('.', 1)[1]}"] = (p, slice(None))
+        if kind == "mha":
+            inside = (*inside, name + ".")
+        out[name.removesuffix("mha") if kind == "mha" else name + "."] = (kind, module, {})
+    covered = {p for _, module, _ in out.values() for p in module.parameters()}
+    assert covered == set(model.parameters()), "a parameter outside every porting layer"
     return out
 
 
 def load_canonical(model: nn.Module, params: dict[str, np.ndarray]) -> None:
     weights.check(params, model.cfg.param_shapes(), model.head.weight.detach().cpu().numpy().dtype)
-    with torch.no_grad():
-        for name, (p, rows) in canonical_slices(model).items():
-            p[rows] = torch.from_numpy(np.array(params[name]))
+    porting.load_layers(canonical_layers(model), params)
 
 
 def export_canonical(model: nn.Module) -> dict[str, np.ndarray]:
-    return {
-        name: p.detach()[rows].cpu().numpy().copy()
-        for name, (p, rows) in canonical_slices(model).items()
-    }
+    return porting.layers_to_canonical(canonical_layers(model))
 
 
 # ----------------------------------------------------------------------------- loss
@@ -232,9 +264,8 @@ def forward_backward(model: nn.Module, x, y, *, device="cpu") -> dict[str, np.nd
     loss = loss_fn(logits, torch.as_tensor(y, device=device))
     loss.backward()
     numpy = lambda t: t.detach().cpu().numpy().copy()
-    grads = {
-        f"grad.{name}": numpy(p.grad[rows]) for name, (p, rows) in canonical_slices(model).items()
-    }
+    grads = porting.layers_to_canonical(canonical_layers(model), grads=True)
+    grads = {f"grad.{name}": g for name, g in grads.items()}
     out = {"output": numpy(logits), "loss": numpy(loss), "grad.input": numpy(dx.grad), **grads}
     return out | {f"attn_weights.{i}": numpy(w) for i, w in enumerate(attn)}
 
