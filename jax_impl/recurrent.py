@@ -134,6 +134,7 @@ class RNN(nnx.Module):
 
     model(x) returns the logits, (B, T, C) or (B, C); model.logits_and_states(x) returns (logits,
     hidden, state): every step's hidden state (B, T, H) and the final state, (h,) or (h, c).
+    Either call takes an optional initial_state, (h0,) or (h0, c0), each (B, H) (zeros without).
     """
 
     def __init__(self, cfg: RNNConfig, *, rngs: nnx.Rngs, dtype=jnp.float64):
@@ -152,8 +153,8 @@ class RNN(nnx.Module):
             rngs=rngs,
         )
 
-    def by_hand(self, x):
-        state = tuple(
+    def by_hand(self, x, initial_state=None):
+        state = initial_state or tuple(
             jnp.zeros((x.shape[0], self.cfg.hidden), x.dtype)
             for _ in range(2 if self.cfg.cell == "lstm" else 1)
         )
@@ -167,20 +168,24 @@ class RNN(nnx.Module):
         )  # scan walks the leading axis: (B, T, D) -> (T, B, D)
         return jnp.swapaxes(hidden, 0, 1), state  # (T, B, H) -> (B, T, H)
 
-    def logits_and_states(self, x):
+    def logits_and_states(self, x, initial_state=None):
         """Logits, every step's hidden state (B, T, H) and the final state: (h,), or (h, c)."""
         if self.cfg.fused:
-            carry, hidden = self.rnn(x)  # (B, T, D) -> (B, T, H); carry h, or (c, h) for the LSTM
+            if initial_state is not None:  # nnx.RNN's carry: h, or (c, h) for the LSTM
+                initial_state = initial_state[::-1] if self.cfg.cell == "lstm" else initial_state[0]
+            carry, hidden = self.rnn(
+                x, initial_carry=initial_state
+            )  # (B, T, D) -> (B, T, H); carry h, or (c, h) for the LSTM
             state = carry[::-1] if self.cfg.cell == "lstm" else (carry,)  # Flax's (c, h) -> (h, c)
         else:
-            hidden, state = self.by_hand(x)
+            hidden, state = self.by_hand(x, initial_state)
         logits = self.head(
             hidden if self.cfg.output == "sequence" else hidden[:, -1]
         )  # (B, T, C) or (B, C)
         return logits, hidden, state
 
-    def __call__(self, x):
-        return self.logits_and_states(x)[0]
+    def __call__(self, x, initial_state=None):
+        return self.logits_and_states(x, initial_state)[0]
 
 
 def create_model(cfg: RNNConfig, *, seed: int, dtype: str = "float64") -> RNN:
@@ -221,20 +226,23 @@ def loss_fn(logits, y):
 
 
 @nnx.jit
-def gradients(model: RNN, x, y):
-    """Loss, outputs and the gradients with respect to the parameters and the input, one XLA program."""
+def gradients(model: RNN, x, y, initial_state=None):
+    """Loss, outputs and the gradients with respect to the parameters, the input and the initial
+    state (None without one), one XLA program."""
 
-    def loss_of(model, x):
-        logits, hidden, state = model.logits_and_states(x)
+    def loss_of(model, x, initial_state):
+        logits, hidden, state = model.logits_and_states(x, initial_state)
         return loss_fn(logits, y), (logits, hidden, state)
 
-    return nnx.value_and_grad(loss_of, argnums=(0, 1), has_aux=True)(model, x)
+    return nnx.value_and_grad(loss_of, argnums=(0, 1, 2), has_aux=True)(model, x, initial_state)
 
 
-def forward_backward(model: RNN, x, y) -> dict[str, np.ndarray]:
-    """Outputs, states, loss and every gradient in the canonical layout (what the parity tests compare)."""
-    (loss, (logits, hidden, state)), (grad_params, dx) = gradients(
-        model, jnp.asarray(x), jnp.asarray(y)
+def forward_backward(model: RNN, x, y, initial_state=None) -> dict[str, np.ndarray]:
+    """Outputs, states, loss and every gradient in the canonical layout (what the parity tests
+    compare); from a given initial state (h0,) or (h0, c0), its gradients grad.h0 (and grad.c0) too."""
+    initial_state = initial_state and tuple(jnp.asarray(s) for s in initial_state)
+    (loss, (logits, hidden, state)), (grad_params, dx, dstate) = gradients(
+        model, jnp.asarray(x), jnp.asarray(y), initial_state
     )
     out = {"output": logits, "loss": loss, "hidden": hidden, "h_n": state[0]}
     if model.cfg.cell == "lstm":
@@ -245,7 +253,9 @@ def forward_backward(model: RNN, x, y) -> dict[str, np.ndarray]:
         nnx.merge(nnx.graphdef(model), grad_params, nnx.state(model, nnx.Not(nnx.Param))),
         grads=True,
     )
-    return {**out, "grad.input": np.asarray(dx), **{f"grad.{k}": g for k, g in grads.items()}}
+    grads = {f"grad.{k}": g for k, g in grads.items()}
+    grads |= {n: np.asarray(d) for n, d in zip(("grad.h0", "grad.c0"), dstate or ())}
+    return {**out, "grad.input": np.asarray(dx), **grads}
 
 
 @nnx.jit

@@ -141,7 +141,8 @@ CELLS = {"rnn": RNNCell, "lstm": LSTMCell, "gru": GRUCell}
 
 
 class Recurrent:
-    """Runs a cell over time from a zero state; backward is backpropagation through time."""
+    """Runs a cell over time from a zero state, or a given one; backward is backpropagation through
+    time, and leaves the gradient with respect to the initial state in `dinitial_state`."""
 
     def __init__(self, cell, hidden: int):
         self.cell, self.hidden = cell, hidden
@@ -152,8 +153,9 @@ class Recurrent:
         n = 2 if isinstance(self.cell, LSTMCell) else 1  # (h,) or (h, c)
         return tuple(np.zeros((batch, self.hidden), dtype) for _ in range(n))
 
-    def forward(self, x):
-        state, steps, hs = self.initial_state(x.shape[0], x.dtype), [], []
+    def forward(self, x, initial_state=None):
+        state = self.initial_state(x.shape[0], x.dtype) if initial_state is None else initial_state
+        steps, hs = [], []
         for t in range(x.shape[1]):
             state, cache = self.cell.forward(x[:, t], state)  # (B, D) -> (B, H)
             steps.append(cache)
@@ -169,6 +171,7 @@ class Recurrent:
             # h_t feeds the output and the next step
             dstate = (dstate[0] + dhidden[:, t], *dstate[1:])
             dx[:, t], dstate = self.cell.backward(dstate, self.cache["steps"][t])
+        self.dinitial_state = dstate  # (dh0,) or (dh0, dc0), each (B, H)
         return dx  # (B, T, D)
 
 
@@ -181,7 +184,8 @@ class RNN:
 
     model.forward(x) returns the logits, (B, T, C) or (B, C); model.logits_and_states(x) returns
     (logits, hidden, state): every step's hidden state (B, T, H) and the final state, (h,) or (h, c).
-    Either call caches what model.backward(dlogits) needs.
+    Either call takes an optional initial_state, (h0,) or (h0, c0), each (B, H) (zeros without),
+    and caches what model.backward(dlogits) needs.
     """
 
     def __init__(self, cfg: RNNConfig, *, rng: np.random.Generator, dtype=np.float64):
@@ -192,15 +196,15 @@ class RNN:
         )
         self.head = Dense(cfg.hidden, cfg.n_classes, rng=rng, dtype=dtype)  # U(±1/sqrt(H)) too
 
-    def logits_and_states(self, x):
+    def logits_and_states(self, x, initial_state=None):
         """Logits, every step's hidden state (B, T, H) and the final state: (h,), or (h, c)."""
-        hidden, state = self.rnn.forward(x)  # (B, T, D) -> (B, T, H)
+        hidden, state = self.rnn.forward(x, initial_state)  # (B, T, D) -> (B, T, H)
         scored = hidden if self.cfg.output == "sequence" else hidden[:, -1]  # or (B, H)
         logits = self.head.forward(scored)  # (B, T, C) or (B, C)
         return logits, hidden, state
 
-    def forward(self, x):
-        return self.logits_and_states(x)[0]
+    def forward(self, x, initial_state=None):
+        return self.logits_and_states(x, initial_state)[0]
 
     def backward(self, dlogits):
         dh = self.head.backward(dlogits)
@@ -248,16 +252,19 @@ def loss_fn(logits, y):
     return cross_entropy(logits, y)  # (B, T, C) or (B, C)
 
 
-def forward_backward(model: RNN, x, y) -> dict[str, np.ndarray]:
-    """Outputs, states, loss and every gradient in the canonical layout (what parity compares)."""
+def forward_backward(model: RNN, x, y, initial_state=None) -> dict[str, np.ndarray]:
+    """Outputs, states, loss and every gradient in the canonical layout (what parity compares);
+    from a given initial state (h0,) or (h0, c0), its gradients grad.h0 (and grad.c0) too."""
     zero_grad(model.layers().values())
-    logits, hidden, state = model.logits_and_states(x)
+    logits, hidden, state = model.logits_and_states(x, initial_state)
     loss, dlogits = loss_fn(logits, y)
     dx = model.backward(dlogits)
     out = {"output": logits, "loss": np.asarray(loss), "hidden": hidden, "h_n": state[0]}
     if model.cfg.cell == "lstm":
         out["c_n"] = state[1]
     grads = {f"grad.{k}": g.copy() for k, g in to_canonical(model, grads=True).items()}
+    if initial_state is not None:
+        grads |= dict(zip(("grad.h0", "grad.c0"), model.rnn.dinitial_state))
     return {**out, "grad.input": dx, **grads}
 
 

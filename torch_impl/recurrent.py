@@ -71,6 +71,7 @@ class RNN(nn.Module):
 
     model(x) returns the logits, (B, T, C) or (B, C); model.logits_and_states(x) returns (logits,
     hidden, state): every step's hidden state (B, T, H) and the final state, (h,) or (h, c).
+    Either call takes an optional initial_state, (h0,) or (h0, c0), each (B, H) (zeros without).
     """
 
     def __init__(self, cfg: RNNConfig, *, generator: torch.Generator, dtype=torch.float64):
@@ -100,8 +101,8 @@ class RNN(nn.Module):
         """bias_hh[start:] is a real parameter (the GRU's b_hn); bias_hh[:start] stays 0."""
         return 2 * self.cfg.hidden if self.cfg.cell == "gru" else self.rnn.bias_hh_l0.shape[0]
 
-    def by_hand(self, x):
-        state = tuple(
+    def by_hand(self, x, initial_state=None):
+        state = initial_state or tuple(
             x.new_zeros(x.shape[0], self.cfg.hidden)
             for _ in range(2 if self.cfg.cell == "lstm" else 1)
         )
@@ -111,24 +112,27 @@ class RNN(nn.Module):
             hs.append(state[0])
         return torch.stack(hs, dim=1), state  # T x (B, H) -> (B, T, H)
 
-    def logits_and_states(self, x):
+    def logits_and_states(self, x, initial_state=None):
         """Logits, every step's hidden state (B, T, H) and the final state: (h,), or (h, c)."""
         if self.cfg.fused:
+            hx = initial_state and tuple(s[None] for s in initial_state)  # (B, H) -> (1, B, H)
+            if hx and self.cfg.cell != "lstm":
+                (hx,) = hx  # nn.RNN and nn.GRU take h0 alone, nn.LSTM the pair (h0, c0)
             hidden, state = self.rnn(
-                x
+                x, hx
             )  # (B, T, D) -> (B, T, H); state: (1, B, H), a pair of them for the LSTM
             state = (
                 tuple(s[0] for s in state) if self.cfg.cell == "lstm" else (state[0],)
             )  # drop the layer axis
         else:
-            hidden, state = self.by_hand(x)
+            hidden, state = self.by_hand(x, initial_state)
         logits = self.head(
             hidden if self.cfg.output == "sequence" else hidden[:, -1]
         )  # (B, T, C) or (B, C)
         return logits, hidden, state
 
-    def forward(self, x):
-        return self.logits_and_states(x)[0]
+    def forward(self, x, initial_state=None):
+        return self.logits_and_states(x, initial_state)[0]
 
 
 def create_model(
@@ -176,19 +180,28 @@ def loss_fn(logits, y):
     )  # (B, T, C) -> (B*T, C)
 
 
-def forward_backward(model: RNN, x, y, *, device="cpu") -> dict[str, np.ndarray]:
-    """Outputs, states, loss and every gradient in the canonical layout (what the parity tests compare)."""
+def forward_backward(
+    model: RNN, x, y, initial_state=None, *, device="cpu"
+) -> dict[str, np.ndarray]:
+    """Outputs, states, loss and every gradient in the canonical layout (what the parity tests
+    compare); from a given initial state (h0,) or (h0, c0), its gradients grad.h0 (and grad.c0) too."""
     model.zero_grad()
     x = torch.tensor(x, device=device, requires_grad=True)
-    logits, hidden, state = model.logits_and_states(x)
+    if initial_state is not None:
+        initial_state = tuple(
+            torch.tensor(s, device=device, requires_grad=True) for s in initial_state
+        )
+    logits, hidden, state = model.logits_and_states(x, initial_state)
     loss = loss_fn(logits, torch.as_tensor(y, device=device))
     loss.backward()
     out = {"output": logits, "loss": loss, "hidden": hidden, "h_n": state[0]}
     if model.cfg.cell == "lstm":
         out["c_n"] = state[1]
     out = {k: v.detach().cpu().numpy() for k, v in out.items()}
-    grads = to_canonical(model, grads=True)
-    return {**out, "grad.input": x.grad.cpu().numpy(), **{f"grad.{k}": g for k, g in grads.items()}}
+    grads = {f"grad.{k}": g for k, g in to_canonical(model, grads=True).items()}
+    if initial_state is not None:
+        grads |= {n: s.grad.cpu().numpy() for n, s in zip(("grad.h0", "grad.c0"), initial_state)}
+    return {**out, "grad.input": x.grad.cpu().numpy(), **grads}
 
 
 @torch.no_grad()
