@@ -18,7 +18,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jax_impl import initializers, optim
+from jax_impl import initializers, optim, porting
 from jax_impl.regularize import (
     canonical_variables,
     eval_view,
@@ -197,46 +197,36 @@ def create_model(
 
 
 # ----------------------------------------------------------------------------- canonical weights
-def to_native(cfg: LeNet5Config, name: str, value: np.ndarray) -> np.ndarray:
-    """One canonical tensor in the Flax layout."""
-    c, s = cfg.channels[1], cfg.feature_size
-    if name.startswith("conv") and name.endswith(".weight"):
-        return value.transpose(2, 3, 1, 0)  # (out_c, in_c, kh, kw) -> (kh, kw, in_c, out_c)
-    if name == "fc1.weight":
-        # input rows from (C, H, W) order to the (H, W, C) flatten order, then (out, in) -> (in, out)
-        return (
-            value.reshape(-1, c, s, s).transpose(2, 3, 1, 0).reshape(c * s * s, -1)
-        )  # (out, C, H, W) -> (H, W, C, out)
-    if name.endswith(".weight"):
-        return value.T  # (out, in) -> (in, out)
-    return value
-
-
-def to_canonical(cfg: LeNet5Config, name: str, value: np.ndarray) -> np.ndarray:
-    """The inverse of to_native: one Flax tensor (or its gradient) in the canonical layout."""
-    c, s = cfg.channels[1], cfg.feature_size
-    if name.startswith("conv") and name.endswith(".weight"):
-        return value.transpose(3, 2, 0, 1)  # (kh, kw, in_c, out_c) -> (out_c, in_c, kh, kw)
-    if name == "fc1.weight":
-        return (
-            value.reshape(s, s, c, -1).transpose(3, 2, 0, 1).reshape(-1, c * s * s)
-        )  # (H, W, C, out) -> (out, C, H, W)
-    if name.endswith(".weight"):
-        return value.T  # (in, out) -> (out, in)
-    return value
+def canonical_layers(model: LeNet5) -> dict:
+    """Each stock layer by canonical prefix, with its jax_impl/porting.py function and layout: conv
+    kernels HWIO <-> OIHW, dense kernels transposed, and fc1's input rows between the canonical
+    (C, H, W) flatten order and Flax's (H, W, C) (`flatten_from`)."""
+    cfg = model.cfg
+    flat = (cfg.channels[1], cfg.feature_size, cfg.feature_size)  # pool2's (C, H, W)
+    out = {
+        "conv1.": ("conv2d", model.conv1, {}),
+        "conv2.": ("conv2d", model.conv2, {}),
+        "fc1.": ("dense", model.fc1, {"flatten_from": flat}),
+        "fc2.": ("dense", model.fc2, {}),
+        "fc3.": ("dense", model.fc3, {}),
+    }
+    if cfg.batch_norm:
+        out.update({f"bn{i}.": ("batch_norm", getattr(model, f"bn{i}"), {}) for i in range(1, 5)})
+    return out
 
 
 def load_canonical(model: LeNet5, params: dict[str, np.ndarray]) -> None:
     weights.check(params, model.cfg.param_shapes(), model.fc3.kernel.dtype)
-    for name, variable in model.variables_by_name().items():
-        variable.set_value(jnp.asarray(to_native(model.cfg, name, params[name])))
+    porting.load_layers(canonical_layers(model), params)
+
+
+def to_canonical(model: LeNet5, grads: bool = False) -> dict[str, np.ndarray]:
+    """Flax -> canonical, for a model or (`grads=True`: no statistics) for gradients merged into one."""
+    return porting.layers_to_canonical(canonical_layers(model), grads=grads)
 
 
 def export_canonical(model: LeNet5) -> dict[str, np.ndarray]:
-    return {
-        name: np.array(to_canonical(model.cfg, name, np.asarray(v.get_value())))
-        for name, v in model.variables_by_name().items()
-    }
+    return to_canonical(model)
 
 
 # ----------------------------------------------------------------------------- loss
@@ -261,10 +251,10 @@ def forward_backward(model: LeNet5, x, y) -> dict[str, np.ndarray]:
     (loss, logits), (grad_params, dx) = gradients(train_view(model), jnp.asarray(x), jnp.asarray(y))
     # the gradients have the model's own structure: merge them (with the non-parameter state, e.g.
     # batch statistics, which are not gradients and are dropped) into a model to reuse the exporter
-    grads = export_canonical(
-        nnx.merge(nnx.graphdef(model), grad_params, nnx.state(model, nnx.Not(nnx.Param)))
+    grads = to_canonical(
+        nnx.merge(nnx.graphdef(model), grad_params, nnx.state(model, nnx.Not(nnx.Param))),
+        grads=True,
     )
-    grads = {k: g for k, g in grads.items() if not k.endswith(("running_mean", "running_var"))}
     return {
         "output": np.asarray(logits),
         "loss": np.asarray(loss),

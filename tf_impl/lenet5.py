@@ -18,7 +18,7 @@ from keras import ops
 from tasks import weights
 from tasks.configs import LeNet5Config, OptimizerConfig
 from tasks.data import Dataset
-from tf_impl import compat, initializers, optim, training
+from tf_impl import compat, initializers, optim, porting, training
 from tf_impl.regularize import canonical_variables, l2_regularizer, make_batch_norm
 
 
@@ -205,46 +205,31 @@ def create_model(
 
 
 # ----------------------------------------------------------------------------- canonical weights
-def to_native(cfg: LeNet5Config, name: str, value: np.ndarray) -> np.ndarray:
-    """One canonical tensor in the Keras layout."""
-    c, s = cfg.channels[1], cfg.feature_size
-    if name.startswith("conv") and name.endswith(".weight"):
-        return value.transpose(2, 3, 1, 0)  # (out_c, in_c, kh, kw) -> (kh, kw, in_c, out_c)
-    if name == "fc1.weight":
-        # input rows from (C, H, W) order to Keras' (H, W, C) flatten order, then (out, in) -> (in, out)
-        return (
-            value.reshape(-1, c, s, s).transpose(2, 3, 1, 0).reshape(c * s * s, -1)
-        )  # (out, C, H, W) -> (H, W, C, out)
-    if name.endswith(".weight"):
-        return value.T  # (out, in) -> (in, out)
-    return value
-
-
-def to_canonical(cfg: LeNet5Config, name: str, value: np.ndarray) -> np.ndarray:
-    """The inverse of to_native: one Keras tensor (or its gradient) in the canonical layout."""
-    c, s = cfg.channels[1], cfg.feature_size
-    if name.startswith("conv") and name.endswith(".weight"):
-        return value.transpose(3, 2, 0, 1)  # (kh, kw, in_c, out_c) -> (out_c, in_c, kh, kw)
-    if name == "fc1.weight":
-        return (
-            value.reshape(s, s, c, -1).transpose(3, 2, 0, 1).reshape(-1, c * s * s)
-        )  # (H, W, C, out) -> (out, C, H, W)
-    if name.endswith(".weight"):
-        return value.T  # (in, out) -> (out, in)
-    return value
+def canonical_layers(model: LeNet5) -> dict:
+    """Each stock layer by canonical prefix, with its tf_impl/porting.py function and layout: conv
+    kernels HWIO <-> OIHW, dense kernels transposed, and fc1's input rows between the canonical
+    (C, H, W) flatten order and Keras's (H, W, C) (`flatten_from`)."""
+    cfg = model.cfg
+    flat = (cfg.channels[1], cfg.feature_size, cfg.feature_size)  # pool2's (C, H, W)
+    out = {
+        "conv1.": ("conv2d", model.conv1, {}),
+        "conv2.": ("conv2d", model.conv2, {}),
+        "fc1.": ("dense", model.fc1, {"flatten_from": flat}),
+        "fc2.": ("dense", model.fc2, {}),
+        "fc3.": ("dense", model.fc3, {}),
+    }
+    if cfg.batch_norm:
+        out.update({f"bn{i}.": ("batch_norm", getattr(model, f"bn{i}"), {}) for i in range(1, 5)})
+    return out
 
 
 def load_canonical(model: LeNet5, params: dict[str, np.ndarray]) -> None:
     weights.check(params, model.cfg.param_shapes(), model.fc3.kernel.dtype)
-    for name, variable in model.variables_by_name().items():
-        variable.assign(to_native(model.cfg, name, params[name]))
+    porting.load_layers(canonical_layers(model), params)
 
 
 def export_canonical(model: LeNet5) -> dict[str, np.ndarray]:
-    return {
-        name: np.array(to_canonical(model.cfg, name, v.numpy()))
-        for name, v in model.variables_by_name().items()
-    }
+    return porting.layers_to_canonical(canonical_layers(model))
 
 
 # ----------------------------------------------------------------------------- loss
@@ -256,14 +241,16 @@ def make_loss(dtype: str) -> keras.losses.Loss:
 def forward_backward(model: LeNet5, x, y) -> dict[str, np.ndarray]:
     """Outputs, loss and every gradient in the canonical layout (what the parity tests compare)."""
     x, y = tf.constant(x), tf.constant(y)
-    variables = {k: v for k, v in model.variables_by_name().items() if v.trainable}  # no statistics
+    layers = canonical_layers(model)
+    variables = {p: layer.trainable_variables for p, (_, layer, _) in layers.items()}
     with tf.GradientTape() as tape:
         tape.watch(x)
         logits = model(x, training=True)  # batch statistics and dropout, as in training
         loss = make_loss(model.dtype)(y, logits)
     grads, dx = tape.gradient(loss, (variables, x))
-    # a gradient has its parameter's Keras layout: the same converter brings it to canonical
-    grads = {f"grad.{k}": np.array(to_canonical(model.cfg, k, g.numpy())) for k, g in grads.items()}
+    # a gradient has its parameter's Keras layout: the same porting functions bring it to canonical
+    grads = porting.layers_to_canonical(layers, grads)
+    grads = {f"grad.{k}": g for k, g in grads.items()}
     return {"output": logits.numpy(), "loss": loss.numpy(), "grad.input": dx.numpy(), **grads}
 
 
