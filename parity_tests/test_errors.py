@@ -76,6 +76,9 @@ def test_the_largest_seed_runs_in_every_framework():
     "args, flag",
     [
         (["train", "mlp", "--pooling", "max"], "--pooling"),
+        (["train", "mlp", "--padding", "2"], "--padding"),
+        (["train", "lenet5", "--final-norm"], "--final-norm"),
+        (["train", "attention", "--no-final-norm"], "--final-norm"),
         (["train", "lenet5", "--hidden", "7"], "--hidden"),
         (["train", "attention", "--hidden", "7"], "--hidden"),
         (["train", "transformer", "--hidden", "7"], "--hidden"),

@@ -184,6 +184,18 @@ def test_final_norm_defaults_to_the_placements_choice():
         assert ("ln_f.weight" in cfg.param_shapes()) is expected
 
 
+def test_final_norm_option_reaches_the_config():
+    """`rosetta train transformer --final-norm / --no-final-norm` (TrainOptions.final_norm) sets the
+    config's final_norm; not given, None keeps the placement's default (the task's post-LN: none)."""
+    from tasks.data import load_task
+
+    data = load_task("reverse", seed=0)
+    for choice in (None, True, False):
+        opts = train.TrainOptions(final_norm=choice).with_defaults("transformer", "reverse")
+        cfg = train.make_config("transformer", data, opts)
+        assert cfg.final_norm is choice and cfg.has_final_norm is (choice is True), cfg
+
+
 def stock_encoder(cfg: TransformerConfig, seed: int):
     """nn.Embedding, nn.TransformerEncoder of nn.TransformerEncoderLayer (batch_first, dropout 0,
     norm_first for pre-LN; a final `norm=nn.LayerNorm` when cfg.has_final_norm) and an nn.Linear

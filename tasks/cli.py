@@ -256,6 +256,28 @@ def print_train(result: dict) -> None:
         out.print(note, highlight=False)
 
 
+PADDING_HELP = (
+    "lenet5: zero padding of conv1[,conv2] on every side, e.g. 2 (d2l's LeNet-5: 28x28 MNIST, conv1 "
+    "padded by 2) or 2,2; given, the images keep their own size (default: valid convs on 32x32)"
+)
+FINAL_NORM_HELP = (
+    "transformer: a final LayerNorm after the last block (default: pre-LN yes, post-LN no)"
+)
+
+
+def parse_padding(text: str | None) -> tuple[int, int] | None:
+    """--padding P (conv1 only, conv2 unpadded) or P1,P2: two non-negative integers; None if not given."""
+    if text is None:
+        return None
+    try:
+        values = tuple(int(p) for p in text.split(","))
+    except ValueError:
+        values = (-1,)
+    if len(values) not in (1, 2) or any(p < 0 for p in values):
+        fail(f"--padding must be one or two non-negative integers (conv1[,conv2]), got {text!r}")
+    return (values[0], values[1] if len(values) == 2 else 0)
+
+
 @app.command()
 @interruptible
 def train(
@@ -266,8 +288,14 @@ def train(
     lr: float | None = typer.Option(None, help="learning rate (default: per task)"),
     batch_size: int | None = typer.Option(None, help="mini-batch size (default: per task)"),
     hidden: str | None = typer.Option(None, help="hidden layer sizes, comma separated, e.g. 64,32"),
-    activation: str | None = typer.Option(None, help="relu, tanh, sigmoid or leaky_relu"),
+    activation: str | None = typer.Option(
+        None, help="relu, tanh, sigmoid, leaky_relu or identity (mlp)"
+    ),
     pooling: str | None = typer.Option(None, help="lenet5: avg or max"),
+    padding: str | None = typer.Option(None, help=PADDING_HELP),
+    final_norm: bool | None = typer.Option(
+        None, "--final-norm/--no-final-norm", help=FINAL_NORM_HELP
+    ),
     seed: int = typer.Option(0, help="seed for the split, the initial weights and the batch order"),
     dtype: str = typer.Option("float32", help="float32 or float64"),
     data_dir: str | None = typer.Option(None, help="folder with MNIST IDX files (task mnist)"),
@@ -326,7 +354,7 @@ def train(
             f"unknown task {task!r} for model {model}; choose from: {', '.join(MODELS[model].tasks)}"
         )
     given = {"--batch-size": batch_size, "--hidden": hidden, "--activation": activation, "--pooling": pooling,
-             "--optimizer": optimizer, "--schedule": schedule != "constant" or None, "--warmup-steps": warmup_steps or None,
+             "--padding": padding, "--final-norm": final_norm, "--optimizer": optimizer, "--schedule": schedule != "constant" or None, "--warmup-steps": warmup_steps or None,
              "--clip-norm": clip_norm, "--patience": patience, "--init": init, "--dropout": dropout,
              "--batch-norm": batch_norm or None, "--l2": l2, "--plot": plot, "--data-dir": data_dir,
              "--replicas": replicas}  # fmt: skip
@@ -375,6 +403,8 @@ def train(
         hidden=sizes,
         activation=activation,
         pooling=pooling,
+        padding=parse_padding(padding),
+        final_norm=final_norm,
         seed=seed,
         dtype=dtype,
         data_dir=data_dir,
@@ -452,6 +482,8 @@ FLAG_RULES: dict[str, str] = {
     "--activation": "the recurrent cells' nonlinearities are fixed (tanh, the gates' sigmoid), "
     "attention has no hidden activation, the perceptron steps",
     "--pooling": "only LeNet-5 pools",
+    "--padding": "only LeNet-5 convolves",
+    "--final-norm": "only the Transformer has blocks a final LayerNorm can follow",
     **{
         flag: PERCEPTRON_RULE
         for flag in ("--optimizer", "--schedule", "--warmup-steps", "--clip-norm", "--patience")
@@ -578,6 +610,10 @@ def convert(
     hidden: str | None = typer.Option(None, help="hidden layer sizes, as for rosetta train"),
     activation: str | None = typer.Option(None, help="as for rosetta train"),
     pooling: str | None = typer.Option(None, help="lenet5: avg or max"),
+    padding: str | None = typer.Option(None, help=PADDING_HELP),
+    final_norm: bool | None = typer.Option(
+        None, "--final-norm/--no-final-norm", help=FINAL_NORM_HELP
+    ),
     dropout: float | None = typer.Option(None, help="mlp, lenet5: as for rosetta train"),
     batch_norm: bool = typer.Option(
         False, "--batch-norm", help="mlp, lenet5: as for rosetta train"
@@ -603,7 +639,8 @@ def convert(
             f"unknown task {task!r} for model {model}; choose from: {', '.join(MODELS[model].tasks)}"
         )
     given = {"--hidden": hidden, "--activation": activation, "--pooling": pooling, "--dropout": dropout,
-             "--batch-norm": batch_norm or None, "--data-dir": data_dir}  # fmt: skip
+             "--batch-norm": batch_norm or None, "--data-dir": data_dir, "--padding": padding,
+             "--final-norm": final_norm}  # fmt: skip
     check_flags(model, task, {flag: value is not None for flag, value in given.items()})
     if dtype not in ("float32", "float64"):
         fail(f"unknown dtype {dtype!r}; choose from: float32, float64")
@@ -622,7 +659,8 @@ def convert(
     except ValueError:
         fail(f"--hidden must be positive integers separated by commas, got {hidden!r}")
     opts = TrainOptions(hidden=sizes, activation=activation, pooling=pooling, dtype=dtype,
-                        data_dir=data_dir, dropout=dropout, batch_norm=batch_norm)  # fmt: skip
+                        data_dir=data_dir, dropout=dropout, batch_norm=batch_norm,
+                        padding=parse_padding(padding), final_norm=final_norm)  # fmt: skip
     try:
         cfg, x = convert_mod.config_and_probe(model, task, opts, probe)
     except DataFileError as e:
@@ -924,7 +962,7 @@ def saliency_maps(
     opts = TrainOptions(epochs=epochs, seed=seed, dtype=dtype, data_dir=data_dir).with_defaults(
         model, task
     )
-    data = prepare(model, load_task(task, seed=seed, data_dir=data_dir))
+    data = prepare(model, load_task(task, seed=seed, data_dir=data_dir), opts)
     if data.x_test.ndim != 4:
         fail(
             f"saliency needs image inputs (B, C, H, W); model {model} on {task} takes {data.x_test.shape[1:]}"

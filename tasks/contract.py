@@ -92,9 +92,10 @@ class ModelSpec(Protocol):
         """The config for a prepared dataset and a tasks.train.TrainOptions with the task's
         defaults filled in: sizes from the data, the rest from the options."""
 
-    def prepare(self, data: Dataset) -> Dataset:
-        """The task's arrays shaped for the model (flattened, padded, ...); may raise
-        tasks.data.DataFileError for data it cannot take."""
+    def prepare(self, data: Dataset, opts: Any = None) -> Dataset:
+        """The task's arrays shaped for the model (flattened, padded, ...), for the run's
+        tasks.train.TrainOptions (None: the defaults; LeNet-5 keeps the images' size when --padding
+        pads its convolutions); may raise tasks.data.DataFileError for data it cannot take."""
 
     def initial_weights(self, cfg: Any, seed: int) -> dict[str, np.ndarray]:
         """The seeded canonical start every framework loads."""

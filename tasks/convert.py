@@ -291,7 +291,7 @@ def config_and_probe(model: str, task: str, opts, n_probe: int = 8):
     from tasks.train import make_config, prepare
 
     opts = opts.with_defaults(model, task)
-    data = prepare(model, load_task(task, seed=opts.seed, data_dir=opts.data_dir))
+    data = prepare(model, load_task(task, seed=opts.seed, data_dir=opts.data_dir), opts)
     x = np.asarray(data.x_test[:n_probe])
     if np.issubdtype(x.dtype, np.floating):
         x = x.astype(opts.dtype)

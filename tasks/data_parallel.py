@@ -489,7 +489,7 @@ def run_train(model: str, task: str, frameworks: list[str], opts, replicas: int)
 
     opts = opts.with_defaults(model, task)
     check_divisible(opts.batch_size, replicas)
-    data = prepare(model, load_task(task, seed=opts.seed, data_dir=opts.data_dir))
+    data = prepare(model, load_task(task, seed=opts.seed, data_dir=opts.data_dir), opts)
     cfg = make_config(model, data, opts)
     init = weights.cast(train_initial_weights(cfg, opts.seed), opts.dtype)
     lr = optimizer_config(opts, n_train=len(data.x_train))

@@ -28,6 +28,10 @@ class TrainOptions:
     hidden: tuple[int, ...] | None = None
     activation: str | None = None
     pooling: str | None = None  # lenet5: "avg" or "max"
+    # lenet5: zero padding of (conv1, conv2); given, the images keep their own size (MNIST 28x28 with
+    # (2, 0) is d2l's LeNet-5); None: the paper's valid convs on images padded to 32x32
+    padding: tuple[int, int] | None = None
+    final_norm: bool | None = None  # transformer: a final LayerNorm (None: pre-LN yes, post-LN no)
     seed: int = 0
     dtype: str = "float32"
     data_dir: str | None = None
@@ -79,10 +83,10 @@ def initial_weights(cfg, seed: int) -> dict[str, np.ndarray]:
     return for_config(cfg).initial_weights(cfg, seed)
 
 
-def prepare(model: str, data: Dataset) -> Dataset:
-    """Shape the shared arrays for a model (its spec's prepare): the MLP takes flat feature
-    vectors, LeNet-5 32x32 images."""
-    return MODELS[model].prepare(data)
+def prepare(model: str, data: Dataset, opts: TrainOptions | None = None) -> Dataset:
+    """Shape the shared arrays for a model (its spec's prepare, which may read the options): the
+    MLP takes flat feature vectors, LeNet-5 32x32 images (or any size with --padding)."""
+    return MODELS[model].prepare(data, opts)
 
 
 def run(model: str, task: str, frameworks: list[str], opts: TrainOptions, progress=None) -> dict:
@@ -92,7 +96,7 @@ def run(model: str, task: str, frameworks: list[str], opts: TrainOptions, progre
     finished so far (`interrupted`, `interrupted_framework`). A run whose loss or weights became NaN
     or inf is marked `diverged`."""
     opts = opts.with_defaults(model, task)
-    data = prepare(model, load_task(task, seed=opts.seed, data_dir=opts.data_dir))
+    data = prepare(model, load_task(task, seed=opts.seed, data_dir=opts.data_dir), opts)
     data, validation = validation_split(data, opts)
     cfg = make_config(model, data, opts)
     init = weights.cast(initial_weights(cfg, opts.seed), opts.dtype)

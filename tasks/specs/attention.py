@@ -9,10 +9,10 @@ from tasks.configs import AttentionConfig
 from tasks.specs.base import GRADIENT_FLAGS, ModelSpec
 
 
-def sized(config_type: type, defaults: dict, activation: bool = False):
+def sized(config_type: type, defaults: dict, activation: bool = False, final_norm: bool = False):
     """make_config for a token model: the vocabulary from the data, the sizes (d_model, n_heads,
     ...) from the task's defaults["config"], the optimiser the run uses, and with `activation`
-    the feed-forward activation given."""
+    the feed-forward activation given, with `final_norm` the final LayerNorm's choice given."""
 
     def make_config(data, opts):
         from tasks.configs import FF_ACTIVATIONS
@@ -20,6 +20,8 @@ def sized(config_type: type, defaults: dict, activation: bool = False):
         sizes = dict(defaults.get(data.name, {}).get("config", {}))  # d_model, n_heads, ...
         if activation and opts.activation in FF_ACTIVATIONS:
             sizes["activation"] = opts.activation
+        if final_norm and getattr(opts, "final_norm", None) is not None:
+            sizes["final_norm"] = opts.final_norm
         if opts.optimizer in ("sgd", "adam"):  # the config records the optimiser the run uses
             sizes["optimizer"] = opts.optimizer
         return config_type(vocab=data.n_classes, **sizes)

@@ -23,7 +23,7 @@ GRADIENT_FLAGS = frozenset(
 REGULARISER_FLAGS = frozenset(("--init", "--dropout", "--batch-norm", "--l2"))
 
 
-def unchanged(data: Dataset) -> Dataset:
+def unchanged(data: Dataset, opts: Any = None) -> Dataset:
     """prepare for a model that takes the task's arrays as they are."""
     return data
 
@@ -52,7 +52,7 @@ class ModelSpec:
     defaults: dict = field(default_factory=dict)  # task -> default training options
     runner: str = "tasks.train"  # module whose run() trains it (gradient models share one)
     gradient: bool = True  # False: a rule without gradients (contract.ModelModule)
-    prepare: Callable[[Dataset], Dataset] = unchanged  # the task's arrays shaped for the model
+    prepare: Callable[[Dataset, Any], Dataset] = unchanged  # (data, TrainOptions | None) -> data
     initial_weights: Callable[[Any, int], dict] = uniform  # (cfg, seed) -> canonical weights
     default_clip: float | None = None  # the model's own gradient clipping, unless --clip-norm
     flags: frozenset[str] = frozenset()  # the model flags of `rosetta train` it takes
@@ -96,7 +96,7 @@ def scratch_drawn(file: str) -> Callable[[Any, int], dict]:
     return initial_weights
 
 
-def flatten(data: Dataset) -> Dataset:
+def flatten(data: Dataset, opts: Any = None) -> Dataset:
     """Flat feature vectors: (B, C, H, W) -> (B, C*H*W); flat data unchanged."""
     if data.x_train.ndim <= 2:
         return data
@@ -104,11 +104,11 @@ def flatten(data: Dataset) -> Dataset:
     return replace(data, x_train=flat(data.x_train), x_test=flat(data.x_test))
 
 
-def padded_to(size: int) -> Callable[[Dataset], Dataset]:
+def padded_to(size: int) -> Callable[[Dataset, Any], Dataset]:
     """prepare for a model of square size x size images: a smaller image is zero-padded around
     (MNIST's 28x28 -> 32x32, as in the LeNet-5 paper); a larger one is refused by pad_to."""
 
-    def prepare(data: Dataset) -> Dataset:
+    def prepare(data: Dataset, opts: Any = None) -> Dataset:
         if data.x_train.shape[2:] == (size, size):
             return data
         pad = lambda a: pad_to(a, size)  # noqa: E731

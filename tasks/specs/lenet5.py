@@ -17,13 +17,26 @@ from tasks.specs.base import (
 def make_config(data, opts) -> LeNet5Config:
     """Channels and size from the (padded) images, classes from the labels, the rest from the options."""
     channels, size = data.x_train.shape[1:3]  # (B, C, H, W) after prepare, H = W
+    padding = {} if getattr(opts, "padding", None) is None else {"padding": tuple(opts.padding)}
     return LeNet5Config(
         in_channels=channels, image_size=size, n_classes=data.n_classes, activation=opts.activation, pooling=opts.pooling,
-        **regularisers(opts),
+        **padding, **regularisers(opts),
     )  # fmt: skip
 
 
+def prepare(data, opts=None):
+    """The paper's input: images smaller than 32x32 zero-padded around to 32x32 (MNIST 28x28 by 2),
+    unless the options pad the convolutions (--padding): then the images keep their own size, as
+    d2l's LeNet-5 takes 28x28 digits and pads conv1 by 2 instead."""
+    if getattr(opts, "padding", None) is not None:
+        return data
+    return padded_to(32)(data)
+
+
 # LeNet-5 at full size (the flatten permutation needs the real 16 x 5 x 5), small batches to stay fast.
+# The padded cases: d2l's LeNet-5 (28x28, conv1 padded by 2, sigmoid, average pooling; smooth, so
+# float32 too), and both convs padded on a small net (Keras's second ZeroPadding2D, scratch's crop of
+# conv2's input gradient), float64 only as ReLU and max pooling may flip in float32.
 # The regularised case runs batch norm in train mode and dropout with supplied masks (a new one each
 # step); its batch is 16 because batch statistics of 4 samples make SGD chaotic: scratch and torch
 # then part from 4e-14 after one step to 1e-5 after 20, while with 16 they stay within 4e-14.
@@ -41,6 +54,10 @@ CASES = (
         # LeNet-5 in float32
         images, batch=16, init=with_batch_norm, dtypes=("float64",),
     ),
+    Case("lenet5", "d2l-sigmoid-avg-28-pad2", LeNet5Config(image_size=28, padding=(2, 0), activation="sigmoid", pooling="avg"),
+         images, batch=4),
+    Case("lenet5", "relu-max-pad1-both", LeNet5Config(image_size=12, padding=(1, 1), channels=(3, 4), hidden=(10, 8), n_classes=5, activation="relu", pooling="max"),
+         images, batch=4, dtypes=("float64",)),
 )  # fmt: skip
 
 # LeNet-5 with batch norm after every conv and hidden dense layer, at reduced width (20x20 images,
@@ -68,15 +85,15 @@ SPECS = (
             "digits32": dict(epochs=15, lr=0.1, batch_size=32, activation="tanh", pooling="avg"),
             "mnist": dict(epochs=3, lr=0.05, batch_size=64, activation="tanh", pooling="avg"),
         },
-        summary="LeNet-5 (conv 6@5x5, pool, conv 16@5x5, pool, dense 120-84-10; tanh|relu, avg|max pooling)",
+        summary="LeNet-5 (conv 6@5x5, pool, conv 16@5x5, pool, dense 120-84-10; tanh|relu|sigmoid, avg|max pooling, conv padding)",
         config_type=LeNet5Config,
         make_config=make_config,
         inputs=pixels,
-        prepare=padded_to(
-            32
-        ),  # MNIST (B, 1, 28, 28) -> (B, 1, 32, 32), zero border as in the paper
+        prepare=prepare,  # MNIST (B, 1, 28, 28) -> (B, 1, 32, 32) as in the paper, or 28x28 with --padding
         initial_weights=scratch_drawn("lenet5"),
-        flags=GRADIENT_FLAGS | REGULARISER_FLAGS | {"--activation", "--pooling", "--replicas"},
+        flags=GRADIENT_FLAGS
+        | REGULARISER_FLAGS
+        | {"--activation", "--pooling", "--padding", "--replicas"},
         activations=LENET_ACTIVATIONS,
         cases=CASES,
         optimizer_cases=tuple(

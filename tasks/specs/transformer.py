@@ -53,6 +53,19 @@ CASES = (
         "right",
         dtypes=("float64",),
     ),
+    # final_norm against each placement's default: torch's default pre-LN encoder
+    # (nn.TransformerEncoder(norm=None)) without ln_f, smooth (GELU) so float32 too; post-LN with one
+    case(
+        "pre-gelu-no-final-norm",
+        TransformerConfig(**SIZES, norm="pre", final_norm=False, activation="gelu"),
+        "right",
+    ),
+    case(
+        "post-relu-final-norm",
+        TransformerConfig(**SIZES, norm="post", final_norm=True, activation="relu"),
+        "right",
+        dtypes=("float64",),
+    ),
 )
 
 DEFAULTS = {
@@ -71,10 +84,10 @@ SPECS = (
         defaults=DEFAULTS,
         summary="tiny Transformer encoder (sinusoidal positions, N blocks, pre-/post-LN, ReLU/GELU feed-forward)",
         config_type=TransformerConfig,
-        make_config=sized(TransformerConfig, DEFAULTS, activation=True),
+        make_config=sized(TransformerConfig, DEFAULTS, activation=True, final_norm=True),
         inputs=tokens,
         initial_weights=initial_weights,
-        flags=GRADIENT_FLAGS | {"--activation"},
+        flags=GRADIENT_FLAGS | {"--activation", "--final-norm"},
         activations=FF_ACTIVATIONS,
         attention_maps=True,
         shared_files=("attention",),  # its blocks' attention layer lives in attention.py
