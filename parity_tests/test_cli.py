@@ -105,6 +105,24 @@ def test_parity_json_records():
     assert worst64 <= 1e-10
 
 
+def test_train_regression_reports_mse_and_r2_not_accuracy():
+    """An identity head (the diabetes task): the table's quality columns are the test MSE and R²,
+    the baselines line names least squares; the JSON rows carry test_r2 and no accuracy."""
+    args = ("train", "mlp", "--task", "diabetes", "--framework", "scratch", "--epochs", "3")
+    table = rosetta(*args)
+    assert table.exit_code == 0, table.output[-2000:]
+    assert "test MSE" in table.stdout and "test R²" in table.stdout
+    assert "test accuracy" not in table.stdout and "least_squares_test_mse" in table.stdout
+    doc = json.loads(rosetta(*args, "--json").stdout)
+    (row,) = doc["results"]
+    assert doc["metric"] == "r2" and doc["config"]["head"] == "identity"
+    assert doc["config"]["activation"] == "identity" and doc["config"]["n_classes"] == 1
+    assert row["test_accuracy"] is None and 0 < row["test_r2"] < 1
+    assert row["test_r2"] == pytest.approx(
+        1 - row["test_loss"] / doc["baselines"]["mean_test_mse"], abs=0.02
+    )
+
+
 def test_train_on_mnist_idx_folder(tmp_path):
     """The real MNIST path end to end, on tiny IDX files written here."""
     from parity_tests.test_data import write_tiny_mnist

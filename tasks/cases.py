@@ -77,7 +77,11 @@ def check_remainder(case) -> None:
 
 # ----------------------------------------------------------------------------- inputs and starts
 def tabular(rng, cfg, n):
+    """(B, D) normal features and a class label each; a regression config (an identity head) gets
+    (B, K) normal float targets instead."""
     x = rng.normal(size=(n, cfg.in_features))
+    if getattr(cfg, "regression", False):
+        return x, rng.normal(size=(n, cfg.n_classes))  # (B, K), K = the config's targets
     y = rng.integers(0, cfg.n_classes, size=n)
     return x, y
 

@@ -150,7 +150,8 @@ def canonical_file(case: Case) -> Path:
 
 def inputs(case: Case, n: int, dtype: str) -> tuple[np.ndarray, np.ndarray]:
     x, y = case.make_inputs(np.random.default_rng(case.seed + 1), case.config, n)
-    return (x.astype(dtype) if x.dtype.kind == "f" else x), y  # token ids stay integers
+    cast = lambda a: a.astype(dtype) if a.dtype.kind == "f" else a  # token ids stay integers
+    return cast(x), cast(y)  # float targets (a regression's) in the run's dtype, as a user gives
 
 
 @functools.cache

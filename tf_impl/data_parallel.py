@@ -77,6 +77,8 @@ def synchronise_batch_norm(model: keras.Model) -> None:
 # ----------------------------------------------------------------------------- loss
 def per_example_loss(cfg, y, logits):
     """Each example's loss, (B,): Keras reduces it (sum / B / N under a strategy) itself."""
+    if getattr(cfg, "head", None) == "identity":  # a regression: (B, K) -> (B,), the mean over K
+        return keras.losses.mean_squared_error(tf.cast(y, logits.dtype), logits)
     y = tf.cast(y, "int64")  # the compiled loss hands labels over in the loss's float dtype
     if isinstance(cfg, LeNet5Config) or cfg.head == "softmax":
         return keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)

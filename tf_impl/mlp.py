@@ -15,8 +15,8 @@ from keras import ops
 from tasks import weights
 from tasks.configs import MLPConfig, OptimizerConfig
 from tasks.data import Dataset
-from tf_impl import compat, initializers, optim, training
-from tf_impl.regularize import canonical_variables, l2_regularizer, make_batch_norm
+from tf_impl import compat, initializers, optim, porting, training
+from tf_impl.regularize import l2_regularizer, make_batch_norm
 
 
 # ----------------------------------------------------------------------------- layers
@@ -120,27 +120,20 @@ def create_model(
 
 
 # ----------------------------------------------------------------------------- canonical weights
+def canonical_layers(model: MLP) -> dict:
+    """Each stock layer by canonical prefix, with its tf_impl/porting.py function (dense kernels
+    transposed; batch norm as is)."""
+    out = {f"{prefix}.": ("dense", layer, {}) for prefix, layer in model.layers_by_name().items()}
+    return out | {f"bn.{i}.": ("batch_norm", norm, {}) for i, norm in enumerate(model.bn)}
+
+
 def load_canonical(model: MLP, params: dict[str, np.ndarray]) -> None:
     weights.check(params, model.cfg.param_shapes(), model.head.kernel.dtype)
-    for prefix, layer in model.layers_by_name().items():
-        layer.kernel.assign(params[f"{prefix}.weight"].T)  # canonical (out, in) -> Keras (in, out)
-        if layer.bias is not None:
-            layer.bias.assign(params[f"{prefix}.bias"])
-    for i, norm in enumerate(model.bn):  # gamma, beta, moving mean and variance, no transform
-        for key, variable in canonical_variables(norm).items():
-            variable.assign(params[f"bn.{i}.{key}"])
+    porting.load_layers(canonical_layers(model), params)
 
 
 def export_canonical(model: MLP) -> dict[str, np.ndarray]:
-    out = {}
-    for prefix, layer in model.layers_by_name().items():
-        out[f"{prefix}.weight"] = np.array(layer.kernel.numpy().T)  # (in, out) -> (out, in)
-        if layer.bias is not None:
-            out[f"{prefix}.bias"] = np.array(layer.bias.numpy())
-    for i, norm in enumerate(model.bn):
-        for key, variable in canonical_variables(norm).items():
-            out[f"bn.{i}.{key}"] = np.array(variable.numpy())
-    return out
+    return porting.layers_to_canonical(canonical_layers(model))
 
 
 # ----------------------------------------------------------------------------- loss
@@ -163,8 +156,10 @@ def score(logits, y, head: str):
     """evaluate's second number: a classifier's accuracy, a regression's R² (keras.metrics.R2Score,
     averaged over the targets as scikit-learn's r2_score)."""
     if head == "identity":
-        r2 = keras.metrics.R2Score(dtype=logits.dtype)
-        r2.update_state(y, logits)
+        dtype = logits.dtype.name
+        with compat.floatx(dtype):  # R2Score builds its sums at the first update, in floatx
+            r2 = keras.metrics.R2Score(dtype=dtype)
+            r2.update_state(y, logits)
         return r2.result()
     return ops.mean(ops.cast(predict(logits, head) == y, "float64"))
 
@@ -172,23 +167,16 @@ def score(logits, y, head: str):
 def forward_backward(model: MLP, x, y) -> dict[str, np.ndarray]:
     """Outputs, loss and every gradient in the canonical layout (what the parity tests compare)."""
     x, y = tf.constant(x), tf.constant(y)
-    variables = {"input": x}
-    for prefix, layer in model.layers_by_name().items():
-        variables[f"{prefix}.weight"] = layer.kernel
-        if layer.bias is not None:
-            variables[f"{prefix}.bias"] = layer.bias
-    for i, norm in enumerate(model.bn):
-        variables[f"bn.{i}.weight"], variables[f"bn.{i}.bias"] = norm.gamma, norm.beta
+    layers = canonical_layers(model)
+    variables = {p: layer.trainable_variables for p, (_, layer, _) in layers.items()}
     with tf.GradientTape() as tape:
         tape.watch(x)
         logits = model(x, training=True)  # batch statistics and dropout, as in training
         loss = make_loss(model.cfg, model.dtype)(y, logits)
-    grads = tape.gradient(loss, variables)
-    # dense kernel gradients come out (in, out) like the kernel: transpose to canonical (out, in)
-    grads = {
-        f"grad.{k}": (g.numpy().T if k.endswith(".weight") else g.numpy()) for k, g in grads.items()
-    }
-    return {"output": logits.numpy(), "loss": loss.numpy(), **grads}
+    grads, dx = tape.gradient(loss, (variables, x))
+    # a gradient has its parameter's Keras layout: the same porting functions bring it to canonical
+    grads = {f"grad.{k}": g for k, g in porting.layers_to_canonical(layers, grads).items()}
+    return {"output": logits.numpy(), "loss": loss.numpy(), "grad.input": dx.numpy(), **grads}
 
 
 # ----------------------------------------------------------------------------- train step
