@@ -12,9 +12,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jax_impl import initializers, optim
+from jax_impl import initializers, optim, porting
 from jax_impl.regularize import (
-    canonical_variables,
     eval_view,
     l2_penalty,
     make_batch_norm,
@@ -118,35 +117,25 @@ def create_model(
 
 
 # ----------------------------------------------------------------------------- canonical weights
+def canonical_layers(model: MLP) -> dict:
+    """Each stock layer by canonical prefix, with its jax_impl/porting.py function (dense kernels
+    transposed; batch norm as is)."""
+    out = {f"{prefix}.": ("dense", layer, {}) for prefix, layer in model.layers_by_name().items()}
+    return out | {f"bn.{i}.": ("batch_norm", norm, {}) for i, norm in enumerate(model.bn)}
+
+
 def load_canonical(model: MLP, params: dict[str, np.ndarray]) -> None:
     weights.check(params, model.cfg.param_shapes(), model.head.kernel.dtype)
-    for prefix, layer in model.layers_by_name().items():
-        layer.kernel.set_value(
-            jnp.asarray(params[f"{prefix}.weight"].T)
-        )  # canonical (out, in) -> Flax (in, out)
-        if layer.bias is not None:
-            layer.bias.set_value(jnp.asarray(params[f"{prefix}.bias"]))
-    for i, norm in enumerate(model.bn):  # scale, bias, running mean and variance, no transform
-        for key, variable in canonical_variables(norm).items():
-            variable.set_value(jnp.asarray(params[f"bn.{i}.{key}"]))
+    porting.load_layers(canonical_layers(model), params)
+
+
+def to_canonical(model: MLP, grads: bool = False) -> dict[str, np.ndarray]:
+    """Flax -> canonical, for a model or (`grads=True`: no statistics) for gradients merged into one."""
+    return porting.layers_to_canonical(canonical_layers(model), grads=grads)
 
 
 def export_canonical(model: MLP) -> dict[str, np.ndarray]:
-    out = {}
-    for prefix, layer in model.layers_by_name().items():
-        out[f"{prefix}.weight"] = np.array(
-            layer.kernel.get_value()
-        ).T  # Flax (in, out) -> canonical (out, in)
-        if layer.bias is not None:
-            out[f"{prefix}.bias"] = np.array(layer.bias.get_value())
-    for i, norm in enumerate(model.bn):
-        out.update(
-            {
-                f"bn.{i}.{key}": np.array(variable.get_value())
-                for key, variable in canonical_variables(norm).items()
-            }
-        )
-    return out
+    return to_canonical(model)
 
 
 # ----------------------------------------------------------------------------- loss
@@ -197,10 +186,10 @@ def forward_backward(model: MLP, x, y) -> dict[str, np.ndarray]:
     (loss, logits), (grad_params, dx) = gradients(train_view(model), jnp.asarray(x), jnp.asarray(y))
     # the gradients have the model's own structure: merge them (with the non-parameter state, e.g.
     # batch statistics, which are not gradients and are dropped) into a model to reuse the exporter
-    grads = export_canonical(
-        nnx.merge(nnx.graphdef(model), grad_params, nnx.state(model, nnx.Not(nnx.Param)))
+    grads = to_canonical(
+        nnx.merge(nnx.graphdef(model), grad_params, nnx.state(model, nnx.Not(nnx.Param))),
+        grads=True,
     )
-    grads = {k: g for k, g in grads.items() if not k.endswith(("running_mean", "running_var"))}
     return {
         "output": np.asarray(logits),
         "loss": np.asarray(loss),
