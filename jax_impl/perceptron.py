@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jax_impl import porting
 from tasks import weights
 from tasks.configs import PerceptronConfig
 from tasks.data import Dataset, epoch_order
@@ -58,21 +59,18 @@ def create_model(cfg: PerceptronConfig, *, seed: int, dtype: str = "float64") ->
 
 
 # ----------------------------------------------------------------------------- canonical weights
+def canonical_layers(model: Perceptron) -> dict:
+    """The one stock layer by canonical prefix, with its jax_impl/porting.py function (kernel (in, 1) transposed)."""
+    return {"neuron.": ("dense", model.neuron, {})}
+
+
 def load_canonical(model: Perceptron, params: dict[str, np.ndarray]) -> None:
     weights.check(params, model.cfg.param_shapes(), model.neuron.kernel.dtype)
-    model.neuron.kernel.set_value(
-        jnp.asarray(params["neuron.weight"].T)
-    )  # canonical (1, in) -> Flax (in, 1)
-    model.neuron.bias.set_value(jnp.asarray(params["neuron.bias"]))
+    porting.load_layers(canonical_layers(model), params)
 
 
 def export_canonical(model: Perceptron) -> dict[str, np.ndarray]:
-    return {
-        "neuron.weight": np.array(
-            model.neuron.kernel.get_value()
-        ).T,  # Flax (in, 1) -> canonical (1, in)
-        "neuron.bias": np.array(model.neuron.bias.get_value()),
-    }
+    return porting.layers_to_canonical(canonical_layers(model))
 
 
 # ----------------------------------------------------------------------------- prediction

@@ -19,7 +19,7 @@ from keras import ops
 from tasks import weights
 from tasks.configs import OptimizerConfig, PerceptronConfig
 from tasks.data import Dataset
-from tf_impl import optim, training
+from tf_impl import optim, porting, training
 
 
 # ----------------------------------------------------------------------------- layers
@@ -70,19 +70,18 @@ def create_model(cfg: PerceptronConfig, *, seed: int, dtype: str = "float64") ->
 
 
 # ----------------------------------------------------------------------------- canonical weights
+def canonical_layers(model: Perceptron) -> dict:
+    """The one stock layer by canonical prefix, with its tf_impl/porting.py function (kernel (in, 1) transposed)."""
+    return {"neuron.": ("dense", model.neuron, {})}
+
+
 def load_canonical(model: Perceptron, params: dict[str, np.ndarray]) -> None:
     weights.check(params, model.cfg.param_shapes(), model.neuron.kernel.dtype)
-    model.neuron.kernel.assign(params["neuron.weight"].T)  # canonical (1, in) -> Keras (in, 1)
-    model.neuron.bias.assign(params["neuron.bias"])
+    porting.load_layers(canonical_layers(model), params)
 
 
 def export_canonical(model: Perceptron) -> dict[str, np.ndarray]:
-    return {
-        "neuron.weight": np.array(
-            model.neuron.kernel.numpy().T
-        ),  # Keras (in, 1) -> canonical (1, in)
-        "neuron.bias": np.array(model.neuron.bias.numpy()),
-    }
+    return porting.layers_to_canonical(canonical_layers(model))
 
 
 # ----------------------------------------------------------------------------- prediction

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tasks import weights
 from tasks.configs import PerceptronConfig
 from tasks.data import Dataset
+from torch_impl import porting
 from torch_impl.data import EpochSampler
 
 
@@ -57,16 +58,20 @@ def create_model(
 
 
 # ----------------------------------------------------------------------------- canonical weights
+def canonical_layers(model: Perceptron) -> dict:
+    """The one stock layer by canonical prefix, with its torch_impl/porting.py function (as is)."""
+    return {"neuron.": ("dense", model.neuron, {})}
+
+
 def load_canonical(model: Perceptron, params: dict[str, np.ndarray]) -> None:
-    """torch's state_dict names and shapes are the canonical ones: no transform."""
     weights.check(
         params, model.cfg.param_shapes(), model.neuron.weight.detach().cpu().numpy().dtype
     )
-    model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in params.items()})
+    porting.load_layers(canonical_layers(model), params)
 
 
 def export_canonical(model: Perceptron) -> dict[str, np.ndarray]:
-    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+    return porting.layers_to_canonical(canonical_layers(model))
 
 
 # ----------------------------------------------------------------------------- prediction
