@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tasks import weights
 from tasks.configs import LeNet5Config, OptimizerConfig
 from tasks.data import Dataset
-from torch_impl import compat, initializers, optim
+from torch_impl import compat, initializers, optim, porting
 from torch_impl.data import EpochSampler
 from torch_impl.regularize import l2_penalty, make_batch_norm
 
@@ -125,21 +125,29 @@ def create_model(
 
 
 # ----------------------------------------------------------------------------- canonical weights
+def canonical_layers(model: LeNet5) -> dict:
+    """Each stock layer by canonical prefix, with its torch_impl/porting.py function (torch's
+    nn.Conv2d, nn.Linear and nn.BatchNorm are the canonical layout, and nn.Flatten flattens
+    (C, H, W) like it: no transform)."""
+    out = {
+        "conv1.": ("conv2d", model.conv1, {}),
+        "conv2.": ("conv2d", model.conv2, {}),
+        "fc1.": ("dense", model.fc1, {}),
+        "fc2.": ("dense", model.fc2, {}),
+        "fc3.": ("dense", model.fc3, {}),
+    }
+    if model.cfg.batch_norm:
+        out.update({f"bn{i}.": ("batch_norm", getattr(model, f"bn{i}"), {}) for i in range(1, 5)})
+    return out
+
+
 def load_canonical(model: LeNet5, params: dict[str, np.ndarray]) -> None:
-    """torch's state_dict names and shapes are the canonical ones: no transform."""
     weights.check(params, model.cfg.param_shapes(), model.fc3.weight.detach().cpu().numpy().dtype)
-    state = {k: torch.from_numpy(np.array(v)) for k, v in params.items()}
-    # batch norm's step counter is torch's own bookkeeping, not a canonical tensor: keep the model's
-    state.update({k: v for k, v in model.state_dict().items() if k.endswith("num_batches_tracked")})
-    model.load_state_dict(state)
+    porting.load_layers(canonical_layers(model), params)
 
 
 def export_canonical(model: LeNet5) -> dict[str, np.ndarray]:
-    return {
-        k: v.detach().cpu().numpy().copy()
-        for k, v in model.state_dict().items()
-        if not k.endswith("num_batches_tracked")
-    }
+    return porting.layers_to_canonical(canonical_layers(model))
 
 
 # ----------------------------------------------------------------------------- loss
@@ -156,7 +164,8 @@ def forward_backward(model: LeNet5, x, y, *, device="cpu") -> dict[str, np.ndarr
     loss = loss_fn(logits, torch.as_tensor(y, device=device))
     loss.backward()
     numpy = lambda t: t.detach().cpu().numpy().copy()
-    grads = {f"grad.{k}": numpy(p.grad) for k, p in model.named_parameters()}
+    grads = porting.layers_to_canonical(canonical_layers(model), grads=True)
+    grads = {f"grad.{k}": g for k, g in grads.items()}
     return {"output": numpy(logits), "loss": numpy(loss), "grad.input": numpy(x.grad), **grads}
 
 

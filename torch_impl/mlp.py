@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tasks import weights
 from tasks.configs import MLPConfig, OptimizerConfig
 from tasks.data import Dataset
-from torch_impl import compat, initializers, optim
+from torch_impl import compat, initializers, optim, porting
 from torch_impl.data import EpochSampler
 from torch_impl.regularize import l2_penalty, make_batch_norm
 
@@ -103,21 +103,21 @@ def create_model(
 
 
 # ----------------------------------------------------------------------------- canonical weights
+def canonical_layers(model: MLP) -> dict:
+    """Each stock layer by canonical prefix, with its torch_impl/porting.py function (torch's
+    nn.Linear and nn.BatchNorm1d are the canonical layout: no transform)."""
+    out = {f"hidden.{i}.": ("dense", layer, {}) for i, layer in enumerate(model.hidden)}
+    out["head."] = ("dense", model.head, {})
+    return out | {f"bn.{i}.": ("batch_norm", norm, {}) for i, norm in enumerate(model.bn)}
+
+
 def load_canonical(model: MLP, params: dict[str, np.ndarray]) -> None:
-    """torch's state_dict names and shapes are the canonical ones: no transform."""
     weights.check(params, model.cfg.param_shapes(), model.head.weight.detach().cpu().numpy().dtype)
-    state = {k: torch.from_numpy(np.array(v)) for k, v in params.items()}
-    # batch norm's step counter is torch's own bookkeeping, not a canonical tensor: keep the model's
-    state.update({k: v for k, v in model.state_dict().items() if k.endswith("num_batches_tracked")})
-    model.load_state_dict(state)
+    porting.load_layers(canonical_layers(model), params)
 
 
 def export_canonical(model: MLP) -> dict[str, np.ndarray]:
-    return {
-        k: v.detach().cpu().numpy().copy()
-        for k, v in model.state_dict().items()
-        if not k.endswith("num_batches_tracked")
-    }
+    return porting.layers_to_canonical(canonical_layers(model))
 
 
 # ----------------------------------------------------------------------------- loss
@@ -160,7 +160,8 @@ def forward_backward(model: MLP, x, y, *, device="cpu") -> dict[str, np.ndarray]
     loss = loss_fn(logits, torch.as_tensor(y, device=device), model.cfg.head)
     loss.backward()
     numpy = lambda t: t.detach().cpu().numpy().copy()
-    grads = {f"grad.{k}": numpy(p.grad) for k, p in model.named_parameters()}
+    grads = porting.layers_to_canonical(canonical_layers(model), grads=True)
+    grads = {f"grad.{k}": g for k, g in grads.items()}
     return {"output": numpy(logits), "loss": numpy(loss), "grad.input": numpy(x.grad), **grads}
 
 
