@@ -191,3 +191,110 @@ def test_a_new_spec_is_all_the_hub_needs(monkeypatch):
         records and {r["case"] for r in records} == {"tiny"} and all(r["passed"] for r in records)
     )
     assert contract.protocol_for("toy") is contract.GradientModelModule
+
+
+# ----------------------------------------------------------------------------- porting rules
+PORTED = ("torch_impl", "tf_impl", "jax_impl")
+SECTION = "# " + "-" * 77 + " canonical weights"
+LAYOUT_CALLS = {  # what a layout rule is made of: each belongs in porting.py, not in a model file
+    "transpose", "permute", "reshape", "view", "swapaxes", "moveaxis", "swapdims",
+    "concatenate", "stack", "chunk", "split", "flip", "slice",
+}  # fmt: skip
+
+
+def layout_operations(source: str, first: int = 1, last: int | None = None) -> list[str]:
+    """Layout operations inside the functions defined on lines first..last of `source`, and inside
+    `forward_backward` (where the gradients are converted): `.T`, a call of LAYOUT_CALLS (`x.T`,
+    `w.transpose(3, 2, 0, 1)`, `np.concatenate`, `slice(E, 2 * E)`, ...), and a subscript that
+    slices (`bias_hh[2 * H :]`, `w[k * H : (k + 1) * H]`). Each as "line: code"."""
+    found = []
+    for fn in ast.walk(ast.parse(source)):
+        if not isinstance(fn, ast.FunctionDef):
+            continue
+        inside = first <= fn.lineno and (last is None or fn.lineno <= last)
+        if not inside and fn.name != "forward_backward":
+            continue
+        for node in ast.walk(fn):
+            called = node.func if isinstance(node, ast.Call) else None
+            name = getattr(called, "attr", getattr(called, "id", None))
+            if (
+                (isinstance(node, ast.Attribute) and node.attr in ("T", "mT"))
+                or name in LAYOUT_CALLS
+                or (isinstance(node, ast.Subscript) and any(
+                    isinstance(s, ast.Slice) for s in ast.walk(node.slice)
+                ))
+            ):  # fmt: skip
+                found.append(f"{node.lineno}: {ast.get_source_segment(source, node)}")
+    return found
+
+
+def canonical_section(source: str) -> tuple[int, int]:
+    """Lines of the "canonical weights" section: its header to the next section header."""
+    lines = source.splitlines()
+    start = next(i for i, line in enumerate(lines, 1) if line == SECTION)
+    end = next(
+        (i for i, line in enumerate(lines, 1) if i > start and line.startswith("# " + "-" * 20)),
+        len(lines),
+    )
+    return start, end
+
+
+def model_files():
+    """Every framework model file that writes canonical weights (transformer.py reuses attention.py's
+    and writes none: it must not define them either)."""
+    files = sorted({(fw, MODELS[m].file) for fw in PORTED for m in MODELS})
+    return [pytest.param(fw, name, id=f"{fw}/{name}") for fw, name in files]
+
+
+@pytest.mark.parametrize("framework, name", model_files())
+def test_each_layout_rule_is_written_once_in_porting(framework, name):
+    """issue 14: every model's load_canonical/export_canonical (and forward_backward's gradients) is
+    built from its framework's porting.py, so each layout rule is written once, there.
+
+    Precisely: in the model file's "canonical weights" section and in forward_backward, no function
+    transposes, reshapes, permutes, concatenates, stacks, splits or slices anything (the operations
+    every layout rule is made of: kernel `.T`, conv `transpose(2, 3, 1, 0)`, fc1's
+    `reshape(-1, 16, 5, 5)`, the GRU gate-block swap, torch's in_proj and bias_hh row slices,
+    LSTMCell's per-gate blocks); load_canonical calls porting.load_layers and the section calls
+    porting.layers_to_canonical. A file with no section must not define load_canonical."""
+    source = (ROOT / framework / f"{name}.py").read_text()
+    if SECTION not in source:
+        defined = {n.name for n in ast.walk(ast.parse(source)) if isinstance(n, ast.FunctionDef)}
+        assert not defined & {"load_canonical", "export_canonical"}, f"{name}: no section"
+        assert "load_canonical" in source  # imported from the file that writes them
+        return
+    start, end = canonical_section(source)
+    assert layout_operations(source, start, end) == []
+    section = "\n".join(source.splitlines()[start - 1 : end])
+    assert "porting.load_layers(" in section and "porting.layers_to_canonical(" in section
+
+
+def test_the_layout_check_can_fail():
+    """The converters the model files had before the porting API are each reported."""
+    before = """
+def load_canonical(model, params):
+    layer.kernel.assign(params["w"].T)
+    variable.assign(value.reshape(-1, c, s, s).transpose(2, 3, 1, 0).reshape(c * s * s, -1))
+    bias_hh[2 * hidden :] = t("b_hn")
+    out[name] = (p, slice(i * E, (i + 1) * E))
+    out["W_xh"] = np.concatenate([get(cell.ii.kernel) for i in gates])
+    return w.reshape(3, hidden, *w.shape[1:])[GRU_ORDER].reshape(w.shape)
+
+def unrelated():
+    return x.T
+
+def forward_backward(model, x, y):
+    grads = {k: g.numpy().T for k, g in grads.items()}
+"""
+    found = layout_operations(before, 2, 9)
+    for code in (
+        'params["w"].T',
+        "value.reshape(-1, c, s, s)",
+        "bias_hh[2 * hidden :]",
+        "slice(i * E, (i + 1) * E)",
+        "np.concatenate(",
+        "w.reshape(3, hidden, *w.shape[1:])",
+        "g.numpy().T",
+    ):
+        assert any(code in f for f in found), code
+    assert not any("x.T" in f for f in found)  # outside the section and forward_backward
