@@ -276,7 +276,8 @@ def mha_to_canonical(native, prefix: str = "", *, num_heads: int | None = None) 
     {"kernel" (E, NH, HS), "bias" (NH, HS)}, "out": {"kernel" (NH, HS, E), "bias" (E,)}} ->
     {q,k,v}.weight = kernel.reshape(E, E).T, .bias = bias.reshape(E); o.weight =
     out.kernel.reshape(E, E).T, o.bias as is (head n, dim h is canonical row n*HS + h). Call the
-    layer with sow_weights=True in float64: its fused path's softmax is float32."""
+    layer with sow_weights=True in float64: its fused path's softmax is float32. Cross-attention
+    (in_kv_features = kdim = vdim): key/value kernels (kdim, NH, HS) give (E, kdim), same rule."""
     n = pure(native)
     out = {}
     for c, f in MHA:
@@ -291,7 +292,8 @@ def mha_to_canonical(native, prefix: str = "", *, num_heads: int | None = None) 
 
 def mha_from_canonical(canonical: Mapping, prefix: str = "", *, num_heads: int) -> Native:
     """{q,k,v,o}.{weight (E, E), bias (E,)} -> nnx.MultiHeadAttention's dict: kernel =
-    W.T.reshape(E, NH, HS), bias = b.reshape(NH, HS); out.kernel = W_o.T.reshape(NH, HS, E)."""
+    W.T.reshape(E, NH, HS), bias = b.reshape(NH, HS); out.kernel = W_o.T.reshape(NH, HS, E).
+    W_k, W_v (E, kdim) give (kdim, NH, HS): the stock layer holds only kdim = vdim."""
     out = {}
     for c, f in MHA:
         w, b = _take(canonical, prefix, [f"{c}.weight", f"{c}.bias"])

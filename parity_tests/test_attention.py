@@ -18,7 +18,7 @@ from parity_tests.conftest import (
 )
 from scratch.attention import positional_encoding
 from tasks import parity, train, weights
-from tasks.configs import AttentionConfig
+from tasks.configs import AttentionConfig, attention_shapes
 from tasks.registry import FRAMEWORKS, load_impl
 
 OTHERS = FRAMEWORKS[1:]
@@ -391,6 +391,212 @@ def test_attention_map_writes_a_png_and_rejects_bad_values(tmp_path):
             ["attention-map", "--framework", "scratch", "--epochs", "0", "--out", str(out), *bad],
         )
         assert result.exit_code == 2, (bad, result.output)
+
+
+# ----------------------------------------------------------------------------- cross-attention
+# Layer level only: the suite's attention model is self-attention over one token sequence (the
+# reverse task has no second input), so kdim/vdim live on the layers, not in AttentionConfig.
+CROSS_E, CROSS_NH, CROSS_B, CROSS_T, CROSS_S = 8, 2, 2, 3, 5
+CROSS_DIMS = [(6, 10), (6, 6)]  # kdim != vdim (torch, Keras, hand-written), kdim = vdim (Flax too)
+
+
+def cross_inputs(kdim: int, vdim: int, dtype=np.float64):
+    """Query (B, T, E), key (B, S, kdim), value (B, S, vdim), a key-padding mask on S as the
+    canonical (B, 1, T, S), and the probe whose dot product with the output is the loss."""
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(CROSS_B, CROSS_T, CROSS_E)).astype(dtype)
+    key = rng.normal(size=(CROSS_B, CROSS_S, kdim)).astype(dtype)
+    value = rng.normal(size=(CROSS_B, CROSS_S, vdim)).astype(dtype)
+    lengths = np.array([CROSS_S, 3])  # sequence 1's last two keys are padding
+    valid = np.arange(CROSS_S)[None, :] < lengths[:, None]  # (B, S)
+    allowed = np.broadcast_to(valid[:, None, None, :], (CROSS_B, 1, CROSS_T, CROSS_S))
+    probe = rng.normal(size=(CROSS_B, CROSS_T, CROSS_E)).astype(dtype)
+    return x, key, value, allowed, probe
+
+
+def cross_params(kdim: int, vdim: int, dtype="float64") -> dict[str, np.ndarray]:
+    shapes = attention_shapes("attn", CROSS_E, kdim, vdim)
+    return {k: v.astype(dtype) for k, v in weights.init_uniform(shapes, 3).items()}
+
+
+def scratch_cross(kdim: int, vdim: int) -> dict[str, np.ndarray]:
+    """The reference: scratch's layer, its hand-written backward of sum(output * probe)."""
+    from scratch.attention import MultiHeadAttention
+
+    layer = MultiHeadAttention(
+        CROSS_E, CROSS_NH, kdim=kdim, vdim=vdim, rng=np.random.default_rng(0)
+    )
+    for name, dense in layer.layers().items():
+        for p in dense.params:
+            dense.params[p] = cross_params(kdim, vdim)[f"attn.{name}.{p}"].copy()
+    x, key, value, allowed, probe = cross_inputs(kdim, vdim)
+    out, w = layer.forward(x, allowed, key, value)
+    dx, dkey, dvalue = layer.backward(probe)
+    grads = {
+        f"grad.attn.{name}.{p}": g for name, d in layer.layers().items() for p, g in d.grads.items()
+    }
+    return {
+        "output": out,
+        "weights": w,
+        "grad.x": dx,
+        "grad.key": dkey,
+        "grad.value": dvalue,
+    } | grads
+
+
+def torch_cross(kdim, vdim, stock, dtype):
+    import torch
+
+    from torch_impl import attention, porting
+
+    cls = attention.StockMultiHeadAttention if stock else attention.MultiHeadAttention
+    layer = cls(CROSS_E, CROSS_NH, kdim=kdim, vdim=vdim, dtype=getattr(torch, dtype))
+    if stock:
+        layers = {"attn.": ("mha", layer.mha, {"num_heads": CROSS_NH})}
+    else:
+        layers = {f"attn.{p}.": ("dense", getattr(layer, p), {}) for p in "qkvo"}
+    porting.load_layers(layers, cross_params(kdim, vdim, dtype))
+    x, key, value, allowed, probe = cross_inputs(kdim, vdim, dtype)
+    x, key, value = (torch.from_numpy(a).requires_grad_() for a in (x, key, value))
+    out, w = layer(x, torch.from_numpy(np.ascontiguousarray(allowed)), key, value)
+    (out * torch.from_numpy(probe)).sum().backward()
+    grads = porting.layers_to_canonical(layers, grads=True)
+    n = lambda t: t.detach().numpy()
+    return {"output": n(out), "weights": n(w), "grad.x": n(x.grad), "grad.key": n(key.grad)} | {
+        "grad.value": n(value.grad),
+        **{f"grad.{k}": g for k, g in grads.items()},
+    }
+
+
+def keras_cross(kdim, vdim, stock, dtype):
+    import keras
+    import tensorflow as tf
+
+    from tf_impl import attention, porting
+
+    cls = attention.StockMultiHeadAttention if stock else attention.MultiHeadAttention
+    seed = keras.random.SeedGenerator(0)
+    layer = cls(CROSS_E, CROSS_NH, kdim=kdim, vdim=vdim, seed=seed, dtype=dtype, name="attn")
+    if stock:
+        layers = {"attn.": ("mha", layer.mha, {"num_heads": CROSS_NH})}
+    else:
+        layers = {f"attn.{p}.": ("dense", getattr(layer, p), {}) for p in "qkvo"}
+    porting.load_layers(layers, cross_params(kdim, vdim, dtype))
+    x, key, value, allowed, probe = cross_inputs(kdim, vdim, dtype)
+    x, key, value = (tf.constant(a) for a in (x, key, value))
+    variables = {prefix: lay.trainable_variables for prefix, (_, lay, _) in layers.items()}
+    with tf.GradientTape() as tape:
+        tape.watch([x, key, value])
+        out, w = layer(x, tf.constant(allowed), key, value)
+        loss = tf.reduce_sum(out * probe)
+    g, gx = tape.gradient(loss, (variables, [x, key, value]))
+    grads = porting.layers_to_canonical(layers, g)
+    n = np.asarray
+    return {"output": n(out), "weights": n(w), "grad.x": n(gx[0]), "grad.key": n(gx[1])} | {
+        "grad.value": n(gx[2]),
+        **{f"grad.{k}": v for k, v in grads.items()},
+    }
+
+
+def flax_cross(kdim, vdim, stock, dtype):
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from jax_impl import attention, porting
+
+    cls = attention.StockMultiHeadAttention if stock else attention.MultiHeadAttention
+    layer = cls(
+        CROSS_E, CROSS_NH, kdim=kdim, vdim=vdim, rngs=nnx.Rngs(0), dtype=getattr(jnp, dtype)
+    )
+
+    def layers_of(m):
+        if stock:
+            return {"attn.": ("mha", m.mha, {"num_heads": CROSS_NH})}
+        return {f"attn.{p}.": ("dense", getattr(m, p), {}) for p in "qkvo"}
+
+    porting.load_layers(layers_of(layer), cross_params(kdim, vdim, dtype))
+    x, key, value, allowed, probe = cross_inputs(kdim, vdim, dtype)
+    graphdef, params, rest = nnx.split(layer, nnx.Param, ...)
+
+    def loss(params, x, key, value):
+        out, w = nnx.merge(graphdef, params, rest)(x, jnp.asarray(allowed), key, value)
+        return (out * probe).sum(), (out, w)
+
+    grad_of = jax.grad(loss, argnums=(0, 1, 2, 3), has_aux=True)
+    (g, gx, gkey, gvalue), (out, w) = grad_of(params, *map(jnp.asarray, (x, key, value)))
+    grads = porting.layers_to_canonical(layers_of(nnx.merge(graphdef, g, rest)), grads=True)
+    n = np.asarray
+    return {"output": n(out), "weights": n(w), "grad.x": n(gx), "grad.key": n(gkey)} | {
+        "grad.value": n(gvalue),
+        **{f"grad.{k}": v for k, v in grads.items()},
+    }
+
+
+CROSS = {"torch_impl": torch_cross, "tf_impl": keras_cross, "jax_impl": flax_cross}
+
+
+def test_scratch_cross_attention_backward():
+    """Scratch's hand-written cross-attention backward (kdim != vdim, padding on S) against central
+    differences: the query, key and value inputs and every parameter."""
+    from scratch.attention import MultiHeadAttention
+
+    x, key, value, allowed, probe = cross_inputs(6, 10)
+    layer = MultiHeadAttention(CROSS_E, CROSS_NH, kdim=6, vdim=10, rng=np.random.default_rng(2))
+    f = lambda: (layer.forward(x, allowed, key, value)[0] * probe).sum()
+    f()
+    analytic = layer.backward(probe)
+    for name, grad, tensor in zip(("x", "key", "value"), analytic, (x, key, value)):
+        assert grad.shape == tensor.shape
+        parity.assert_close(grad, numeric_grad(f, tensor), 1e-8, f"cross-attention d{name}")
+    scale = np.abs(layer.k.grads["weight"]).max()  # grad b_k is 0 up to rounding (softmax shift)
+    for proj, dense in layer.layers().items():
+        for p, value_ in dense.params.items():
+            numeric = numeric_grad(f, value_)
+            s = scale if (proj, p) == ("k", "bias") else None
+            parity.assert_close(dense.grads[p], numeric, 1e-8, f"cross {proj}.{p}", s)
+    with pytest.raises(ValueError, match="both key and value"):
+        layer.forward(x, allowed, key)
+
+
+@pytest.mark.parametrize(
+    "framework, dtype, stock, kdim, vdim",
+    [
+        (fw, dtype, stock, kdim, vdim)
+        for fw in OTHERS
+        for dtype in ("float64", "float32")
+        for stock in (False, True)
+        for kdim, vdim in CROSS_DIMS
+        # nnx.MultiHeadAttention has one in_kv_features: test_flax_stock_needs_kdim_eq_vdim
+        if not (fw == "jax_impl" and stock and kdim != vdim)
+    ],
+)
+def test_cross_attention_layer_matches_scratch(framework, dtype, stock, kdim, vdim):
+    """Query (B, T, E), key (B, S, kdim), value (B, S, vdim), a padding mask on S: the layer's output,
+    weights and the gradients of sum(output * probe) w.r.t. the three inputs and every canonical
+    parameter, against scratch's hand-written backward. float64 <= 1e-10; float32 <= 1e-5 of each
+    tensor's largest entry (rounding, ~1e-7, cannot reach it). grad b_k is 0 up to rounding (a
+    per-query shift of the scores): measured against grad W_v's size."""
+    expected = scratch_cross(kdim, vdim)
+    actual = CROSS[framework](kdim, vdim, stock, dtype)
+    assert actual.keys() == expected.keys()
+    tol = 1e-10 if dtype == "float64" else 1e-5
+    for tensor, reference in expected.items():
+        assert actual[tensor].shape == reference.shape, tensor
+        assert actual[tensor].dtype == np.dtype(dtype), tensor
+        scale = np.abs(expected["grad.attn.v.weight"]).max() if tensor.endswith("k.bias") else None
+        parity.assert_close(actual[tensor], reference, tol, f"{framework} {tensor}", scale)
+
+
+def test_flax_stock_needs_kdim_eq_vdim():
+    """nnx.MultiHeadAttention builds its key and value projections on one in_kv_features, so the
+    stock Flax wrapper refuses kdim != vdim rather than run something else."""
+    from flax import nnx
+
+    from jax_impl.attention import StockMultiHeadAttention
+
+    with pytest.raises(ValueError, match="kdim == vdim"):
+        StockMultiHeadAttention(CROSS_E, CROSS_NH, kdim=6, vdim=10, rngs=nnx.Rngs(0), dtype=None)
 
 
 # ----------------------------------------------------------------------------- training

@@ -32,6 +32,8 @@ from torch_impl import porting as torch_porting  # isort: skip
 TOL = 1e-12
 B, T, D, H = 2, 5, 3, 4  # batch, time, input features, hidden units
 E, NH = 8, 2  # attention width and heads (HS = 4: Keras's float32 query scale 1/2 is exact)
+S, KV = 6, 5  # cross-attention: memory length and width (kdim = vdim = KV != E, as Flax allows)
+KD, VD = 5, 3  # kdim != vdim (torch and Keras only: nnx.MultiHeadAttention has one in_kv_features)
 FLAT = (3, 2, 2)  # (C, H, W) of the map a flatten-dense reads
 CONV_IN, CONV_OUT, K, SIDE = 2, 3, 3, 6
 V = 7  # vocabulary
@@ -49,6 +51,7 @@ LAYERS = (
     "lstm_optimized",
     "gru",
     "mha",
+    "mha_kv",
 )
 PORTING = {"torch": torch_porting, "keras": keras_porting, "flax": flax_porting}
 FUNCTION = {  # test layer -> porting function stem and layout keywords (the same in all three)
@@ -63,6 +66,8 @@ FUNCTION = {  # test layer -> porting function stem and layout keywords (the sam
     "lstm_optimized": ("lstm", {}),
     "gru": ("gru", {}),
     "mha": ("mha", {"num_heads": NH}),
+    "mha_kv": ("mha", {"num_heads": NH}),
+    "mha_kdim_vdim": ("mha", {"num_heads": NH}),
 }
 
 
@@ -80,6 +85,11 @@ def make_input(layer: str, rng: np.random.Generator) -> np.ndarray:
         return rng.normal(size=(B, 4))
     if layer == "mha":
         return rng.normal(size=(B, T, E))
+    if layer == "mha_kv":  # cross-attention: (query, key, value), key = value = the memory
+        memory = rng.normal(size=(B, S, KV))
+        return rng.normal(size=(B, T, E)), memory, memory
+    if layer == "mha_kdim_vdim":
+        return rng.normal(size=(B, T, E)), rng.normal(size=(B, S, KD)), rng.normal(size=(B, S, VD))
     return rng.normal(size=(B, T, D))
 
 
@@ -115,6 +125,10 @@ def torch_layer(layer: str) -> torch.nn.Module:
         "lstm_optimized": lambda: nn.LSTM(D, H, batch_first=True, dtype=d),
         "gru": lambda: nn.GRU(D, H, batch_first=True, dtype=d),
         "mha": lambda: nn.MultiheadAttention(E, NH, batch_first=True, dtype=d),
+        "mha_kv": lambda: nn.MultiheadAttention(E, NH, kdim=KV, vdim=KV, batch_first=True, dtype=d),
+        "mha_kdim_vdim": lambda: nn.MultiheadAttention(
+            E, NH, kdim=KD, vdim=VD, batch_first=True, dtype=d
+        ),
     }[layer]()
 
 
@@ -134,10 +148,12 @@ def torch_load(module: torch.nn.Module, layer: str, native: dict) -> None:
 
 def torch_forward(module: torch.nn.Module, layer: str, x: np.ndarray) -> np.ndarray:
     with torch.no_grad():
+        if layer.startswith("mha"):
+            q, k, v = map(torch.from_numpy, x if isinstance(x, tuple) else (x, x, x))
+            out, _ = module(q, k, v, need_weights=True)  # need_weights: not the fused fast path
+            return out.numpy()
         t = torch.from_numpy(x)
-        if layer == "mha":
-            out, _ = module(t, t, t, need_weights=True)  # need_weights: not the fused fast path
-        elif layer in ("simple_rnn", "lstm", "lstm_optimized", "gru"):
+        if layer in ("simple_rnn", "lstm", "lstm_optimized", "gru"):
             out, _ = module(t)  # (B, T, H), the hidden state at every step
         else:
             out = module(t)
@@ -159,6 +175,9 @@ def keras_layer(layer: str):
         "lstm_optimized": lambda: L.LSTM(H, return_sequences=True, dtype=F64),
         "gru": lambda: L.GRU(H, return_sequences=True, dtype=F64),
         "mha": lambda: L.MultiHeadAttention(NH, E // NH, dtype=F64),
+        # the key/value kernels take kdim, vdim from the first call's key and value
+        "mha_kv": lambda: L.MultiHeadAttention(NH, E // NH, dtype=F64),
+        "mha_kdim_vdim": lambda: L.MultiHeadAttention(NH, E // NH, dtype=F64),
     }[layer]()
     keras_forward(made, layer, make_input(layer, np.random.default_rng(0)))  # build the weights
     return made
@@ -179,6 +198,9 @@ def keras_forward(module, layer: str, x: np.ndarray) -> np.ndarray:
         x = x.transpose(0, 2, 3, 1)  # (B, C, H, W) -> (B, H, W, C)
     if layer == "mha":
         out = module(x, x)  # query, value (key defaults to value)
+    elif layer.startswith("mha"):
+        q, k, v = x
+        out = module(q, v, key=k)  # query, value, key
     elif layer == "batch_norm":
         out = module(x, training=False)  # inference: the moving statistics
     else:
@@ -189,15 +211,24 @@ def keras_forward(module, layer: str, x: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- Flax NNX
 class FlaxMHA(nnx.Module):
-    def __init__(self, rngs):
+    def __init__(self, rngs, in_kv_features=None):
         self.mha = nnx.MultiHeadAttention(
-            NH, E, E, E, decode=False, dtype=jnp.float64, param_dtype=jnp.float64, rngs=rngs
+            NH,
+            E,
+            E,
+            E,
+            in_kv_features=in_kv_features,  # one width for key and value (None: E)
+            decode=False,
+            dtype=jnp.float64,
+            param_dtype=jnp.float64,
+            rngs=rngs,
         )
 
     def __call__(self, x):
+        q, k, v = x if isinstance(x, tuple) else (x, x, x)
         # sow_weights=True: Flax's own softmax in float64 (the fused path's is float32)
         out, _ = nnx.capture(self.mha, nnx.Intermediate)(
-            x, x, x, deterministic=True, sow_weights=True
+            q, k, v, deterministic=True, sow_weights=True
         )
         return out
 
@@ -225,13 +256,14 @@ def flax_layer(layer: str):
         "embedding": lambda: nnx.Embed(V, 4, **kw),
         "layer_norm": lambda: nnx.LayerNorm(4, epsilon=1e-5, use_fast_variance=False, **kw),
         "mha": lambda: FlaxMHA(r),
+        "mha_kv": lambda: FlaxMHA(r, in_kv_features=KV),
     }[layer]()
 
 
 def flax_target(module, layer: str):
     if isinstance(module, nnx.RNN):
         return module.cell
-    return module.mha if layer == "mha" else module
+    return module.mha if layer.startswith("mha") else module
 
 
 def flax_native(module, layer: str) -> dict:
@@ -243,6 +275,8 @@ def flax_load(module, layer: str, native: dict) -> None:
 
 
 def flax_forward(module, layer: str, x: np.ndarray) -> np.ndarray:
+    if isinstance(x, tuple):
+        return np.asarray(module(tuple(map(jnp.asarray, x))))
     x = jnp.asarray(x)
     if layer == "conv2d":
         return np.asarray(module(x.transpose(0, 2, 3, 1))).transpose(0, 3, 1, 2)
@@ -327,6 +361,46 @@ def test_native_canonical_native_is_exact(layer, fw):
     assert sorted(back) == sorted(canonical)
     for k in canonical:
         np.testing.assert_array_equal(back[k], canonical[k], err_msg=k)
+
+
+@pytest.mark.parametrize("src,dst", [("torch", "keras"), ("keras", "torch")], ids=lambda p: p)
+def test_mha_with_kdim_ne_vdim_ported(src, dst):
+    """Cross-attention with kdim != vdim != E (random non-zero biases): torch's nn.MultiheadAttention
+    then has no in_proj_weight but q/k/v_proj_weight (the canonical W_q (E, E), W_k (E, kdim),
+    W_v (E, vdim) as they are; in_proj_bias stays packed), Keras's key/value kernels are
+    (kdim, NH, HS), (vdim, NH, HS). A -> canonical -> B, B's own forward on the same query, key and
+    value as A's, <= 1e-12. Flax cannot hold it (one in_kv_features for key and value)."""
+    layer = "mha_kdim_vdim"
+    a, native = stock_with_random_weights(src, layer, seed=9)
+    x = make_input(layer, np.random.default_rng(2))
+    expected = HARNESS[src][3](a, layer, x)
+    canonical, ported = port(src, dst, layer, native)
+    shapes = {k.removeprefix("blocks.0.x."): v.shape for k, v in canonical.items()}
+    assert shapes["k.weight"] == (E, KD) and shapes["v.weight"] == (E, VD), shapes
+    assert all(np.abs(canonical[f"blocks.0.x.{n}.bias"]).max() > 0.1 for n in "qkvo")
+    b = HARNESS[dst][0](layer)
+    HARNESS[dst][2](b, layer, ported)
+    err = float(np.max(np.abs(HARNESS[dst][3](b, layer, x) - expected)))
+    assert err <= TOL, f"{layer} {src}->{dst}: {err:.3g}"
+
+
+def test_torch_mha_kdim_layout_round_trip():
+    """torch's separate-projection layout: no in_proj_weight when kdim or vdim != E, and
+    canonical -> native -> canonical is bit-exact in torch and Keras; kdim = vdim = E gives the
+    packed in_proj_weight (3E, E) again."""
+    module = torch_layer("mha_kdim_vdim")
+    native = {k: np.asarray(v) for k, v in module.state_dict().items()}
+    assert "in_proj_weight" not in native
+    assert native["k_proj_weight"].shape == (E, KD) and native["v_proj_weight"].shape == (E, VD)
+    canonical = torch_porting.mha_to_canonical(native, "a.")
+    assert sorted(torch_porting.mha_from_canonical(canonical, "a.")) == sorted(native)
+    for p in (torch_porting, keras_porting):
+        back = p.mha_to_canonical(p.mha_from_canonical(canonical, "a.", num_heads=NH), "a.")
+        for k in canonical:
+            np.testing.assert_array_equal(back[k], canonical[k], err_msg=k)
+    square = {k: np.asarray(v) for k, v in torch_layer("mha").state_dict().items()}
+    packed = torch_porting.mha_from_canonical(torch_porting.mha_to_canonical(square))
+    assert packed["in_proj_weight"].shape == (3 * E, E) and "k_proj_weight" not in packed
 
 
 def test_keras_gru_recurrent_bias_row_folds_into_b_h():

@@ -65,13 +65,26 @@ class ScaledDotProductAttention:
 
 
 class MultiHeadAttention:
-    """Self-attention with NH heads: project to Q, K, V, attend per head, concatenate, project out."""
+    """Attention with NH heads: project to Q, K, V, attend per head, concatenate, project out.
 
-    def __init__(self, d_model: int, n_heads: int, *, rng: np.random.Generator, dtype=np.float64):
+    Self-attention: forward(x, allowed). Cross-attention: forward(x, allowed, key, value), the key
+    (B, S, kdim) and value (B, S, vdim) inputs with their own widths (W_k (E, kdim), W_v (E, vdim);
+    default kdim = vdim = E) and `allowed` (B, 1, T, S); backward then returns (dx, dkey, dvalue).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        *,
+        kdim: int | None = None,
+        vdim: int | None = None,
+        rng: np.random.Generator,
+        dtype=np.float64,
+    ):
         self.n_heads = n_heads
-        self.q, self.k, self.v, self.o = (
-            Dense(d_model, d_model, rng=rng, dtype=dtype) for _ in "qkvo"
-        )
+        widths = (d_model, kdim or d_model, vdim or d_model, d_model)  # in_features of q, k, v, o
+        self.q, self.k, self.v, self.o = (Dense(w, d_model, rng=rng, dtype=dtype) for w in widths)
         self.attention = ScaledDotProductAttention()
 
     def split(self, x):
@@ -83,19 +96,23 @@ class MultiHeadAttention:
         B, NH, T, HS = x.shape
         return x.transpose(0, 2, 1, 3).reshape(B, T, NH * HS)  # (B, NH, T, HS) -> (B, T, E)
 
-    def forward(self, x, allowed):
-        q, k, v = (self.split(proj.forward(x)) for proj in (self.q, self.k, self.v))
-        out, w = self.attention.forward(q, k, v, allowed)
+    def forward(self, x, allowed, key=None, value=None):
+        if (key is None) != (value is None):
+            raise ValueError("cross-attention takes both key and value (the same array if need be)")
+        self.cross = key is not None
+        key, value = (x, x) if key is None else (key, value)  # (B, S, kdim), (B, S, vdim)
+        q = self.split(self.q.forward(x))  # (B, T, E) -> (B, NH, T, HS)
+        k, v = self.split(self.k.forward(key)), self.split(self.v.forward(value))  # (B, NH, S, HS)
+        out, w = self.attention.forward(q, k, v, allowed)  # w (B, NH, T, S)
         return self.o.forward(self.merge(out)), w
 
     def backward(self, dy):
         dq, dk, dv = self.attention.backward(self.split(self.o.backward(dy)))
-        # x fed all three projections, so its gradient is the sum of the three
-        return (
-            self.q.backward(self.merge(dq))
-            + self.k.backward(self.merge(dk))
-            + self.v.backward(self.merge(dv))
-        )
+        dx = self.q.backward(self.merge(dq))
+        dkey, dvalue = self.k.backward(self.merge(dk)), self.v.backward(self.merge(dv))
+        if self.cross:
+            return dx, dkey, dvalue
+        return dx + dkey + dvalue  # x fed all three projections: its gradient is the sum
 
     def layers(self) -> dict[str, Dense]:
         return {"q": self.q, "k": self.k, "v": self.v, "o": self.o}

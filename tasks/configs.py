@@ -210,11 +210,16 @@ FF_ACTIVATIONS = (
 OPTIMIZERS = ("sgd", "adam")
 
 
-def attention_shapes(prefix: str, d_model: int) -> dict[str, tuple[int, ...]]:
-    """Canonical multi-head attention: separate W_q, W_k, W_v, W_o, each (E, E) as dense (out, in)."""
+def attention_shapes(
+    prefix: str, d_model: int, kdim: int | None = None, vdim: int | None = None
+) -> dict[str, tuple[int, ...]]:
+    """Canonical multi-head attention: separate W_q, W_k, W_v, W_o as dense (out, in), each (E, E);
+    a cross-attention layer's key and value inputs may have their own widths: W_k (E, kdim),
+    W_v (E, vdim) (default E). Every bias is (E,)."""
+    widths = {"q": d_model, "k": kdim or d_model, "v": vdim or d_model, "o": d_model}
     shapes = {}
-    for proj in ("q", "k", "v", "o"):
-        shapes[f"{prefix}.{proj}.weight"] = (d_model, d_model)
+    for proj, width in widths.items():
+        shapes[f"{prefix}.{proj}.weight"] = (d_model, width)
         shapes[f"{prefix}.{proj}.bias"] = (d_model,)
     return shapes
 

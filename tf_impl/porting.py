@@ -256,7 +256,9 @@ def mha_to_canonical(
     """MultiHeadAttention (key_dim = value_dim = HS, E = NH*HS) [query kernel (E, NH, HS), query bias
     (NH, HS), key kernel, key bias, value kernel, value bias, output kernel (NH, HS, E), output bias
     (E,)] -> {q,k,v}.weight = kernel.reshape(E, E).T (out, in), {q,k,v}.bias = bias.reshape(E),
-    o.weight = output_kernel.reshape(E, E).T, o.bias as is (head n, dim h is canonical row n*HS + h)."""
+    o.weight = output_kernel.reshape(E, E).T, o.bias as is (head n, dim h is canonical row n*HS + h).
+    Cross-attention: key/value kernels (kdim, NH, HS), (vdim, NH, HS) give W_k (E, kdim), W_v
+    (E, vdim) by the same rule, kernel.reshape(kdim, E).T."""
     arrays = _expect(native, 8, "MultiHeadAttention")
     out = {}
     for j, name in enumerate(QKV):
@@ -271,7 +273,8 @@ def mha_to_canonical(
 
 def mha_from_canonical(canonical: Mapping, prefix: str = "", *, num_heads: int) -> Native:
     """{q,k,v,o}.{weight (E, E), bias (E,)} -> MultiHeadAttention's 8 arrays: {q,k,v} kernel =
-    W.T.reshape(E, NH, HS), bias = b.reshape(NH, HS); output kernel = W_o.T.reshape(NH, HS, E)."""
+    W.T.reshape(E, NH, HS), bias = b.reshape(NH, HS); output kernel = W_o.T.reshape(NH, HS, E).
+    W_k (E, kdim), W_v (E, vdim) give kernels (kdim, NH, HS), (vdim, NH, HS) (cross-attention)."""
     out = []
     for name in QKV:
         w, b = _take(canonical, prefix, [f"{name}.weight", f"{name}.bias"])

@@ -218,16 +218,23 @@ QKV = ("q", "k", "v")
 def mha_to_canonical(
     native: Mapping, prefix: str = "", *, num_heads: int | None = None
 ) -> Canonical:
-    """nn.MultiheadAttention (batch_first or not; kdim = vdim = E) {"in_proj_weight" (3E, E),
-    "in_proj_bias" (3E,), "out_proj.weight" (E, E), "out_proj.bias" (E,)} -> {q.weight, k.weight,
-    v.weight, o.weight (E, E) (out, in); q.bias, k.bias, v.bias, o.bias (E,)}: rows 0:E, E:2E,
-    2E:3E of the packed projection are W_q, W_k, W_v. Head n, dimension h is row n*HS + h, so
+    """nn.MultiheadAttention (batch_first or not) {"in_proj_weight" (3E, E), "in_proj_bias" (3E,),
+    "out_proj.weight" (E, E), "out_proj.bias" (E,)} -> {q.weight, k.weight, v.weight, o.weight
+    (E, E) (out, in); q.bias, k.bias, v.bias, o.bias (E,)}: rows 0:E, E:2E, 2E:3E of the packed
+    projection are W_q, W_k, W_v. With kdim or vdim != E (cross-attention) torch has no
+    in_proj_weight but q_proj_weight (E, E), k_proj_weight (E, kdim), v_proj_weight (E, vdim),
+    taken as they are (in_proj_bias stays packed). Head n, dimension h is row n*HS + h, so
     `num_heads` is not needed (accepted for the common signature)."""
-    w, b = _np(native["in_proj_weight"]), _np(native["in_proj_bias"])
-    e = w.shape[1]
+    b = _np(native["in_proj_bias"])
+    e = b.shape[0] // 3
+    if "in_proj_weight" in native:
+        w = _np(native["in_proj_weight"])
+        ws = [w[j * e : (j + 1) * e] for j in range(3)]
+    else:
+        ws = [_np(native[f"{name}_proj_weight"]) for name in QKV]
     out = {}
     for j, name in enumerate(QKV):
-        out[f"{prefix}{name}.weight"] = w[j * e : (j + 1) * e].copy()
+        out[f"{prefix}{name}.weight"] = ws[j].copy()
         out[f"{prefix}{name}.bias"] = b[j * e : (j + 1) * e].copy()
     out[prefix + "o.weight"] = _np(native["out_proj.weight"])
     out[prefix + "o.bias"] = _np(native["out_proj.bias"])
@@ -237,12 +244,19 @@ def mha_to_canonical(
 def mha_from_canonical(
     canonical: Mapping, prefix: str = "", *, num_heads: int | None = None
 ) -> Native:
-    """{q,k,v,o}.{weight (E, E), bias (E,)} -> nn.MultiheadAttention: in_proj_weight =
-    concat(W_q, W_k, W_v) (3E, E), in_proj_bias = concat(b_q, b_k, b_v), out_proj as is."""
+    """{q,k,v,o}.{weight, bias (E,)} -> nn.MultiheadAttention: in_proj_weight = concat(W_q, W_k,
+    W_v) (3E, E) when W_k and W_v are (E, E); otherwise (kdim or vdim != E, as torch then builds
+    it) q_proj_weight = W_q, k_proj_weight = W_k (E, kdim), v_proj_weight = W_v (E, vdim).
+    in_proj_bias = concat(b_q, b_k, b_v) either way, out_proj as is."""
     names = [f"{n}.{p}" for n in (*QKV, "o") for p in ("weight", "bias")]
     c = dict(zip(names, _take(canonical, prefix, names)))
+    e = c["q.weight"].shape[0]
+    if all(c[f"{n}.weight"].shape[1] == e for n in QKV):  # torch's _qkv_same_embed_dim
+        weights = {"in_proj_weight": _t(np.concatenate([c[f"{n}.weight"] for n in QKV]))}
+    else:
+        weights = {f"{n}_proj_weight": _t(c[f"{n}.weight"]) for n in QKV}
     return {
-        "in_proj_weight": _t(np.concatenate([c[f"{n}.weight"] for n in QKV])),
+        **weights,
         "in_proj_bias": _t(np.concatenate([c[f"{n}.bias"] for n in QKV])),
         "out_proj.weight": _t(c["o.weight"]),
         "out_proj.bias": _t(c["o.bias"]),
