@@ -109,11 +109,12 @@ class GRUCell(nnx.RNNCellBase):
         return 1
 
 
-def make_cell(cfg: RNNConfig, *, rngs: nnx.Rngs, dtype):
+def make_cell(cfg: RNNConfig, *, rngs: nnx.Rngs, dtype, in_features: int | None = None):
     bound = 1.0 / np.sqrt(cfg.hidden)  # torch's rule, so every framework starts alike
     init = lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound)
+    d_in = in_features or cfg.in_features
     if cfg.cell == "gru":
-        return GRUCell(cfg.in_features, cfg.hidden, init=init, dtype=dtype, rngs=rngs)
+        return GRUCell(d_in, cfg.hidden, init=init, dtype=dtype, rngs=rngs)
     kwargs = dict(
         kernel_init=init,
         recurrent_kernel_init=init,
@@ -124,8 +125,26 @@ def make_cell(cfg: RNNConfig, *, rngs: nnx.Rngs, dtype):
     )
     if cfg.cell == "rnn":
         activation = {"tanh": nnx.tanh, "relu": nnx.relu}[cfg.nonlinearity]
-        return nnx.SimpleCell(cfg.in_features, cfg.hidden, activation_fn=activation, **kwargs)
-    return nnx.LSTMCell(cfg.in_features, cfg.hidden, **kwargs)
+        return nnx.SimpleCell(d_in, cfg.hidden, activation_fn=activation, **kwargs)
+    return nnx.LSTMCell(d_in, cfg.hidden, **kwargs)
+
+
+def make_layer(cfg: RNNConfig, k: int, *, rngs: nnx.Rngs, dtype):
+    """Layer k of the stack: nnx.RNN(cell), or nnx.Bidirectional(forward, backward) reading the
+    sequence both ways (the backward nnx.RNN keeps the time order) and concatenating (B, T, 2H)."""
+    d_in = cfg.in_features if k == 0 else cfg.directions * cfg.hidden
+    rnns = [
+        nnx.RNN(make_cell(cfg, rngs=rngs, dtype=dtype, in_features=d_in), return_carry=True)
+        for _ in range(cfg.directions)
+    ]
+    return nnx.Bidirectional(*rnns, return_carry=True) if cfg.bidirectional else rnns[0]
+
+
+def directions(layer) -> list:
+    """A stack layer's cells: its own, or a Bidirectional's forward and backward."""
+    if isinstance(layer, nnx.Bidirectional):
+        return [layer.forward_rnn.cell, layer.backward_rnn.cell]
+    return [layer.cell]
 
 
 # ----------------------------------------------------------------------------- model
@@ -140,11 +159,14 @@ class RNN(nnx.Module):
     def __init__(self, cfg: RNNConfig, *, rngs: nnx.Rngs, dtype=jnp.float64):
         self.cfg = cfg
         self.step = STEPS[cfg.cell]
-        self.rnn = nnx.RNN(make_cell(cfg, rngs=rngs, dtype=dtype), return_carry=True)
+        self.rnn = make_layer(cfg, 0, rngs=rngs, dtype=dtype)
+        self.upper = nnx.List(
+            [make_layer(cfg, k, rngs=rngs, dtype=dtype) for k in range(1, cfg.num_layers)]
+        )
         bound = 1.0 / np.sqrt(cfg.hidden)
         init = lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound)
         self.head = nnx.Linear(
-            cfg.hidden,
+            cfg.directions * cfg.hidden,
             cfg.n_classes,
             kernel_init=init,
             bias_init=init,
@@ -171,12 +193,7 @@ class RNN(nnx.Module):
     def logits_and_states(self, x, initial_state=None):
         """Logits, every step's hidden state (B, T, H) and the final state: (h,), or (h, c)."""
         if self.cfg.fused:
-            if initial_state is not None:  # nnx.RNN's carry: h, or (c, h) for the LSTM
-                initial_state = initial_state[::-1] if self.cfg.cell == "lstm" else initial_state[0]
-            carry, hidden = self.rnn(
-                x, initial_carry=initial_state
-            )  # (B, T, D) -> (B, T, H); carry h, or (c, h) for the LSTM
-            state = carry[::-1] if self.cfg.cell == "lstm" else (carry,)  # Flax's (c, h) -> (h, c)
+            hidden, state = self.run(x, initial_state)  # (B, T, D) -> (B, T, dirs*H)
         else:
             hidden, state = self.by_hand(x, initial_state)
         logits = self.head(
@@ -186,6 +203,28 @@ class RNN(nnx.Module):
 
     def __call__(self, x, initial_state=None):
         return self.logits_and_states(x, initial_state)[0]
+
+    def recurrents(self) -> list:
+        """Every layer's cells, in torch's order (layer by layer, forward then reverse)."""
+        return [cell for layer in [self.rnn, *self.upper] for cell in directions(layer)]
+
+    def run(self, x, initial_state=None):
+        """Layer by layer; nnx.RNN's carry is h, or (c, h) for the LSTM; a Bidirectional's is the
+        pair (forward carry, backward carry)."""
+        lstm, n, dirs = self.cfg.cell == "lstm", len(self.cfg.layer_prefixes()), self.cfg.directions
+        starts = [initial_state] if n == 1 else [None] * n
+        if n > 1 and initial_state is not None:  # (L*dirs, B, H) each: one start per recurrent
+            starts = [tuple(s[i] for s in initial_state) for i in range(n)]
+        carries = [None if s is None else s[::-1] if lstm else s[0] for s in starts]
+        finals = []
+        for k, layer in enumerate([self.rnn, *self.upper]):
+            given = carries[k * dirs : (k + 1) * dirs]
+            given = None if given[0] is None else (tuple(given) if dirs == 2 else given[0])
+            carry, x = layer(x, initial_carry=given)  # (B, T, D) -> (B, T, dirs*H)
+            finals += list(carry) if dirs == 2 else [carry]
+        finals = [c[::-1] if lstm else (c,) for c in finals]  # Flax's (c, h) -> (h, c)
+        state = finals[0] if n == 1 else tuple(jnp.stack(s) for s in zip(*finals))
+        return x, state
 
 
 def create_model(cfg: RNNConfig, *, seed: int, dtype: str = "float64") -> RNN:
@@ -200,7 +239,9 @@ HEAD_NAMES = {"head.weight": "W_hy", "head.bias": "b_y"}  # the dense head's can
 def canonical_layers(model: RNN) -> dict:
     """Each stock layer by canonical prefix, with its jax_impl/porting.py function and layout
     (kernels transposed; LSTMCell's eight Linears; the bias on the input or the hidden side)."""
-    return {"": (PORTING[model.cfg.cell], model.rnn.cell, {}), "head.": ("dense", model.head, {})}
+    prefixes = zip(model.cfg.layer_prefixes(), model.recurrents())
+    layers = {p: (PORTING[model.cfg.cell], cell, {}) for p, cell in prefixes}
+    return {**layers, "head.": ("dense", model.head, {})}
 
 
 def load_canonical(model: RNN, params: dict[str, np.ndarray]) -> None:

@@ -359,6 +359,22 @@ STOCK_CASES = [
         batch=4,
         extra_outputs=("hidden", "h_n"),
     ),
+    parity.Case(
+        "lstm",
+        "2-layers-bidirectional",
+        RNNConfig("lstm", 3, 3, 2, "last", clip_norm=0.5, num_layers=2, bidirectional=True),
+        parity.sequences,
+        batch=4,
+        extra_outputs=("hidden", "h_n", "c_n"),
+    ),
+    parity.Case(
+        "gru",
+        "2-layers-bidirectional",
+        RNNConfig("gru", 3, 3, 3, "sequence", clip_norm=0.25, num_layers=2, bidirectional=True),
+        parity.sequences,
+        batch=4,
+        extra_outputs=("hidden", "h_n"),
+    ),
 ]
 
 
@@ -383,7 +399,11 @@ def test_stock_configuration_frameworks_agree_pairwise(case):
 
 
 @pytest.mark.parametrize("framework", FRAMEWORK_IDS)
-@pytest.mark.parametrize("case", STOCK_CASES, ids=lambda c: c.id)
+@pytest.mark.parametrize(
+    "case",
+    [c for c in STOCK_CASES if c.config.layer_prefixes() == [""]],  # by hand: one forward layer
+    ids=lambda c: c.id,
+)
 def test_stock_configuration_layer_and_step_by_hand_agree(case, framework):
     test_layer_and_step_by_hand_agree(case, framework)
 
@@ -403,21 +423,30 @@ def stock_torch(cfg: RNNConfig, seed: int):
 
     kwargs = {"nonlinearity": cfg.nonlinearity} if cfg.cell == "rnn" else {}
     layer = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[cfg.cell](
-        cfg.in_features, cfg.hidden, batch_first=True, dtype=torch.float64, **kwargs
+        cfg.in_features,
+        cfg.hidden,
+        num_layers=cfg.num_layers,
+        bidirectional=cfg.bidirectional,
+        batch_first=True,
+        dtype=torch.float64,
+        **kwargs,
     )
-    head = nn.Linear(cfg.hidden, cfg.n_classes, dtype=torch.float64)
+    head = nn.Linear(cfg.directions * cfg.hidden, cfg.n_classes, dtype=torch.float64)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in [*layer.parameters(), *head.parameters()]:
             p.uniform_(-0.6, 0.6, generator=generator)
     w = {k: v.detach().numpy().copy() for k, v in layer.state_dict().items()}
-    b_hh = w["bias_hh_l0"].copy()
-    params = {"W_xh": w["weight_ih_l0"], "W_hh": w["weight_hh_l0"]}
-    if cfg.cell == "gru":
-        b_hh[2 * cfg.hidden :] = 0  # stays inside the reset product: b_hn
-        params["b_hn"] = w["bias_hh_l0"][2 * cfg.hidden :]
-    params["b_h"] = w["bias_ih_l0"] + b_hh
-    params |= {"W_hy": head.weight.detach().numpy(), "b_y": head.bias.detach().numpy()}
+    params = {"W_hy": head.weight.detach().numpy(), "b_y": head.bias.detach().numpy()}
+    for p in cfg.layer_prefixes():  # "", "reverse.", "l1.", ... <-> _l0, _l0_reverse, _l1, ...
+        layer_k = p.removesuffix("reverse.").removesuffix(".").removeprefix("l") or "0"
+        sfx = f"_l{layer_k}" + ("_reverse" if p.endswith("reverse.") else "")
+        b_hh = w["bias_hh" + sfx].copy()
+        params |= {p + "W_xh": w["weight_ih" + sfx], p + "W_hh": w["weight_hh" + sfx]}
+        if cfg.cell == "gru":
+            b_hh[2 * cfg.hidden :] = 0  # stays inside the reset product: b_hn
+            params[p + "b_hn"] = w["bias_hh" + sfx][2 * cfg.hidden :]
+        params[p + "b_h"] = w["bias_ih" + sfx] + b_hh
     return layer, head, {k: params[k] for k in cfg.param_shapes()}
 
 
@@ -437,6 +466,9 @@ STOCK_ORACLE_CONFIGS = [  # (config, from a given initial state)
     (RNNConfig("rnn", 3, 4, 3, "sequence", nonlinearity="relu"), True),
     (RNNConfig("lstm", 3, 4, 3, "sequence"), True),
     (RNNConfig("gru", 3, 4, 3, "sequence"), True),
+    (RNNConfig("rnn", 3, 4, 3, "sequence", nonlinearity="relu", num_layers=2), True),
+    (RNNConfig("lstm", 3, 4, 3, "sequence", num_layers=2, bidirectional=True), True),
+    (RNNConfig("gru", 3, 4, 3, "sequence", num_layers=3, bidirectional=True), False),
 ]
 
 
@@ -444,7 +476,11 @@ STOCK_ORACLE_CONFIGS = [  # (config, from a given initial state)
 @pytest.mark.parametrize(
     "cfg, with_state",
     STOCK_ORACLE_CONFIGS,
-    ids=lambda c: f"{c.cell}-{c.nonlinearity}" if isinstance(c, RNNConfig) else f"h0-{c}",
+    ids=lambda c: (
+        f"{c.cell}-{c.nonlinearity}-{c.num_layers}-{c.directions}"
+        if isinstance(c, RNNConfig)
+        else f"h0-{c}"
+    ),
 )
 def test_stock_torch_layer_is_the_oracle(cfg, with_state, framework):
     """A stock torch layer with random non-zero biases, mapped to canonical by PORTING's rule, gives
@@ -455,15 +491,17 @@ def test_stock_torch_layer_is_the_oracle(cfg, with_state, framework):
     layer, head, params = stock_torch(cfg, seed=7)
     rng = np.random.default_rng(8)
     x = rng.normal(size=(2, 5, cfg.in_features))
-    state = tuple(rng.normal(size=(2, cfg.hidden)) for _ in range(2 if cfg.cell == "lstm" else 1))
-    hx = tuple(torch.as_tensor(s)[None] for s in state)  # (B, H) -> (num_layers, B, H)
+    n, one = len(cfg.layer_prefixes()), len(cfg.layer_prefixes()) == 1
+    shape = (2, cfg.hidden) if one else (n, 2, cfg.hidden)  # (B, H), or torch's (L*dirs, B, H)
+    state = tuple(rng.normal(size=shape) for _ in range(2 if cfg.cell == "lstm" else 1))
+    hx = tuple(torch.as_tensor(s)[None] if one else torch.as_tensor(s) for s in state)
     with torch.no_grad():
         hidden, last = layer(
             torch.as_tensor(x), (hx if cfg.cell == "lstm" else hx[0]) if with_state else None
         )
         last = last if cfg.cell == "lstm" else (last,)  # (h_n,) or (h_n, c_n), each (1, B, H)
         reference = {"output": head(hidden).numpy(), "hidden": hidden.numpy()}
-        reference |= {name: s[-1].numpy() for name, s in zip(("h_n", "c_n"), last)}
+        reference |= {name: (s[0] if one else s).numpy() for name, s in zip(("h_n", "c_n"), last)}
     if cfg.nonlinearity == "relu":  # the kink is reached: a tanh in its place would not match
         assert (reference["hidden"] == 0).mean() > 0.2
     _, model = loaded(framework, cfg, params)

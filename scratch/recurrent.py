@@ -19,14 +19,17 @@ from tasks.data import Dataset, batches
 
 
 # ----------------------------------------------------------------------------- layers
-def init_params(cfg: RNNConfig, rng: np.random.Generator, dtype) -> dict[str, np.ndarray]:
-    """The cell's tensors, U(-1/sqrt(H), 1/sqrt(H)): torch's rule for recurrent layers."""
-    bound = 1.0 / np.sqrt(cfg.hidden)
-    return {
-        name: rng.uniform(-bound, bound, shape).astype(dtype)
-        for name, shape in cfg.param_shapes().items()
-        if name not in HEAD  # the head is a Dense of its own
-    }
+def init_params(cfg: RNNConfig, rng: np.random.Generator, dtype) -> dict[str, dict]:
+    """Each cell's tensors by layer prefix ("", "reverse.", "l1.", ...), U(-1/sqrt(H), 1/sqrt(H)):
+    torch's rule for recurrent layers."""
+    bound, out = 1.0 / np.sqrt(cfg.hidden), {p: {} for p in cfg.layer_prefixes()}
+    for name, shape in cfg.param_shapes().items():
+        if name not in HEAD:  # the head is a Dense of its own
+            prefix, _, key = name.rpartition(".")  # "l1.reverse.W_xh" -> "l1.reverse", "W_xh"
+            out[prefix + "." if prefix else ""][key] = rng.uniform(-bound, bound, shape).astype(
+                dtype
+            )
+    return out
 
 
 class RNNCell:
@@ -185,20 +188,61 @@ class RNN:
     model.forward(x) returns the logits, (B, T, C) or (B, C); model.logits_and_states(x) returns
     (logits, hidden, state): every step's hidden state (B, T, H) and the final state, (h,) or (h, c).
     Either call takes an optional initial_state, (h0,) or (h0, c0), each (B, H) (zeros without),
-    and caches what model.backward(dlogits) needs.
+    and caches what model.backward(dlogits) needs. With num_layers > 1 or bidirectional, hidden is
+    the last layer's (B, T, dirs*H) and each state (L*dirs, B, H), in torch's order.
     """
 
     def __init__(self, cfg: RNNConfig, *, rng: np.random.Generator, dtype=np.float64):
         self.cfg = cfg
         nonlinearity = {"nonlinearity": cfg.nonlinearity} if cfg.cell == "rnn" else {}
-        self.rnn = Recurrent(
-            CELLS[cfg.cell](init_params(cfg, rng, dtype), **nonlinearity), cfg.hidden
-        )
-        self.head = Dense(cfg.hidden, cfg.n_classes, rng=rng, dtype=dtype)  # U(±1/sqrt(H)) too
+        self.recurrents = {  # by canonical prefix: "" (layer 0 forward), "reverse.", "l1.", ...
+            prefix: Recurrent(CELLS[cfg.cell](params, **nonlinearity), cfg.hidden)
+            for prefix, params in init_params(cfg, rng, dtype).items()
+        }
+        self.rnn = self.recurrents[""]
+        self.head = Dense(
+            cfg.directions * cfg.hidden, cfg.n_classes, rng=rng, dtype=dtype
+        )  # U(±1/sqrt(H)) too
+
+    def run(self, x, initial_state=None):
+        """Layer by layer, each direction on its own (the reverse one on the flipped sequence,
+        its outputs flipped back); a layer's directions concatenated feed the next layer."""
+        n = len(self.recurrents)
+        starts = [initial_state] if n == 1 else [None] * n
+        if n > 1 and initial_state is not None:  # (L*dirs, B, H) each: one start per recurrent
+            starts = [tuple(s[i] for s in initial_state) for i in range(n)]
+        finals, outs = [], []
+        for (prefix, recurrent), start in zip(self.recurrents.items(), starts):
+            reverse = prefix.endswith("reverse.")
+            hidden, state = recurrent.forward(x[:, ::-1] if reverse else x, start)
+            outs.append(hidden[:, ::-1] if reverse else hidden)
+            finals.append(state)
+            if len(outs) == self.cfg.directions:  # the layer's directions: (B, T, dirs*H)
+                x, outs = np.concatenate(outs, axis=-1), []
+        return x, self.stacked(finals)
+
+    def stacked(self, states: list) -> tuple:
+        """One recurrent's state as it is; several stacked along a first axis, torch's (L*dirs, B, H)."""
+        return states[0] if len(states) == 1 else tuple(np.stack(s) for s in zip(*states))
+
+    def run_backward(self, dhidden):
+        """Back through the layers, last first; returns the gradient with respect to the input."""
+        items, dirs = list(self.recurrents.items()), self.cfg.directions
+        for k in reversed(range(self.cfg.num_layers)):
+            parts, dhidden = np.split(dhidden, dirs, axis=-1), 0
+            for (prefix, recurrent), d in zip(items[k * dirs : (k + 1) * dirs], parts):
+                reverse = prefix.endswith("reverse.")
+                dx = recurrent.backward(d[:, ::-1] if reverse else d)
+                dhidden = dhidden + (dx[:, ::-1] if reverse else dx)
+        return dhidden
+
+    def dinitial_state(self) -> tuple:
+        """The gradient with respect to the initial state, after backward."""
+        return self.stacked([r.dinitial_state for r in self.recurrents.values()])
 
     def logits_and_states(self, x, initial_state=None):
         """Logits, every step's hidden state (B, T, H) and the final state: (h,), or (h, c)."""
-        hidden, state = self.rnn.forward(x, initial_state)  # (B, T, D) -> (B, T, H)
+        hidden, state = self.run(x, initial_state)  # (B, T, D) -> (B, T, H)
         scored = hidden if self.cfg.output == "sequence" else hidden[:, -1]  # or (B, H)
         logits = self.head.forward(scored)  # (B, T, C) or (B, C)
         return logits, hidden, state
@@ -213,11 +257,12 @@ class RNN:
             dh = np.concatenate(
                 [np.zeros((dh.shape[0], steps - 1, dh.shape[1]), dh.dtype), dh[:, None]], axis=1
             )  # (B, H) -> (B, T, H)
-        return self.rnn.backward(dh)  # (B, T, D): the gradient with respect to the input
+        return self.run_backward(dh)  # (B, T, D): the gradient with respect to the input
 
     def layers(self) -> dict:
-        """Layers with parameters: the recurrent layer and the head."""
-        return {"rnn": self.rnn, "head": self.head}
+        """Layers with parameters: the recurrent layers and the head."""
+        extra = {f"rnn.{p}": r for p, r in self.recurrents.items() if p}
+        return {"rnn": self.rnn, **extra, "head": self.head}
 
 
 def create_model(cfg: RNNConfig, *, seed: int, dtype: str = "float64") -> RNN:
@@ -230,14 +275,16 @@ def to_canonical(model: RNN, grads: bool = False) -> dict[str, np.ndarray]:
     keys are canonical already (W_xh, W_hh, b_h, b_hn); the head's weight and bias are W_hy, b_y."""
     store = "grads" if grads else "params"
     head = getattr(model.head, store)
-    return {**getattr(model.rnn, store), **{name: head[key] for name, key in HEAD.items()}}
+    cells = {p + k: v for p, r in model.recurrents.items() for k, v in getattr(r, store).items()}
+    return {**cells, **{name: head[key] for name, key in HEAD.items()}}
 
 
 def load_canonical(model: RNN, params: dict[str, np.ndarray]) -> None:
     """Copy canonical weights in; scratch *is* the canonical layout, so no transform."""
     weights.check(params, model.cfg.param_shapes(), model.head.params["weight"].dtype)
-    for key in model.rnn.params:
-        model.rnn.params[key] = np.array(params[key])
+    for prefix, recurrent in model.recurrents.items():
+        for key in recurrent.params:
+            recurrent.params[key] = np.array(params[prefix + key])
     for name, key in HEAD.items():
         model.head.params[key] = np.array(params[name])
 
@@ -264,7 +311,7 @@ def forward_backward(model: RNN, x, y, initial_state=None) -> dict[str, np.ndarr
         out["c_n"] = state[1]
     grads = {f"grad.{k}": g.copy() for k, g in to_canonical(model, grads=True).items()}
     if initial_state is not None:
-        grads |= dict(zip(("grad.h0", "grad.c0"), model.rnn.dinitial_state))
+        grads |= dict(zip(("grad.h0", "grad.c0"), model.dinitial_state()))
     return {**out, "grad.input": dx, **grads}
 
 

@@ -469,6 +469,8 @@ class RNNConfig:
     # the simple RNN's h' = f(W_xh x + W_hh h + b_h): torch nn.RNN(nonlinearity=), Keras
     # SimpleRNN(activation=), Flax nnx.SimpleCell(activation_fn=); the LSTM and GRU keep their own
     nonlinearity: str = "tanh"
+    num_layers: int = 1  # stacked layers: layer k > 0 reads layer k - 1's outputs (B, T, dirs*H)
+    bidirectional: bool = False  # a second layer reads the sequence backwards; outputs concatenated
 
     def __post_init__(self):
         if self.cell not in RNN_CELLS:
@@ -488,15 +490,37 @@ class RNNConfig:
             raise ValueError(f"layer sizes must be positive: {self}")
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise ValueError(f"clip_norm must be positive or None, got {self.clip_norm}")
+        if self.num_layers < 1:
+            raise ValueError(f"num_layers must be at least 1, got {self.num_layers}")
+        if not self.fused and self.layer_prefixes() != [""]:
+            raise ValueError("the step by hand (fused=False) runs one forward layer only")
 
     @property
     def gates(self) -> int:
         return RNN_CELLS[self.cell]
 
+    @property
+    def directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    def layer_prefixes(self) -> list[str]:
+        """The canonical prefix of each recurrent layer and direction, in torch's order (layer by
+        layer, forward then reverse): "" for layer 0 forward (every one-layer checkpoint's names),
+        "reverse.", "l1.", "l1.reverse.", ...; torch's parameter suffixes _l0, _l0_reverse, _l1, ..."""
+        return [
+            ("" if k == 0 else f"l{k}.") + ("reverse." if d else "")
+            for k in range(self.num_layers)
+            for d in range(self.directions)
+        ]
+
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Canonical names and scratch-layout shapes: W_xh (G*H, D), W_hh (G*H, H), one b_h (G*H,), W_hy (C, H)."""
-        gh = self.gates * self.hidden
-        shapes = {"W_xh": (gh, self.in_features), "W_hh": (gh, self.hidden), "b_h": (gh,)}
-        if self.cell == "gru":
-            shapes["b_hn"] = (self.hidden,)
-        return {**shapes, "W_hy": (self.n_classes, self.hidden), "b_y": (self.n_classes,)}
+        """Canonical names and scratch-layout shapes: W_xh (G*H, D), W_hh (G*H, H), one b_h (G*H,),
+        W_hy (C, H); each further layer and direction the same under its layer_prefixes() prefix."""
+        gh, shapes = self.gates * self.hidden, {}
+        for i, p in enumerate(self.layer_prefixes()):
+            d_in = self.in_features if i < self.directions else self.directions * self.hidden
+            shapes |= {f"{p}W_xh": (gh, d_in), f"{p}W_hh": (gh, self.hidden), f"{p}b_h": (gh,)}
+            if self.cell == "gru":
+                shapes[f"{p}b_hn"] = (self.hidden,)
+        width = self.directions * self.hidden  # the head reads (B, T, dirs*H)
+        return {**shapes, "W_hy": (self.n_classes, width), "b_y": (self.n_classes,)}

@@ -64,7 +64,15 @@ STEPS = {"rnn": rnn_step, "lstm": lstm_step, "gru": gru_step}
 LAYERS = {"rnn": keras.layers.SimpleRNN, "lstm": keras.layers.LSTM, "gru": keras.layers.GRU}
 
 
-def make_recurrent(cfg: RNNConfig, *, seed: keras.random.SeedGenerator, dtype: str):
+def make_recurrent(
+    cfg: RNNConfig,
+    *,
+    seed: keras.random.SeedGenerator,
+    dtype: str,
+    in_features: int | None = None,
+    name: str = "rnn",
+    go_backwards: bool = False,
+):
     bound = 1.0 / np.sqrt(cfg.hidden)  # torch's rule, so every framework starts alike
     init = lambda: keras.initializers.RandomUniform(-bound, bound, seed=seed)
     kwargs = dict(
@@ -73,6 +81,7 @@ def make_recurrent(cfg: RNNConfig, *, seed: keras.random.SeedGenerator, dtype: s
         bias_initializer=init(),
         return_sequences=True,
         return_state=True,
+        go_backwards=go_backwards,  # the reverse direction: its outputs come back reversed
         dtype=dtype,
     )
     if cfg.cell == "rnn":
@@ -81,11 +90,34 @@ def make_recurrent(cfg: RNNConfig, *, seed: keras.random.SeedGenerator, dtype: s
         kwargs["unit_forget_bias"] = (
             False  # True (the default) would add 1 to the initial forget bias
         )
-    rnn = LAYERS[cfg.cell](cfg.hidden, name="rnn", **kwargs)
+    rnn = LAYERS[cfg.cell](cfg.hidden, name=name, **kwargs)
     rnn.build(
-        (None, None, cfg.in_features)
+        (None, None, in_features or cfg.in_features)
     )  # create the weights now, so canonical weights can load before a call
     return rnn
+
+
+def make_layer(cfg: RNNConfig, k: int, *, seed: keras.random.SeedGenerator, dtype: str):
+    """Layer k of the stack: a recurrent layer, or Bidirectional(forward, backward) reading the
+    sequence both ways and concatenating their outputs (B, T, 2H)."""
+    d_in = cfg.in_features if k == 0 else cfg.directions * cfg.hidden
+    name = "rnn" if k == 0 else f"rnn_l{k}"  # layer 0 keeps the one-layer model's name
+    if not cfg.bidirectional:
+        return make_recurrent(cfg, seed=seed, dtype=dtype, in_features=d_in, name=name)
+    forward, backward = (
+        make_recurrent(cfg, seed=seed, dtype=dtype, in_features=d_in, name=name + n, go_backwards=b)
+        for n, b in (("_forward", False), ("_reverse", True))
+    )
+    layer = keras.layers.Bidirectional(forward, backward_layer=backward, name=name, dtype=dtype)
+    layer.build((None, None, d_in))
+    return layer
+
+
+def directions(layer) -> list:
+    """A stack layer's recurrent layers: itself, or a Bidirectional's forward and backward."""
+    if isinstance(layer, keras.layers.Bidirectional):
+        return [layer.forward_layer, layer.backward_layer]
+    return [layer]
 
 
 # ----------------------------------------------------------------------------- model
@@ -100,36 +132,31 @@ class RNN(keras.Model):
         super().__init__(dtype=dtype)
         self.cfg = cfg
         self.step = STEPS[cfg.cell]
-        self.rnn = make_recurrent(cfg, seed=seed, dtype=dtype)
+        self.rnn = make_layer(cfg, 0, seed=seed, dtype=dtype)
+        self.upper = [make_layer(cfg, k, seed=seed, dtype=dtype) for k in range(1, cfg.num_layers)]
         bound = 1.0 / np.sqrt(cfg.hidden)
         init = keras.initializers.RandomUniform(-bound, bound, seed=seed)
         self.head = keras.layers.Dense(
             cfg.n_classes, kernel_initializer=init, bias_initializer=init, dtype=dtype, name="head"
         )
-        self.head.build((None, cfg.hidden))
+        self.head.build((None, cfg.directions * cfg.hidden))
         # the GRU's recurrent bias row duplicates the input row except in its candidate block: zero the
         # duplicate's gradient, or the bias learns at twice the rate and counts twice in the clipping norm
-        if cfg.cell == "gru":
-            self.rnn.cell.bias.assign(
+        self.grad_masks = {}
+        for rnn in self.recurrents() if cfg.cell == "gru" else []:
+            rnn.cell.bias.assign(
                 ops.stack(
                     [
-                        self.rnn.cell.bias[0],
+                        rnn.cell.bias[0],
                         ops.concatenate(
-                            [
-                                ops.zeros(2 * cfg.hidden, dtype),
-                                self.rnn.cell.bias[1, 2 * cfg.hidden :],
-                            ]
+                            [ops.zeros(2 * cfg.hidden, dtype), rnn.cell.bias[1, 2 * cfg.hidden :]]
                         ),
                     ]
                 )
             )
-            self.grad_masks = {
-                self.rnn.cell.bias.path: np.concatenate(
-                    [np.ones((1, 3 * cfg.hidden)), np.repeat([[0.0, 0.0, 1.0]], cfg.hidden, axis=1)]
-                ).astype(dtype)
-            }
-        else:
-            self.grad_masks = {}
+            self.grad_masks[rnn.cell.bias.path] = np.concatenate(
+                [np.ones((1, 3 * cfg.hidden)), np.repeat([[0.0, 0.0, 1.0]], cfg.hidden, axis=1)]
+            ).astype(dtype)
         self.batch_loss = training.BatchMeanLoss(dtype)  # what train reports per epoch
 
     def by_hand(self, x, initial_state=None):
@@ -146,15 +173,33 @@ class RNN(keras.Model):
     def logits_and_states(self, x, initial_state=None):
         """Logits, every step's hidden state (B, T, H) and the final state: (h,), or (h, c)."""
         if self.cfg.fused:
-            hidden, *state = self.rnn(
-                x, initial_state=initial_state and list(initial_state)
-            )  # (B, T, D) -> (B, T, H); then h (and c), each (B, H); initial_state [h0(, c0)]
+            hidden, state = self.run(x, initial_state)  # (B, T, D) -> (B, T, dirs*H)
         else:
             hidden, state = self.by_hand(x, initial_state)
         logits = self.head(
             hidden if self.cfg.output == "sequence" else hidden[:, -1]
         )  # (B, T, C) or (B, C)
         return logits, hidden, tuple(state)
+
+    def recurrents(self) -> list:
+        """Every layer's recurrent layers, in torch's order (layer by layer, forward then reverse)."""
+        return [rnn for layer in [self.rnn, *self.upper] for rnn in directions(layer)]
+
+    def run(self, x, initial_state=None):
+        """Layer by layer; a Bidirectional takes [forward states, backward states] and returns
+        [outputs, forward states, backward states]."""
+        n, finals = len(self.cfg.layer_prefixes()), []
+        starts = [initial_state] if n == 1 else [None] * n
+        if n > 1 and initial_state is not None:  # (L*dirs, B, H) each: one start per recurrent
+            starts = [tuple(s[i] for s in initial_state) for i in range(n)]
+        for k, layer in enumerate([self.rnn, *self.upper]):
+            mine = starts[k * self.cfg.directions : (k + 1) * self.cfg.directions]
+            given = None if mine[0] is None else [s for start in mine for s in start]
+            x, *state = layer(x, initial_state=given)  # then h (and c) of each direction, (B, H)
+            size = len(state) // self.cfg.directions
+            finals += [tuple(state[i : i + size]) for i in range(0, len(state), size)]
+        state = finals[0] if n == 1 else tuple(ops.stack(s) for s in zip(*finals))
+        return x, state
 
     def call(self, x, initial_state=None, training=False):
         return self.logits_and_states(x, initial_state)[0]
@@ -191,7 +236,9 @@ HEAD_NAMES = {"head.weight": "W_hy", "head.bias": "b_y"}  # the dense head's can
 def canonical_layers(model: RNN) -> dict:
     """Each stock layer by canonical prefix, with its tf_impl/porting.py function and layout
     (kernels transposed, the GRU's gate blocks (z, r, h) <-> (r, z, n), its two bias rows)."""
-    return {"": (PORTING[model.cfg.cell], model.rnn, {}), "head.": ("dense", model.head, {})}
+    prefixes = zip(model.cfg.layer_prefixes(), model.recurrents())
+    layers = {p: (PORTING[model.cfg.cell], rnn, {}) for p, rnn in prefixes}
+    return {**layers, "head.": ("dense", model.head, {})}
 
 
 def load_canonical(model: RNN, params: dict[str, np.ndarray]) -> None:

@@ -133,13 +133,18 @@ def batch_norm_from_canonical(canonical: Mapping, prefix: str = "") -> Native:
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 
 
-def _recurrent_to_canonical(native: Mapping, prefix: str, cell: str, grads: bool) -> Canonical:
-    w_ih, w_hh = _np(native["weight_ih_l0"]), _np(native["weight_hh_l0"])
+def _direction_to_canonical(
+    native: Mapping, prefix: str, cell: str, grads: bool, sfx: str = "_l0"
+) -> Canonical:
+    """One layer and direction, torch's parameter suffix `sfx` ("_l0", "_l1_reverse", ...)."""
+    w_ih, w_hh = _np(native["weight_ih" + sfx]), _np(native["weight_hh" + sfx])
     hidden = w_hh.shape[1]
     b_ih = (
-        _np(native["bias_ih_l0"]) if "bias_ih_l0" in native else np.zeros(w_ih.shape[0], w_ih.dtype)
+        _np(native["bias_ih" + sfx])
+        if "bias_ih" + sfx in native
+        else np.zeros(w_ih.shape[0], w_ih.dtype)
     )
-    b_hh = _np(native["bias_hh_l0"]) if "bias_hh_l0" in native else np.zeros_like(b_ih)
+    b_hh = _np(native["bias_hh" + sfx]) if "bias_hh" + sfx in native else np.zeros_like(b_ih)
     shared = 2 * hidden if cell == "gru" else b_ih.shape[0]  # bias_hh[:shared] duplicates bias_ih
     b_h = b_ih.copy()
     if not grads:  # the two copies only ever act as their sum ...
@@ -150,7 +155,10 @@ def _recurrent_to_canonical(native: Mapping, prefix: str, cell: str, grads: bool
     return out
 
 
-def _recurrent_from_canonical(canonical: Mapping, prefix: str, cell: str) -> Native:
+def _direction_from_canonical(
+    canonical: Mapping, prefix: str, cell: str, sfx: str = "_l0"
+) -> Native:
+    """One layer and direction, torch's parameter suffix `sfx` ("_l0", "_l1_reverse", ...)."""
     names = ["W_xh", "W_hh", "b_h"] + (["b_hn"] if cell == "gru" else [])
     if cell == "gru" and prefix + "b_hn" not in canonical:
         raise KeyError(
@@ -162,11 +170,45 @@ def _recurrent_from_canonical(canonical: Mapping, prefix: str, cell: str) -> Nat
     if cell == "gru":
         b_hh[2 * w_hh.shape[1] :] = b_hn[0]  # (r, z, n): only the candidate block is b_hn
     return {
-        "weight_ih_l0": _t(w_xh),
-        "weight_hh_l0": _t(w_hh),
-        "bias_ih_l0": _t(b_h),  # the one acting bias on the input side ...
-        "bias_hh_l0": _t(b_hh),  # ... its duplicate 0 (mask its gradient to keep it 0 in training)
+        "weight_ih" + sfx: _t(w_xh),
+        "weight_hh" + sfx: _t(w_hh),
+        "bias_ih" + sfx: _t(b_h),  # the one acting bias on the input side ...
+        "bias_hh" + sfx: _t(
+            b_hh
+        ),  # ... its duplicate 0 (mask its gradient to keep it 0 in training)
     }
+
+
+def layer_prefix(sfx: str) -> str:
+    """torch's parameter suffix -> the canonical layer prefix (RNNConfig.layer_prefixes):
+    "_l0" -> "", "_l0_reverse" -> "reverse.", "_l1" -> "l1.", "_l1_reverse" -> "l1.reverse."."""
+    layer, reverse = sfx[2:].removesuffix("_reverse"), sfx.endswith("_reverse")
+    return ("" if layer == "0" else f"l{layer}.") + ("reverse." if reverse else "")
+
+
+def _recurrent_to_canonical(native: Mapping, prefix: str, cell: str, grads: bool) -> Canonical:
+    """Every layer and direction of a stacked or bidirectional layer, each under its prefix."""
+    out = {}
+    for key in native:
+        if key.startswith("weight_ih_l"):  # weight_ih_l0, weight_ih_l0_reverse, weight_ih_l1, ...
+            sfx = key.removeprefix("weight_ih")
+            out |= _direction_to_canonical(native, prefix + layer_prefix(sfx), cell, grads, sfx)
+    return out
+
+
+def _recurrent_from_canonical(canonical: Mapping, prefix: str, cell: str) -> Native:
+    """Every layer and direction the canonical weights hold (W_xh, reverse.W_xh, l1.W_xh, ...)."""
+    out, layer = _direction_from_canonical(canonical, prefix, cell), 1
+    if prefix + "reverse.W_xh" in canonical:
+        out |= _direction_from_canonical(canonical, prefix + "reverse.", cell, "_l0_reverse")
+    while prefix + f"l{layer}.W_xh" in canonical:
+        out |= _direction_from_canonical(canonical, prefix + f"l{layer}.", cell, f"_l{layer}")
+        if prefix + f"l{layer}.reverse.W_xh" in canonical:
+            out |= _direction_from_canonical(
+                canonical, prefix + f"l{layer}.reverse.", cell, f"_l{layer}_reverse"
+            )
+        layer += 1
+    return out
 
 
 def simple_rnn_to_canonical(native: Mapping, prefix: str = "", *, grads: bool = False) -> Canonical:

@@ -72,6 +72,8 @@ class RNN(nn.Module):
     model(x) returns the logits, (B, T, C) or (B, C); model.logits_and_states(x) returns (logits,
     hidden, state): every step's hidden state (B, T, H) and the final state, (h,) or (h, c).
     Either call takes an optional initial_state, (h0,) or (h0, c0), each (B, H) (zeros without).
+    With num_layers > 1 or bidirectional, hidden is the last layer's (B, T, dirs*H) and each state
+    (L*dirs, B, H), torch's own.
     """
 
     def __init__(self, cfg: RNNConfig, *, generator: torch.Generator, dtype=torch.float64):
@@ -80,22 +82,34 @@ class RNN(nn.Module):
         self.step = STEPS[cfg.cell]
         nonlinearity = {"nonlinearity": cfg.nonlinearity} if cfg.cell == "rnn" else {}
         self.rnn = LAYERS[cfg.cell](
-            cfg.in_features, cfg.hidden, batch_first=True, dtype=dtype, **nonlinearity
+            cfg.in_features,
+            cfg.hidden,
+            num_layers=cfg.num_layers,
+            bidirectional=cfg.bidirectional,
+            batch_first=True,
+            dtype=dtype,
+            **nonlinearity,
         )
-        self.head = nn.Linear(cfg.hidden, cfg.n_classes, dtype=dtype)
+        self.head = nn.Linear(cfg.directions * cfg.hidden, cfg.n_classes, dtype=dtype)
         # torch's layers draw from the global RNG; redraw from the generator we were given
         with torch.no_grad():
             for p in self.parameters():
                 bound = 1.0 / np.sqrt(cfg.hidden)
                 p.uniform_(-bound, bound, generator=generator)
-            self.rnn.bias_hh_l0[: self.trained_bias_hh_start()] = 0
+            for bias_hh in self.biases_hh():
+                bias_hh[: self.trained_bias_hh_start()] = 0
         # bias_hh duplicates bias_ih (except the GRU's candidate block): if both copies trained, the
         # bias would learn at twice the rate and count twice in the gradient norm. Mask its gradient;
         # the mask is a buffer, so model.to(device) moves it with the parameters.
         mask = torch.zeros_like(self.rnn.bias_hh_l0)
         mask[self.trained_bias_hh_start() :] = 1
         self.register_buffer("bias_hh_mask", mask, persistent=False)  # not a canonical tensor
-        self.rnn.bias_hh_l0.register_hook(lambda grad: grad * self.bias_hh_mask)
+        for bias_hh in self.biases_hh():  # every layer's and direction's
+            bias_hh.register_hook(lambda grad: grad * self.bias_hh_mask)
+
+    def biases_hh(self) -> list:
+        """bias_hh_l0, bias_hh_l0_reverse, bias_hh_l1, ...: each layer's and direction's."""
+        return [p for name, p in self.rnn.named_parameters() if name.startswith("bias_hh")]
 
     def trained_bias_hh_start(self) -> int:
         """bias_hh[start:] is a real parameter (the GRU's b_hn); bias_hh[:start] stays 0."""
@@ -115,15 +129,15 @@ class RNN(nn.Module):
     def logits_and_states(self, x, initial_state=None):
         """Logits, every step's hidden state (B, T, H) and the final state: (h,), or (h, c)."""
         if self.cfg.fused:
-            hx = initial_state and tuple(s[None] for s in initial_state)  # (B, H) -> (1, B, H)
+            one = len(self.cfg.layer_prefixes()) == 1  # one layer and direction: states (B, H)
+            hx = initial_state and tuple(s[None] if one else s for s in initial_state)
             if hx and self.cfg.cell != "lstm":
                 (hx,) = hx  # nn.RNN and nn.GRU take h0 alone, nn.LSTM the pair (h0, c0)
             hidden, state = self.rnn(
                 x, hx
-            )  # (B, T, D) -> (B, T, H); state: (1, B, H), a pair of them for the LSTM
-            state = (
-                tuple(s[0] for s in state) if self.cfg.cell == "lstm" else (state[0],)
-            )  # drop the layer axis
+            )  # (B, T, D) -> (B, T, H); state: (L*dirs, B, H), a pair of them for the LSTM
+            state = state if self.cfg.cell == "lstm" else (state,)
+            state = tuple(s[0] if one else s for s in state)  # (1, B, H) -> (B, H)
         else:
             hidden, state = self.by_hand(x, initial_state)
         logits = self.head(
