@@ -228,10 +228,15 @@ def gru_to_canonical(
     (jax_impl.recurrent.GRUCell: the stock nnx.GRUCell's layers plus b_hn) or the stock
     nnx.GRUCell's state (no "b_hn": it has none, so b_hn = 0), gate blocks (r, z, n) = canonical ->
     {W_xh = dense_i.kernel.T, W_hh = dense_h.kernel.T, b_h = dense_i.bias, b_hn}. Flax has no
-    reset_after=False cell: `reset_after=False` raises."""
-    if not reset_after:
-        raise ValueError("Flax's GRU cells compute the reset_after form only")
+    reset_after=False cell: `reset_after=False` maps jax_impl.recurrent.GRUCell(reset_after=False),
+    written by hand, the same layers without b_hn -> {W_xh, W_hh, b_h}."""
     n = pure(native)
+    if not reset_after:
+        return {
+            prefix + "W_xh": n["dense_i"]["kernel"].T.copy(),
+            prefix + "W_hh": n["dense_h"]["kernel"].T.copy(),
+            prefix + "b_h": n["dense_i"]["bias"],
+        }
     w_hh = n["dense_h"]["kernel"].T.copy()
     b_hn = n["b_hn"] if "b_hn" in n else np.zeros(w_hh.shape[1], w_hh.dtype)
     return {
@@ -247,13 +252,21 @@ def gru_from_canonical(
 ) -> Native:
     """{W_xh (3H, D), W_hh (3H, H), b_h (3H,), b_hn (H,)} -> jax_impl.recurrent.GRUCell's dict
     {"dense_i": {"kernel": W_xh.T, "bias": b_h}, "dense_h": {"kernel": W_hh.T}, "b_hn": b_hn}; with
-    `stock=True` the stock nnx.GRUCell's dict (no "b_hn"), which raises unless b_hn == 0."""
+    `stock=True` the stock nnx.GRUCell's dict (no "b_hn"), which raises unless b_hn == 0.
+    reset_after=False: {W_xh, W_hh, b_h} (no b_hn) -> GRUCell(reset_after=False)'s dict, no "b_hn"."""
     if not reset_after:
-        raise ValueError("Flax's GRU cells compute the reset_after form only")
+        if prefix + "b_hn" in canonical:
+            raise ValueError(f"{prefix}b_hn is the reset_after GRU's; reset_after=False has none")
+        w_xh, w_hh, b_h = _take(canonical, prefix, ["W_xh", "W_hh", "b_h"])
+        return {
+            "dense_i": {"kernel": w_xh.T.copy(), "bias": b_h.copy()},
+            "dense_h": {"kernel": w_hh.T.copy()},
+        }
     if prefix + "b_hn" not in canonical:
         raise KeyError(
-            f"canonical GRU weights lack {prefix}b_hn: a Keras GRU(reset_after=False) has no Flax "
-            "equivalent (the reset multiplies h before the matmul)"
+            f"canonical GRU weights lack {prefix}b_hn: a Keras GRU(reset_after=False) has no stock "
+            "Flax cell (the reset multiplies h before the matmul); reset_after=False loads it "
+            "into jax_impl/recurrent.py's GRUCell(reset_after=False)"
         )
     w_xh, w_hh, b_h, b_hn = _take(canonical, prefix, ["W_xh", "W_hh", "b_h", "b_hn"])
     out = {

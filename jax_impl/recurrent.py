@@ -5,7 +5,8 @@ Cho et al. (2014), "Learning phrase representations using RNN encoder-decoder" (
 Flax's cells keep kernels (in, out): the converters transpose. SimpleCell puts its one bias on the
 input projection; LSTMCell keeps one nnx.Linear per gate (ii, if_, ig, io without bias; hi, hf, hg, ho
 with bias). nnx.GRUCell has no b_hn (its dense_h has no bias), so it cannot hold the canonical GRU:
-the GRUCell below is written in the open, with nnx.GRUCell's layers plus b_hn (docs/PORTING.md).
+the GRUCell below is written in the open, with nnx.GRUCell's layers plus b_hn (docs/PORTING.md);
+with reset_after=False it is Keras's GRU(reset_after=False), which no Flax cell computes.
 """
 
 from __future__ import annotations
@@ -57,8 +58,11 @@ def lstm_step(cell: nnx.LSTMCell, x, state):
 
 
 def gru_step(cell: GRUCell, x, state):
-    """One step: gates (r, z, n), n = tanh(W_in x + b_in + r (W_hn h + b_hn)), h' = (1 - z) n + z h."""
+    """One step: gates (r, z, n), n = tanh(W_in x + b_in + r (W_hn h + b_hn)), h' = (1 - z) n + z h.
+    GRUCell(reset_after=False) resets before the matmul: n = tanh(W_in x + b_in + W_hn (r h))."""
     (h,) = state
+    if not cell.reset_after:
+        return gru_reset_before_step(cell, x, state)
     x_r, x_z, x_n = jnp.split(
         x @ cell.dense_i.kernel[...] + cell.dense_i.bias[...], 3, axis=1
     )  # (B, D) @ (D, 3H) -> 3 x (B, H)
@@ -72,15 +76,40 @@ def gru_step(cell: GRUCell, x, state):
     return (h,)
 
 
+def gru_reset_before_step(cell: GRUCell, x, state):
+    """Keras's GRU(reset_after=False): n = tanh(W_in x + b_in + W_hn (r h)), h' = (1 - z) n + z h."""
+    (h,) = state
+    x_r, x_z, x_n = jnp.split(
+        x @ cell.dense_i.kernel[...] + cell.dense_i.bias[...], 3, axis=1
+    )  # (B, D) @ (D, 3H) -> 3 x (B, H)
+    w_h, hidden = cell.dense_h.kernel[...], h.shape[1]
+    h_r, h_z = jnp.split(h @ w_h[:, : 2 * hidden], 2, axis=1)  # (B, H) @ (H, 2H) -> 2 x (B, H)
+    r, z = nnx.sigmoid(x_r + h_r), nnx.sigmoid(x_z + h_z)
+    n = jnp.tanh(x_n + (r * h) @ w_h[:, 2 * hidden :])  # the reset gate scales h, before the matmul
+    h = (1 - z) * n + z * h
+    return (h,)
+
+
 STEPS = {"rnn": rnn_step, "lstm": lstm_step, "gru": gru_step}
 
 
 class GRUCell(nnx.RNNCellBase):
     """The GRU of torch and Keras (reset_after): nnx.GRUCell's dense_i and dense_h, and the b_hn
-    that nnx.GRUCell lacks, inside the reset product: n = tanh(W_in x + b_in + r * (W_hn h + b_hn))."""
+    that nnx.GRUCell lacks, inside the reset product: n = tanh(W_in x + b_in + r * (W_hn h + b_hn)).
+    reset_after=False: Keras's GRU(reset_after=False), which no Flax cell computes, n = tanh(W_in x
+    + b_in + W_hn (r * h)), and no b_hn."""
 
-    def __init__(self, in_features: int, hidden_features: int, *, init, dtype, rngs: nnx.Rngs):
-        self.hidden_features = hidden_features
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        *,
+        init,
+        dtype,
+        rngs: nnx.Rngs,
+        reset_after: bool = True,
+    ):
+        self.hidden_features, self.reset_after, self.dtype = hidden_features, reset_after, dtype
         self.dense_i = nnx.Linear(
             in_features, 3 * hidden_features, kernel_init=init, bias_init=init, dtype=dtype,
             param_dtype=dtype, rngs=rngs,
@@ -89,9 +118,12 @@ class GRUCell(nnx.RNNCellBase):
             hidden_features, 3 * hidden_features, use_bias=False, kernel_init=init, dtype=dtype,
             param_dtype=dtype, rngs=rngs,
         )  # fmt: skip
-        self.b_hn = nnx.Param(init(rngs.params(), (hidden_features,), dtype))
+        if reset_after:
+            self.b_hn = nnx.Param(init(rngs.params(), (hidden_features,), dtype))
 
     def __call__(self, carry, inputs):
+        if not self.reset_after:
+            return (gru_reset_before_step(self, inputs, (carry,))[0],) * 2
         h = carry
         x_r, x_z, x_n = jnp.split(self.dense_i(inputs), 3, axis=-1)  # (B, D) -> 3 x (B, H)
         h_r, h_z, h_n = jnp.split(self.dense_h(h), 3, axis=-1)  # (B, H) -> 3 x (B, H)
@@ -102,7 +134,7 @@ class GRUCell(nnx.RNNCellBase):
 
     def initialize_carry(self, input_shape, rngs=None):
         """Zeros (B, H): nnx.RNN asks the cell for its first state."""
-        return jnp.zeros((*input_shape[:-1], self.hidden_features), self.b_hn.dtype)
+        return jnp.zeros((*input_shape[:-1], self.hidden_features), self.dtype)
 
     @property
     def num_feature_axes(self) -> int:
@@ -114,7 +146,9 @@ def make_cell(cfg: RNNConfig, *, rngs: nnx.Rngs, dtype, in_features: int | None 
     init = lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound)
     d_in = in_features or cfg.in_features
     if cfg.cell == "gru":
-        return GRUCell(d_in, cfg.hidden, init=init, dtype=dtype, rngs=rngs)
+        return GRUCell(
+            d_in, cfg.hidden, init=init, dtype=dtype, rngs=rngs, reset_after=cfg.reset_after
+        )
     kwargs = dict(
         kernel_init=init,
         recurrent_kernel_init=init,
@@ -240,7 +274,8 @@ def canonical_layers(model: RNN) -> dict:
     """Each stock layer by canonical prefix, with its jax_impl/porting.py function and layout
     (kernels transposed; LSTMCell's eight Linears; the bias on the input or the hidden side)."""
     prefixes = zip(model.cfg.layer_prefixes(), model.recurrents())
-    layers = {p: (PORTING[model.cfg.cell], cell, {}) for p, cell in prefixes}
+    layout = {} if model.cfg.reset_after else {"reset_after": False}  # GRUCell(reset_after=False)
+    layers = {p: (PORTING[model.cfg.cell], cell, layout) for p, cell in prefixes}
     return {**layers, "head.": ("dense", model.head, {})}
 
 

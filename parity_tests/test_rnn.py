@@ -375,6 +375,14 @@ STOCK_CASES = [
         batch=4,
         extra_outputs=("hidden", "h_n"),
     ),
+    parity.Case(
+        "gru",
+        "reset-before",
+        RNNConfig("gru", 3, 4, 3, "sequence", clip_norm=0.25, reset_after=False),
+        parity.sequences,
+        batch=4,
+        extra_outputs=("hidden", "h_n"),
+    ),
 ]
 
 
@@ -562,3 +570,43 @@ def test_scratch_initial_state_gradient_matches_finite_differences(case):
     for name, s in zip(("grad.h0", "grad.c0"), state):
         loss = lambda: impl.loss_fn(model.forward(x, state), y)[0]
         parity.assert_close(analytic[name], numeric_grad(loss, s), 1e-6, f"{case.id} {name}")
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_stock_keras_gru_reset_before_is_the_oracle(framework):
+    """Keras's stock GRU(reset_after=False) with random non-zero weights and bias, mapped to its
+    canonical form (W_xh, W_hh, b_h, no b_hn) by tf_impl/porting.py, gives the suite model's outputs
+    and states in every framework (torch and Flax: a hand-written cell), float64; the reset_after
+    model on the same numbers (b_hn = 0) does not."""
+    import keras
+
+    from tf_impl import porting as keras_porting
+
+    cfg = RNNConfig("gru", 3, 4, 3, "sequence", reset_after=False)
+    layer = keras.layers.GRU(
+        cfg.hidden, return_sequences=True, return_state=True, reset_after=False, dtype="float64"
+    )
+    head = keras.layers.Dense(cfg.n_classes, dtype="float64")
+    x = np.random.default_rng(8).normal(size=(2, 5, cfg.in_features))
+    hidden, h_n = layer(x)
+    head(hidden)
+    rng = np.random.default_rng(9)
+    for part in (layer, head):
+        part.set_weights([rng.uniform(-0.6, 0.6, w.shape) for w in part.get_weights()])
+    hidden, h_n = layer(x)
+    reference = {"output": np.asarray(head(hidden)), "hidden": np.asarray(hidden)}
+    reference["h_n"] = np.asarray(h_n)
+    w, b = head.get_weights()
+    params = keras_porting.gru_to_canonical(layer.get_weights(), reset_after=False)
+    params |= {"W_hy": w.T.copy(), "b_y": b}
+    _, model = loaded(framework, cfg, params)
+    logits, hidden, final = states_of(framework, model, x)
+    got = {"output": logits, "hidden": hidden, "h_n": final[0]}
+    for name, value in got.items():
+        parity.assert_close(value, reference[name], 1e-12, f"{framework} {name}")
+    _, reset_after = loaded(
+        framework, replace(cfg, reset_after=True), {**params, "b_hn": np.zeros(cfg.hidden)}
+    )
+    with pytest.raises(AssertionError):
+        wrong = states_of(framework, reset_after, x)[0]
+        parity.assert_close(wrong, reference["output"], 1e-6, "the reset_after GRU")

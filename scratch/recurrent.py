@@ -105,13 +105,16 @@ class LSTMCell:
 
 class GRUCell:
     """One step: gates (r, z, n), n = tanh(W_in x + b_in + r (W_hn h + b_hn)), h' = (1 - z) n + z h;
-    and its backward."""
+    and its backward. reset_after=False (Keras's GRU(reset_after=False), Cho et al.'s original):
+    the reset before the matmul, n = tanh(W_in x + b_in + W_hn (r h)), no b_hn."""
 
-    def __init__(self, params: dict[str, np.ndarray]):
-        self.params = params
+    def __init__(self, params: dict[str, np.ndarray], reset_after: bool = True):
+        self.params, self.reset_after = params, reset_after
         self.grads = {k: np.zeros_like(v) for k, v in params.items()}
 
     def forward(self, x, state):
+        if not self.reset_after:
+            return self.forward_reset_before(x, state)
         (h,) = state
         p = self.params
         # (B, D) @ (D, 3H) -> (B, 3H) -> 3 x (B, H)
@@ -124,7 +127,38 @@ class GRUCell:
         h = (1 - z) * n + z * h
         return (h,), cache
 
+    def forward_reset_before(self, x, state):
+        (h,) = state
+        p, hidden = self.params, h.shape[1]
+        # (B, D) @ (D, 3H) -> (B, 3H) -> 3 x (B, H)
+        x_r, x_z, x_n = np.split(x @ p["W_xh"].T + p["b_h"], 3, axis=1)
+        h_r, h_z = np.split(h @ p["W_hh"][: 2 * hidden].T, 2, axis=1)  # (B, H) @ (H, 2H)
+        r, z = sigmoid(x_r + h_r), sigmoid(x_z + h_z)
+        rh = r * h  # the reset gate scales h, before the matmul
+        n = np.tanh(x_n + rh @ p["W_hh"][2 * hidden :].T)  # (B, H) @ (H, H) -> (B, H)
+        cache = {"x": x, "h": h, "r": r, "z": z, "n": n, "rh": rh}
+        h = (1 - z) * n + z * h
+        return (h,), cache
+
+    def backward_reset_before(self, dstate, cache):
+        (dh_new,) = dstate
+        k, hidden = cache, cache["h"].shape[1]
+        w_hrz, w_hn = self.params["W_hh"][: 2 * hidden], self.params["W_hh"][2 * hidden :]
+        da_n = dh_new * (1 - k["z"]) * (1 - k["n"] ** 2)
+        drh = da_n @ w_hn  # (B, H) @ (H, H): the gradient of r h
+        da_r = drh * k["h"] * k["r"] * (1 - k["r"])
+        da_z = dh_new * (k["h"] - k["n"]) * k["z"] * (1 - k["z"])
+        dx_side = np.concatenate([da_r, da_z, da_n], axis=1)  # (B, 3H): of x W_xh^T + b_h
+        self.grads["W_xh"] += dx_side.T @ k["x"]  # (3H, B) @ (B, D) -> (3H, D)
+        self.grads["W_hh"][: 2 * hidden] += np.concatenate([da_r, da_z], axis=1).T @ k["h"]
+        self.grads["W_hh"][2 * hidden :] += da_n.T @ k["rh"]  # (H, B) @ (B, H) -> (H, H)
+        self.grads["b_h"] += dx_side.sum(axis=0)
+        dh = np.concatenate([da_r, da_z], axis=1) @ w_hrz + drh * k["r"] + dh_new * k["z"]
+        return dx_side @ self.params["W_xh"], (dh,)
+
     def backward(self, dstate, cache):
+        if not self.reset_after:
+            return self.backward_reset_before(dstate, cache)
         (dh_new,) = dstate
         k = cache
         da_n = dh_new * (1 - k["z"]) * (1 - k["n"] ** 2)
@@ -194,9 +228,12 @@ class RNN:
 
     def __init__(self, cfg: RNNConfig, *, rng: np.random.Generator, dtype=np.float64):
         self.cfg = cfg
-        nonlinearity = {"nonlinearity": cfg.nonlinearity} if cfg.cell == "rnn" else {}
+        options = {  # the simple RNN's nonlinearity, the GRU's reset_after
+            "rnn": {"nonlinearity": cfg.nonlinearity},
+            "gru": {"reset_after": cfg.reset_after},
+        }.get(cfg.cell, {})
         self.recurrents = {  # by canonical prefix: "" (layer 0 forward), "reverse.", "l1.", ...
-            prefix: Recurrent(CELLS[cfg.cell](params, **nonlinearity), cfg.hidden)
+            prefix: Recurrent(CELLS[cfg.cell](params, **options), cfg.hidden)
             for prefix, params in init_params(cfg, rng, dtype).items()
         }
         self.rnn = self.recurrents[""]

@@ -471,6 +471,9 @@ class RNNConfig:
     nonlinearity: str = "tanh"
     num_layers: int = 1  # stacked layers: layer k > 0 reads layer k - 1's outputs (B, T, dirs*H)
     bidirectional: bool = False  # a second layer reads the sequence backwards; outputs concatenated
+    # the GRU's reset after the matmul, r * (W_hn h + b_hn) (torch, Keras's default); False: Keras's
+    # GRU(reset_after=False), n = tanh(W_in x + b_in + W_hn (r * h)), one bias b_h and no b_hn
+    reset_after: bool = True
 
     def __post_init__(self):
         if self.cell not in RNN_CELLS:
@@ -492,6 +495,8 @@ class RNNConfig:
             raise ValueError(f"clip_norm must be positive or None, got {self.clip_norm}")
         if self.num_layers < 1:
             raise ValueError(f"num_layers must be at least 1, got {self.num_layers}")
+        if not self.reset_after and (self.cell != "gru" or self.layer_prefixes() != [""]):
+            raise ValueError("reset_after=False is a one-layer, one-direction GRU's option")
         if not self.fused and self.layer_prefixes() != [""]:
             raise ValueError("the step by hand (fused=False) runs one forward layer only")
 
@@ -520,7 +525,7 @@ class RNNConfig:
         for i, p in enumerate(self.layer_prefixes()):
             d_in = self.in_features if i < self.directions else self.directions * self.hidden
             shapes |= {f"{p}W_xh": (gh, d_in), f"{p}W_hh": (gh, self.hidden), f"{p}b_h": (gh,)}
-            if self.cell == "gru":
+            if self.cell == "gru" and self.reset_after:
                 shapes[f"{p}b_hn"] = (self.hidden,)
         width = self.directions * self.hidden  # the head reads (B, T, dirs*H)
         return {**shapes, "W_hy": (self.n_classes, width), "b_y": (self.n_classes,)}

@@ -5,7 +5,8 @@ Elman (1990), "Finding structure in time"; Hochreiter & Schmidhuber (1997), "Lon
 Cho et al. (2014), "Learning phrase representations using RNN encoder-decoder" (the GRU).
 Keras keeps kernels (D, G*H) and recurrent kernels (H, G*H): the converters transpose. The LSTM's
 gate order (i, f, c, o) is the canonical (i, f, g, o); the GRU's is (z, r, h), canonical (r, z, n).
-GRU(reset_after=True), the default, is the canonical GRU and keeps two bias rows, (2, 3H).
+GRU(reset_after=True), the default, is the canonical GRU and keeps two bias rows, (2, 3H);
+GRU(reset_after=False) has its own canonical form, one bias (3H,) and no b_hn.
 """
 
 from __future__ import annotations
@@ -46,8 +47,11 @@ def lstm_step(cell: keras.layers.LSTMCell, x, state):
 
 
 def gru_step(cell: keras.layers.GRUCell, x, state):
-    """One step: gates (r, z, n), n = tanh(W_in x + b_in + r (W_hn h + b_hn)), h' = (1 - z) n + z h."""
+    """One step: gates (r, z, n), n = tanh(W_in x + b_in + r (W_hn h + b_hn)), h' = (1 - z) n + z h.
+    GRU(reset_after=False) resets before the matmul: n = tanh(W_in x + b_in + W_hn (r h))."""
     (h,) = state
+    if not cell.reset_after:
+        return gru_reset_before_step(cell, x, state)
     x_z, x_r, x_n = ops.split(
         ops.matmul(x, cell.kernel) + cell.bias[0], 3, axis=1
     )  # (B, D) @ (D, 3H) -> 3 x (B, H), Keras's order (z, r, h)
@@ -56,6 +60,22 @@ def gru_step(cell: keras.layers.GRUCell, x, state):
     )  # (B, H) @ (H, 3H) -> 3 x (B, H)
     r, z = ops.sigmoid(x_r + h_r), ops.sigmoid(x_z + h_z)
     n = ops.tanh(x_n + r * h_n)  # the reset gate scales W_hn h + b_hn, after the matmul
+    h = (1 - z) * n + z * h
+    return (h,)
+
+
+def gru_reset_before_step(cell: keras.layers.GRUCell, x, state):
+    """GRU(reset_after=False): one bias (3H,), n = tanh(W_in x + b_in + W_hn (r h))."""
+    (h,) = state
+    x_z, x_r, x_n = ops.split(
+        ops.matmul(x, cell.kernel) + cell.bias, 3, axis=1
+    )  # (B, D) @ (D, 3H) -> 3 x (B, H), Keras's order (z, r, h)
+    hidden = ops.shape(h)[1]
+    h_z, h_r = ops.split(
+        ops.matmul(h, cell.recurrent_kernel[:, : 2 * hidden]), 2, axis=1
+    )  # (B, H) @ (H, 2H) -> 2 x (B, H)
+    r, z = ops.sigmoid(x_r + h_r), ops.sigmoid(x_z + h_z)
+    n = ops.tanh(x_n + ops.matmul(r * h, cell.recurrent_kernel[:, 2 * hidden :]))  # reset before
     h = (1 - z) * n + z * h
     return (h,)
 
@@ -86,6 +106,8 @@ def make_recurrent(
     )
     if cfg.cell == "rnn":
         kwargs["activation"] = cfg.nonlinearity  # "tanh" or "relu"
+    if cfg.cell == "gru":
+        kwargs["reset_after"] = cfg.reset_after  # False: one bias (3H,), the reset before W_hn
     if cfg.cell == "lstm":
         kwargs["unit_forget_bias"] = (
             False  # True (the default) would add 1 to the initial forget bias
@@ -143,7 +165,7 @@ class RNN(keras.Model):
         # the GRU's recurrent bias row duplicates the input row except in its candidate block: zero the
         # duplicate's gradient, or the bias learns at twice the rate and counts twice in the clipping norm
         self.grad_masks = {}
-        for rnn in self.recurrents() if cfg.cell == "gru" else []:
+        for rnn in self.recurrents() if cfg.cell == "gru" and cfg.reset_after else []:
             rnn.cell.bias.assign(
                 ops.stack(
                     [
@@ -237,7 +259,8 @@ def canonical_layers(model: RNN) -> dict:
     """Each stock layer by canonical prefix, with its tf_impl/porting.py function and layout
     (kernels transposed, the GRU's gate blocks (z, r, h) <-> (r, z, n), its two bias rows)."""
     prefixes = zip(model.cfg.layer_prefixes(), model.recurrents())
-    layers = {p: (PORTING[model.cfg.cell], rnn, {}) for p, rnn in prefixes}
+    layout = {} if model.cfg.reset_after else {"reset_after": False}  # GRU(reset_after=False)
+    layers = {p: (PORTING[model.cfg.cell], rnn, layout) for p, rnn in prefixes}
     return {**layers, "head.": ("dense", model.head, {})}
 
 

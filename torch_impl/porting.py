@@ -163,7 +163,8 @@ def _direction_from_canonical(
     if cell == "gru" and prefix + "b_hn" not in canonical:
         raise KeyError(
             f"canonical GRU weights lack {prefix}b_hn: torch's nn.GRU computes the reset_after form "
-            "(r * (W_hn h + b_hn)); a Keras GRU(reset_after=False) has no torch equivalent"
+            "(r * (W_hn h + b_hn)); a Keras GRU(reset_after=False) is not nn.GRU: reset_after=False "
+            "loads it into torch_impl/recurrent.py's GRUResetBefore"
         )
     w_xh, w_hh, b_h, *b_hn = _take(canonical, prefix, names)
     b_hh = np.zeros_like(b_h)
@@ -240,16 +241,19 @@ def gru_to_canonical(
     "bias_hh_l0" (3H,)}, gate blocks (r, z, n) = canonical -> {W_xh, W_hh,
     b_h = bias_ih + [bias_hh[:2H], 0] (3H,), b_hn = bias_hh[2H:] (H,)}.
 
-    torch's GRU is always the reset_after form; `reset_after=False` raises."""
-    if not reset_after:
-        raise ValueError("torch's nn.GRU has no reset_after=False form (Cho et al.'s original)")
-    return _recurrent_to_canonical(native, prefix, "gru", grads)
+    nn.GRU is always the reset_after form. `reset_after=False` maps torch_impl/recurrent.py's
+    hand-written GRUResetBefore (nn.GRU's names, Keras's GRU(reset_after=False) step): every block
+    of bias_hh duplicates bias_ih, b_h = bias_ih + bias_hh, no b_hn."""
+    return _recurrent_to_canonical(native, prefix, "gru" if reset_after else "gru_v1", grads)
 
 
 def gru_from_canonical(canonical: Mapping, prefix: str = "", *, reset_after: bool = True) -> Native:
-    """{W_xh, W_hh, b_h (3H,), b_hn (H,)} -> nn.GRU: bias_ih_l0 = b_h, bias_hh_l0 = [0, 0, b_hn]."""
+    """{W_xh, W_hh, b_h (3H,), b_hn (H,)} -> nn.GRU: bias_ih_l0 = b_h, bias_hh_l0 = [0, 0, b_hn].
+    reset_after=False: {W_xh, W_hh, b_h} (no b_hn) -> GRUResetBefore: bias_ih_l0 = b_h, bias_hh_l0 = 0."""
     if not reset_after:
-        raise ValueError("torch's nn.GRU has no reset_after=False form (Cho et al.'s original)")
+        if prefix + "b_hn" in canonical:
+            raise ValueError(f"{prefix}b_hn is the reset_after GRU's; reset_after=False has none")
+        return _recurrent_from_canonical(canonical, prefix, "gru_v1")
     return _recurrent_from_canonical(canonical, prefix, "gru")
 
 

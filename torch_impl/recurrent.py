@@ -4,7 +4,8 @@ Elman (1990), "Finding structure in time"; Hochreiter & Schmidhuber (1997), "Lon
 Cho et al. (2014), "Learning phrase representations using RNN encoder-decoder" (the GRU).
 torch's layers keep the canonical (G*H, D) weights and gate orders (i, f, g, o) and (r, z, n), but two
 biases, bias_ih and bias_hh, where the canonical model has one: bias_hh holds 0 and never trains,
-except its GRU candidate block, which is the canonical b_hn.
+except its GRU candidate block, which is the canonical b_hn. Keras's GRU(reset_after=False), which
+nn.GRU cannot compute, runs in GRUResetBefore, written by hand with nn.GRU's parameter names.
 """
 
 from __future__ import annotations
@@ -47,8 +48,11 @@ def lstm_step(cell: nn.LSTM, x, state):
 
 
 def gru_step(cell: nn.GRU, x, state):
-    """One step: gates (r, z, n), n = tanh(W_in x + b_in + r (W_hn h + b_hn)), h' = (1 - z) n + z h."""
+    """One step: gates (r, z, n), n = tanh(W_in x + b_in + r (W_hn h + b_hn)), h' = (1 - z) n + z h.
+    A GRUResetBefore cell resets before the matmul: n = tanh(W_in x + b_in + W_hn (r h))."""
     (h,) = state
+    if not getattr(cell, "reset_after", True):  # nn.GRU has only the reset_after form
+        return gru_reset_before_step(cell, x, state)
     x_r, x_z, x_n = (x @ cell.weight_ih_l0.T + cell.bias_ih_l0).chunk(
         3, dim=1
     )  # (B, D) @ (D, 3H) -> 3 x (B, H)
@@ -59,6 +63,44 @@ def gru_step(cell: nn.GRU, x, state):
     n = torch.tanh(x_n + r * h_n)  # the reset gate scales W_hn h + b_hn, after the matmul
     h = (1 - z) * n + z * h
     return (h,)
+
+
+def gru_reset_before_step(cell: GRUResetBefore, x, state):
+    """Keras's GRU(reset_after=False): n = tanh(W_in x + b_in + W_hn (r h)), h' = (1 - z) n + z h."""
+    (h,) = state
+    w_h, b_h = cell.weight_hh_l0, cell.bias_hh_l0  # bias_hh: 0, a duplicate of bias_ih
+    x_r, x_z, x_n = (x @ cell.weight_ih_l0.T + cell.bias_ih_l0 + b_h).chunk(
+        3, dim=1
+    )  # (B, D) @ (D, 3H) -> 3 x (B, H)
+    h_r, h_z = (h @ w_h[: 2 * cell.hidden_size].T).chunk(2, dim=1)  # (B, H) @ (H, 2H) -> 2 x (B, H)
+    r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
+    n = torch.tanh(x_n + (r * h) @ w_h[2 * cell.hidden_size :].T)  # the reset before the matmul
+    h = (1 - z) * n + z * h
+    return (h,)
+
+
+class GRUResetBefore(nn.Module):
+    """Keras's GRU(reset_after=False), which nn.GRU cannot compute, written by hand: nn.GRU's
+    parameter names and shapes (so torch_impl/porting.py's rule maps it, reset_after=False), its
+    step gru_reset_before_step over time; called like nn.GRU, (x, h0 (1, B, H)) -> (out, h_n)."""
+
+    reset_after = False
+
+    def __init__(self, in_features: int, hidden: int, *, dtype, batch_first: bool = True, **_):
+        super().__init__()
+        self.hidden_size = hidden
+        self.weight_ih_l0 = nn.Parameter(torch.empty(3 * hidden, in_features, dtype=dtype))
+        self.weight_hh_l0 = nn.Parameter(torch.empty(3 * hidden, hidden, dtype=dtype))
+        self.bias_ih_l0 = nn.Parameter(torch.empty(3 * hidden, dtype=dtype))
+        self.bias_hh_l0 = nn.Parameter(torch.empty(3 * hidden, dtype=dtype))
+
+    def forward(self, x, hx=None):
+        h = x.new_zeros(x.shape[0], self.hidden_size) if hx is None else hx[0]
+        hs = []
+        for t in range(x.shape[1]):
+            (h,) = gru_reset_before_step(self, x[:, t], (h,))  # (B, D) -> (B, H)
+            hs.append(h)
+        return torch.stack(hs, dim=1), h[None]  # (B, T, H), (1, B, H)
 
 
 STEPS = {"rnn": rnn_step, "lstm": lstm_step, "gru": gru_step}
@@ -81,7 +123,8 @@ class RNN(nn.Module):
         self.cfg = cfg
         self.step = STEPS[cfg.cell]
         nonlinearity = {"nonlinearity": cfg.nonlinearity} if cfg.cell == "rnn" else {}
-        self.rnn = LAYERS[cfg.cell](
+        layer = LAYERS[cfg.cell] if cfg.reset_after else GRUResetBefore
+        self.rnn = layer(
             cfg.in_features,
             cfg.hidden,
             num_layers=cfg.num_layers,
@@ -113,7 +156,9 @@ class RNN(nn.Module):
 
     def trained_bias_hh_start(self) -> int:
         """bias_hh[start:] is a real parameter (the GRU's b_hn); bias_hh[:start] stays 0."""
-        return 2 * self.cfg.hidden if self.cfg.cell == "gru" else self.rnn.bias_hh_l0.shape[0]
+        if self.cfg.cell == "gru" and self.cfg.reset_after:
+            return 2 * self.cfg.hidden
+        return self.rnn.bias_hh_l0.shape[0]
 
     def by_hand(self, x, initial_state=None):
         state = initial_state or tuple(
@@ -164,7 +209,8 @@ HEAD_NAMES = {"head.weight": "W_hy", "head.bias": "b_y"}  # the dense head's can
 
 def canonical_layers(model: RNN) -> dict:
     """Each stock layer by canonical prefix, with its torch_impl/porting.py function and layout."""
-    return {"": (PORTING[model.cfg.cell], model.rnn, {}), "head.": ("dense", model.head, {})}
+    layout = {} if model.cfg.reset_after else {"reset_after": False}  # GRUResetBefore
+    return {"": (PORTING[model.cfg.cell], model.rnn, layout), "head.": ("dense", model.head, {})}
 
 
 def load_canonical(model: RNN, params: dict[str, np.ndarray]) -> None:
