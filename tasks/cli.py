@@ -793,6 +793,7 @@ def all_models(
     frameworks = list(resolve_framework("all"))
     one_thread_for_torch()
     jax_compilation_cache()
+    one_thread_for_numpy()
     trained, records, seconds = [], [], {}
     for model in models:
         start = time.perf_counter()
@@ -837,6 +838,19 @@ def one_thread_for_torch() -> None:
         sys.modules["torch"].set_num_threads(1)
     else:
         os.environ["OMP_NUM_THREADS"] = "1"  # read when torch starts
+
+
+def one_thread_for_numpy() -> None:
+    """NumPy's OpenBLAS on one thread for `rosetta all` (OMP_NUM_THREADS comes too late for it:
+    NumPy is already loaded when a command starts). Its second thread only spins on these small
+    matrices: scratch LeNet-5's default training took 12-41 s CPU with two threads on the shared
+    2-core machine and 3.7 s with one, the same loss to the last bit. A thread count the user set
+    (OPENBLAS_NUM_THREADS, or OMP_NUM_THREADS other than the 1 main() sets) was read at start."""
+    if "OPENBLAS_NUM_THREADS" in os.environ or os.environ.get("OMP_NUM_THREADS", "1") != "1":
+        return
+    from threadpoolctl import threadpool_limits  # installed with scikit-learn
+
+    threadpool_limits(1, user_api="blas")
 
 
 def jax_compilation_cache() -> None:
