@@ -610,3 +610,22 @@ def test_stock_keras_gru_reset_before_is_the_oracle(framework):
     with pytest.raises(AssertionError):
         wrong = states_of(framework, reset_after, x)[0]
         parity.assert_close(wrong, reference["output"], 1e-6, "the reset_after GRU")
+
+
+def test_cli_flags_build_the_stock_configurations():
+    """rosetta train/convert rnn|lstm|gru --num-layers N --bidirectional (rnn: --activation relu)
+    reach RNNConfig through the spec; other models refuse them, the LSTM and GRU refuse --activation."""
+    from tasks.cli import FLAG_RULES
+    from tasks.specs import recurrent as spec_module
+    from tasks.train import TrainOptions
+
+    specs = {spec.name: spec for spec in spec_module.SPECS}
+    data = Dataset(
+        "sign", np.zeros((4, 5, 1)), np.zeros(4, int), np.zeros((1, 5, 1)), np.zeros(1, int), 2
+    )
+    opts = TrainOptions(hidden=(8,), num_layers=2, bidirectional=True, activation="relu")
+    cfg = specs["rnn"].make_config(data, opts)
+    assert (cfg.nonlinearity, cfg.num_layers, cfg.bidirectional) == ("relu", 2, True)
+    assert specs["gru"].make_config(data, TrainOptions(hidden=(8,))).num_layers == 1
+    assert {"--num-layers", "--bidirectional"} <= specs["lstm"].flags & set(FLAG_RULES)
+    assert "--activation" in specs["rnn"].flags and "--activation" not in specs["gru"].flags

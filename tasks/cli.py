@@ -296,6 +296,12 @@ def train(
     final_norm: bool | None = typer.Option(
         None, "--final-norm/--no-final-norm", help=FINAL_NORM_HELP
     ),
+    num_layers: int | None = typer.Option(None, help="rnn, lstm, gru: stacked recurrent layers"),
+    bidirectional: bool = typer.Option(
+        False,
+        "--bidirectional",
+        help="rnn, lstm, gru: a reverse direction too, outputs concatenated",
+    ),
     seed: int = typer.Option(0, help="seed for the split, the initial weights and the batch order"),
     dtype: str = typer.Option("float32", help="float32 or float64"),
     data_dir: str | None = typer.Option(None, help="folder with MNIST IDX files (task mnist)"),
@@ -354,7 +360,7 @@ def train(
             f"unknown task {task!r} for model {model}; choose from: {', '.join(MODELS[model].tasks)}"
         )
     given = {"--batch-size": batch_size, "--hidden": hidden, "--activation": activation, "--pooling": pooling,
-             "--padding": padding, "--final-norm": final_norm, "--optimizer": optimizer, "--schedule": schedule != "constant" or None, "--warmup-steps": warmup_steps or None,
+             "--padding": padding, "--final-norm": final_norm, "--num-layers": num_layers, "--bidirectional": bidirectional or None, "--optimizer": optimizer, "--schedule": schedule != "constant" or None, "--warmup-steps": warmup_steps or None,
              "--clip-norm": clip_norm, "--patience": patience, "--init": init, "--dropout": dropout,
              "--batch-norm": batch_norm or None, "--l2": l2, "--plot": plot, "--data-dir": data_dir,
              "--replicas": replicas}  # fmt: skip
@@ -369,6 +375,8 @@ def train(
         fail(f"unknown dtype {dtype!r}; choose from: float32, float64")
     if activation is not None:  # a model that takes no --activation was refused by check_flags
         check_activation(model, activation)
+    if num_layers is not None and num_layers < 1:
+        fail(f"--num-layers must be a positive integer, got {num_layers}")
     if pooling is not None and pooling not in POOLINGS:
         fail(f"unknown pooling {pooling!r}; choose from: {', '.join(POOLINGS)}")
     sizes = None
@@ -405,6 +413,8 @@ def train(
         pooling=pooling,
         padding=parse_padding(padding),
         final_norm=final_norm,
+        num_layers=num_layers,
+        bidirectional=bidirectional or None,
         seed=seed,
         dtype=dtype,
         data_dir=data_dir,
@@ -479,11 +489,13 @@ FLAG_RULES: dict[str, str] = {
     "--batch-size": PERCEPTRON_RULE,
     "--hidden": "LeNet-5's sizes are the paper's, attention's and the Transformer's the registry's, "
     "and the perceptron has no hidden layer",
-    "--activation": "the recurrent cells' nonlinearities are fixed (tanh, the gates' sigmoid), "
+    "--activation": "the LSTM's and GRU's nonlinearities are fixed (tanh, the gates' sigmoid), "
     "attention has no hidden activation, the perceptron steps",
     "--pooling": "only LeNet-5 pools",
     "--padding": "only LeNet-5 convolves",
     "--final-norm": "only the Transformer has blocks a final LayerNorm can follow",
+    "--num-layers": "only the recurrent models stack layers of one kind",
+    "--bidirectional": "only the recurrent models read a sequence both ways",
     **{
         flag: PERCEPTRON_RULE
         for flag in ("--optimizer", "--schedule", "--warmup-steps", "--clip-norm", "--patience")
@@ -614,6 +626,12 @@ def convert(
     final_norm: bool | None = typer.Option(
         None, "--final-norm/--no-final-norm", help=FINAL_NORM_HELP
     ),
+    num_layers: int | None = typer.Option(None, help="rnn, lstm, gru: stacked recurrent layers"),
+    bidirectional: bool = typer.Option(
+        False,
+        "--bidirectional",
+        help="rnn, lstm, gru: a reverse direction too, outputs concatenated",
+    ),
     dropout: float | None = typer.Option(None, help="mlp, lenet5: as for rosetta train"),
     batch_norm: bool = typer.Option(
         False, "--batch-norm", help="mlp, lenet5: as for rosetta train"
@@ -640,7 +658,8 @@ def convert(
         )
     given = {"--hidden": hidden, "--activation": activation, "--pooling": pooling, "--dropout": dropout,
              "--batch-norm": batch_norm or None, "--data-dir": data_dir, "--padding": padding,
-             "--final-norm": final_norm}  # fmt: skip
+             "--final-norm": final_norm, "--num-layers": num_layers,
+             "--bidirectional": bidirectional or None}  # fmt: skip
     check_flags(model, task, {flag: value is not None for flag, value in given.items()})
     if dtype not in ("float32", "float64"):
         fail(f"unknown dtype {dtype!r}; choose from: float32, float64")
@@ -660,7 +679,8 @@ def convert(
         fail(f"--hidden must be positive integers separated by commas, got {hidden!r}")
     opts = TrainOptions(hidden=sizes, activation=activation, pooling=pooling, dtype=dtype,
                         data_dir=data_dir, dropout=dropout, batch_norm=batch_norm,
-                        padding=parse_padding(padding), final_norm=final_norm)  # fmt: skip
+                        padding=parse_padding(padding), final_norm=final_norm,
+                        num_layers=num_layers, bidirectional=bidirectional or None)  # fmt: skip
     try:
         cfg, x = convert_mod.config_and_probe(model, task, opts, probe)
     except DataFileError as e:

@@ -32,6 +32,8 @@ class TrainOptions:
     # (2, 0) is d2l's LeNet-5); None: the paper's valid convs on images padded to 32x32
     padding: tuple[int, int] | None = None
     final_norm: bool | None = None  # transformer: a final LayerNorm (None: pre-LN yes, post-LN no)
+    num_layers: int | None = None  # rnn, lstm, gru: stacked recurrent layers (None: one)
+    bidirectional: bool | None = None  # rnn, lstm, gru: a reverse direction too (None: no)
     seed: int = 0
     dtype: str = "float32"
     data_dir: str | None = None

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from tasks.cases import Case, sequences
-from tasks.configs import RNNConfig
+from tasks.configs import RNN_NONLINEARITIES, RNNConfig
 from tasks.specs.base import GRADIENT_FLAGS, ModelSpec
 
 
@@ -27,6 +27,10 @@ def config_of(cell: str):
             n_classes=data.n_classes,
             # a label per step, or one per sequence
             output="sequence" if data.y_train.ndim == 2 else "last",
+            # --activation (the simple RNN's tanh or relu), --num-layers, --bidirectional
+            **({"nonlinearity": opts.activation} if getattr(opts, "activation", None) else {}),
+            num_layers=getattr(opts, "num_layers", None) or 1,
+            bidirectional=bool(getattr(opts, "bidirectional", None)),
             # an OptimizerConfig clips by its own clip_norm (optimizer_config moves the RNN's default there)
             **({} if plain_sgd(opts) else {"clip_norm": None}),
         )
@@ -72,7 +76,10 @@ SPECS = tuple(
         make_config=config_of(cell),
         inputs=sequences,
         default_clip=RNNConfig.clip_norm,  # SGD clipped at 1 unless --clip-norm says otherwise
-        flags=GRADIENT_FLAGS | {"--hidden"},
+        flags=GRADIENT_FLAGS
+        | {"--hidden", "--num-layers", "--bidirectional"}
+        | ({"--activation"} if cell == "rnn" else set()),
+        activations=RNN_NONLINEARITIES if cell == "rnn" else (),
         check_hidden=one_hidden_size,
         cases=cases(cell, states),
     )
