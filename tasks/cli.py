@@ -875,7 +875,7 @@ def one_thread_for_numpy() -> None:
 
 def jax_compilation_cache() -> None:
     """JAX's persistent compilation cache for `rosetta all`: every XLA program it compiles (about
-    1,000, mostly 0.1-0.3 s each, mostly in parity) is written to ~/.cache/nn-rosetta/jax
+    770, mostly 0.1-0.3 s each, mostly in parity) is written to ~/.cache/nn-rosetta/jax
     ($XDG_CACHE_HOME honoured; JAX_COMPILATION_CACHE_DIR wins if set) and read back by the next run
     instead of compiled again. The key is a hash of the program, the JAX and XLA versions, the
     flags and the CPU, so a stale entry cannot be hit; a fresh machine compiles everything once.
