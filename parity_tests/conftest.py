@@ -13,16 +13,6 @@ from itertools import combinations
 # (tasks/cli.py one_thread_for_torch), and OMP_NUM_THREADS wins if set. NumPy's OpenBLAS, loaded
 # after this file, reads it too: one thread per worker (threadpoolctl shows openblas at 1 in a test).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-# XLA's CPU backend compiles every parity case and trajectory anew (a new config is a new program),
-# and compiling, not running, is most of a JAX test's time. LLVM at -O0 compiles faster and runs
-# the same HLO: the JAX cases of test_attention.py took 29.4 s CPU at the default level and 19.9 s
-# at 0, every record passing; the opt level does not reorder a reduction (XLA runs without fast
-# math). Only the tests set it (the rosetta subprocesses they start inherit it); `rosetta` itself
-# runs XLA's default. XLA reads XLA_FLAGS once, when jax is first imported: this file runs first.
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
-    ).strip()
 
 import numpy as np
 import pytest
