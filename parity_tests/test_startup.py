@@ -24,3 +24,20 @@ def test_tensorflow_start_up_lines_are_dropped_unless_asked_for():
     assert quiet.stderr == "", quiet.stderr
     # the lines exist (so the first assertion can fail): asked for, they are shown
     assert loud.returncode == 0 and "oneDNN" in loud.stderr, loud.stderr
+
+
+def test_keras_retracing_notice_is_dropped_by_parity_only():
+    """tasks.parity drops TensorFlow's "triggered tf.function retracing" notice (parity builds a
+    Keras model per case; each traces once), and only that message of the "tensorflow" logger."""
+    import logging
+
+    import tasks.parity  # noqa: F401  (installs the filter)
+
+    logger = logging.getLogger("tensorflow")
+
+    def record(msg: str) -> logging.LogRecord:
+        return logger.makeRecord("tensorflow", logging.WARNING, __file__, 1, msg, (), None)
+
+    notice = "5 out of the last 5 calls to <function f> triggered tf.function retracing. Tracing"
+    assert not logger.filter(record(notice))
+    assert logger.filter(record("Gradients do not exist for variables"))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import logging
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -38,6 +39,21 @@ from tasks.cases import (
 from tasks.data import Dataset
 from tasks.registry import FRAMEWORKS, load_impl
 from tasks.specs import transformer as transformer_spec
+
+
+class _NoRetracingNotice(logging.Filter):
+    """Parity builds a new Keras model per case, so `fit` makes a new tf.function per case from the
+    same Python code, and TensorFlow warns after five that "N out of the last N calls ... triggered
+    tf.function retracing" and suggests defining the function outside the loop. Here each trace is
+    a new model's first and only one (a model fitted for several epochs traces once), so the notice
+    is noise on every `rosetta parity` and `rosetta all` run: dropped, and only that one message.
+    TensorFlow logs through the standard "tensorflow" logger, so no framework is imported here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+logging.getLogger("tensorflow").addFilter(_NoRetracingNotice())
 
 # float64 proves a layout rule; float32 shows what users see (oneDNN and XLA reorder sums), so its
 # bounds must hold whatever kernels a CPU selects. Sized by a perturbation experiment
