@@ -392,6 +392,7 @@ def test_mnist_with_padding_stays_28x28_and_trains_from_the_cli(tmp_path):
 
 
 # ----------------------------------------------------------------------------- training
+@pytest.mark.slow  # a quality run: the default training to its bar
 def test_default_training_reaches_97_percent_in_every_framework():
     """The registry's defaults on digits32, float32: >= 97% test accuracy in all four and a falling
     loss. No float32 lockstep bound: it depends on the CPU's kernels (parity_tests/test_training.py).
@@ -404,6 +405,7 @@ def test_default_training_reaches_97_percent_in_every_framework():
     assert result["config"]["activation"] == "tanh" and result["config"]["pooling"] == "avg"
 
 
+@pytest.mark.slow  # a quality run: the default training to its bar
 def test_default_training_is_lockstep_in_float64():
     """The same defaults for 2 epochs in float64 (the second starts from the first's shuffled order,
     training mode and optimiser state): the four end at scratch's parameters (measured: at most

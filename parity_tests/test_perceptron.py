@@ -258,6 +258,7 @@ def test_xor_never_reaches_zero_mistakes():
         assert row["train_accuracy"] <= 0.75, row
 
 
+@pytest.mark.slow  # a quality run: the default training to its bar
 def test_mlp_reaches_100_percent_on_xor():
     """The foundation MLP (one tanh hidden layer, registry defaults) gets all four XOR rows right."""
     result = train.run("mlp", "xor", list(FRAMEWORKS), train.TrainOptions())

@@ -18,6 +18,7 @@ from tasks.registry import FRAMEWORKS
 BARS = {("mlp", "moons"): 0.96, ("mlp", "digits"): 0.95}
 
 
+@pytest.mark.slow  # a quality run: the default training to its bar
 @pytest.mark.parametrize("model, task", list(BARS), ids=lambda v: str(v))
 def test_default_training_reaches_the_bar(model, task):
     """float32, the default a user runs: every framework reaches the bar and its loss falls."""
@@ -27,6 +28,7 @@ def test_default_training_reaches_the_bar(model, task):
         assert row["history"][-1] < 0.5 * row["history"][0], row  # training, not drifting
 
 
+@pytest.mark.slow  # a quality run: the default training to its bar
 @pytest.mark.parametrize("model, task", list(BARS), ids=lambda v: str(v))
 def test_default_training_is_lockstep_in_float64(model, task):
     """float64, the same default run: the four end at scratch's parameters and loss."""
@@ -38,6 +40,7 @@ def test_default_training_is_lockstep_in_float64(model, task):
         assert row["test_accuracy"] >= BARS[model, task], row
 
 
+@pytest.mark.slow  # a quality run: the default training to its bar
 def test_regression_default_run_is_lockstep_in_float64_and_near_least_squares():
     """mlp on diabetes (an identity head, MSE), the default run in float64: the four end at
     scratch's parameters, loss and R² (Keras's stock R2Score built outside compat.floatx keeps float32

@@ -275,6 +275,7 @@ def test_stock_torch_encoder_ported_gives_its_logits(cfg, framework):
 
 
 # ----------------------------------------------------------------------------- training
+@pytest.mark.slow  # a quality run: the default training to its bar
 def test_default_training_reverses_held_out_sequences():
     """`rosetta train transformer` with the default settings (Adam lr 0.005, constant) for 3 of the
     default 4 epochs: >= 99% held-out token accuracy in all four. Sized by the measured default run
