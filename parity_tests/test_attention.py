@@ -599,7 +599,185 @@ def test_flax_stock_needs_kdim_eq_vdim():
         StockMultiHeadAttention(CROSS_E, CROSS_NH, kdim=6, vdim=10, rngs=nnx.Rngs(0), dtype=None)
 
 
+# 20 plain SGD steps of one cross-attention layer on mean((output - target)^2), padding on S
+CROSS_STEPS, CROSS_LR = 20, 0.1
+
+
+def cross_target() -> np.ndarray:
+    """The fixed target (B, T, E) of the trajectory's loss mean((output - target)^2)."""
+    return np.random.default_rng(12).normal(size=(CROSS_B, CROSS_T, CROSS_E))
+
+
+def cross_dims(framework: str, stock: bool) -> tuple[int, int]:
+    """kdim != vdim, except Flax's stock layer, which has one in_kv_features."""
+    return (6, 6) if (framework == "jax_impl" and stock) else (6, 10)
+
+
+def scratch_cross_trajectory(kdim, vdim, lr=CROSS_LR, steps=CROSS_STEPS):
+    """The reference: scratch's forward, its hand-written backward of the mean squared error and
+    scratch/optim.py's SGD; the canonical parameters after `steps` updates."""
+    from scratch.attention import MultiHeadAttention
+    from scratch.optim import SGD
+    from tasks.configs import OptimizerConfig
+
+    layer = MultiHeadAttention(
+        CROSS_E, CROSS_NH, kdim=kdim, vdim=vdim, rng=np.random.default_rng(0)
+    )
+    for name, dense in layer.layers().items():
+        for p in dense.params:
+            dense.params[p] = cross_params(kdim, vdim)[f"attn.{name}.{p}"].copy()
+    x, key, value, allowed, _ = cross_inputs(kdim, vdim)
+    target = cross_target()
+    opt = SGD(layer, OptimizerConfig(name="sgd", lr=lr))
+    for _ in range(steps):
+        opt.zero_grad()
+        out, _ = layer.forward(x, allowed, key, value)
+        layer.backward(2 * (out - target) / out.size)  # d mean((out - target)^2) / d out
+        opt.step()
+    return {
+        f"attn.{name}.{p}": v.copy()
+        for name, d in layer.layers().items()
+        for p, v in d.params.items()
+    }
+
+
+def torch_cross_trajectory(kdim, vdim, stock, lr=CROSS_LR, steps=CROSS_STEPS):
+    import torch
+
+    from torch_impl import attention, porting
+
+    cls = attention.StockMultiHeadAttention if stock else attention.MultiHeadAttention
+    layer = cls(CROSS_E, CROSS_NH, kdim=kdim, vdim=vdim, dtype=torch.float64)
+    if stock:
+        layers = {"attn.": ("mha", layer.mha, {"num_heads": CROSS_NH})}
+    else:
+        layers = {f"attn.{p}.": ("dense", getattr(layer, p), {}) for p in "qkvo"}
+    porting.load_layers(layers, cross_params(kdim, vdim))
+    x, key, value, allowed, _ = cross_inputs(kdim, vdim)
+    x, key, value, target = map(torch.from_numpy, (x, key, value, cross_target()))
+    allowed = torch.from_numpy(np.ascontiguousarray(allowed))
+    opt = torch.optim.SGD(layer.parameters(), lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        out, _ = layer(x, allowed, key, value)
+        ((out - target) ** 2).mean().backward()
+        opt.step()
+    return porting.layers_to_canonical(layers)
+
+
+def keras_cross_trajectory(kdim, vdim, stock, lr=CROSS_LR, steps=CROSS_STEPS):
+    import keras
+    import tensorflow as tf
+
+    from tasks.configs import OptimizerConfig
+    from tf_impl import attention, porting
+    from tf_impl.optim import make_keras_optimizer
+
+    cls = attention.StockMultiHeadAttention if stock else attention.MultiHeadAttention
+    seed = keras.random.SeedGenerator(0)
+    layer = cls(CROSS_E, CROSS_NH, kdim=kdim, vdim=vdim, seed=seed, dtype="float64", name="attn")
+    if stock:
+        layers = {"attn.": ("mha", layer.mha, {"num_heads": CROSS_NH})}
+    else:
+        layers = {f"attn.{p}.": ("dense", getattr(layer, p), {}) for p in "qkvo"}
+    porting.load_layers(layers, cross_params(kdim, vdim))
+    x, key, value, allowed, _ = map(tf.constant, cross_inputs(kdim, vdim))
+    target = tf.constant(cross_target())
+    # keras.optimizers.SGD, its learning-rate variable in float64 (a float32 0.1 is 1.5e-8 off)
+    opt = make_keras_optimizer(OptimizerConfig(name="sgd", lr=lr), "float64")
+    for _ in range(steps):
+        with tf.GradientTape() as tape:
+            out, _ = layer(x, allowed, key, value)
+            loss = tf.reduce_mean((out - target) ** 2)
+        grads = tape.gradient(loss, layer.trainable_variables)
+        opt.apply_gradients(zip(grads, layer.trainable_variables))
+    return porting.layers_to_canonical(layers)
+
+
+def flax_cross_trajectory(kdim, vdim, stock, lr=CROSS_LR, steps=CROSS_STEPS):
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    from jax_impl import attention, porting
+
+    cls = attention.StockMultiHeadAttention if stock else attention.MultiHeadAttention
+    layer = cls(CROSS_E, CROSS_NH, kdim=kdim, vdim=vdim, rngs=nnx.Rngs(0), dtype=jnp.float64)
+
+    def layers_of(m):
+        if stock:
+            return {"attn.": ("mha", m.mha, {"num_heads": CROSS_NH})}
+        return {f"attn.{p}.": ("dense", getattr(m, p), {}) for p in "qkvo"}
+
+    porting.load_layers(layers_of(layer), cross_params(kdim, vdim))
+    x, key, value, allowed, _ = map(jnp.asarray, cross_inputs(kdim, vdim))
+    target = jnp.asarray(cross_target())
+    graphdef, params, rest = nnx.split(layer, nnx.Param, ...)
+
+    def loss(params):
+        out, _ = nnx.merge(graphdef, params, rest)(x, allowed, key, value)
+        return ((out - target) ** 2).mean()
+
+    tx = optax.sgd(lr)
+    opt_state = tx.init(params)
+    for _ in range(steps):
+        updates, opt_state = tx.update(jax.grad(loss)(params), opt_state, params)
+        params = optax.apply_updates(params, updates)
+    return porting.layers_to_canonical(layers_of(nnx.merge(graphdef, params, rest)))
+
+
+CROSS_TRAJECTORY = {
+    "torch_impl": torch_cross_trajectory,
+    "tf_impl": keras_cross_trajectory,
+    "jax_impl": flax_cross_trajectory,
+}
+
+
+def assert_cross_params_close(actual, expected, what):
+    assert actual.keys() == expected.keys(), what
+    for name, reference in expected.items():
+        assert actual[name].shape == reference.shape, (what, name)
+        assert actual[name].dtype == np.float64, (what, name)
+        parity.assert_close(actual[name], reference, 1e-9, f"{what} {name}")
+
+
+@pytest.mark.parametrize("framework, stock", [(fw, s) for fw in OTHERS for s in (False, True)])
+def test_cross_attention_trajectory_matches_scratch(framework, stock):
+    """A cross-attention layer (E 8, 2 heads, T 3, S 5, a padding mask on S; kdim 6, vdim 10, Flax's
+    stock layer kdim = vdim = 6) from the canonical weights, 20 plain SGD steps at lr 0.1 on
+    mean((output - target)^2), each framework's autograd and stock SGD (torch.optim.SGD,
+    keras.optimizers.SGD, optax.sgd): every canonical parameter after the 20 steps equals scratch's
+    (hand-written backward, scratch/optim.py SGD), float64 <= 1e-9 of each tensor's largest entry
+    (measured: <= 2.8e-16 in all six)."""
+    kdim, vdim = cross_dims(framework, stock)
+    expected = scratch_cross_trajectory(kdim, vdim)
+    start = cross_params(kdim, vdim)
+    # the steps moved every tensor by far more than the tolerance (measured: 0.03 to 1.7 of its size)
+    for name, reference in expected.items():
+        if not name.endswith("k.bias"):  # grad b_k is 0 up to rounding: b_k does not move
+            moved = np.abs(reference - start[name]).max() / np.abs(reference).max()
+            assert moved > 1e-4, (name, moved)
+    actual = CROSS_TRAJECTORY[framework](kdim, vdim, stock)
+    assert_cross_params_close(actual, expected, f"{framework} stock={stock}")
+
+
+@pytest.mark.parametrize("change", [{"lr": CROSS_LR * 1.01}, {"steps": CROSS_STEPS - 1}])
+def test_cross_attention_trajectory_check_can_fail(change):
+    """The check above is not vacuous: torch's hand-written layer at a 1% different lr, or one step
+    short, parts from scratch's 20 steps by far more than the tolerance (measured: 1.1e-2 and
+    5.6e-2 of the worst tensor's size)."""
+    expected = scratch_cross_trajectory(6, 10)
+    actual = torch_cross_trajectory(6, 10, False, **change)
+    assert actual.keys() == expected.keys()
+    worst = max(np.abs(actual[k] - e).max() / np.abs(e).max() for k, e in expected.items())
+    assert worst > 1e-3, worst
+    with pytest.raises(AssertionError, match="Not equal to tolerance"):
+        assert_cross_params_close(actual, expected, f"torch {change}")
+
+
 # ----------------------------------------------------------------------------- training
+@pytest.mark.slow  # a quality run: the default training to its bar
 def test_default_training_reverses_held_out_sequences():
     """`rosetta train attention` with the default settings (Adam lr 0.01, constant) for 4 of the
     default 8 epochs: >= 99% held-out token accuracy in all four. Sized by the measured curve (torch,
