@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import Phase, assume, given, settings
+from hypothesis import Phase, assume, example, given, settings
 from hypothesis import strategies as st
 
 from parity_tests.conftest import assert_matches_scratch, numeric_grad, star_params
@@ -137,6 +137,7 @@ def test_framework_default_eps_and_gelu_would_break_parity():
     stock=st.booleans(),
     seed=st.integers(0, 2**16),
 )
+@example(batch=3, length=4, heads=1, head_size=2, norm="pre", stock=True, seed=2000)  # q/k grads ~0
 def test_random_shapes_match_scratch(batch, length, heads, head_size, norm, stock, seed):
     """Any (batch, length, heads, head size): one block, every framework matches scratch in float64."""
     assume(heads * head_size % 2 == 0)  # sinusoidal positions need an even d_model
@@ -160,13 +161,19 @@ def test_random_shapes_match_scratch(batch, length, heads, head_size, norm, stoc
         impl.load_canonical(model, params)
         results[framework] = impl.forward_backward(model, x, y)
     reference = results["scratch"]
+    # The query and key gradients can be zero in exact arithmetic: with d_model 2, layer norm maps
+    # every token to +-(1, -1) (times gain, plus bias), and the scores' gradients cancel. Found with
+    # heads 1, head size 2, pre-LN, seed 2000: q/k gradients of 7e-15 beside value gradients of
+    # 5e-6, the frameworks 1.7e-9 apart relative to the former, 3e-18 relative to the latter. So
+    # they are measured at the size of the layer's value gradient, as the key bias always is.
+    v_scale = float(np.abs(reference["grad.blocks.0.attn.v.weight"]).max())
     for framework in OTHERS:
         for tensor, value in reference.items():
-            scale = (
-                float(np.abs(reference["grad.blocks.0.attn.v.weight"]).max())
-                if tensor.endswith("k.bias")
-                else None
-            )
+            scale = None
+            if tensor.endswith("k.bias"):
+                scale = v_scale
+            elif ".attn.q." in tensor or ".attn.k." in tensor:
+                scale = max(float(np.abs(value).max()), v_scale)
             parity.assert_close(
                 results[framework][tensor], value, 1e-10, f"{framework} {tensor} {cfg}", scale
             )
