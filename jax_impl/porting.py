@@ -32,6 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from tasks.weights import GRAD_LAYERS, PORTED_LAYERS
+
 Native = dict
 Canonical = dict[str, np.ndarray]
 
@@ -319,23 +321,9 @@ def mha_from_canonical(canonical: Mapping, prefix: str = "", *, num_heads: int) 
     return out
 
 
-LAYERS = (
-    "dense",
-    "conv2d",
-    "embedding",
-    "layer_norm",
-    "batch_norm",
-    "simple_rnn",
-    "lstm",
-    "gru",
-    "mha",
-)
-
-
 # ----------------------------------------------------------------------------- models
-TO = {name: globals()[f"{name}_to_canonical"] for name in LAYERS}
-FROM = {name: globals()[f"{name}_from_canonical"] for name in LAYERS}
-GRADS = ("batch_norm", "simple_rnn", "lstm", "gru")  # the functions that take `grads`
+TO = {name: globals()[f"{name}_to_canonical"] for name in PORTED_LAYERS}
+FROM = {name: globals()[f"{name}_from_canonical"] for name in PORTED_LAYERS}
 
 Layers = Mapping[str, tuple[str, nnx.Module, dict]]  # prefix -> (layer, module, layout keywords)
 
@@ -364,6 +352,6 @@ def layers_to_canonical(layers: Layers, *, grads: bool = False) -> Canonical:
     out = {}
     for prefix, (layer, module, layout) in layers.items():
         native = nnx.state(module, (nnx.Param, nnx.BatchStat))
-        flag = {"grads": grads} if layer in GRADS else {}
+        flag = {"grads": grads} if layer in GRAD_LAYERS else {}
         out.update(TO[layer](native, prefix, **layout, **flag))
     return out

@@ -24,6 +24,15 @@ import numpy as np
 Params = dict[str, np.ndarray]
 Shapes = Mapping[str, tuple[int, ...]]
 
+# The stock layers each framework's porting.py maps both ways (`{layer}_to_canonical`,
+# `{layer}_from_canonical`): one list, so the three porting modules cannot drift apart.
+PORTED_LAYERS = (
+    "dense", "conv2d", "embedding", "layer_norm", "batch_norm", "simple_rnn", "lstm", "gru", "mha",
+)  # fmt: skip
+# the layers whose gradients map to canonical differently from their weights (`grads=True`):
+# batch norm's running statistics have none; torch's two RNN biases act as one
+GRAD_LAYERS = ("batch_norm", "simple_rnn", "lstm", "gru")
+
 # safetensors dtype codes -> bytes per element; the floats this suite loads, and what it refuses
 FLOAT_CODES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": None}
 INTEGER_CODES = {"BOOL", "U8", "I8", "U16", "I16", "U32", "I32", "U64", "I64"}

@@ -28,6 +28,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from tasks.weights import GRAD_LAYERS, PORTED_LAYERS
+
 Native = list[np.ndarray]
 Canonical = dict[str, np.ndarray]
 
@@ -284,23 +286,9 @@ def mha_from_canonical(canonical: Mapping, prefix: str = "", *, num_heads: int) 
     return [*out, w.T.reshape(num_heads, -1, w.shape[0]).copy(), b.copy()]
 
 
-LAYERS = (
-    "dense",
-    "conv2d",
-    "embedding",
-    "layer_norm",
-    "batch_norm",
-    "simple_rnn",
-    "lstm",
-    "gru",
-    "mha",
-)
-
-
 # ----------------------------------------------------------------------------- models
-TO = {name: globals()[f"{name}_to_canonical"] for name in LAYERS}
-FROM = {name: globals()[f"{name}_from_canonical"] for name in LAYERS}
-GRADS = ("batch_norm", "simple_rnn", "lstm", "gru")  # the functions that take `grads`
+TO = {name: globals()[f"{name}_to_canonical"] for name in PORTED_LAYERS}
+FROM = {name: globals()[f"{name}_from_canonical"] for name in PORTED_LAYERS}
 
 Layers = Mapping[str, tuple[str, object, dict]]  # prefix -> (layer, Keras layer, layout keywords)
 
@@ -329,6 +317,6 @@ def layers_to_canonical(layers: Layers, grads: Mapping | None = None) -> Canonic
             native, flag = [v.numpy() for v in keras_layer.weights], {}
         else:
             native = [np.asarray(g) for g in grads[prefix]]
-            flag = {"grads": True} if layer in GRADS else {}
+            flag = {"grads": True} if layer in GRAD_LAYERS else {}
         out.update(TO[layer](native, prefix, **layout, **flag))
     return out

@@ -36,6 +36,8 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
+from tasks.weights import GRAD_LAYERS, PORTED_LAYERS
+
 Native = dict[str, torch.Tensor]
 Canonical = dict[str, np.ndarray]
 
@@ -309,23 +311,9 @@ def mha_from_canonical(
     }
 
 
-LAYERS = (
-    "dense",
-    "conv2d",
-    "embedding",
-    "layer_norm",
-    "batch_norm",
-    "simple_rnn",
-    "lstm",
-    "gru",
-    "mha",
-)
-
-
 # ----------------------------------------------------------------------------- models
-TO = {name: globals()[f"{name}_to_canonical"] for name in LAYERS}
-FROM = {name: globals()[f"{name}_from_canonical"] for name in LAYERS}
-GRADS = ("batch_norm", "simple_rnn", "lstm", "gru")  # the layers whose gradients map differently
+TO = {name: globals()[f"{name}_to_canonical"] for name in PORTED_LAYERS}
+FROM = {name: globals()[f"{name}_from_canonical"] for name in PORTED_LAYERS}
 
 Layers = Mapping[str, tuple[str, torch.nn.Module, dict]]
 
@@ -351,6 +339,6 @@ def layers_to_canonical(layers: Layers, *, grads: bool = False) -> Canonical:
             native = {k: p.grad for k, p in module.named_parameters()}
         else:
             native = module.state_dict()
-        flag = {"grads": grads} if layer in GRADS else {}
+        flag = {"grads": grads} if layer in GRAD_LAYERS else {}
         out.update(TO[layer](native, prefix, **layout, **flag))
     return out
