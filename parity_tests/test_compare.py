@@ -6,6 +6,7 @@ the install command, except under CI=true, where a missing browser fails them.""
 from __future__ import annotations
 
 import os
+import pkgutil
 import shutil
 from pathlib import Path
 
@@ -108,51 +109,76 @@ def browser():
     driver.quit()
 
 
+# What the assertions read off a page, gathered in one script (a WebDriver round trip per row and
+# cell cost ~3 s a page). Text is an element's innerText when Selenium's own isDisplayed atom (what
+# WebElement.is_displayed runs) says it is shown, else "" (as WebElement.text is for a hidden one).
+PAGE_FACTS = """
+const shown = el => (%s).apply(null, [el]);
+const text = el => (el && shown(el) ? el.innerText.trim() : null);
+const all = (css, root = document) => [...root.querySelectorAll(css)];
+const parity = document.getElementById('parity');
+return {
+  heads: all('thead th.fw').map(th => text(th) || ''),
+  rows: all('tr.section-row').map(r => ({
+    id: r.id, cells: all('td.fw', r).map(c => Boolean(text(c))),
+  })),
+  porting: all('#porting table.md tbody tr').length,
+  parity_rows: all('#parity table.parity tbody tr').length,
+  parity_text: parity && (text(parity) || ''),
+  dangling: all('a[href^="#"]').map(a => a.getAttribute('href').slice(1))
+    .filter(id => !document.getElementById(id)),
+};
+"""
+SHOWN_IN_SECOND_ROW = """
+const shown = el => (%s).apply(null, [el]);
+return [...document.querySelectorAll('tr.section-row')[1].querySelectorAll('td.fw')]
+  .filter(shown).map(c => c.getAttribute('class').split(/\\s+/).filter(Boolean).pop());
+"""
+
+
+@pytest.fixture(scope="module")
+def scripts():
+    atom = pkgutil.get_data("selenium.webdriver.remote", "isDisplayed.js").decode()
+    return PAGE_FACTS % atom, SHOWN_IN_SECOND_ROW % atom
+
+
 @pytest.mark.parametrize("model", list(MODELS))
-def test_page_in_a_browser(pages, browser, model):
+def test_page_in_a_browser(pages, browser, scripts, model):
     from selenium.webdriver.common.by import By
 
     out, records = pages
+    page_facts, shown_in_second_row = scripts
     page = compare.build(model, records=records if model == "perceptron" else None)
     browser.get((out / f"{model}.html").as_uri())
-    assert [th.text for th in browser.find_elements(By.CSS_SELECTOR, "thead th.fw")] == [
-        compare.TITLES[fw] for fw in FRAMEWORKS
-    ]
-    rows = browser.find_elements(By.CSS_SELECTOR, "tr.section-row")
-    assert [r.get_attribute("id") for r in rows] == [f"sec-{compare.slug(s)}" for s in page.rows]
-    for row in rows:
-        cells = row.find_elements(By.CSS_SELECTOR, "td.fw")
-        assert len(cells) == 4 and all(c.text.strip() for c in cells), row.get_attribute("id")
+    facts = browser.execute_script(page_facts)
+    assert facts["heads"] == [compare.TITLES[fw] for fw in FRAMEWORKS]
+    rows = facts["rows"]
+    assert [r["id"] for r in rows] == [f"sec-{compare.slug(s)}" for s in page.rows]
+    for row in rows:  # four framework cells, each shown with text in it
+        assert len(row["cells"]) == 4 and all(row["cells"]), row["id"]
     # the PORTING tables, row for row
-    porting = browser.find_elements(By.CSS_SELECTOR, "#porting table.md tbody tr")
-    assert len(porting) == sum(len(t) - 1 for t in page.porting_tables) > 0
+    assert facts["porting"] == sum(len(t) - 1 for t in page.porting_tables) > 0
     # the parity table: a row per (check, dtype)
     if model == "perceptron":
-        parity_rows = browser.find_elements(By.CSS_SELECTOR, "#parity table.parity tbody tr")
-        assert len(parity_rows) == len(compare.parity_table(page.parity)) - 1 > 0
-        assert (
-            f"{len(page.parity)} records, all passed" in browser.find_element(By.ID, "parity").text
-        )
+        assert facts["parity_rows"] == len(compare.parity_table(page.parity)) - 1 > 0
+        assert facts["parity_text"] is not None, "no #parity section"
+        assert f"{len(page.parity)} records, all passed" in facts["parity_text"]
     # every in-page link lands on an anchor that exists
-    dangling = browser.execute_script(
-        "return [...document.querySelectorAll('a[href^=\"#\"]')]"
-        ".map(a => a.getAttribute('href').slice(1)).filter(id => !document.getElementById(id));"
-    )
-    assert dangling == []
-    # the column toggle: any two of the four
+    assert facts["dangling"] == []
+    # the column toggle: any two of the four (clicked as a user does)
     boxes = {
-        b.get_attribute("data-fw"): b
-        for b in browser.find_elements(By.CSS_SELECTOR, "#toggles input")
+        fw: browser.find_element(By.CSS_SELECTOR, f'#toggles input[data-fw="{fw}"]')
+        for fw in ("scratch", "tf_impl")
     }
-    for fw in ("scratch", "tf_impl"):
-        boxes[fw].click()
-    shown = [c for c in rows[1].find_elements(By.CSS_SELECTOR, "td.fw") if c.is_displayed()]
-    assert [c.get_attribute("class").split()[-1] for c in shown] == ["fw-torch_impl", "fw-jax_impl"]
+    for box in boxes.values():
+        box.click()
+    shown = browser.execute_script(shown_in_second_row)
+    assert shown == ["fw-torch_impl", "fw-jax_impl"]
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(SCREENSHOTS / f"{model}-torch-vs-flax.png"))
-    for fw in ("scratch", "tf_impl"):
-        boxes[fw].click()
-    assert all(c.is_displayed() for c in rows[1].find_elements(By.CSS_SELECTOR, "td.fw"))
+    for box in boxes.values():
+        box.click()
+    assert len(browser.execute_script(shown_in_second_row)) == 4
     browser.save_screenshot(str(SCREENSHOTS / f"{model}.png"))
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == [], errors
