@@ -1,12 +1,14 @@
-"""Recurrent networks (tanh RNN, LSTM, GRU) in JAX with Flax NNX: nnx.RNN over SimpleCell / LSTMCell / GRUCell, and the step by hand with lax.scan.
+"""Recurrent networks (tanh RNN, LSTM, GRU) in JAX with Flax NNX: nnx.RNN over SimpleCell / OptimizedLSTMCell / GRUCell, and the step by hand with lax.scan.
 
 Elman (1990), "Finding structure in time"; Hochreiter & Schmidhuber (1997), "Long short-term memory";
 Cho et al. (2014), "Learning phrase representations using RNN encoder-decoder" (the GRU).
 Flax's cells keep kernels (in, out): the converters transpose. SimpleCell puts its one bias on the
-input projection; LSTMCell keeps one nnx.Linear per gate (ii, if_, ig, io without bias; hi, hf, hg, ho
-with bias). nnx.GRUCell has no b_hn (its dense_h has no bias), so it cannot hold the canonical GRU:
-the GRUCell below is written in the open, with nnx.GRUCell's layers plus b_hn (docs/PORTING.md);
-with reset_after=False it is Keras's GRU(reset_after=False), which no Flax cell computes.
+input projection; OptimizedLSTMCell (nnx.LSTMCell's function, one matmul per side for the four
+gates instead of eight) keeps dense_i (D, 4H) without bias and dense_h (H, 4H) with it, gate blocks
+(i, f, g, o) as canonical. nnx.GRUCell has no b_hn (its dense_h has no bias), so it cannot hold the
+canonical GRU: the GRUCell below is written in the open, with nnx.GRUCell's layers plus b_hn
+(docs/PORTING.md); with reset_after=False it is Keras's GRU(reset_after=False), which no Flax cell
+computes.
 """
 
 from __future__ import annotations
@@ -22,13 +24,6 @@ from tasks import weights
 from tasks.configs import OptimizerConfig, RNNConfig
 from tasks.data import Dataset, batches
 
-LSTM_GATES = (
-    ("ii", "hi"),
-    ("if_", "hf"),
-    ("ig", "hg"),
-    ("io", "ho"),
-)  # canonical block order (i, f, g, o)
-
 
 # ----------------------------------------------------------------------------- layers
 def rnn_step(cell: nnx.SimpleCell, x, state):
@@ -41,16 +36,13 @@ def rnn_step(cell: nnx.SimpleCell, x, state):
     return (h,)
 
 
-def lstm_step(cell: nnx.LSTMCell, x, state):
+def lstm_step(cell: nnx.OptimizedLSTMCell, x, state):
     """One step: gates (i, f, g, o), c' = f c + i g, h' = o tanh(c')."""
     h, c = state
-    # one Linear pair per gate, in the order (i, f, g, o): (B, D) @ (D, H) + (B, H) @ (H, H) -> (B, H)
-    a_i, a_f, a_g, a_o = (
-        x @ getattr(cell, i).kernel[...]
-        + h @ getattr(cell, hh).kernel[...]
-        + getattr(cell, hh).bias[...]
-        for i, hh in LSTM_GATES
-    )
+    a = (
+        x @ cell.dense_i.kernel[...] + h @ cell.dense_h.kernel[...] + cell.dense_h.bias[...]
+    )  # (B, D) @ (D, 4H) + (B, H) @ (H, 4H) -> (B, 4H)
+    a_i, a_f, a_g, a_o = jnp.split(a, 4, axis=1)  # (B, 4H) -> 4 x (B, H), order (i, f, g, o)
     i, f, g, o = nnx.sigmoid(a_i), nnx.sigmoid(a_f), jnp.tanh(a_g), nnx.sigmoid(a_o)
     c = f * c + i * g
     h = o * jnp.tanh(c)
@@ -160,7 +152,10 @@ def make_cell(cfg: RNNConfig, *, rngs: nnx.Rngs, dtype, in_features: int | None 
     if cfg.cell == "rnn":
         activation = {"tanh": nnx.tanh, "relu": nnx.relu}[cfg.nonlinearity]
         return nnx.SimpleCell(d_in, cfg.hidden, activation_fn=activation, **kwargs)
-    return nnx.LSTMCell(d_in, cfg.hidden, **kwargs)
+    # nnx.LSTMCell's function with one Linear per side, not one per gate and side: two matmuls a
+    # step instead of eight (the JAX LSTM's training step 0.77x torch eager's CPU time, 1.08x with
+    # LSTMCell: docs/BENCHMARKS.md)
+    return nnx.OptimizedLSTMCell(d_in, cfg.hidden, **kwargs)
 
 
 def make_layer(cfg: RNNConfig, k: int, *, rngs: nnx.Rngs, dtype):
@@ -270,11 +265,14 @@ PORTING = {"rnn": "simple_rnn", "lstm": "lstm", "gru": "gru"}  # jax_impl/portin
 HEAD_NAMES = {"head.weight": "W_hy", "head.bias": "b_y"}  # the dense head's canonical names
 
 
-def canonical_layers(model: RNN) -> dict:
+def canonical_layers(model: RNN, *, loading: bool = False) -> dict:
     """Each stock layer by canonical prefix, with its jax_impl/porting.py function and layout
-    (kernels transposed; LSTMCell's eight Linears; the bias on the input or the hidden side)."""
+    (kernels transposed; OptimizedLSTMCell's two Linears; the bias on the input or the hidden
+    side). `loading`: the loader is told the LSTM's cell class; the exporter knows it by its keys."""
     prefixes = zip(model.cfg.layer_prefixes(), model.recurrents())
     layout = {} if model.cfg.reset_after else {"reset_after": False}  # GRUCell(reset_after=False)
+    if loading and model.cfg.cell == "lstm":
+        layout = {"cell": "OptimizedLSTMCell"}
     layers = {p: (PORTING[model.cfg.cell], cell, layout) for p, cell in prefixes}
     return {**layers, "head.": ("dense", model.head, {})}
 
@@ -282,7 +280,7 @@ def canonical_layers(model: RNN) -> dict:
 def load_canonical(model: RNN, params: dict[str, np.ndarray]) -> None:
     weights.check(params, model.cfg.param_shapes(), model.head.kernel.dtype)
     head = {k: params[name] for k, name in HEAD_NAMES.items()}
-    porting.load_layers(canonical_layers(model), {**params, **head})
+    porting.load_layers(canonical_layers(model, loading=True), {**params, **head})
 
 
 def to_canonical(model: RNN, grads: bool = False) -> dict[str, np.ndarray]:

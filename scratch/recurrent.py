@@ -75,8 +75,10 @@ class LSTMCell:
         a = (
             x @ p["W_xh"].T + h @ p["W_hh"].T + p["b_h"]
         )  # (B, D) @ (D, 4H) + (B, H) @ (H, 4H) -> (B, 4H)
-        a_i, a_f, a_g, a_o = np.split(a, 4, axis=1)  # (B, 4H) -> 4 x (B, H)
-        i, f, g, o = sigmoid(a_i), sigmoid(a_f), np.tanh(a_g), sigmoid(a_o)
+        n = h.shape[1]
+        s = sigmoid(a)  # (B, 4H): one call for the three sigmoid gates (g's block is not used)
+        i, f, o = s[:, :n], s[:, n : 2 * n], s[:, 3 * n :]  # (B, 4H) -> 3 x (B, H), views
+        g = np.tanh(a[:, 2 * n : 3 * n])  # the candidate block (B, H)
         cache = {"x": x, "h": h, "c": c, "i": i, "f": f, "g": g, "o": o}
         c = f * c + i * g
         tanh_c = np.tanh(c)
@@ -88,15 +90,12 @@ class LSTMCell:
         k = cache
         # c' reaches the loss directly and through h'
         dc = dc_new + dh_new * k["o"] * (1 - k["tanh_c"] ** 2)
-        da = np.concatenate(
-            [
-                dc * k["g"] * k["i"] * (1 - k["i"]),  # input gate
-                dc * k["c"] * k["f"] * (1 - k["f"]),  # forget gate
-                dc * k["i"] * (1 - k["g"] ** 2),  # candidate
-                dh_new * k["tanh_c"] * k["o"] * (1 - k["o"]),  # output gate
-            ],
-            axis=1,
-        )  # 4 x (B, H) -> (B, 4H)
+        n = dc.shape[1]
+        da = np.empty((dc.shape[0], 4 * n), dc.dtype)  # (B, 4H), filled block by block
+        da[:, :n] = dc * k["g"] * k["i"] * (1 - k["i"])  # input gate
+        da[:, n : 2 * n] = dc * k["c"] * k["f"] * (1 - k["f"])  # forget gate
+        da[:, 2 * n : 3 * n] = dc * k["i"] * (1 - k["g"] ** 2)  # candidate
+        da[:, 3 * n :] = dh_new * k["tanh_c"] * k["o"] * (1 - k["o"])  # output gate
         self.grads["W_xh"] += da.T @ k["x"]  # (4H, B) @ (B, D) -> (4H, D)
         self.grads["W_hh"] += da.T @ k["h"]  # (4H, B) @ (B, H) -> (4H, H)
         self.grads["b_h"] += da.sum(axis=0)
