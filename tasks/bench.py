@@ -213,8 +213,6 @@ def step_fns(framework: str, w: Workload) -> dict[str, Callable[[], Any]]:
     if framework == "tf_impl":
         import tensorflow as tf
 
-        from tf_impl import training
-
         xt, yt = tf.constant(x), tf.constant(y)
         # what fit runs: its compiled train function, on an iterator, as compiled by `train`
         if train is None:  # steps_per_execution = an epoch's batches: `steps` steps per call
@@ -223,9 +221,7 @@ def step_fns(framework: str, w: Workload) -> dict[str, Callable[[], Any]]:
             batches = iter(tf.data.Dataset.from_tensors((xt, yt)).repeat())
         else:  # the perceptron: train compiles an epoch per call; time the call, not fit's set-up
             impl.train(trained, data, epochs=1, lr=w.lr, seed=0)
-            stream = training.shared_batches(
-                w.x, w.y.astype("float32"), batch_size=1, seed=0, epochs=1
-            )
+            stream = impl.samples(w.x, w.y.astype("float32"), seed=0, epochs=1)  # train's stream
             batches = iter(stream.repeat())
         function = trained.train_function
         train = lambda: [v.numpy() for v in tf.nest.flatten(function(batches))]  # .numpy() waits

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import ops
 
 from tasks import weights
 from tasks.configs import OptimizerConfig, PerceptronConfig
-from tasks.data import Dataset
+from tasks.data import Dataset, batches
 from tf_impl import optim, porting, training
 
 
@@ -99,6 +100,14 @@ class StopWhenNoMistakes(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+def samples(x, y, *, seed: int, epochs: int) -> tf.data.Dataset:
+    """Every epoch's samples in the shared order, one (x (1, D), y (1,)) per step, gathered up
+    front: tf_impl/training.py's stream gathers each batch inside tf.data, which for one-sample
+    batches costs more than the rule itself (an epoch 10.0 ms CPU, 4.3 ms so: docs/BENCHMARKS.md)"""
+    order = np.concatenate([i for epoch in range(epochs) for i in batches(len(x), 1, seed, epoch)])
+    return tf.data.Dataset.from_tensor_slices((x[order], y[order])).batch(1)
+
+
 def train(
     model: Perceptron, data: Dataset, *, epochs: int, lr: float, seed: int, on_epoch=None
 ) -> list[int]:
@@ -115,7 +124,7 @@ def train(
         model.optimizer.learning_rate = lr  # a float64 variable in a float64 model (compat.floatx)
     callbacks = [training.OnEpochEnd(on_epoch, metric="mistakes", kind=int), StopWhenNoMistakes()]
     history = model.fit(
-        training.shared_batches(x, y, batch_size=1, seed=seed, epochs=epochs),
+        samples(x, y, seed=seed, epochs=epochs),
         epochs=epochs,
         steps_per_epoch=len(x),
         callbacks=callbacks,
