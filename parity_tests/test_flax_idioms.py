@@ -112,12 +112,14 @@ def test_stock_dropout_by_default_and_its_modes():
 )
 def test_no_deprecated_flax_call(model, name):
     """No DeprecationWarning from Flax, JAX or optax while a model is built, trained and evaluated
-    (Module.sow() outside nnx.capture() was one). float32, so every step is traced here: a warning
-    raised while tracing would not repeat for a program compiled by an earlier test."""
-    case = case_named(model, name)
-    with warnings.catch_warnings():
+    (Module.sow() outside nnx.capture() was one). float32 at UNIQUE_BATCH, so every step is traced
+    here (asserted): a warning raised while tracing would not repeat for a program compiled by an
+    earlier test."""
+    case = dataclasses.replace(case_named(model, name), batch=UNIQUE_BATCH)
+    with warnings.catch_warnings(), traced() as names:
         warnings.simplefilter("error", DeprecationWarning)
         run_once(case, "float32", bool(getattr(case.config, "dropout", 0)))
+    assert {"gradients", "train_step", "eval_step"} <= set(names), names
 
 
 def test_view_modes_reach_batch_norm():
