@@ -236,3 +236,61 @@ def test_sklearn_mlp_regressor_ported_and_its_sgd_step(framework, n_targets):
     for name, value in stepped.items():
         assert not np.allclose(value, before[name], rtol=0, atol=1e-6), f"{name} did not move"
         parity.assert_close(after[name], value, 1e-12, f"{framework} {name} after one step")
+
+
+def test_flax_load_model_equals_create_and_load():
+    """jax_impl.porting.load_model (built with nnx.eval_shape, filled from canonical weights, its
+    random streams reseeded) is create_model + load_canonical without the initial draws: every
+    variable equal, the dropout streams' keys included, so the same outputs, gradients and training
+    step with batch norm and the stock dropout drawing (float64); it compiles no `_uniform` program
+    (create_model compiles one per shape and dtype); a checkpoint that lacks a tensor still raises."""
+    import jax
+    from flax import nnx
+    from jax import monitoring
+
+    from jax_impl.porting import load_model
+
+    # hidden sizes no other test builds, so create_model's draws are compiled here, not found cached
+    cfg = MLPConfig(3, (17, 19), 3, "relu", "softmax", batch_norm=True, dropout=0.5)
+    impl = load_impl("jax_impl", "mlp")
+    params = weights.init_uniform(cfg.param_shapes(), 11)
+    compiled = {"load_model": [], "create_model": []}
+
+    def built_by(way: str, build):
+        def listener(event, duration, **kwargs):
+            if event.endswith("backend_compile_duration"):
+                compiled[way].append(kwargs.get("fun_name", ""))
+
+        monitoring.register_event_duration_secs_listener(listener)
+        try:
+            return build()
+        finally:
+            monitoring.unregister_event_duration_listener(listener)
+
+    model = built_by("load_model", lambda: load_model(impl, cfg, params, seed=0, dtype="float64"))
+    reference = built_by("create_model", lambda: impl.create_model(cfg, seed=0, dtype="float64"))
+    impl.load_canonical(reference, params)
+    uniform = {way: [f for f in names if "uniform" in f] for way, names in compiled.items()}
+    assert not uniform["load_model"] and uniform["create_model"], compiled
+
+    def variables(m):
+        flat = nnx.to_flat_state(nnx.state(m))
+        as_np = lambda v: np.asarray(jax.random.key_data(v) if jax.dtypes.issubdtype(
+            v.dtype, jax.dtypes.prng_key) else v)  # fmt: skip
+        return {path: as_np(variable.get_value()) for path, variable in flat}
+
+    expected, got = variables(reference), variables(model)
+    assert got.keys() == expected.keys()
+    assert all(np.array_equal(got[k], v) for k, v in expected.items())
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(16, cfg.in_features)), rng.integers(0, cfg.n_classes, 16)
+    results = [impl.forward_backward(m, x[:8], y[:8]) for m in (reference, model)]
+    assert all(np.array_equal(results[1][k], v) for k, v in results[0].items())
+    data = Dataset("mlp", x, y, x[:1], y[:1], cfg.n_classes)
+    for m in (reference, model):
+        impl.train(m, data, epochs=1, lr=0.1, batch_size=4, seed=0)
+    after = [impl.export_canonical(m) for m in (reference, model)]
+    assert not np.array_equal(after[0]["head.weight"], params["head.weight"])
+    assert all(np.array_equal(after[1][k], v) for k, v in after[0].items())
+    with pytest.raises(weights.CanonicalWeightsError, match="missing head.bias"):
+        load_model(impl, cfg, {k: v for k, v in params.items() if k != "head.bias"})

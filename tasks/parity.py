@@ -184,15 +184,13 @@ def compute(case: Case, framework: str, dtype: str) -> dict[str, np.ndarray]:
         return engine(case).compute(case, framework, dtype)
     impl = load_impl(framework, case.model)
     params = weights.cast(weights.load(canonical_file(case)), dtype)
-    model = create(impl, case, framework, dtype)
-    impl.load_canonical(model, params)
+    model = create(impl, case, framework, dtype, params)
     out = {f"roundtrip.{k}": v for k, v in impl.export_canonical(model).items()}
     x, y = inputs(case, case.batch, dtype)
     supply_dropout_masks(case, framework, model, steps=1)
     out.update(impl.forward_backward(model, x, y))
     # trajectory: a fresh model, the same weights, TRAJECTORY_STEPS mini-batches in the shared order
-    model = create(impl, case, framework, dtype)
-    impl.load_canonical(model, params)
+    model = create(impl, case, framework, dtype, params)
     x, y = inputs(case, case.batch * TRAJECTORY_STEPS + case.remainder, dtype)
     data = Dataset(case.model, x, y, x[:1], y[:1], case.config.n_classes)
     supply_dropout_masks(case, framework, model, steps=TRAJECTORY_STEPS)
@@ -204,13 +202,32 @@ def compute(case: Case, framework: str, dtype: str) -> dict[str, np.ndarray]:
     return out
 
 
-def create(impl, case, framework: str, dtype: str):
+def create(impl, case, framework: str, dtype: str, params: dict | None = None):
     """The case's model; with dropout, its dropout layers are the framework's mask-replaying
-    ReplayDropout (tasks/replay/), injected through create_model, so supply_dropout_masks can set them."""
-    if not getattr(case.config, "dropout", 0):
-        return impl.create_model(case.config, seed=0, dtype=dtype)
-    replay = importlib.import_module(f"tasks.replay.{framework}")
-    return impl.create_model(case.config, seed=0, dtype=dtype, dropout_layer=replay.ReplayDropout)
+    ReplayDropout (tasks/replay/), injected through create_model, so supply_dropout_masks can set them.
+
+    With `params` (canonical weights) the model holds them, as create_model + load_canonical would
+    give it; jax_impl then builds it abstractly and fills it (jax_impl.porting.load_model), so no
+    initial weights are drawn (each draw is an XLA program compiled per shape) to be overwritten."""
+    kwargs = {}
+    if getattr(case.config, "dropout", 0):
+        replay = importlib.import_module(f"tasks.replay.{framework}")
+        kwargs["dropout_layer"] = replay.ReplayDropout
+    if params is None:
+        return impl.create_model(case.config, seed=0, dtype=dtype, **kwargs)
+    return loaded_model(impl, framework, case.config, params, dtype, **kwargs)
+
+
+def loaded_model(impl, framework: str, cfg, params: dict, dtype: str = "float64", **kwargs):
+    """impl.create_model(cfg, seed=0, dtype=dtype, **kwargs) holding the canonical `params`: in
+    jax_impl built abstractly and filled (jax_impl.porting.load_model), elsewhere created and loaded."""
+    if framework == "jax_impl":
+        from jax_impl.porting import load_model
+
+        return load_model(impl, cfg, params, seed=0, dtype=dtype, **kwargs)
+    model = impl.create_model(cfg, seed=0, dtype=dtype, **kwargs)
+    impl.load_canonical(model, params)
+    return model
 
 
 def dropout_layers(model) -> list:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax import lax
 
@@ -18,8 +20,9 @@ class ReplayDropout(nnx.Dropout):
 
     def __init__(self, rate: float, *, rngs: nnx.Rngs):
         super().__init__(rate, rngs=rngs)
-        self.mask = nnx.Variable(None)
-        self.step = nnx.Variable(jnp.zeros((), jnp.int32))  # training calls made with a stack
+        # set together by set_mask (so a model built abstractly, jax_impl.porting.load_model, has
+        # nothing left to fill): the mask and the training calls made with a stack
+        self.mask, self.step = nnx.Variable(None), nnx.Variable(None)
 
     def __call__(self, inputs, *, deterministic: bool | None = None, rngs=None):
         deterministic = self.deterministic if deterministic is None else deterministic
@@ -35,7 +38,7 @@ class ReplayDropout(nnx.Dropout):
 
 def set_mask(layer: ReplayDropout, mask) -> None:
     """Replay `mask` (True = keep) in place of the random draw: (B, D), or (S, B, D) one per step."""
-    layer.mask.set_value(jnp.asarray(mask))
+    layer.mask.set_value(jax.device_put(np.asarray(mask)))  # no lax.stage program per shape
     layer.step.set_value(jnp.zeros((), jnp.int32))
 
 
