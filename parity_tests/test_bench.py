@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -136,3 +140,141 @@ def test_rosetta_all_scoped_to_one_model_ends_with_the_summary():
     assert set(document) == {"train", "parity"} and len(document["parity"]) == int(
         lines[-1].split()[0]
     )
+
+
+# ----------------------------------------------------------------------------- rosetta all --jobs N
+ROOT = Path(__file__).resolve().parents[1]
+ROSETTA = [sys.executable, "-m", "tasks.cli"]
+TIMING = {"seconds", "seconds_per_epoch"}  # the only fields that differ from run to run
+
+
+def without_timing(trained: list[dict]) -> list[dict]:
+    return [
+        {**t, "results": [{k: v for k, v in r.items() if k not in TIMING} for r in t["results"]]}
+        for t in trained
+    ]
+
+
+def test_rosetta_all_in_two_worker_processes_prints_the_one_process_document():
+    """`rosetta all perceptron perceptron --jobs 2`: two spawned workers, results pickled back and put
+    in model order; the --json document is `--jobs 1`'s, every record and training figure equal
+    (timing aside), and nothing a worker prints reaches stdout (it parses)."""
+    serial = subprocess.run(
+        [*ROSETTA, "all", "perceptron", "--jobs", "1", "--json"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+    parallel = subprocess.run(
+        [*ROSETTA, "all", "perceptron", "perceptron", "--jobs", "2", "--json"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+    assert serial.returncode == 0 and parallel.returncode == 0, parallel.stderr[-3000:]
+    one, two = json.loads(serial.stdout), json.loads(parallel.stdout)
+    assert len(one["parity"]) > 100
+    assert two["parity"] == one["parity"] * 2
+    assert without_timing(two["train"]) == without_timing(one["train"]) * 2
+
+
+def test_schedule_starts_the_most_expensive_jobs_and_covers_every_part():
+    from tasks import jobs
+
+    order = jobs.schedule(["perceptron", "mlp", "lenet5"])
+    assert sorted(order) == sorted((i, m, p) for i, m in enumerate(["perceptron", "mlp", "lenet5"]) for p in ("train", "parity"))  # fmt: skip
+    assert order[0] == (2, "lenet5", "parity") and order[-1] == (0, "perceptron", "train")
+    costs = [jobs.COST[job[1:]] for job in order]
+    assert costs == sorted(costs, reverse=True)
+    assert jobs.schedule(["newmodel", "mlp"])[:2] == [(0, "newmodel", "train"), (0, "newmodel", "parity")]  # fmt: skip
+    assert 1 <= jobs.default_jobs(8) <= len(os.sched_getaffinity(0)) and jobs.default_jobs(1) == 1
+
+
+def test_a_worker_that_dies_names_its_job_and_the_rest_finish():
+    """SIGKILL to a worker as it gets its first job: that job is reported failed (killed by SIGKILL),
+    a new worker takes the remaining jobs, every other job's result comes back, no hang."""
+    import multiprocessing
+
+    from tasks import jobs
+
+    events, killed = [], []
+
+    def report(event, job, outcome, running):
+        events.append((event, job))
+        if event == "start" and not killed:
+            victim = multiprocessing.active_children()[0]
+            killed.append(victim.pid)
+            os.kill(victim.pid, signal.SIGKILL)
+
+    outcome = jobs.run(["perceptron", "perceptron"], ["scratch"], 2, report)
+    assert outcome.status == 1 and len(outcome.failed) == 1, outcome.failed
+    model, part, message = outcome.failed[0]
+    assert model == "perceptron" and message == "its worker process was killed by SIGKILL"
+    assert len(outcome.trained) + len(outcome.records) == 3  # the other three jobs' results
+    assert [e for e, _ in events].count("done") == 3 and not multiprocessing.active_children()
+
+
+def test_ctrl_c_to_rosetta_all_stops_its_workers_and_exits_130():
+    """SIGINT to the whole process group (as a terminal's Ctrl-C) once both workers are running:
+    exit 130, one line naming the jobs that were running, no traceback, no process left over."""
+    proc = subprocess.Popen(
+        [*ROSETTA, "all", "perceptron", "mlp", "--jobs", "2"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while len(children(proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        workers = children(proc.pid)
+        assert len(workers) == 2, "the two workers did not start"
+        tracker = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        time.sleep(2.0)  # into their imports
+        os.killpg(proc.pid, signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    stderr = stderr.decode(errors="replace")
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("interrupted (Ctrl-C) while running mlp parity, ") and last.endswith(
+        "; finished: none"
+    ), last
+    assert stdout.decode().rstrip().splitlines()[-1] == "0 records, all passed"
+    deadline = time.monotonic() + 10  # the tracker ends when it reads the end of its pipe
+    while (left := [p for p in [*workers, *map(int, tracker)] if alive(p)]) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.2)
+    assert not left, [cmdline(pid) for pid in left]  # the workers and the resource tracker
+
+
+def children(pid: int) -> list[int]:
+    """The worker processes of `pid` (multiprocessing's resource tracker, also a child, left out)."""
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    pids = [int(p) for p in path.read_text().split()] if path.exists() else []
+    return [
+        p for p in pids if b"spawn_main" in cmdline(p) and b"resource_tracker" not in cmdline(p)
+    ]
+
+
+def alive(pid: int) -> bool:
+    """Running: not ended, and not a zombie (an ended child its parent did not wait for)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # it has just ended
+        return b""
+
+
+def test_rosetta_all_refuses_jobs_0_with_one_line():
+    from typer.testing import CliRunner
+
+    from tasks.cli import app
+
+    result = CliRunner().invoke(app, ["all", "perceptron", "--jobs", "0"])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == ["error: --jobs must be a positive integer, got 0"]

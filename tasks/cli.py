@@ -702,11 +702,15 @@ def convert(
 
 
 # ----------------------------------------------------------------------------- parity
-def parity_records(models: list[str], frameworks: list[str]) -> list[dict]:
+def parity_records(
+    models: list[str], frameworks: list[str], show_progress: bool | None = None
+) -> list[dict]:
+    """Every parity record of `models`; a bar counting each model's cases (default: on a terminal)."""
+    show_progress = sys.stderr.isatty() if show_progress is None else show_progress
     records = []
     for model in models:
         cases = parity_mod.CASES.get(model, []) + parity_mod.OPTIMIZER_CASES.get(model, [])
-        with progress_bar(sys.stderr.isatty(), metric=None) as bar:  # counts cases; no loss to show
+        with progress_bar(show_progress, metric=None) as bar:  # counts cases; no loss to show
             task = bar.add_task(f"{model}", total=len(cases), loss=float("nan"))
             for case in cases:
                 records += parity_mod.records(case, frameworks)
@@ -802,18 +806,33 @@ def all_models(
         False, "--verbose", "-v", help="also print each training table and every parity check"
     ),
     as_json: bool = typer.Option(False, "--json", help="print one JSON document to stdout"),
+    jobs: int | None = typer.Option(
+        None,
+        "--jobs",
+        "-j",
+        help="worker processes, each running whole models' training or parity (default: one per "
+        "CPU this process may use, at most one per model); 1: everything in this process",
+    ),
 ):
     """The main job: train every model on its default task in all four frameworks, then run parity.
 
     Ends with one summary table (a row per model, a column per framework) and one line, `N records,
-    all passed` or the failed checks by name; --verbose prints the training and parity tables too."""
-    from tasks.train import TrainOptions
+    all passed` or the failed checks by name; --verbose prints the training and parity tables too.
+    The models run in worker processes (--jobs), the output in model order whatever finished first."""
+    from tasks import jobs as jobs_mod
 
     models = [check_model(m) for m in (models or list(MODELS))]
+    if jobs is not None and jobs < 1:
+        fail(f"--jobs must be a positive integer, got {jobs}")
+    n_jobs = jobs_mod.default_jobs(len(models)) if jobs is None else min(jobs, len(models))
     frameworks = list(resolve_framework("all"))
     one_thread_for_torch()
     jax_compilation_cache()
     one_thread_for_numpy()
+    if n_jobs > 1:
+        raise typer.Exit(all_in_workers(models, frameworks, n_jobs, verbose, as_json))
+    from tasks.train import TrainOptions
+
     trained, records, seconds = [], [], {}
     for model in models:
         start = time.perf_counter()
@@ -834,7 +853,19 @@ def all_models(
                 print_summary(trained, records, seconds)
             raise typer.Exit(end_status(result))
         middle = time.perf_counter()
-        records += parity_records([model], frameworks)
+        try:
+            records += parity_records([model], frameworks)
+        except KeyboardInterrupt:  # what finished: the models before this one, and its training
+            if as_json:
+                print(dump_json({"train": trained, "parity": records}, indent=1))
+            else:
+                print_summary(trained, records, seconds)
+            done = ", ".join(m for m in seconds) or "none"
+            print(
+                f"interrupted (Ctrl-C) while running {model} parity; finished: {done}",
+                file=sys.stderr,
+            )
+            raise typer.Exit(130) from None
         seconds[model] = (middle - start, time.perf_counter() - middle)
     failed = sum(not r["passed"] for r in records)
     if as_json:
@@ -846,6 +877,80 @@ def all_models(
     diverged = [end_status(result) for result in trained]  # one line per diverged run
     if failed or not records or any(diverged):
         raise typer.Exit(1)
+
+
+def all_in_workers(
+    models: list[str], frameworks: list[str], n_jobs: int, verbose: bool, as_json: bool
+) -> int:
+    """`rosetta all` in `n_jobs` worker processes (tasks/jobs.py); the same output as one process.
+    On stderr: a line per finished model (and on a terminal a bar with the jobs running). Returns
+    the exit status: 0; 1 a check failed, a run diverged or a job failed; 130 Ctrl-C."""
+    from tasks import jobs as jobs_mod
+
+    show, live = not as_json or sys.stderr.isatty(), sys.stderr.isatty()
+    begin = time.perf_counter()
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[running]}"),
+    ]
+    with Progress(*columns, console=err, disable=not live, transient=True) as bar:
+        task = bar.add_task(f"jobs ({n_jobs} processes)", total=2 * len(models), running="")
+
+        def say(line: str) -> None:
+            if live:
+                bar.console.print(line, highlight=False, markup=False)
+            elif show:
+                print(line, file=sys.stderr, flush=True)
+
+        def report(event: str, job: tuple, outcome, running: list[str]) -> None:
+            index, model, part = job
+            bar.update(task, advance=event != "start", running="running: " + ", ".join(running))
+            if event == "failed":
+                message = outcome.failed[-1][2]
+                print(f"rosetta all: {model} {part} failed: {message}", file=sys.stderr)
+            elif event == "done" and outcome.finished(index):
+                t, cpu = outcome.seconds[index], outcome.cpu[index]
+                say(
+                    f"{model} done: training {t['train']:.0f} s, parity {t['parity']:.0f} s "
+                    f"(CPU {cpu['train']:.0f} s, {cpu['parity']:.0f} s; "
+                    f"{time.perf_counter() - begin:.0f} s since the start)"
+                )
+
+        outcome = jobs_mod.run(models, frameworks, n_jobs, report)
+    order = range(len(models))
+    trained = [outcome.trained[i] for i in order if i in outcome.trained]
+    records = [r for i in order if i in outcome.records for r in outcome.records[i]]
+    seconds = {
+        models[i]: (outcome.seconds[i]["train"], outcome.seconds[i]["parity"])
+        for i in order
+        if outcome.finished(i)
+    }
+    failed_jobs = [f"{model} {part}" for model, part, _ in outcome.failed]
+    if as_json:
+        print(dump_json({"train": trained, "parity": records}, indent=1))
+    else:
+        if verbose:
+            for result in trained:
+                print_train(result)
+            print_parity(records)
+        wall = (n_jobs, time.perf_counter() - begin)
+        print_summary(trained, records, seconds, wall=wall, failed_jobs=failed_jobs)
+    if outcome.interrupted:
+        done = ", ".join(models[i] for i in order if outcome.finished(i)) or "none"
+        print(
+            f"interrupted (Ctrl-C) while running {', '.join(outcome.interrupted)}; "
+            f"finished: {done}",
+            file=sys.stderr,
+        )
+        return 130
+    diverged = [end_status(result) for result in trained]  # one line per diverged run
+    status = outcome.status
+    if any(not r["passed"] for r in records) or not records or any(diverged):
+        status = max(status, 1)
+    return status
 
 
 def one_thread_for_torch() -> None:
@@ -891,11 +996,18 @@ def jax_compilation_cache() -> None:
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
-def print_summary(trained: list[dict], records: list[dict], seconds: dict | None = None) -> None:
+def print_summary(
+    trained: list[dict],
+    records: list[dict],
+    seconds: dict | None = None,
+    wall: tuple[int, float] | None = None,
+    failed_jobs: list[str] | None = None,
+) -> None:
     """One table: a row per model, a column per framework, each cell the test accuracy (a language
     model: its held-out loss) and the worst float64 / float32 relative error of any parity check the
     framework takes part in (against scratch, pairwise, round trip); then `N records, all passed`,
-    or each failed check by name and `N records, K failed`."""
+    or each failed check by name and `N records, K failed`. `wall`: (worker processes, wall
+    seconds) of a run in workers; `failed_jobs`: its jobs that ended without a result."""
     from tasks.registry import FRAMEWORKS
 
     worst: dict[tuple, float] = {}  # (model, framework, dtype) -> largest rel_error
@@ -941,7 +1053,10 @@ def print_summary(trained: list[dict], records: list[dict], seconds: dict | None
     out.print(table)
     if seconds:
         train_s, parity_s = (sum(t[i] for t in seconds.values()) for i in (0, 1))
-        out.print(f"time: training {train_s:.0f} s, parity {parity_s:.0f} s", highlight=False)
+        line = f"time: training {train_s:.0f} s, parity {parity_s:.0f} s"
+        if wall:  # the jobs' seconds add up over the processes
+            line += f" in {wall[0]} processes, {wall[1]:.0f} s wall"
+        out.print(line, highlight=False)
     failed = [r for r in records if not r["passed"]]
     groups: dict[tuple, list[dict]] = {}
     for r in failed:
@@ -955,7 +1070,11 @@ def print_summary(trained: list[dict], records: list[dict], seconds: dict | None
             highlight=False,
             markup=False,  # mlp[relu] is a case name, not a rich style
         )
+    for job in failed_jobs or []:  # its traceback or exit status is on stderr
+        out.print(f"FAILED {job}: did not finish (see stderr)", highlight=False, markup=False)
     verdict = f"{len(failed)} failed" if failed else "all passed"
+    if failed_jobs:
+        verdict += f"; {len(failed_jobs)} job(s) did not finish: {', '.join(failed_jobs)}"
     out.print(f"{len(records)} records, {verdict}", highlight=False)
 
 
