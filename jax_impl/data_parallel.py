@@ -25,6 +25,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jax_impl.porting import load_model
 from tasks import data_parallel as dp
 from tasks.configs import LeNet5Config, OptimizerConfig
 from tasks.registry import load_impl
@@ -118,8 +119,8 @@ def train(
     """Train on a mesh of `replicas` devices from canonical `params` on the shared global batches."""
     dp.check_divisible(global_batch, replicas)
     mesh = make_mesh(replicas)
-    model = impl.create_model(cfg, seed=seed, dtype=dtype)
-    impl.load_canonical(model, params)
+    # built abstractly and filled from `params`: no initial weights drawn (compiled) to be overwritten
+    model = load_model(impl, cfg, params, seed=seed, dtype=dtype)
     optimizer = impl.make_optimizer(model, optimizer)
     if variant == "default":
         train_step = make_train_step(impl)

@@ -336,8 +336,10 @@ def load_results(path) -> dict[str, dict]:
 
 
 # The suite's runs are 20 small steps each, one compilation per run: XLA's LLVM optimisations cost
-# more than they save there (measured: JAX's CPU time for three runs 12.5 s -> 8.5 s without them)
-FAST_COMPILE = "--xla_backend_optimization_level=0"
+# more than they save there (measured: JAX's CPU time for three runs 12.5 s -> 8.5 s without them),
+# and so do XLA:CPU's MLIR fusion emitters, against its older LLVM IR emitters (every run of the
+# suite: 24 s -> 13 s; the same results bit for bit but for batch norm's reductions, 2e-13 apart)
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 
 
 def start_jobs(
@@ -345,10 +347,14 @@ def start_jobs(
 ):
     """Start `jobs` in a framework's chapter; `.results()` of the returned handle waits for
     {key: canonical tensors and HISTORY}, plus the chapter's notes on batches that do not divide by N
-    under the key "uneven". Keras and JAX run in a subprocess started now, so they overlap."""
+    under the key "uneven". Keras and JAX run in a subprocess started now, so they overlap. `fast`:
+    settings for the suite's small runs, not users' (JAX compiles with FAST_COMPILE, Keras runs
+    tf_impl.data_parallel.fast_small_runs)."""
     devices = max(j.replicas for j in jobs.values())
     if framework == "tf_impl":  # the logical devices are made inside, before TensorFlow starts
         env = {"TF_CPP_MIN_LOG_LEVEL": "2", "ROSETTA_DP_DEVICES": str(devices)}
+        if fast:  # tf_impl.data_parallel.fast_small_runs
+            env["ROSETTA_DP_FAST"] = "1"
         return Subprocess("tf_impl.data_parallel", jobs, env, timeout)
     if framework == "jax_impl":  # XLA reads the host device count when the CPU backend starts
         flags = f"--xla_force_host_platform_device_count={devices}" + (

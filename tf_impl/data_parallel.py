@@ -18,6 +18,7 @@ strategy takes the GPUs; over several machines it is MultiWorkerMirroredStrategy
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 
@@ -37,8 +38,10 @@ def make_logical_devices(n: int) -> None:
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
 
 
+@functools.cache
 def make_strategy(replicas: int) -> tf.distribute.MirroredStrategy:
-    """A strategy over the first `replicas` logical CPUs."""
+    """A strategy over the first `replicas` logical CPUs, one per replica count in a process: every
+    run on N replicas shares it (a strategy holds no model; each run builds its own in its scope)."""
     return MirroredStrategy(devices=[f"/cpu:{i}" for i in range(replicas)])
 
 
@@ -184,8 +187,18 @@ def run_jobs(jobs: dict[str, dp.Job]) -> dict[str, dict[str, np.ndarray]]:
     return {**{key: run_job(job) for key, job in jobs.items()}, "uneven": uneven_behaviour()}
 
 
-if (
-    __name__ == "__main__"
-):  # python -m tf_impl.data_parallel JOBS OUT, started by tasks/data_parallel.py
+def fast_small_runs() -> None:
+    """For the suite's runs (20 small steps, each traced once): no grappler graph optimisation, which
+    costs more there than it saves, and one thread per op (the ops are tiny). Measured over every run
+    of the suite, with one strategy per replica count: 34.6 s -> 28.2 s of CPU; the same results but
+    for Adam's update and batch norm's statistics, at most 5e-14 (relative) from the default's."""
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+
+
+# python -m tf_impl.data_parallel JOBS OUT, started by tasks/data_parallel.py
+if __name__ == "__main__":
     make_logical_devices(int(os.environ.get("ROSETTA_DP_DEVICES", dp.MAX_REPLICAS)))
+    if os.environ.get("ROSETTA_DP_FAST"):
+        fast_small_runs()
     dp.subprocess_main(run_jobs)

@@ -7,8 +7,11 @@ them by N, so every rank's optimizer takes the same step, the one a single model
 global batch. A synchronised batch norm all-reduces the batch statistics.
 
 Here the processes are started with torch.multiprocessing, meet at a free port on 127.0.0.1 and talk
-gloo over loopback. On GPUs the backend is nccl, one process per GPU (`torchrun --nproc-per-node`);
-on several machines the rendezvous address is one machine's, reachable by all (README).
+gloo over loopback. They are forked from a forkserver that has imported torch, this chapter and the
+modules DistributedDataParallel imports when first built (torch._dynamo) once: a worker started by
+"spawn" would import them all again, about 2 s of CPU per worker and launch. On GPUs the backend is
+nccl, one process per GPU (`torchrun --nproc-per-node`); on several machines the rendezvous address
+is one machine's, reachable by all (README).
 """
 
 from __future__ import annotations
@@ -222,11 +225,11 @@ def train(
 
 
 # ----------------------------------------------------------------------------- the suite's runs: worker processes
-def worker(
-    rank: int, world_size: int, port: int, jobs: dict, out: str, timeout_s: float, parent: int
-):
+def worker(rank: int, world_size: int, port: int, jobs: dict, out: str, timeout_s: float):
     """One rank: every job in order, each on the group of its first `replicas` ranks; rank 0 saves."""
-    dp.watch_parent(parent)  # ends this worker if the launching process dies
+    # ends this worker if its parent, the forkserver, is gone: the forkserver ends when the launching
+    # process does (killed, interrupted)
+    dp.watch_parent(os.getppid())
     torch.set_num_threads(1)  # N processes share the cores
     init_process_group(rank, world_size, port, timeout_s)
     try:
@@ -258,8 +261,11 @@ def launch(jobs: dict[str, dp.Job], world_size: int, timeout: float) -> dict[str
     results. On an error, a timeout or an interrupt every worker still running is killed."""
     with tempfile.TemporaryDirectory(prefix="rosetta-ddp-") as tmp:
         out = str(Path(tmp) / "results.npz")
-        args = (world_size, free_port(), jobs, out, timeout, os.getpid())
-        context = mp.start_processes(worker, args=args, nprocs=world_size, join=False, start_method="spawn")  # fmt: skip
+        args = (world_size, free_port(), jobs, out, timeout)
+        # read when this process first starts the forkserver; the workers are forked from it, imported
+        models = sorted({load_impl("torch_impl", job.model).__name__ for job in jobs.values()})
+        mp.set_forkserver_preload([__name__, "torch._dynamo", *models])
+        context = mp.start_processes(worker, args=args, nprocs=world_size, join=False, start_method="forkserver")  # fmt: skip
         deadline = time.monotonic() + timeout
         try:
             while not context.join(timeout=0.5):  # raises if a worker failed
