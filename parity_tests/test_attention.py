@@ -60,10 +60,8 @@ def test_stock_layer_matches_hand_written(framework, causal):
     x, y = parity._tokens(np.random.default_rng(5), hand_cfg, 4, pad="right", steps=6)
     results = {}
     for stock in (False, True):
-        model = impl.create_model(
-            AttentionConfig(**{**vars(hand_cfg), "stock": stock}), seed=0, dtype="float64"
-        )
-        impl.load_canonical(model, params)
+        cfg = AttentionConfig(**{**vars(hand_cfg), "stock": stock})
+        model = parity.loaded_model(impl, framework, cfg, params)
         results[stock] = impl.forward_backward(model, x, y)
     assert results[False].keys() == results[True].keys()
     for tensor, reference in results[False].items():
@@ -123,9 +121,8 @@ def test_fully_masked_row_has_zero_weights_and_no_nan(framework):
     output is exactly the output bias; nothing is NaN, forward or backward."""
     cfg = AttentionConfig(vocab=7, d_model=8, n_heads=2, causal=True, optimizer="sgd")
     impl = load_impl(framework, "attention")
-    model = impl.create_model(cfg, seed=0, dtype="float64")
     params = weights.init_uniform(cfg.param_shapes(), 3)
-    impl.load_canonical(model, params)
+    model = parity.loaded_model(impl, framework, cfg, params)
     x, y = fully_masked_inputs()
     out = impl.forward_backward(model, x, y)
     assert not any(np.isnan(v).any() for v in out.values())
@@ -155,8 +152,7 @@ def test_stock_layers_disagree_on_a_fully_masked_row():
     rows = {}
     for framework in OTHERS:
         impl = load_impl(framework, "attention")
-        model = impl.create_model(cfg, seed=0, dtype="float64")
-        impl.load_canonical(model, params)
+        model = parity.loaded_model(impl, framework, cfg, params)
         rows[framework] = impl.forward_backward(model, *fully_masked_inputs())["attn_weights.0"][
             0, :, 0
         ]  # (NH, T): query 0
@@ -350,8 +346,7 @@ def test_random_shapes_match_scratch(batch, length, heads, head_size, causal, st
     results = {}
     for framework in FRAMEWORKS:
         impl = load_impl(framework, "attention")
-        model = impl.create_model(cfg, seed=0, dtype="float64")
-        impl.load_canonical(model, params)
+        model = parity.loaded_model(impl, framework, cfg, params)
         results[framework] = impl.forward_backward(model, x, y)
     reference = results["scratch"]
     for framework in OTHERS:

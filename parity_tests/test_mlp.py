@@ -238,59 +238,63 @@ def test_sklearn_mlp_regressor_ported_and_its_sgd_step(framework, n_targets):
         parity.assert_close(after[name], value, 1e-12, f"{framework} {name} after one step")
 
 
-def test_flax_load_model_equals_create_and_load():
-    """jax_impl.porting.load_model (built with nnx.eval_shape, filled from canonical weights, its
-    random streams reseeded) is create_model + load_canonical without the initial draws: every
-    variable equal, the dropout streams' keys included, so the same outputs, gradients and training
-    step with batch norm and the stock dropout drawing (float64); it compiles no `_uniform` program
-    (create_model compiles one per shape and dtype); a checkpoint that lacks a tensor still raises."""
+def test_flax_load_model_equals_create_and_load(monkeypatch):
+    """parity.compute builds its Flax models with jax_impl.porting.load_model (nnx.eval_shape, then
+    the canonical weights, its random streams reseeded). The batch-norm and dropout case run again
+    on create_model + load_canonical gives every tensor bit for bit (forward, gradients, 20 SGD
+    steps; the programs are the cached ones); both models hold the same variables, dropout keys
+    included; load_model draws its initial weights only abstractly (create_model's draws are XLA
+    programs compiled per shape); a checkpoint that lacks a tensor still raises."""
     import jax
     from flax import nnx
-    from jax import monitoring
 
     from jax_impl.porting import load_model
 
-    # hidden sizes no other test builds, so create_model's draws are compiled here, not found cached
-    cfg = MLPConfig(3, (17, 19), 3, "relu", "softmax", batch_norm=True, dropout=0.5)
+    case = next(c for c in parity.CASES["mlp"] if c.name == "relu-batchnorm-dropout")
     impl = load_impl("jax_impl", "mlp")
-    params = weights.init_uniform(cfg.param_shapes(), 11)
-    compiled = {"load_model": [], "create_model": []}
+    params = weights.load(parity.canonical_file(case))
+    draws, uniform = [], jax.random.uniform
 
-    def built_by(way: str, build):
-        def listener(event, duration, **kwargs):
-            if event.endswith("backend_compile_duration"):
-                compiled[way].append(kwargs.get("fun_name", ""))
+    def recorded(key, *args, **kwargs):  # jax_impl/initializers.py calls jax.random.uniform
+        draws.append(isinstance(key, jax.core.Tracer))
+        return uniform(key, *args, **kwargs)
 
-        monitoring.register_event_duration_secs_listener(listener)
-        try:
-            return build()
-        finally:
-            monitoring.unregister_event_duration_listener(listener)
-
-    model = built_by("load_model", lambda: load_model(impl, cfg, params, seed=0, dtype="float64"))
-    reference = built_by("create_model", lambda: impl.create_model(cfg, seed=0, dtype="float64"))
+    monkeypatch.setattr(jax.random, "uniform", recorded)
+    model = parity.create(impl, case, "jax_impl", "float64", params)
+    abstract, draws[:] = list(draws), []
+    reference = parity.create(impl, case, "jax_impl", "float64")
+    assert abstract and all(abstract) and draws and not any(draws), (abstract, draws)
     impl.load_canonical(reference, params)
-    uniform = {way: [f for f in names if "uniform" in f] for way, names in compiled.items()}
-    assert not uniform["load_model"] and uniform["create_model"], compiled
 
     def variables(m):
-        flat = nnx.to_flat_state(nnx.state(m))
-        as_np = lambda v: np.asarray(jax.random.key_data(v) if jax.dtypes.issubdtype(
-            v.dtype, jax.dtypes.prng_key) else v)  # fmt: skip
-        return {path: as_np(variable.get_value()) for path, variable in flat}
+        key = lambda v: jax.dtypes.issubdtype(v.dtype, jax.dtypes.prng_key)
+        value = lambda v: np.asarray(jax.random.key_data(v) if key(v) else v)
+        flat = nnx.to_flat_state(nnx.state(m))  # the replaying dropout's unset mask: None
+        return {path: value(v.get_value()) for path, v in flat if v.get_value() is not None}
 
     expected, got = variables(reference), variables(model)
     assert got.keys() == expected.keys()
     assert all(np.array_equal(got[k], v) for k, v in expected.items())
-    rng = np.random.default_rng(5)
-    x, y = rng.normal(size=(16, cfg.in_features)), rng.integers(0, cfg.n_classes, 16)
-    results = [impl.forward_backward(m, x[:8], y[:8]) for m in (reference, model)]
-    assert all(np.array_equal(results[1][k], v) for k, v in results[0].items())
-    data = Dataset("mlp", x, y, x[:1], y[:1], cfg.n_classes)
-    for m in (reference, model):
-        impl.train(m, data, epochs=1, lr=0.1, batch_size=4, seed=0)
-    after = [impl.export_canonical(m) for m in (reference, model)]
-    assert not np.array_equal(after[0]["head.weight"], params["head.weight"])
-    assert all(np.array_equal(after[1][k], v) for k, v in after[0].items())
+    # parity.compute's steps on the created model
+    x, y = parity.inputs(case, case.batch, "float64")
+    parity.supply_dropout_masks(case, "jax_impl", reference, steps=1)
+    again = impl.forward_backward(reference, x, y)
+    reference = parity.create(impl, case, "jax_impl", "float64")
+    impl.load_canonical(reference, params)
+    x, y = parity.inputs(case, case.batch * parity.TRAJECTORY_STEPS + case.remainder, "float64")
+    parity.supply_dropout_masks(case, "jax_impl", reference, steps=parity.TRAJECTORY_STEPS)
+    data = Dataset("mlp", x, y, x[:1], y[:1], case.config.n_classes)
+    impl.train(
+        reference, data, epochs=1, lr=parity.TRAJECTORY_LR, batch_size=case.batch, seed=case.seed
+    )
+    steps = parity.TRAJECTORY_STEPS
+    trained = parity.running_var_as_torch(
+        case, "jax_impl", impl.export_canonical(reference), params, steps
+    )
+    again |= {f"sgd.{k}": v for k, v in trained.items()}
+    computed = parity.compute(case, "jax_impl", "float64")
+    assert not np.array_equal(computed["sgd.head.weight"], params["head.weight"])
+    for tensor, value in again.items():
+        assert np.array_equal(computed[tensor], value), tensor
     with pytest.raises(weights.CanonicalWeightsError, match="missing head.bias"):
-        load_model(impl, cfg, {k: v for k, v in params.items() if k != "head.bias"})
+        load_model(impl, case.config, {k: v for k, v in params.items() if k != "head.bias"})

@@ -157,8 +157,7 @@ def test_random_shapes_match_scratch(batch, length, heads, head_size, norm, stoc
     results = {}
     for framework in FRAMEWORKS:
         impl = load_impl(framework, "transformer")
-        model = impl.create_model(cfg, seed=0, dtype="float64")
-        impl.load_canonical(model, params)
+        model = parity.loaded_model(impl, framework, cfg, params)
         results[framework] = impl.forward_backward(model, x, y)
     reference = results["scratch"]
     # The query and key gradients can be zero in exact arithmetic: with d_model 2, layer norm maps
@@ -273,8 +272,9 @@ def test_stock_torch_encoder_ported_gives_its_logits(cfg, framework):
     )
     loss.backward()
     impl = load_impl(framework, "transformer")
-    model = impl.create_model(cfg, seed=0, dtype="float64")
-    impl.load_canonical(model, stock_encoder_to_canonical(embed, encoder, head))
+    model = parity.loaded_model(
+        impl, framework, cfg, stock_encoder_to_canonical(embed, encoder, head)
+    )
     out = impl.forward_backward(model, tokens, y)
     parity.assert_close(out["output"], logits.detach().numpy(), 1e-12, "logits")
     parity.assert_close(out["loss"], loss.item(), 1e-12, "loss")
