@@ -363,9 +363,8 @@ BN_MOMENTUM = 0.1  # tasks' batch norm momentum, torch's convention (the weight 
 def optimizer_trajectory(case: OptimizerCase, framework: str, dtype: str) -> dict[str, np.ndarray]:
     """Parameters after `case.steps` updates (trajectory.*), from the canonical weights of the case."""
     impl = load_impl(framework, case.model)
-    model = create(impl, case, framework, dtype)
     start = weights.cast(weights.load(canonical_file(case)), dtype)
-    impl.load_canonical(model, start)
+    model = create(impl, case, framework, dtype, start)  # holding `start`; in JAX none drawn
     x, y = inputs(case, case.batch * case.steps + case.remainder, dtype)
     data = Dataset(case.model, x, y, x[:1], y[:1], case.config.n_classes)
     supply_dropout_masks(
