@@ -383,6 +383,14 @@ STOCK_CASES = [
         batch=4,
         extra_outputs=("hidden", "h_n", "c_n"),
     ),
+    parity.Case(  # the stacked bidirectional GRU: gradients, trajectory and float32 too
+        "gru",
+        "2-layers-bidirectional",
+        RNNConfig("gru", 3, 3, 3, "sequence", clip_norm=0.25, num_layers=2, bidirectional=True),
+        parity.sequences,
+        batch=4,
+        extra_outputs=("hidden", "h_n"),
+    ),
     parity.Case(
         "gru",
         "reset-before",
