@@ -806,6 +806,10 @@ def all_models(
         False, "--verbose", "-v", help="also print each training table and every parity check"
     ),
     as_json: bool = typer.Option(False, "--json", help="print one JSON document to stdout"),
+    framework: str = typer.Option(
+        "all",
+        help="scratch, torch, tf, jax, or all: one framework runs with scratch, the reference",
+    ),
     jobs: int | None = typer.Option(
         None,
         "--jobs",
@@ -818,14 +822,17 @@ def all_models(
 
     Ends with one summary table (a row per model, a column per framework) and one line, `N records,
     all passed` or the failed checks by name; --verbose prints the training and parity tables too.
-    The models run in worker processes (--jobs), the output in model order whatever finished first."""
+    The models run in worker processes (--jobs), the output in model order whatever finished first.
+    --framework torch (tf, jax): only that framework and scratch, the reference of every check."""
     from tasks import jobs as jobs_mod
 
     models = [check_model(m) for m in (models or list(MODELS))]
     if jobs is not None and jobs < 1:
         fail(f"--jobs must be a positive integer, got {jobs}")
     n_jobs = jobs_mod.default_jobs(len(models)) if jobs is None else min(jobs, len(models))
-    frameworks = list(resolve_framework("all"))
+    frameworks = check_frameworks(framework)
+    if "scratch" not in frameworks:
+        frameworks = ["scratch", *frameworks]  # every check is against the scratch reference
     one_thread_for_torch()
     jax_compilation_cache()
     one_thread_for_numpy()
@@ -850,7 +857,7 @@ def all_models(
             if as_json:
                 print(dump_json({"train": trained, "parity": records}, indent=1))
             else:
-                print_summary(trained, records, seconds)
+                print_summary(trained, records, seconds, frameworks=frameworks)
             raise typer.Exit(end_status(result))
         middle = time.perf_counter()
         try:
@@ -859,7 +866,7 @@ def all_models(
             if as_json:
                 print(dump_json({"train": trained, "parity": records}, indent=1))
             else:
-                print_summary(trained, records, seconds)
+                print_summary(trained, records, seconds, frameworks=frameworks)
             done = ", ".join(m for m in seconds) or "none"
             print(
                 f"interrupted (Ctrl-C) while running {model} parity; finished: {done}",
@@ -873,7 +880,7 @@ def all_models(
     else:
         if verbose:
             print_parity(records)
-        print_summary(trained, records, seconds)
+        print_summary(trained, records, seconds, frameworks=frameworks)
     diverged = [end_status(result) for result in trained]  # one line per diverged run
     if failed or not records or any(diverged):
         raise typer.Exit(1)
@@ -937,7 +944,9 @@ def all_in_workers(
                 print_train(result)
             print_parity(records)
         wall = (n_jobs, time.perf_counter() - begin)
-        print_summary(trained, records, seconds, wall=wall, failed_jobs=failed_jobs)
+        print_summary(
+            trained, records, seconds, wall=wall, failed_jobs=failed_jobs, frameworks=frameworks
+        )
     if outcome.interrupted:
         done = ", ".join(models[i] for i in order if outcome.finished(i)) or "none"
         print(
@@ -1002,13 +1011,17 @@ def print_summary(
     seconds: dict | None = None,
     wall: tuple[int, float] | None = None,
     failed_jobs: list[str] | None = None,
+    frameworks: list[str] | None = None,
 ) -> None:
     """One table: a row per model, a column per framework, each cell the test accuracy (a language
     model: its held-out loss) and the worst float64 / float32 relative error of any parity check the
     framework takes part in (against scratch, pairwise, round trip); then `N records, all passed`,
     or each failed check by name and `N records, K failed`. `wall`: (worker processes, wall
-    seconds) of a run in workers; `failed_jobs`: its jobs that ended without a result."""
+    seconds) of a run in workers; `failed_jobs`: its jobs that ended without a result; `frameworks`:
+    the columns (default: all four)."""
     from tasks.registry import FRAMEWORKS
+
+    columns = [fw for fw in FRAMEWORKS if frameworks is None or fw in frameworks]
 
     worst: dict[tuple, float] = {}  # (model, framework, dtype) -> largest rel_error
     failing: set[tuple] = set()  # (model, framework)
@@ -1023,14 +1036,14 @@ def print_summary(
         "worst parity error float64 / float32"
     )
     table.add_column("model")
-    for fw in FRAMEWORKS:
+    for fw in columns:
         table.add_column(fw, justify="right")
     if seconds:
         table.add_column("s train / parity", justify="right")
     for result in trained:
         model, rows = result["model"], {r["framework"]: r for r in result["results"]}
         cells = []
-        for fw in FRAMEWORKS:
+        for fw in columns:
             row = rows.get(fw)
             if row is None:
                 quality = "—"
