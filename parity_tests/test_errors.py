@@ -358,14 +358,17 @@ def poisoned(params: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], str,
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_load_canonical_refuses_nan_and_inf_in_every_model(framework):
-    """weights.check, which every load_canonical calls first, names each non-finite tensor."""
+    """weights.check, which every load_canonical calls first, names each non-finite tensor. The
+    model is built holding finite weights (parity.loaded_model: in jax_impl no initial weights are
+    drawn, an XLA program per shape), then loaded with the poisoned copy and with the finite one."""
     from tasks import parity
 
     for model, cases in parity.CASES.items():
         cfg = cases[0].config
         impl = load_impl(framework, model)
-        net = impl.create_model(cfg, seed=0, dtype="float64")
-        params, first, last = poisoned(weights.init_uniform(cfg.param_shapes(), 0))
+        finite = weights.init_uniform(cfg.param_shapes(), 0)
+        net = parity.loaded_model(impl, framework, cfg, finite, "float64")
+        params, first, last = poisoned(finite)
         with pytest.raises(weights.CanonicalWeightsError) as info:
             impl.load_canonical(net, params)
         assert f"{first}: 1 NaN" in str(info.value) and f"{last}: 1 inf" in str(info.value), model
