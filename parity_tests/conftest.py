@@ -19,6 +19,20 @@ import pytest
 from hypothesis import settings
 
 from tasks import parity
+from tasks.data_parallel import FAST_COMPILE
+
+# JAX: the suite compiles several hundred small programs and runs each for a few steps, so XLA's
+# compilation is most of JAX's share of the suite (the five Transformer parity cases: 43 s of CPU with
+# XLA's default settings, 12 s with these). The suite compiles as the data-parallel chapter's runs do
+# (tasks/data_parallel.py FAST_COMPILE: no LLVM optimisation, XLA:CPU's older LLVM IR emitters), set
+# here before any test imports JAX, and inherited by the CLI runs the tests start. Users' runs and
+# `rosetta all` keep XLA's defaults; test_suite_settings.py computes parity cases with the defaults
+# in a fresh process and holds them to the suite's results. ROSETTA_SUITE_XLA_DEFAULTS=1 runs the
+# whole suite with XLA's defaults instead.
+# the flags the suite was started with (an xdist worker inherits the controller's, these included)
+USER_XLA_FLAGS = os.environ.get("XLA_FLAGS", "").replace(FAST_COMPILE, "").strip()
+if not os.environ.get("ROSETTA_SUITE_XLA_DEFAULTS"):
+    os.environ["XLA_FLAGS"] = f"{USER_XLA_FLAGS} {FAST_COMPILE}".strip()
 
 # The property tests (random shapes) draw the same examples on every run: a red run can be rerun,
 # and CI does not turn red on a draw no earlier run made. Found when a new draw (d_model 2, pre-LN)

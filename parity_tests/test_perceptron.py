@@ -5,6 +5,7 @@ tasks, never on XOR (which the MLP solves); and the CLI reports it."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from parity_tests.conftest import star_params
+from parity_tests.conftest import USER_XLA_FLAGS, star_params
 from tasks import cli, data, parity, perceptron_run, train, weights
 from tasks.configs import PerceptronConfig
 from tasks.registry import FRAMEWORKS, MODELS, load_impl
@@ -113,24 +114,31 @@ def test_a_different_tie_rule_is_caught(monkeypatch):
             )
 
 
+XLA_FMA_PROBE = """
+import numpy as np, jax
+import jax_impl  # noqa: F401  (switches on float64)
+rng = np.random.default_rng(0)
+w, x, error = rng.normal(size=1000), rng.normal(size=1000), rng.choice([-1.0, 0.0, 1.0], size=1000)
+lr = 0.1
+reference = w + error * (lr * x)
+ours = np.asarray(jax.jit(lambda w, x, e, lr: w + e * (lr * x))(w, x, error, lr))
+fused = np.asarray(jax.jit(lambda w, x, e, lr: w + lr * e * x)(w, x, error, lr))
+print(np.array_equal(ours, reference), np.array_equal(fused, reference))
+"""
+
+
 def test_update_order_keeps_xla_bit_exact():
-    """w + error * (lr * x) gives NumPy's bits under jit; w + lr * error * x is fused into an FMA and does not."""
-    import jax
-
-    import jax_impl  # noqa: F401  (switches on float64)
-
-    rng = np.random.default_rng(0)
-    w, x, error = (
-        rng.normal(size=1000),
-        rng.normal(size=1000),
-        rng.choice([-1.0, 0.0, 1.0], size=1000),
+    """w + error * (lr * x) gives NumPy's bits under jit; w + lr * error * x is fused into an FMA and
+    does not. Compiled as users' runs compile (XLA's default settings, in a fresh process: the suite
+    compiles without LLVM optimisation, which fuses nothing; conftest.py)."""
+    env = {**os.environ, "XLA_FLAGS": USER_XLA_FLAGS}
+    probe = subprocess.run(
+        [sys.executable, "-c", XLA_FMA_PROBE], capture_output=True, text=True, env=env, timeout=300
     )
-    lr = 0.1
-    reference = w + error * (lr * x)
-    ours = np.asarray(jax.jit(lambda w, x, e, lr: w + e * (lr * x))(w, x, error, lr))
-    fused = np.asarray(jax.jit(lambda w, x, e, lr: w + lr * e * x)(w, x, error, lr))
-    np.testing.assert_array_equal(ours, reference)
-    assert not np.array_equal(fused, reference), (
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    ours_exact, fused_exact = probe.stdout.split()[-2:]
+    assert ours_exact == "True"
+    assert fused_exact == "False", (
         "XLA did not fuse the multiply-add: the comment in */perceptron.py is stale"
     )
 

@@ -284,12 +284,12 @@ def test_stock_torch_encoder_ported_gives_its_logits(cfg, framework):
 # ----------------------------------------------------------------------------- training
 @pytest.mark.slow  # a quality run: the default training to its bar
 def test_default_training_reverses_held_out_sequences():
-    """`rosetta train transformer` with the default settings (Adam lr 0.005, constant) for 3 of the
-    default 4 epochs: >= 99% held-out token accuracy in all four. Sized by the measured default run
-    (float32, accuracy after epochs 1-4; scratch 77.4, 99.92, 99.89, 100%; torch 77.4, 99.94, 99.91,
-    100%; Keras 65.6, 99.25, 99.70, 100%; Flax 77.4, 99.92, 99.44, 99.98%): the bar holds from epoch
-    2, with at least 0.44 points to spare from epoch 3. A 3-epoch run is the default run's first 3
-    epochs (constant lr, each epoch's batch order seeded by its number)."""
-    result = train.run("transformer", "reverse", list(FRAMEWORKS), train.TrainOptions(epochs=3))
+    """`rosetta train transformer` with the default settings (Adam lr 0.005, constant, 4 epochs):
+    >= 99% held-out token accuracy in all four. Measured (float32, accuracy after epochs 1-4;
+    scratch 77.4, 99.92, 99.89, 100%; torch 77.4, 99.94, 99.91, 100%; Keras 65.6, 99.25, 99.70,
+    100%; Flax 77.4, 99.92, 99.44, 99.98%): the bar holds from epoch 2, but float32 rounding moves
+    epoch 3 by more than its spare points (Flax under the suite's XLA settings, conftest.py: 98.18%
+    after epoch 3, 100% after epoch 4), so the test runs the whole default run."""
+    result = train.run("transformer", "reverse", list(FRAMEWORKS), train.TrainOptions())
     for row in result["results"]:
         assert row["test_accuracy"] >= 0.99, row

@@ -1,0 +1,88 @@
+"""The suite's own settings (parity_tests/conftest.py) change no parity claim: JAX's programs compile
+with FAST_COMPILE in the suite, users' runs and `rosetta all` compile with XLA's defaults. Cases that
+cover every kind of layer (dense, conv and pooling, batch norm with replayed dropout, LSTM with a
+remainder batch, masked attention) are computed again in a fresh process with the flags the suite
+was started with: those results pass every parity record, and in float64 equal the suite's to 1e-12
+(relative, per tensor)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from parity_tests.conftest import USER_XLA_FLAGS
+from tasks import parity
+from tasks.data_parallel import FAST_COMPILE
+
+ROOT = Path(__file__).resolve().parents[1]
+CASE_IDS = (
+    "mlp[relu-batchnorm-dropout]",
+    "lenet5[tanh-avg]",
+    "lstm[sequence]",
+    "attention[hand-padding]",
+)
+FLOAT64_TOLERANCE = 1e-12  # two compilations of one program: rounding only
+
+SCRIPT = """
+import json, sys
+import numpy as np
+from tasks import parity
+out_dir, ids = sys.argv[1], sys.argv[2:]
+cases = {c.id: c for m in parity.CASES for c in parity.CASES[m]}
+failed = []
+for i, case_id in enumerate(ids):
+    case = cases[case_id]
+    failed += [r for r in parity.records(case, ("scratch", "jax_impl"), pairwise=False) if not r["passed"]]
+    np.savez(f"{out_dir}/{i}.npz", **parity.compute(case, "jax_impl", "float64"))
+print(json.dumps(failed, default=str))
+"""
+
+
+def case_by_id(case_id: str):
+    return next(c for m in parity.CASES for c in parity.CASES[m] if c.id == case_id)
+
+
+def test_the_suite_compiles_jax_with_fast_compile():
+    if os.environ.get("ROSETTA_SUITE_XLA_DEFAULTS"):
+        pytest.skip("ROSETTA_SUITE_XLA_DEFAULTS=1: this run compiles with XLA's defaults")
+    assert os.environ["XLA_FLAGS"].split() == [*USER_XLA_FLAGS.split(), *FAST_COMPILE.split()]
+
+
+@pytest.fixture(scope="module")
+def default_settings_run(tmp_path_factory):
+    """The cases computed by a fresh process with the flags the suite was started with."""
+    out = tmp_path_factory.mktemp("xla-defaults")
+    env = {**os.environ, "XLA_FLAGS": USER_XLA_FLAGS}
+    run = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(out), *CASE_IDS],
+        capture_output=True, text=True, timeout=600, cwd=ROOT, env=env,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1]), out
+
+
+def test_every_record_passes_with_xla_default_settings(default_settings_run):
+    failed, _ = default_settings_run
+    assert failed == []
+
+
+@pytest.mark.parametrize("index, case_id", list(enumerate(CASE_IDS)))
+def test_float64_results_equal_the_suites_to_rounding(default_settings_run, index, case_id):
+    _, out = default_settings_run
+    defaults = dict(np.load(out / f"{index}.npz"))
+    case = case_by_id(case_id)
+    suite = parity.compute(case, "jax_impl", "float64")
+    assert sorted(defaults) == sorted(suite)
+    # measured against the size the case names (a gradient zero in exact arithmetic, such as the
+    # key bias's, against its weight's): as the parity records measure it
+    worst = max(
+        parity.rel_error(suite[k], defaults[k], parity.scale_of(case, k, defaults))[1]
+        for k in suite
+    )
+    assert worst <= FLOAT64_TOLERANCE, f"{case_id}: {worst:.1e}"
