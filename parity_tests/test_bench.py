@@ -137,7 +137,21 @@ def test_summary_lists_failures_by_name(monkeypatch):
     assert "FAIL" in "\n".join(lines[:-2])  # the failing cells are marked in the table
 
 
-def test_rosetta_all_scoped_to_one_model_ends_with_the_summary():
+@pytest.fixture(scope="module")
+def torch_document() -> dict:
+    """`rosetta all perceptron --framework torch --jobs 1 --json`, run in this process (CliRunner):
+    the --json document of a one-process run, for the summary test and the --jobs 2 test."""
+    from typer.testing import CliRunner
+
+    from tasks.cli import app
+
+    args = ["all", "perceptron", "--framework", "torch", "--jobs", "1", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output[-3000:]
+    return json.loads(result.stdout)
+
+
+def test_rosetta_all_scoped_to_one_model_ends_with_the_summary(torch_document):
     """`rosetta all perceptron` in process: one summary row, a column per framework, the records
     line last, the full table only with --verbose. --verbose and --json are run with --framework
     torch (the same code for any set of frameworks, at a quarter of the work): the full table and
@@ -163,8 +177,7 @@ def test_rosetta_all_scoped_to_one_model_ends_with_the_summary():
     assert verbose.exit_code == 0, verbose.output
     assert "largest relative error per check" in verbose.output
     assert header(verbose.output)[:4] == ["model", "scratch", "torch_impl", "s"]  # its columns
-    as_json = runner.invoke(app, ["all", "perceptron", "--json", "--framework", "torch"])
-    document = json.loads(as_json.output)
+    document = torch_document  # `rosetta all perceptron --framework torch --jobs 1 --json`
     assert set(document) == {"train", "parity"}
     assert [r["framework"] for r in document["train"][0]["results"]] == ["scratch", "torch_impl"]
     assert {r["framework"] for r in document["parity"]} == {"scratch", "torch_impl"}
@@ -185,22 +198,19 @@ def without_timing(trained: list[dict]) -> list[dict]:
     ]
 
 
-def test_rosetta_all_in_two_worker_processes_prints_the_one_process_document():
+def test_rosetta_all_in_two_worker_processes_prints_the_one_process_document(torch_document):
     """`rosetta all perceptron perceptron --jobs 2`: two spawned workers, results pickled back and put
-    in model order; the --json document is `--jobs 1`'s, every record and training figure equal
-    (timing aside), and nothing a worker prints reaches stdout (it parses). With --framework torch:
-    the workers run what they are sent whatever the frameworks (tasks/jobs.py passes the list on),
-    and torch alone starts in a third of the time of all four (three processes here)."""
-    serial = subprocess.run(
-        [*ROSETTA, "all", "perceptron", "--framework", "torch", "--jobs", "1", "--json"],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
-    )  # fmt: skip
+    in model order; the --json document is `--jobs 1`'s (run in this process: torch_document),
+    every record and training figure equal (timing aside), and nothing a worker prints reaches
+    stdout (it parses). With --framework torch: the workers run what they are sent whatever the
+    frameworks (tasks/jobs.py passes the list on), and torch alone starts in a third of the time of
+    all four (in each of the three processes here)."""
     parallel = subprocess.run(
         [*ROSETTA, "all", "perceptron", "perceptron", "--framework", "torch", "--jobs", "2", "--json"],
         capture_output=True, text=True, timeout=600, cwd=ROOT,
     )  # fmt: skip
-    assert serial.returncode == 0 and parallel.returncode == 0, parallel.stderr[-3000:]
-    one, two = json.loads(serial.stdout), json.loads(parallel.stdout)
+    assert parallel.returncode == 0, parallel.stderr[-3000:]
+    one, two = torch_document, json.loads(parallel.stdout)
     assert {r["framework"] for r in one["parity"]} == {"scratch", "torch_impl"}
     assert len(one["parity"]) > 50  # every perceptron check of torch against scratch
     assert two["parity"] == one["parity"] * 2
