@@ -123,6 +123,27 @@ def test_keras_early_stopping_gives_the_monitors_result():
         assert keras["max_param_diff_vs_scratch"] <= 1e-10
 
 
+@pytest.mark.parametrize("model", [m for m in parity.CASES if m != "perceptron"])
+def test_models_are_built_at_creation(model, monkeypatch):
+    """Every layer is built when create_model returns (its weights load before a call). Keras builds
+    a layer that has an unbuilt sublayer at its first call by running its call() once more on
+    symbolic inputs (Layer._maybe_build -> backend.compute_output_spec), and fit's trace is such a
+    first call: a whole extra forward trace per fit of LeNet-5 (its Flatten), the attention model
+    (its attention layer) and the Transformer (its blocks), until each says self.built = True."""
+    from keras.src import backend
+
+    traced, real = [], backend.compute_output_spec
+    monkeypatch.setattr(
+        backend, "compute_output_spec", lambda fn, *a, **kw: traced.append(fn) or real(fn, *a, **kw)
+    )
+    impl = load_impl("tf_impl", model)
+    for case in parity.CASES[model]:
+        net = parity.create(impl, case, "tf_impl", "float64")
+        x, _ = parity.inputs(case, 2, "float64")
+        net(x)
+        assert traced == [], f"{case.id}: {traced}"
+
+
 # ----------------------------------------------------------------------------- compat.py
 def test_stock_float_factors_leak_float32_and_compat_does_not():
     """Each workaround against the stock behaviour it replaces, in float64: the optimizer's learning

@@ -89,6 +89,9 @@ class MultiHeadAttention(keras.layers.Layer):
         self.q, self.k, self.v, self.o = (
             make_dense(w, d_model, seed=seed, dtype=dtype, name=p) for w, p in zip(widths, "qkvo")
         )
+        # every sublayer is built above: built, so the first call (and fit's trace) need not run
+        # call() once more on symbolic inputs to build them, for this layer and every one around it
+        self.built = True
 
     def split(self, x):
         T, E = x.shape[1], x.shape[2]
@@ -139,6 +142,7 @@ class StockMultiHeadAttention(keras.layers.Layer):
         kdim, vdim = kdim or d_model, vdim or d_model
         self.mha.build((None, None, d_model), (None, None, vdim), (None, None, kdim))
         compat.exact_query_scale(self.mha, d_model // n_heads)  # 1 / sqrt(HS), float64-exact
+        self.built = True  # its one sublayer is built above (MultiHeadAttention: why)
 
     def call(self, x, allowed, key=None, value=None):
         if (key is None) != (value is None):

@@ -142,6 +142,10 @@ class LeNet5(keras.Model):
             for n in (1, 2)
         )
         self.batch_loss = training.BatchMeanLoss(dtype)  # what train reports per epoch
+        # every weight is built above (Flatten and ZeroPadding2D hold none: they build at their
+        # first call): built, so the first call (and fit's trace) need not run call() once more on
+        # symbolic inputs to build them
+        self.built = True
 
     def call(self, x, training=False):
         x = ops.transpose(

@@ -67,6 +67,7 @@ class Block(keras.layers.Layer):
         self.activation = make_activation(cfg)
         self.ff2 = make_dense(cfg.d_ff, cfg.d_model, seed=seed, dtype=dtype, name="ff2")
         self.ln2 = make_layer_norm(cfg, dtype=dtype, name="ln2")
+        self.built = True  # every sublayer is built above (attention.py's MultiHeadAttention: why)
 
     def feed_forward(self, x):
         return self.ff2(self.activation(self.ff1(x)))  # (B, T, E) -> (B, T, d_ff) -> (B, T, E)
