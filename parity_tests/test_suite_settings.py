@@ -2,8 +2,9 @@
 with FAST_COMPILE in the suite, users' runs and `rosetta all` compile with XLA's defaults. Cases that
 cover every kind of layer (dense, conv and pooling, batch norm with replayed dropout, LSTM with a
 remainder batch, masked attention) are computed again in a fresh process with the flags the suite
-was started with: those results pass every parity record, and in float64 equal the suite's to 1e-12
-(relative, per tensor)."""
+was started with, in float64: those results pass every parity record and equal the suite's to 1e-12
+(relative, per tensor). The float32 records need no second run: their tolerances bound any
+rounding difference (test_float32.py), and another compilation of the same arithmetic is one."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ cases = {c.id: c for m in parity.CASES for c in parity.CASES[m]}
 failed = []
 for i, case_id in enumerate(ids):
     case = cases[case_id]
-    failed += [r for r in parity.records(case, ("scratch", "jax_impl"), pairwise=False) if not r["passed"]]
+    failed += [r for r in parity.records(case, ("scratch", "jax_impl"), ("float64",), False) if not r["passed"]]
     np.savez(f"{out_dir}/{i}.npz", **parity.compute(case, "jax_impl", "float64"))
 print(json.dumps(failed, default=str))
 """
