@@ -144,6 +144,30 @@ def test_models_are_built_at_creation(model, monkeypatch):
         assert traced == [], f"{case.id}: {traced}"
 
 
+def test_fit_traces_the_step_once():
+    """make_optimizer builds the optimizer's slots (here momentum's) on the model's variables: left
+    to the first step they are made inside fit's trace, and a tf.function that makes variables
+    traces the whole step a second time (the optimiser trajectories' Keras time: 27 s -> 17 s)."""
+    from tensorflow.python.eager.polymorphic_function import tracing_compilation
+
+    from tasks.configs import OptimizerConfig
+
+    traced, real = [], tracing_compilation.trace_function
+
+    def counting(args=None, kwargs=None, tracing_options=None):
+        traced.append(tracing_options.name)
+        return real(args, kwargs, tracing_options)
+
+    cfg, data = MLPConfig(2, (8,), 2, "tanh", "sigmoid"), moons()
+    impl = load_impl("tf_impl", "mlp")
+    model = impl.create_model(cfg, seed=0, dtype="float64")
+    optimizer = OptimizerConfig("momentum", lr=0.1, momentum=0.9)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tracing_compilation, "trace_function", counting)
+        impl.train(model, data, epochs=1, lr=optimizer, batch_size=32, seed=0)
+    assert traced.count("one_step_on_data") == 1, traced
+
+
 # ----------------------------------------------------------------------------- compat.py
 def test_stock_float_factors_leak_float32_and_compat_does_not():
     """Each workaround against the stock behaviour it replaces, in float64: the optimizer's learning

@@ -67,7 +67,11 @@ def as_config(lr: float | OptimizerConfig, **defaults) -> OptimizerConfig:
 
 
 def make_optimizer(model: keras.Model, spec: OptimizerConfig) -> keras.optimizers.Optimizer:
-    return make_keras_optimizer(spec, model.dtype)
+    optimizer = make_keras_optimizer(spec, model.dtype)
+    # its slots (momentum, the moment estimates) now: left to the first step, they are made inside
+    # fit's trace, and a tf.function that makes variables traces the whole step a second time
+    optimizer.build(model.trainable_variables)
+    return optimizer
 
 
 def make_keras_optimizer(spec: OptimizerConfig, dtype: str) -> keras.optimizers.Optimizer:
