@@ -3,6 +3,8 @@ per-framework computations, and central differences for the scratch backward tes
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 from itertools import combinations
 
@@ -19,20 +21,63 @@ import pytest
 from hypothesis import settings
 
 from tasks import parity
-from tasks.data_parallel import FAST_COMPILE
 
 # JAX: the suite compiles several hundred small programs and runs each for a few steps, so XLA's
 # compilation is most of JAX's share of the suite (the five Transformer parity cases: 43 s of CPU with
 # XLA's default settings, 12 s with these). The suite compiles as the data-parallel chapter's runs do
-# (tasks/data_parallel.py FAST_COMPILE: no LLVM optimisation, XLA:CPU's older LLVM IR emitters), set
-# here before any test imports JAX, and inherited by the CLI runs the tests start. Users' runs and
-# `rosetta all` keep XLA's defaults; test_suite_settings.py computes parity cases with the defaults
-# in a fresh process and holds them to the suite's results. ROSETTA_SUITE_XLA_DEFAULTS=1 runs the
-# whole suite with XLA's defaults instead.
-# the flags the suite was started with (an xdist worker inherits the controller's, these included)
-USER_XLA_FLAGS = os.environ.get("XLA_FLAGS", "").replace(FAST_COMPILE, "").strip()
+# (tasks/data_parallel.py FAST_COMPILE): with XLA:CPU's older LLVM IR emitters (XLA_FLAGS) and
+# without LLVM optimisation (JAX_DISABLE_MOST_OPTIMIZATIONS, JAX's switch, read at each compilation),
+# set here before any test imports JAX and inherited by the CLI runs the tests start. The quality
+# runs (marked slow: thousands of steps) compile with LLVM's optimisation, as users' runs do
+# (quality_runs_compile_optimised below): unoptimised, XLA:CPU's float64 convolution is a naive loop
+# (LeNet-5's float64 lockstep: JAX 9 s of CPU optimised, 27 s not). Users' runs and `rosetta all`
+# keep XLA's defaults; test_suite_settings.py computes parity cases with them in a fresh process and
+# holds them to the suite's results. ROSETTA_SUITE_XLA_DEFAULTS=1 runs the suite with the defaults.
+SUITE_XLA_ENV = {
+    "XLA_FLAGS": "--xla_cpu_use_fusion_emitters=false",
+    "JAX_DISABLE_MOST_OPTIMIZATIONS": "1",
+}
+# the values the suite was started with (an xdist worker inherits the controller's, these included)
+os.environ.setdefault(
+    "ROSETTA_SUITE_STARTED_WITH", json.dumps({k: os.environ.get(k) for k in SUITE_XLA_ENV})
+)
+STARTED_WITH = json.loads(os.environ["ROSETTA_SUITE_STARTED_WITH"])
 if not os.environ.get("ROSETTA_SUITE_XLA_DEFAULTS"):
-    os.environ["XLA_FLAGS"] = f"{USER_XLA_FLAGS} {FAST_COMPILE}".strip()
+    os.environ["XLA_FLAGS"] = (
+        f"{STARTED_WITH['XLA_FLAGS'] or ''} {SUITE_XLA_ENV['XLA_FLAGS']}".strip()
+    )
+    os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = SUITE_XLA_ENV["JAX_DISABLE_MOST_OPTIMIZATIONS"]
+
+
+def xla_defaults_env() -> dict[str, str]:
+    """os.environ with the XLA settings the suite was started with: for a process that compiles as
+    users' runs do."""
+    env = {k: v for k, v in os.environ.items() if k not in SUITE_XLA_ENV}
+    return env | {k: v for k, v in STARTED_WITH.items() if v is not None}
+
+
+@contextlib.contextmanager
+def llvm_optimised():
+    """JAX programs first compiled inside are optimised by LLVM (a program compiled before keeps
+    its code: JAX caches executables without this setting in the key)."""
+    import jax
+
+    before = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", False)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", before)
+
+
+@pytest.fixture(autouse=True)
+def quality_runs_compile_optimised(request):
+    if request.node.get_closest_marker("slow") is None:
+        yield
+        return
+    with llvm_optimised():
+        yield
+
 
 # The property tests (random shapes) draw the same examples on every run: a red run can be rerun,
 # and CI does not turn red on a draw no earlier run made. Found when a new draw (d_model 2, pre-LN)
@@ -111,3 +156,41 @@ def numeric_grad(f, array: np.ndarray, eps: float = 1e-6) -> np.ndarray:
         array[i] = old
         grad[i] = (up - down) / (2 * eps)
     return grad
+
+
+# ----------------------------------------------------------------------------- scheduling
+# xdist gives each worker a whole file (--dist loadfile) and the next one as it nears the end of its
+# current file, in collection order (addopts: --no-loadscope-reorder; by default xdist orders files
+# by their number of tests, so a costly file with few tests can start last). Files are collected the
+# costliest first, so the run does not end on one worker with a long file while the other idles.
+# CPU seconds per file in a full run (2026-12-01: each test's process time plus its subprocesses');
+# a file not listed runs after these. Stale figures cost balance, never a check.
+FILE_COST = {
+    "test_rnn.py": 77,
+    "test_lenet5.py": 71,
+    "test_data_parallel.py": 61,
+    "test_transformer.py": 52,
+    "test_optim.py": 49,
+    "test_training.py": 34,
+    "test_attention.py": 30,
+    "test_bench.py": 18,
+    "test_mlp.py": 15,
+    "test_convert.py": 14,
+    "test_suite_settings.py": 13,
+    "test_flax_idioms.py": 12,
+    "test_port_training.py": 10,
+    "test_startup.py": 10,
+    "test_errors.py": 9,
+    "test_perceptron.py": 9,
+    "test_compare.py": 8,
+    "test_porting.py": 5,
+    "test_evaluate.py": 4,
+    "test_regularize.py": 3,
+    "test_cli.py": 3,
+    "test_keras_idioms.py": 3,
+    "test_init.py": 2,
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: -FILE_COST.get(item.path.name, 0))  # stable: each file's own order

@@ -5,7 +5,6 @@ tasks, never on XOR (which the MLP solves); and the CLI reports it."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from parity_tests.conftest import USER_XLA_FLAGS, star_params
+from parity_tests.conftest import star_params, xla_defaults_env
 from tasks import cli, data, parity, perceptron_run, train, weights
 from tasks.configs import PerceptronConfig
 from tasks.registry import FRAMEWORKS, MODELS, load_impl
@@ -129,12 +128,12 @@ print(np.array_equal(ours, reference), np.array_equal(fused, reference))
 
 def test_update_order_keeps_xla_bit_exact():
     """w + error * (lr * x) gives NumPy's bits under jit; w + lr * error * x is fused into an FMA and
-    does not. Compiled as users' runs compile (XLA's default settings, in a fresh process: the suite
-    compiles without LLVM optimisation, which fuses nothing; conftest.py)."""
-    env = {**os.environ, "XLA_FLAGS": USER_XLA_FLAGS}
+    does not. Compiled as users' runs compile (XLA's defaults, in a fresh process: the suite compiles
+    without LLVM optimisation, which fuses nothing; conftest.py)."""
     probe = subprocess.run(
-        [sys.executable, "-c", XLA_FMA_PROBE], capture_output=True, text=True, env=env, timeout=300
-    )
+        [sys.executable, "-c", XLA_FMA_PROBE],
+        capture_output=True, text=True, env=xla_defaults_env(), timeout=300,
+    )  # fmt: skip
     assert probe.returncode == 0, probe.stderr[-3000:]
     ours_exact, fused_exact = probe.stdout.split()[-2:]
     assert ours_exact == "True"

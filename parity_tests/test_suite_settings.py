@@ -1,5 +1,6 @@
 """The suite's own settings (parity_tests/conftest.py) change no parity claim: JAX's programs compile
-with FAST_COMPILE in the suite, users' runs and `rosetta all` compile with XLA's defaults. Cases that
+without LLVM optimisation and with XLA:CPU's older emitters in the suite, users' runs and `rosetta
+all` compile with XLA's defaults. Cases that
 cover every kind of layer (dense, conv and pooling, batch norm with replayed dropout, LSTM with a
 remainder batch, masked attention) are computed again in a fresh process with the flags the suite
 was started with, in float64: those results pass every parity record and equal the suite's to 1e-12
@@ -17,9 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from parity_tests.conftest import USER_XLA_FLAGS
+from parity_tests.conftest import STARTED_WITH, SUITE_XLA_ENV, llvm_optimised, xla_defaults_env
 from tasks import parity
-from tasks.data_parallel import FAST_COMPILE
 
 ROOT = Path(__file__).resolve().parents[1]
 CASE_IDS = (
@@ -49,20 +49,28 @@ def case_by_id(case_id: str):
     return next(c for m in parity.CASES for c in parity.CASES[m] if c.id == case_id)
 
 
-def test_the_suite_compiles_jax_with_fast_compile():
+def test_the_suite_compiles_jax_unoptimised_but_in_quality_runs():
     if os.environ.get("ROSETTA_SUITE_XLA_DEFAULTS"):
         pytest.skip("ROSETTA_SUITE_XLA_DEFAULTS=1: this run compiles with XLA's defaults")
-    assert os.environ["XLA_FLAGS"].split() == [*USER_XLA_FLAGS.split(), *FAST_COMPILE.split()]
+    import jax
+
+    started = (STARTED_WITH["XLA_FLAGS"] or "").split()
+    assert os.environ["XLA_FLAGS"].split() == [*started, *SUITE_XLA_ENV["XLA_FLAGS"].split()]
+    assert jax.config.read("jax_disable_most_optimizations") is True
+    with llvm_optimised():  # what conftest's fixture puts around each test marked slow
+        assert jax.config.read("jax_disable_most_optimizations") is False
+    assert jax.config.read("jax_disable_most_optimizations") is True
+    env = xla_defaults_env()
+    assert all(env.get(k) == v for k, v in STARTED_WITH.items())
 
 
 @pytest.fixture(scope="module")
 def default_settings_run(tmp_path_factory):
     """The cases computed by a fresh process with the flags the suite was started with."""
     out = tmp_path_factory.mktemp("xla-defaults")
-    env = {**os.environ, "XLA_FLAGS": USER_XLA_FLAGS}
     run = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(out), *CASE_IDS],
-        capture_output=True, text=True, timeout=600, cwd=ROOT, env=env,
+        capture_output=True, text=True, timeout=600, cwd=ROOT, env=xla_defaults_env(),
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(run.stdout.strip().splitlines()[-1]), out
