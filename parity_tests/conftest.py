@@ -30,8 +30,9 @@ from tasks import parity
 # set here before any test imports JAX and inherited by the CLI runs the tests start. The quality
 # runs (marked slow: thousands of steps) compile with LLVM's optimisation, as users' runs do
 # (quality_runs_compile_optimised below): unoptimised, XLA:CPU's float64 convolution is a naive loop
-# (LeNet-5's float64 lockstep: JAX 9 s of CPU optimised, 27 s not). Users' runs and `rosetta all`
-# keep XLA's defaults; test_suite_settings.py computes parity cases with them in a fresh process and
+# (LeNet-5's float64 lockstep: JAX 9 s of CPU optimised, 27 s not). Users' training runs keep
+# XLA's defaults (`rosetta parity` compiles unoptimised too: parity.jax_unoptimised);
+# test_suite_settings.py computes parity cases with them in a fresh process and
 # holds them to the suite's results. ROSETTA_SUITE_XLA_DEFAULTS=1 runs the suite with the defaults.
 SUITE_XLA_ENV = {
     "XLA_FLAGS": "--xla_cpu_use_fusion_emitters=false",

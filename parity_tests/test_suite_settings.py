@@ -1,7 +1,7 @@
 """The suite's own settings (parity_tests/conftest.py) change no parity claim: JAX's programs compile
-without LLVM optimisation and with XLA:CPU's older emitters in the suite, users' runs and `rosetta
-all` compile with XLA's defaults. Cases that
-cover every kind of layer (dense, conv and pooling, batch norm with replayed dropout, LSTM with a
+without LLVM optimisation and with XLA:CPU's older emitters in the suite (and without LLVM
+optimisation in `rosetta parity`), users' training runs with XLA's defaults. Cases that cover
+every kind of layer (dense, conv and pooling, batch norm with replayed dropout, LSTM with a
 remainder batch, masked attention) are computed again in a fresh process with the flags the suite
 was started with, in float64: those results pass every parity record and equal the suite's to 1e-12
 (relative, per tensor). The float32 records need no second run: their tolerances bound any
@@ -95,3 +95,31 @@ def test_float64_results_equal_the_suites_to_rounding(default_settings_run, inde
         for k in suite
     )
     assert worst <= FLOAT64_TOLERANCE, f"{case_id}: {worst:.1e}"
+
+
+def test_rosetta_parity_compiles_jax_unoptimised_and_training_does_not(monkeypatch):
+    """`rosetta parity` and `rosetta all`'s parity jobs compile JAX without LLVM's optimisation
+    (parity.jax_unoptimised, whose results the tests above hold to the defaults'); the setting is
+    restored after, so a training job in the same worker compiles optimised."""
+    import jax
+
+    from tasks import cli
+
+    seen = []
+
+    def records(case, frameworks):
+        seen.append(jax.config.read("jax_disable_most_optimizations"))
+        return []
+
+    monkeypatch.setattr(parity, "records", records)
+    before = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", False)  # as a user's process starts
+    try:
+        cli.parity_records(["perceptron"], ["scratch", "jax_impl"], show_progress=False)
+        assert seen and all(seen)
+        assert jax.config.read("jax_disable_most_optimizations") is False
+        seen.clear()
+        cli.parity_records(["perceptron"], ["scratch", "torch_impl"], show_progress=False)
+        assert seen == [False] * len(seen) and seen  # no JAX: nothing switched
+    finally:
+        jax.config.update("jax_disable_most_optimizations", before)

@@ -705,12 +705,16 @@ def convert(
 def parity_records(
     models: list[str], frameworks: list[str], show_progress: bool | None = None
 ) -> list[dict]:
-    """Every parity record of `models`; a bar counting each model's cases (default: on a terminal)."""
+    """Every parity record of `models`; a bar counting each model's cases (default: on a terminal).
+    JAX compiles them without LLVM's optimisation (parity.jax_unoptimised)."""
     show_progress = sys.stderr.isatty() if show_progress is None else show_progress
     records = []
     for model in models:
         cases = parity_mod.CASES.get(model, []) + parity_mod.OPTIMIZER_CASES.get(model, [])
-        with progress_bar(show_progress, metric=None) as bar:  # counts cases; no loss to show
+        with (
+            progress_bar(show_progress, metric=None) as bar,  # counts cases; no loss to show
+            parity_mod.jax_unoptimised("jax_impl" in frameworks),  # small programs, few steps
+        ):
             task = bar.add_task(f"{model}", total=len(cases), loss=float("nan"))
             for case in cases:
                 records += parity_mod.records(case, frameworks)

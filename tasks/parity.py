@@ -12,6 +12,7 @@ element that happens to be near zero does not make the check meaningless.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import logging
@@ -152,6 +153,28 @@ def scale_of(case, tensor: str, result: dict) -> float | None:
 
 
 # ----------------------------------------------------------------------------- computing
+@contextlib.contextmanager
+def jax_unoptimised(active: bool = True):
+    """JAX programs first compiled inside skip LLVM's optimisation (JAX's
+    jax_disable_most_optimizations, read at each compilation). A parity case compiles a few
+    programs and runs each for a few small steps, so optimising them costs more than it saves: the
+    JAX share of every CASES case 121 -> 87 s of CPU on a first run (measured 2026-12-01). The
+    results differ by rounding only (parity_tests/test_suite_settings.py holds cases compiled
+    unoptimised to XLA's defaults, 1e-12 in float64). `rosetta parity` and `rosetta all`'s parity
+    use it; training keeps the defaults. A program compiled before keeps its code."""
+    if not active:
+        yield
+        return
+    import jax
+
+    before = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", before)
+
+
 @functools.cache
 def canonical_file(case: Case) -> Path:
     """Random non-zero weights *and biases* for the case, written once to a safetensors file."""
