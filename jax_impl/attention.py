@@ -317,14 +317,16 @@ def train(
     on_epoch=None,
 ) -> list[float]:
     """Mini-batches in the shared order; returns the mean training loss of each epoch."""
-    x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)  # token ids (B, T): no dtype cast
+    x, y = np.asarray(data.x_train), np.asarray(data.y_train)  # token ids (B, T): no dtype cast
     optimizer, history = make_optimizer(model, lr), []
     # cached_partial walks the model and optimizer graphs once, not on every step: for a model this
     # small, NNX's per-call graph traversal would cost more than the compiled step itself
     step = nnx.cached_partial(train_step, model, optimizer)
     for epoch in range(epochs):
-        # a plain iterator over the shared index arrays is JAX's whole input pipeline; the losses
-        # stay on the device until the epoch ends, so Python runs ahead of the computation
+        # a plain iterator over the shared index arrays is JAX's whole input pipeline: each batch
+        # is cut from the NumPy arrays on the host and jit copies it to the device (indexing a JAX
+        # array would compile a gather program per batch shape); the losses stay on the device
+        # until the epoch ends, so Python runs ahead of the computation
         losses = [step(x[idx], y[idx]) for idx in batches(len(x), batch_size, seed, epoch)]
         history.append(float(np.mean(jax.device_get(losses), dtype=np.float64)))
         if on_epoch:

@@ -183,7 +183,7 @@ def gradients(model: MLP, x, y):
 
 def forward_backward(model: MLP, x, y) -> dict[str, np.ndarray]:
     """Outputs, loss and every gradient in the canonical layout (what the parity tests compare)."""
-    (loss, logits), (grad_params, dx) = gradients(train_view(model), jnp.asarray(x), jnp.asarray(y))
+    (loss, logits), (grad_params, dx) = gradients(train_view(model), x, y)  # NumPy in: jit copies
     # the gradients have the model's own structure: merge them (with the non-parameter state, e.g.
     # batch statistics, which are not gradients and are dropped) into a model to reuse the exporter
     grads = to_canonical(
@@ -229,13 +229,15 @@ def train(
 ) -> list[float]:
     """Mini-batches in the shared order, stepped by make_optimizer(model, lr); returns the mean
     training loss of each epoch."""
-    x, y = jnp.asarray(data.x_train, dtype=model.head.kernel.dtype), jnp.asarray(data.y_train)
+    x, y = np.asarray(data.x_train, dtype=model.head.kernel.dtype), np.asarray(data.y_train)
     optimizer, history = make_optimizer(model, lr), []
     # cached_partial walks the model and optimizer graphs once, not on every step
     step = nnx.cached_partial(train_step, train_view(model), optimizer)
     for epoch in range(epochs):
-        # a plain iterator over the shared index arrays is JAX's whole input pipeline; the losses
-        # stay on the device until the epoch ends, so Python runs ahead of the computation
+        # a plain iterator over the shared index arrays is JAX's whole input pipeline: each batch
+        # is cut from the NumPy arrays on the host and jit copies it to the device (indexing a JAX
+        # array would compile a gather program per batch shape); the losses stay on the device
+        # until the epoch ends, so Python runs ahead of the computation
         losses = [step(x[idx], y[idx]) for idx in batches(len(x), batch_size, seed, epoch)]
         history.append(float(np.mean(jax.device_get(losses), dtype=np.float64)))
         if on_epoch:

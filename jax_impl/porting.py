@@ -26,6 +26,7 @@ rule is written once, here.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import jax
@@ -359,6 +360,15 @@ def layers_to_canonical(layers: Layers, *, grads: bool = False) -> Canonical:
     return out
 
 
+@functools.cache
+def abstract_model(impl, cfg, seed: int, dtype: str, kwargs: tuple) -> nnx.Module:
+    """`impl.create_model(cfg, ...)` built by `nnx.eval_shape`, every variable a
+    jax.ShapeDtypeStruct; kept, as tracing create_model costs ~25 ms of Python (a stacked LSTM)
+    and the parity cases build each configuration several times. `nnx.clone` gives each caller its
+    own Variables to fill."""
+    return nnx.eval_shape(lambda: impl.create_model(cfg, seed=seed, dtype=dtype, **dict(kwargs)))
+
+
 def load_model(impl, cfg, params: Mapping, *, seed: int = 0, dtype: str = "float64", **kwargs):
     """`impl.create_model(cfg, seed=seed, dtype=dtype, **kwargs)` holding the canonical `params`,
     built without drawing the initial weights it would overwrite: Flax's checkpoint idiom (the
@@ -371,8 +381,9 @@ def load_model(impl, cfg, params: Mapping, *, seed: int = 0, dtype: str = "float
     never read, the carry starts at zeros) gets another. A variable still abstract raises.
 
     create_model draws each initial tensor through jax.random, an XLA program compiled per shape
-    and dtype (the `_uniform` programs: 99 compiles, 15 s of CPU over the parity cases); here none."""
-    model = nnx.eval_shape(lambda: impl.create_model(cfg, seed=seed, dtype=dtype, **kwargs))
+    and dtype (the `_uniform` programs: 99 compiles, 15 s of CPU over the parity cases); here none.
+    The abstract model is traced once per configuration (abstract_model) and cloned."""
+    model = nnx.clone(abstract_model(impl, cfg, seed, dtype, tuple(kwargs.items())))
     impl.load_canonical(model, params)
     streams = {node.key.tag for _, node in nnx.iter_graph(model) if isinstance(node, nnx.RngStream)}
     nnx.reseed(model, **dict.fromkeys(streams, seed))

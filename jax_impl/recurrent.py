@@ -314,9 +314,9 @@ def gradients(model: RNN, x, y, initial_state=None):
 def forward_backward(model: RNN, x, y, initial_state=None) -> dict[str, np.ndarray]:
     """Outputs, states, loss and every gradient in the canonical layout (what the parity tests
     compare); from a given initial state (h0,) or (h0, c0), its gradients grad.h0 (and grad.c0) too."""
-    initial_state = initial_state and tuple(jnp.asarray(s) for s in initial_state)
+    initial_state = initial_state and tuple(initial_state)  # NumPy in: jit copies the arrays
     (loss, (logits, hidden, state)), (grad_params, dx, dstate) = gradients(
-        model, jnp.asarray(x), jnp.asarray(y), initial_state
+        model, x, y, initial_state
     )
     out = {"output": logits, "loss": loss, "hidden": hidden, "h_n": state[0]}
     if model.cfg.cell == "lstm":
@@ -381,13 +381,15 @@ def train(
     on_epoch=None,
 ) -> list[float]:
     """Mini-batches in the shared order; returns the mean training loss of each epoch."""
-    x, y = jnp.asarray(data.x_train, dtype=model.head.kernel.dtype), jnp.asarray(data.y_train)
+    x, y = np.asarray(data.x_train, dtype=model.head.kernel.dtype), np.asarray(data.y_train)
     optimizer, history = make_optimizer(model, lr), []
     # cached_partial walks the model and optimizer graphs once, not on every step
     step = nnx.cached_partial(train_step, model, optimizer)
     for epoch in range(epochs):
-        # a plain iterator over the shared index arrays is JAX's whole input pipeline; the losses
-        # stay on the device until the epoch ends, so Python runs ahead of the computation
+        # a plain iterator over the shared index arrays is JAX's whole input pipeline: each batch
+        # is cut from the NumPy arrays on the host and jit copies it to the device (indexing a JAX
+        # array would compile a gather program per batch shape); the losses stay on the device
+        # until the epoch ends, so Python runs ahead of the computation
         losses = [step(x[idx], y[idx]) for idx in batches(len(x), batch_size, seed, epoch)]
         history.append(float(np.mean(jax.device_get(losses), dtype=np.float64)))
         if on_epoch:
