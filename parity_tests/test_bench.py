@@ -38,8 +38,13 @@ def test_json_rows_one_per_framework_and_step(monkeypatch, capsys):
 
     float(tf.reduce_sum(tf.ones(3))), jax.devices()  # their thread pools start with the suite's
     monkeypatch.setattr(bench_mod, "FAILED", [])
-    with mock.patch.dict(os.environ):  # limit_threads's variables: gone after the run
-        status = bench_mod.main(["mlp", "--repeats", "2", "--json"])
+    cpus = os.sched_getaffinity(0)  # limit_threads holds the process to one CPU: given back after
+    try:
+        with mock.patch.dict(os.environ):  # limit_threads's variables: gone after the run
+            status = bench_mod.main(["mlp", "--repeats", "2", "--json"])
+        assert len(os.sched_getaffinity(0)) == 1  # one thread, one CPU (CPU time = wall time)
+    finally:
+        os.sched_setaffinity(0, cpus)
     result = capsys.readouterr()
     assert status == 0, result.err
     rows = json.loads(result.out)

@@ -29,7 +29,7 @@ timed round-robin, `--repeats` rounds, the order rotating each round, so a burst
 elsewhere hits every framework alike. A fast step is called several times per sample (at least
 ~2 ms per sample). Each figure is the median in milliseconds per call, as wall clock and as the
 process's CPU time; the ratio to torch eager is from CPU time, which does not count waiting for a
-core. `--threads 1` (the default) gives every framework one thread.
+core. `--threads 1` (the default) gives every framework one thread, and the process one CPU.
 """
 
 from __future__ import annotations
@@ -73,14 +73,18 @@ def conv2d_loop(x, w, b):
 
 # ----------------------------------------------------------------------------- timing
 def limit_threads(n: int) -> None:
-    """One thread pool size for every framework; must run before any framework is imported."""
+    """One thread pool size for every framework, and the process held to n of its CPUs; must run
+    before any framework is imported. XLA's CPU client sizes its thread pool by the CPUs the
+    process may use, whatever XLA_FLAGS say: unpinned on two cores, a JAX step ran its
+    convolutions on two threads at once (CPU time 1.6x its wall time)."""
     os.environ["OMP_NUM_THREADS"] = str(n)  # torch
     os.environ["TF_NUM_INTRAOP_THREADS"] = os.environ["TF_NUM_INTEROP_THREADS"] = str(n)
     if n == 1:  # XLA's CPU backend reads its flags once, at import
         os.environ["XLA_FLAGS"] = (
-            os.environ.get("XLA_FLAGS", "")
-            + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+            os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
         )
+    if hasattr(os, "sched_setaffinity"):  # Linux; the threads started from now on inherit it
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:n])
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(n)  # NumPy's BLAS
