@@ -227,9 +227,9 @@ class Flatten:
 
 # ----------------------------------------------------------------------------- activations
 def sigmoid(x):
-    """Logistic function without overflow for large |x|."""
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+    """Logistic function, as (1 + tanh(x / 2)) / 2: the same function, with no overflow for large
+    |x| (1 / (1 + exp(-x)) overflows exp below -88 in float32) and in three NumPy calls."""
+    return 0.5 * (1 + np.tanh(0.5 * x))
 
 
 class Identity:

@@ -32,110 +32,121 @@ def init_params(cfg: RNNConfig, rng: np.random.Generator, dtype) -> dict[str, di
     return out
 
 
-class RNNCell:
+class Projected:
+    """The input's share of a cell's pre-activations, W_xh x + b_h (gate blocks side by side), and
+    its backward. It does not depend on the state, so the layer computes it for every step at once,
+    (B, T, D) -> (B, T, G*H), one matmul for the sequence (cuDNN's order too); the cells step on it."""
+
+    def project(self, x):
+        flat = x.reshape(-1, x.shape[-1])  # (B*T, D): one matrix product, not B of them
+        xw = flat @ self.params["W_xh"].T + self.params["b_h"]  # (B*T, D) @ (D, G*H)
+        return xw.reshape(*x.shape[:-1], -1)  # (B, T, G*H)
+
+    def project_backward(self, x, dxw):
+        """dxw: the gradient with respect to project(x), (B, T, G*H); returns dx (B, T, D)."""
+        flat = dxw.reshape(-1, dxw.shape[-1])  # (B*T, G*H): every step's gradient at once
+        self.grads["W_xh"] += flat.T @ x.reshape(-1, x.shape[-1])  # (G*H, B*T) @ (B*T, D)
+        self.grads["b_h"] += flat.sum(axis=0)
+        return (flat @ self.params["W_xh"]).reshape(*x.shape)  # (B*T, G*H) @ (G*H, D)
+
+
+class RNNCell(Projected):
     """One step, h' = f(W_xh x + W_hh h + b_h) with f = tanh (or relu), on the cell's own parameters;
-    and its backward."""
+    and its backward. forward takes xw = project(x), the input's share, (B, H)."""
 
     def __init__(self, params: dict[str, np.ndarray], nonlinearity: str = "tanh"):
         self.params, self.nonlinearity = params, nonlinearity
         self.grads = {k: np.zeros_like(v) for k, v in params.items()}
 
-    def forward(self, x, state):
+    def forward(self, xw, state):
         (h,) = state
-        p = self.params
-        a = (
-            x @ p["W_xh"].T + h @ p["W_hh"].T + p["b_h"]
-        )  # (B, D) @ (D, H) + (B, H) @ (H, H) -> (B, H)
-        cache = {"x": x, "h": h}
+        a = xw + h @ self.params["W_hh"].T  # (B, H) + (B, H) @ (H, H) -> (B, H)
+        cache = {"h": h}
         h = np.tanh(a) if self.nonlinearity == "tanh" else np.maximum(a, 0)
         return (h,), cache | {"h_new": h}
 
     def backward(self, dstate, cache):
+        """Returns (dxw, dstate): the gradient with respect to xw, and to the previous state."""
         (dh_new,) = dstate
         if self.nonlinearity == "tanh":
             da = dh_new * (1 - cache["h_new"] ** 2)  # through tanh
         else:
             da = dh_new * (cache["h_new"] > 0)  # through relu: 0 where a <= 0, as torch's relu
-        self.grads["W_xh"] += da.T @ cache["x"]  # (H, B) @ (B, D) -> (H, D)
         self.grads["W_hh"] += da.T @ cache["h"]  # (H, B) @ (B, H) -> (H, H)
-        self.grads["b_h"] += da.sum(axis=0)
-        return da @ self.params["W_xh"], (da @ self.params["W_hh"],)  # dx (B, D), dh (B, H)
+        return da, (da @ self.params["W_hh"],)  # dxw (B, H), dh (B, H)
 
 
-class LSTMCell:
-    """One step: gates (i, f, g, o), c' = f c + i g, h' = o tanh(c'); and its backward."""
+class LSTMCell(Projected):
+    """One step: gates (i, f, g, o), c' = f c + i g, h' = o tanh(c'); and its backward. forward
+    takes xw = project(x), the input's share of the gates, (B, 4H)."""
 
     def __init__(self, params: dict[str, np.ndarray]):
         self.params = params
         self.grads = {k: np.zeros_like(v) for k, v in params.items()}
 
-    def forward(self, x, state):
+    def forward(self, xw, state):
         h, c = state
-        p = self.params
-        a = (
-            x @ p["W_xh"].T + h @ p["W_hh"].T + p["b_h"]
-        )  # (B, D) @ (D, 4H) + (B, H) @ (H, 4H) -> (B, 4H)
+        a = xw + h @ self.params["W_hh"].T  # (B, 4H) + (B, H) @ (H, 4H) -> (B, 4H)
         n = h.shape[1]
         s = sigmoid(a)  # (B, 4H): one call for the three sigmoid gates (g's block is not used)
         i, f, o = s[:, :n], s[:, n : 2 * n], s[:, 3 * n :]  # (B, 4H) -> 3 x (B, H), views
         g = np.tanh(a[:, 2 * n : 3 * n])  # the candidate block (B, H)
-        cache = {"x": x, "h": h, "c": c, "i": i, "f": f, "g": g, "o": o}
+        cache = {"h": h, "c": c, "s": s, "i": i, "f": f, "g": g, "o": o}
         c = f * c + i * g
         tanh_c = np.tanh(c)
         h = o * tanh_c
         return (h, c), cache | {"tanh_c": tanh_c}
 
     def backward(self, dstate, cache):
+        """Returns (dxw, dstate): the gradient with respect to xw, and to the previous state."""
         dh_new, dc_new = dstate
         k = cache
         # c' reaches the loss directly and through h'
         dc = dc_new + dh_new * k["o"] * (1 - k["tanh_c"] ** 2)
         n = dc.shape[1]
-        da = np.empty((dc.shape[0], 4 * n), dc.dtype)  # (B, 4H), filled block by block
-        da[:, :n] = dc * k["g"] * k["i"] * (1 - k["i"])  # input gate
-        da[:, n : 2 * n] = dc * k["c"] * k["f"] * (1 - k["f"])  # forget gate
-        da[:, 2 * n : 3 * n] = dc * k["i"] * (1 - k["g"] ** 2)  # candidate
-        da[:, 3 * n :] = dh_new * k["tanh_c"] * k["o"] * (1 - k["o"])  # output gate
-        self.grads["W_xh"] += da.T @ k["x"]  # (4H, B) @ (B, D) -> (4H, D)
+        # the gradient with respect to each gate's value (i, f, g, o), (B, 4H) ...
+        dgates = np.concatenate([dc * k["g"], dc * k["c"], dc * k["i"], dh_new * k["tanh_c"]], 1)
+        # ... times each gate's derivative: s (1 - s) for the sigmoids, 1 - g^2 for the candidate
+        slope = k["s"] * (1 - k["s"])  # (B, 4H), g's block replaced below
+        slope[:, 2 * n : 3 * n] = 1 - k["g"] ** 2
+        da = dgates * slope  # (B, 4H): the gradient of the pre-activations
         self.grads["W_hh"] += da.T @ k["h"]  # (4H, B) @ (B, H) -> (4H, H)
-        self.grads["b_h"] += da.sum(axis=0)
-        return da @ self.params["W_xh"], (da @ self.params["W_hh"], dc * k["f"])
+        return da, (da @ self.params["W_hh"], dc * k["f"])  # dxw (B, 4H), (dh, dc) (B, H)
 
 
-class GRUCell:
+class GRUCell(Projected):
     """One step: gates (r, z, n), n = tanh(W_in x + b_in + r (W_hn h + b_hn)), h' = (1 - z) n + z h;
     and its backward. reset_after=False (Keras's GRU(reset_after=False), Cho et al.'s original):
-    the reset before the matmul, n = tanh(W_in x + b_in + W_hn (r h)), no b_hn."""
+    the reset before the matmul, n = tanh(W_in x + b_in + W_hn (r h)), no b_hn. forward takes
+    xw = project(x) = W_xh x + b_h, the input's share of the gates, (B, 3H)."""
 
     def __init__(self, params: dict[str, np.ndarray], reset_after: bool = True):
         self.params, self.reset_after = params, reset_after
         self.grads = {k: np.zeros_like(v) for k, v in params.items()}
 
-    def forward(self, x, state):
+    def forward(self, xw, state):
         if not self.reset_after:
-            return self.forward_reset_before(x, state)
+            return self.forward_reset_before(xw, state)
         (h,) = state
         p = self.params
-        # (B, D) @ (D, 3H) -> (B, 3H) -> 3 x (B, H)
-        x_r, x_z, x_n = np.split(x @ p["W_xh"].T + p["b_h"], 3, axis=1)
+        x_r, x_z, x_n = np.split(xw, 3, axis=1)  # (B, 3H) -> 3 x (B, H)
         h_r, h_z, h_n = np.split(h @ p["W_hh"].T, 3, axis=1)  # (B, H) @ (H, 3H) -> 3 x (B, H)
         h_n = h_n + p["b_hn"]  # b_hn sits inside the reset product, so it cannot merge into b_h
         r, z = sigmoid(x_r + h_r), sigmoid(x_z + h_z)
         n = np.tanh(x_n + r * h_n)  # the reset gate scales W_hn h + b_hn, after the matmul
-        cache = {"x": x, "h": h, "r": r, "z": z, "n": n, "h_n": h_n}
+        cache = {"h": h, "r": r, "z": z, "n": n, "h_n": h_n}
         h = (1 - z) * n + z * h
         return (h,), cache
 
-    def forward_reset_before(self, x, state):
+    def forward_reset_before(self, xw, state):
         (h,) = state
         p, hidden = self.params, h.shape[1]
-        # (B, D) @ (D, 3H) -> (B, 3H) -> 3 x (B, H)
-        x_r, x_z, x_n = np.split(x @ p["W_xh"].T + p["b_h"], 3, axis=1)
+        x_r, x_z, x_n = np.split(xw, 3, axis=1)  # (B, 3H) -> 3 x (B, H)
         h_r, h_z = np.split(h @ p["W_hh"][: 2 * hidden].T, 2, axis=1)  # (B, H) @ (H, 2H)
         r, z = sigmoid(x_r + h_r), sigmoid(x_z + h_z)
         rh = r * h  # the reset gate scales h, before the matmul
         n = np.tanh(x_n + rh @ p["W_hh"][2 * hidden :].T)  # (B, H) @ (H, H) -> (B, H)
-        cache = {"x": x, "h": h, "r": r, "z": z, "n": n, "rh": rh}
+        cache = {"h": h, "r": r, "z": z, "n": n, "rh": rh}
         h = (1 - z) * n + z * h
         return (h,), cache
 
@@ -147,15 +158,13 @@ class GRUCell:
         drh = da_n @ w_hn  # (B, H) @ (H, H): the gradient of r h
         da_r = drh * k["h"] * k["r"] * (1 - k["r"])
         da_z = dh_new * (k["h"] - k["n"]) * k["z"] * (1 - k["z"])
-        dx_side = np.concatenate([da_r, da_z, da_n], axis=1)  # (B, 3H): of x W_xh^T + b_h
-        self.grads["W_xh"] += dx_side.T @ k["x"]  # (3H, B) @ (B, D) -> (3H, D)
         self.grads["W_hh"][: 2 * hidden] += np.concatenate([da_r, da_z], axis=1).T @ k["h"]
         self.grads["W_hh"][2 * hidden :] += da_n.T @ k["rh"]  # (H, B) @ (B, H) -> (H, H)
-        self.grads["b_h"] += dx_side.sum(axis=0)
         dh = np.concatenate([da_r, da_z], axis=1) @ w_hrz + drh * k["r"] + dh_new * k["z"]
-        return dx_side @ self.params["W_xh"], (dh,)
+        return np.concatenate([da_r, da_z, da_n], axis=1), (dh,)  # dxw (B, 3H), dh (B, H)
 
     def backward(self, dstate, cache):
+        """Returns (dxw, dstate): the gradient with respect to xw, and to the previous state."""
         if not self.reset_after:
             return self.backward_reset_before(dstate, cache)
         (dh_new,) = dstate
@@ -163,14 +172,12 @@ class GRUCell:
         da_n = dh_new * (1 - k["z"]) * (1 - k["n"] ** 2)
         da_r = da_n * k["h_n"] * k["r"] * (1 - k["r"])
         da_z = dh_new * (k["h"] - k["n"]) * k["z"] * (1 - k["z"])
-        dx_side = np.concatenate([da_r, da_z, da_n], axis=1)  # (B, 3H): gradient of x W_xh^T + b_h
+        dxw = np.concatenate([da_r, da_z, da_n], axis=1)  # (B, 3H): gradient of W_xh x + b_h
         dh_side = np.concatenate([da_r, da_z, da_n * k["r"]], axis=1)  # (B, 3H): of h W_hh^T
-        self.grads["W_xh"] += dx_side.T @ k["x"]  # (3H, B) @ (B, D) -> (3H, D)
         self.grads["W_hh"] += dh_side.T @ k["h"]  # (3H, B) @ (B, H) -> (3H, H)
-        self.grads["b_h"] += dx_side.sum(axis=0)
         self.grads["b_hn"] += (da_n * k["r"]).sum(axis=0)
         dh = dh_side @ self.params["W_hh"] + dh_new * k["z"]
-        return dx_side @ self.params["W_xh"], (dh,)
+        return dxw, (dh,)
 
 
 CELLS = {"rnn": RNNCell, "lstm": LSTMCell, "gru": GRUCell}
@@ -191,24 +198,26 @@ class Recurrent:
 
     def forward(self, x, initial_state=None):
         state = self.initial_state(x.shape[0], x.dtype) if initial_state is None else initial_state
+        xw = self.cell.project(x)  # (B, T, D) -> (B, T, G*H): the input's share, every step at once
         steps, hs = [], []
         for t in range(x.shape[1]):
-            state, cache = self.cell.forward(x[:, t], state)  # (B, D) -> (B, H)
+            state, cache = self.cell.forward(xw[:, t], state)  # (B, G*H) -> (B, H)
             steps.append(cache)
             hs.append(state[0])
-        self.cache = {"steps": steps, "x_shape": x.shape}
+        self.cache = {"steps": steps, "x": x}
         return np.stack(hs, axis=1), state  # T x (B, H) -> (B, T, H); final state
 
     def backward(self, dhidden):
-        dx = np.zeros(self.cache["x_shape"], dhidden.dtype)
+        x = self.cache["x"]
+        dxw = np.empty((*x.shape[:2], self.params["W_xh"].shape[0]), dhidden.dtype)  # (B, T, G*H)
         # nothing flows in after the last step
         dstate = self.initial_state(dhidden.shape[0], dhidden.dtype)
         for t in reversed(range(dhidden.shape[1])):
             # h_t feeds the output and the next step
             dstate = (dstate[0] + dhidden[:, t], *dstate[1:])
-            dx[:, t], dstate = self.cell.backward(dstate, self.cache["steps"][t])
+            dxw[:, t], dstate = self.cell.backward(dstate, self.cache["steps"][t])
         self.dinitial_state = dstate  # (dh0,) or (dh0, dc0), each (B, H)
-        return dx  # (B, T, D)
+        return self.cell.project_backward(x, dxw)  # (B, T, D), and W_xh's and b_h's gradients
 
 
 # ----------------------------------------------------------------------------- model
@@ -289,7 +298,7 @@ class RNN:
     def backward(self, dlogits):
         dh = self.head.backward(dlogits)
         if self.cfg.output == "last":
-            steps = self.rnn.cache["x_shape"][1]
+            steps = self.rnn.cache["x"].shape[1]
             dh = np.concatenate(
                 [np.zeros((dh.shape[0], steps - 1, dh.shape[1]), dh.dtype), dh[:, None]], axis=1
             )  # (B, H) -> (B, T, H)
