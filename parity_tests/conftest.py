@@ -3,7 +3,6 @@ per-framework computations, and central differences for the scratch backward tes
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from itertools import combinations
@@ -63,18 +62,9 @@ def xla_defaults_env() -> dict[str, str]:
     return env | {k: v for k, v in STARTED_WITH.items() if v is not None}
 
 
-@contextlib.contextmanager
 def llvm_optimised():
-    """JAX programs first compiled inside are optimised by LLVM (a program compiled before keeps
-    its code: JAX caches executables without this setting in the key)."""
-    import jax
-
-    before = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", False)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_disable_most_optimizations", before)
+    """JAX programs first compiled inside are optimised by LLVM, as users' runs are."""
+    return parity.jax_llvm_optimisation(True)
 
 
 @pytest.fixture(autouse=True)

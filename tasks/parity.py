@@ -165,10 +165,19 @@ def jax_unoptimised(active: bool = True):
     if not active:
         yield
         return
+    with jax_llvm_optimisation(False):
+        yield
+
+
+@contextlib.contextmanager
+def jax_llvm_optimisation(on: bool):
+    """JAX programs first compiled inside are (on) or are not (off) optimised by LLVM: JAX's
+    jax_disable_most_optimizations, read at each compilation, restored after. A program compiled
+    before keeps its code (JAX's executable cache does not key on the setting)."""
     import jax
 
     before = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
+    jax.config.update("jax_disable_most_optimizations", not on)
     try:
         yield
     finally:
