@@ -153,7 +153,6 @@ def scale_of(case, tensor: str, result: dict) -> float | None:
 
 
 # ----------------------------------------------------------------------------- computing
-@contextlib.contextmanager
 def jax_unoptimised(active: bool = True):
     """JAX programs first compiled inside skip LLVM's optimisation (JAX's
     jax_disable_most_optimizations, read at each compilation). A parity case compiles a few
@@ -162,11 +161,7 @@ def jax_unoptimised(active: bool = True):
     results differ by rounding only (parity_tests/test_suite_settings.py holds cases compiled
     unoptimised to XLA's defaults, 1e-12 in float64). `rosetta parity` and `rosetta all`'s parity
     use it; training keeps the defaults. A program compiled before keeps its code."""
-    if not active:
-        yield
-        return
-    with jax_llvm_optimisation(False):
-        yield
+    return jax_llvm_optimisation(False) if active else contextlib.nullcontext()
 
 
 @contextlib.contextmanager
